@@ -1,0 +1,5 @@
+"""Backbones by paper name: ViT-{Ti,S,B,L,H}/{32,16,14}, BiT ResNetV2-{50,101,152}x{1,2,3,4}, R50+ViT hybrids."""
+
+from vitlab.models.factory import BIT_SHAPES, VIT_SHAPES, build_model, count_params
+
+__all__ = ["BIT_SHAPES", "VIT_SHAPES", "build_model", "count_params"]

@@ -1,0 +1,3 @@
+from vitlab.modules.classification import ClassificationModule
+
+__all__ = ["ClassificationModule"]

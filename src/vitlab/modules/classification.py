@@ -1,0 +1,115 @@
+"""Supervised image classification: the objective of the paper's pretraining and fine-tuning runs.
+
+Hyperparameters are plain containers (the ``model`` and ``optim`` config sections as dicts), so a
+checkpoint loads with ``torch.load(weights_only=True)`` and rebuilds the same network without Hydra.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from vitlab import metrics as M
+from vitlab.models import build_model, count_params
+from vitlab.optim import build_optimizer, build_scheduler
+
+LOSSES = ("softmax", "sigmoid")
+
+
+def classification_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Softmax cross-entropy, or the paper's pretraining sigmoid cross-entropy (summed over classes)."""
+    if kind == "softmax":
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if kind == "sigmoid":
+        k = logits.shape[-1]
+        target = F.one_hot(y, k).to(logits.dtype)
+        if label_smoothing:
+            target = target * (1.0 - label_smoothing) + label_smoothing / k
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1).mean()
+    raise ValueError(f"loss={kind!r} is not one of {LOSSES}")
+
+
+class ClassificationModule(L.LightningModule):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        loss: str = "softmax",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"module.loss={loss!r} is not one of {LOSSES}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
+        self.save_hyperparameters()
+        self.net = build_model(**model)
+        k = int(model["num_classes"])
+        self.num_classes = k
+        acc = lambda top_k=1: MulticlassAccuracy(num_classes=k, top_k=min(top_k, k), average="micro")  # noqa: E731
+        self.train_acc, self.val_acc, self.test_acc, self.test_acc5 = acc(), acc(), acc(), acc(5)
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        #: the run's resolved config (plain containers), stored in every checkpoint for ``vitlab.evaluate``
+        self.run_config: dict[str, Any] | None = None
+
+    @property
+    def num_params(self) -> int:
+        return count_params(self.net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch):
+        x, y = batch
+        logits = self(x)
+        loss = classification_loss(logits, y, self.hparams.loss, self.hparams.label_smoothing)
+        return loss, logits.detach(), y
+
+    def training_step(self, batch, batch_idx: int):
+        loss, logits, y = self._step(batch)
+        self.train_loss(loss.detach())
+        self.train_acc(logits, y)
+        self.log(M.TRAIN_LOSS, self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log(M.TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def on_train_start(self) -> None:
+        # Sanity-check metrics must not leak into the best-so-far tracker.
+        self.val_acc_best.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, logits, y = self._step(batch)
+        self.val_loss(loss)
+        self.val_acc(logits, y)
+        self.log(M.VAL_LOSS, self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(M.VAL_ACC, self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log(M.VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        loss, logits, y = self._step(batch)
+        self.test_loss(loss)
+        self.test_acc(logits, y)
+        self.test_acc5(logits, y)
+        self.log(M.TEST_LOSS, self.test_loss, on_step=False, on_epoch=True)
+        self.log(M.TEST_ACC, self.test_acc, on_step=False, on_epoch=True)
+        self.log(M.TEST_ACC5, self.test_acc5, on_step=False, on_epoch=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["vitlab_config"] = self.run_config
+
+    def configure_optimizers(self):
+        optim_cfg = dict(self.hparams.optim)
+        optimizer = build_optimizer(self.net, optim_cfg)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        scheduler = build_scheduler(optimizer, optim_cfg, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

@@ -1,0 +1,133 @@
+"""vitlab.train: pretrain or fine-tune one model on one dataset (one Hydra job).
+
+    python -m vitlab.train model=vit_b16 data=cifar10 optim=sgd_finetune trainer=gpu
+    python -m vitlab.train -m experiment=quickstart          # ViT vs BiT on digits, one table
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from vitlab.config import CONF_DIR, ConfigError, to_plain, validate_train_cfg
+from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_results
+
+log = logging.getLogger("vitlab.train")
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse Hydra multirun + DDP on a local launcher: Lightning's DDP re-runs sys.argv, i.e. the whole sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    devices = cfg.trainer.get("devices", 1)
+    multi_device = devices not in (1, "1", [0]) or int(cfg.trainer.get("num_nodes", 1) or 1) > 1
+    if hc.mode == RunMode.MULTIRUN and "ddp" in strategy and multi_device:
+        launcher = str(hc.launcher.get("_target_", ""))
+        if "submitit" not in launcher or "Local" in launcher:
+            raise ConfigError(
+                f"Hydra multirun with trainer.strategy={strategy} and trainer.devices={devices} on the launcher "
+                f"'{launcher.rsplit('.', 1)[-1]}' would re-launch the whole sweep from every DDP process. "
+                "Use the SLURM launcher (hydra/launcher=submitit_slurm, tasks_per_node = devices) or one device "
+                "per job (trainer.devices=1)."
+            )
+
+
+def build_module(cfg: DictConfig):
+    from vitlab.modules import ClassificationModule
+
+    module = ClassificationModule(model=to_plain(cfg.model), optim=to_plain(cfg.optim), **to_plain(cfg.module))
+    module.run_config = to_plain(cfg)
+    return module
+
+
+def run_stats(module, dm, cfg: DictConfig) -> dict[str, Any]:
+    """What every logger records about a run, so dashboards can group runs by scale."""
+    params = module.num_params
+    return {
+        "model/name": cfg.model.name,
+        "model/family": cfg.model.family,
+        "model/variant": cfg.model.variant,
+        "model/params": params,
+        "model/params_m": round(params / 1e6, 3),
+        "model/img_size": int(cfg.model.img_size),
+        "model/patch_size": cfg.model.get("patch_size"),
+        **dm.stats(),
+    }
+
+
+def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path in ("last", "best", "hpc", "registry"):
+        return ckpt_path
+    p = Path(ckpt_path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file ({p.resolve()})")
+    return str(p)
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test the best checkpoint, write ``metrics.json``; return the final metrics."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from vitlab.utils.instantiate import build_callbacks, build_loggers
+
+    validate_train_cfg(cfg)
+    check_launch(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
+    out_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    dm = instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg)
+    stats = run_stats(module, dm, cfg)
+    log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats["model/params_m"],
+             cfg.data.name, stats["data/train_size"])
+
+    callbacks = build_callbacks(cfg.get("callbacks"), cfg.trainer.get("enable_progress_bar", True))
+    loggers = build_loggers(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir))
+    for lg in loggers:
+        lg.log_hyperparams({**stats, "cfg": to_plain(cfg)})
+
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    metrics = scalar_metrics(trainer.callback_metrics)
+    best = None
+    if cfg.get("test", True) and not trainer.interrupted:
+        ckpt_cb = trainer.checkpoint_callback
+        best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+        (test_metrics,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+        metrics.update(scalar_metrics(test_metrics))
+    wall = time.perf_counter() - t0
+
+    results = {**stats, **metrics, "time/wall_s": round(wall, 2), "seed": cfg.seed, "output_dir": str(out_dir),
+               "test/ckpt": best}
+    if trainer.is_global_zero:
+        write_results(out_dir, results)
+        print_metrics(metrics)
+        print(f"  {'time/wall_s':<12}  {wall:.1f}\noutputs: {out_dir}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    results = train(cfg)
+    metric = cfg.get("optimized_metric")
+    return results.get(metric) if metric else None
+
+
+if __name__ == "__main__":
+    main()

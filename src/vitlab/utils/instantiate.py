@@ -1,0 +1,55 @@
+"""Turn the name-keyed ``logger`` and ``callbacks`` config sections into objects."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+PROGRESS_BARS = ("RichProgressBar", "TQDMProgressBar")
+
+
+def build_callbacks(cfg: DictConfig | None, enable_progress_bar: bool = True) -> list[L.Callback]:
+    out = []
+    for name, c in (cfg or {}).items():
+        if c is None or "_target_" not in c:
+            continue
+        if not enable_progress_bar and str(c._target_).rsplit(".", 1)[-1] in PROGRESS_BARS:
+            continue
+        out.append(instantiate(c))
+    return out
+
+
+def build_loggers(cfg: DictConfig | None) -> list:
+    """Instantiate each logger; a W&B that is missing or fails to start is skipped with a warning (CSV goes on)."""
+    out = []
+    for name, c in (cfg or {}).items():
+        if c is None or "_target_" not in c:
+            continue
+        try:
+            lg = instantiate(c)
+            if "wandb" in str(c._target_).lower():
+                _ = lg.experiment  # start the run now, so a broken W&B fails here and not mid-training
+            out.append(lg)
+        except (ImportError, ModuleNotFoundError) as e:
+            warnings.warn(f"logger '{name}' is not available ({e}); training goes on without it", stacklevel=2)
+        except Exception as e:  # noqa: BLE001 - a dashboard must never kill a training run
+            warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it", stacklevel=2)
+    return out
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Always close the W&B run: a second ``wandb.init`` in this process would otherwise reuse it."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        try:
+            wandb.finish(exit_code=exit_code)
+        except Exception as e:  # noqa: BLE001
+            log.warning("wandb.finish failed: %s", e)
