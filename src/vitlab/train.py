@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vitlab.config import CONF_DIR, ConfigError, to_plain, validate_train_cfg
 from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_results

@@ -73,7 +73,7 @@ class ClassificationModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int):
         loss, logits, y = self._step(batch)
-        self.train_loss(loss.detach())
+        self.train_loss(loss.detach(), weight=y.shape[0])
         self.train_acc(logits, y)
         self.log(M.TRAIN_LOSS, self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log(M.TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -85,7 +85,7 @@ class ClassificationModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, logits, y = self._step(batch)
-        self.val_loss(loss)
+        self.val_loss(loss, weight=y.shape[0])
         self.val_acc(logits, y)
         self.log(M.VAL_LOSS, self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(M.VAL_ACC, self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -96,7 +96,7 @@ class ClassificationModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, logits, y = self._step(batch)
-        self.test_loss(loss)
+        self.test_loss(loss, weight=y.shape[0])
         self.test_acc(logits, y)
         self.test_acc5(logits, y)
         self.log(M.TEST_LOSS, self.test_loss, on_step=False, on_epoch=True)

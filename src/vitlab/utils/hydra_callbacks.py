@@ -11,13 +11,15 @@ from omegaconf import DictConfig
 
 RESULT_FILE = "metrics.json"
 
+# (header, result key, format)
 COLUMNS = (
-    ("model", "model"),
-    ("params (M)", "model/params_m"),
-    ("train size", "data/train_size"),
-    ("val/acc", "val/acc_best"),
-    ("test/acc", "test/acc"),
-    ("wall (s)", "time/wall_s"),
+    ("model", "model/name", "{}"),
+    ("params (M)", "model/params_m", "{:.2f}"),
+    ("data", "data/name", "{}"),
+    ("train size", "data/train_size", "{:,}"),
+    ("val/acc (best)", "val/acc_best", "{:.2%}"),
+    ("test/acc", "test/acc", "{:.2%}"),
+    ("wall (s)", "time/wall_s", "{:.1f}"),
 )
 
 
@@ -31,16 +33,19 @@ def collect_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
-    return "-" if v is None else str(v)
+def _fmt(v: Any, fmt: str) -> str:
+    if v is None:
+        return "-"
+    try:
+        return fmt.format(v)
+    except (ValueError, TypeError):
+        return str(v)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
-    head = "| " + " | ".join(c for c, _ in columns) + " |"
+    head = "| " + " | ".join(c for c, _, _ in columns) + " |"
     sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_fmt(r.get(k)) for _, k in columns) + " |" for r in rows]
+    body = ["| " + " | ".join(_fmt(r.get(k), f) for _, k, f in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
 
 

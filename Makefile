@@ -1,0 +1,45 @@
+# vitlab's front door. `make train` and `make test` set everything up on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vitlab-installed
+PYTEST_ARGS ?=
+
+.PHONY: help install train test test-slow lint format clean
+
+help:
+	@echo "make train      set up .venv, then run the quickstart (ViT vs BiT on digits, one table)"
+	@echo "make test       set up .venv, then run the default test suite"
+	@echo "make test-slow  the slow tests too (accuracy targets of the quickstart)"
+	@echo "make lint       ruff"
+	@echo "make clean      remove logs and caches (keeps .venv)"
+
+# Every install goes through constraints.txt (torch/torchvision pins; see DEVELOPERS.md).
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m vitlab.train experiment=quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests
+
+clean:
+	rm -rf logs outputs multirun .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

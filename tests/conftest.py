@@ -1,0 +1,71 @@
+"""Shared fixtures: compose configs with Hydra's compose API and run tasks in-process on tiny settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from vitlab.config import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Keep test runs offline, quiet and on the two CI cores.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+
+#: overrides that make a training run take seconds: no progress bar, few batches, CSV logging only
+FAST = [
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "logger=none",
+]
+
+
+def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` as the CLI would, with the job's output dir set to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+        cfg.hydra.job.id = "0"
+    HydraConfig.instance().set_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def compose_train(tmp_path):
+    def _compose(*overrides: str, fast: bool = True, out: Path | None = None) -> DictConfig:
+        return compose_cfg("train", [*(FAST if fast else []), *overrides], out or tmp_path / "run")
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> args...`` in a subprocess, as a user would."""
+    e = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def cli(tmp_path):
+    def _run(module: str, *args: str, **kw) -> subprocess.CompletedProcess:
+        return run_cli(module, *args, cwd=kw.pop("cwd", tmp_path), **kw)
+
+    return _run

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from vitlab.models import BIT_SHAPES, VIT_SHAPES, build_model, count_params
+from vitlab.models.factory import ModelConfigError
+
+# Published counts at 1000 classes, 224 px, no representation layer (timm / the paper).
+PUBLISHED_M = {"vit_b16": 86.57, "vit_l16": 304.33, "vit_h14": 632.05, "bit_r50x1": 25.55,
+               "vit_b32": 88.22, "vit_l32": 306.54, "vit_ti16": 5.72, "vit_s16": 22.05, "r50_vit_b16": 98.66}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_M))
+def test_param_counts_match_published(compose_train, name):
+    cfg = compose_train(f"model={name}", "model.num_classes=1000", "model.img_size=224")
+    with torch.device("meta"):
+        model = build_model(**cfg.model)
+    assert round(count_params(model) / 1e6, 2) == pytest.approx(PUBLISHED_M[name], abs=0.01)
+
+
+def test_paper_shapes_table():
+    assert (VIT_SHAPES["B"].depth, VIT_SHAPES["B"].width, VIT_SHAPES["B"].mlp, VIT_SHAPES["B"].heads) == (12, 768, 3072, 12)
+    assert (VIT_SHAPES["L"].depth, VIT_SHAPES["L"].width, VIT_SHAPES["L"].mlp, VIT_SHAPES["L"].heads) == (24, 1024, 4096, 16)
+    assert (VIT_SHAPES["H"].depth, VIT_SHAPES["H"].width, VIT_SHAPES["H"].mlp, VIT_SHAPES["H"].heads) == (32, 1280, 5120, 16)
+    assert BIT_SHAPES["r50x1"].layers == (3, 4, 6, 3)
+
+
+def test_bit_uses_groupnorm_and_weight_standardisation():
+    from timm.layers import GroupNormAct, StdConv2d
+
+    m = build_model("bit", "micro", num_classes=10)
+    kinds = {type(x) for x in m.modules()}
+    assert GroupNormAct in kinds and StdConv2d in kinds
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+
+
+@pytest.mark.parametrize("name", ["vit_micro", "bit_micro", "hybrid_micro"])
+def test_micro_models_forward_on_digits_size(compose_train, name):
+    cfg = compose_train(f"model={name}")
+    model = build_model(**cfg.model)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_overrides_reach_the_model(compose_train):
+    cfg = compose_train("model=vit_micro", "model.patch_size=4", "model.classifier=gap", "model.representation_size=32",
+                        "model.num_classes=7", "model.drop_rate=0.1")
+    m = build_model(**cfg.model)
+    assert m.patch_embed.patch_size == (4, 4)
+    assert m.cls_token is None and m.global_pool == "avg"
+    assert m.head.pre_logits[0].out_features == 32
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_patch_that_does_not_divide_the_image_names_both():
+    with pytest.raises(ModelConfigError, match=r"patch_size=14 does not divide model.img_size=32"):
+        build_model("vit", "H", num_classes=10, img_size=32, patch_size=14)
+
+
+def test_unknown_variant_lists_choices():
+    with pytest.raises(ModelConfigError, match=r"variant='XL'.*'B'"):
+        build_model("vit", "XL", num_classes=10, img_size=32, patch_size=8)
