@@ -16,7 +16,7 @@ PROGRESS_BARS = ("RichProgressBar", "TQDMProgressBar")
 
 def build_callbacks(cfg: DictConfig | None, enable_progress_bar: bool = True) -> list[L.Callback]:
     out = []
-    for name, c in (cfg or {}).items():
+    for _name, c in (cfg or {}).items():
         if c is None or "_target_" not in c:
             continue
         if not enable_progress_bar and str(c._target_).rsplit(".", 1)[-1] in PROGRESS_BARS:
