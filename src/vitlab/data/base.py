@@ -1,0 +1,238 @@
+"""One DataModule base shared by every dataset.
+
+A dataset module only says how to read its files (``build_splits``); the base owns what every
+dataset needs the same way: the seeded class-balanced ``train_size`` subset, the per-stage input
+pipelines, batch size and workers, and the dataset statistics the loggers report.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vitlab.data.transforms import build_transform
+
+
+class DataConfigError(ValueError):
+    """A data config asks for something the data cannot give."""
+
+
+class TransformedDataset(Dataset):
+    """Applies a stage's pipeline on read; the wrapped dataset yields ``(image, label)``."""
+
+    def __init__(self, base: Dataset, transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        img, label = self.base[i]
+        return self.transform(img), label
+
+    @property
+    def targets(self) -> list[int]:
+        return dataset_targets(self.base)
+
+
+def dataset_targets(ds: Dataset) -> list[int]:
+    """Labels of a dataset without decoding images (``targets`` attribute, or through a ``Subset``)."""
+    if isinstance(ds, Subset):
+        parent = dataset_targets(ds.dataset)
+        return [parent[i] for i in ds.indices]
+    for attr in ("targets", "labels", "_labels"):
+        if hasattr(ds, attr):
+            return [int(t) for t in getattr(ds, attr)]
+    raise TypeError(f"{type(ds).__name__} exposes no `targets`; add one so subsets can be class-balanced")
+
+
+def balanced_subset_indices(targets: Sequence[int], size: int | float, seed: int) -> np.ndarray:
+    """A seeded subset of ``size`` examples (an int, or a fraction in (0, 1]) with classes as even as possible.
+
+    Classes get ``size // K`` each, the remainder goes to randomly chosen classes, and a class with too
+    few examples gives its shortfall to the others. The same (targets, size, seed) always gives the
+    same indices, and a smaller subset of the same seed is a prefix-compatible draw per class.
+    """
+    targets = np.asarray(targets)
+    n = len(targets)
+    if isinstance(size, float) and size <= 1.0:
+        if size <= 0.0:
+            raise DataConfigError(f"data.train_size={size} as a fraction must be in (0, 1]")
+        size = int(round(size * n))
+    size = int(size)
+    if size <= 0:
+        raise DataConfigError(f"data.train_size={size} must be positive")
+    if size >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(targets)
+    per_class = {c: rng.permutation(np.flatnonzero(targets == c)) for c in classes}
+    quota = {c: 0 for c in classes}
+    remaining = size
+    open_classes = list(classes)
+    while remaining > 0 and open_classes:
+        share, extra = divmod(remaining, len(open_classes))
+        lucky = set(rng.choice(open_classes, size=extra, replace=False).tolist()) if extra else set()
+        nxt = []
+        for c in open_classes:
+            want = share + (1 if c in lucky else 0)
+            take = min(want, len(per_class[c]) - quota[c])
+            quota[c] += take
+            remaining -= take
+            if quota[c] < len(per_class[c]):
+                nxt.append(c)
+        open_classes = nxt
+    idx = np.concatenate([per_class[c][: quota[c]] for c in classes])
+    return np.sort(idx)
+
+
+class VisionDataModule(L.LightningDataModule):
+    """Base for every dataset: subclasses implement :meth:`build_splits` and set ``num_classes``."""
+
+    name = "base"
+    #: pipelines per stage; subclasses override where the paper's defaults don't suit the data
+    default_train_pipeline = "pretrain"
+
+    def __init__(
+        self,
+        root: str | None = None,
+        img_size: int = 224,
+        eval_img_size: int | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int | str = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        train_size: int | float | None = None,
+        subset_seed: int = 0,
+        train_pipeline: str | None = None,
+        eval_pipeline: str = "eval",
+        normalization: str | dict = "paper",
+        crop_pct: float = 0.875,
+        num_classes: int | None = None,
+        drop_last: bool = False,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if name is not None:
+            self.name = name
+        if kwargs:
+            unknown = ", ".join(f"data.{k}" for k in sorted(kwargs) if not k.startswith("_"))
+            if unknown:
+                raise DataConfigError(f"{type(self).__name__} does not take {unknown}")
+        if int(batch_size) <= 0:
+            raise DataConfigError(f"data.batch_size={batch_size} must be a positive int")
+        if int(img_size) <= 0:
+            raise DataConfigError(f"data.img_size={img_size} must be a positive int")
+        self.root = root
+        self.img_size = int(img_size)
+        self.eval_img_size = int(eval_img_size or img_size)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = resolve_num_workers(num_workers)
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and self.num_workers > 0
+        self.train_size = train_size
+        self.subset_seed = subset_seed
+        self.train_pipeline = train_pipeline or self.default_train_pipeline
+        self.eval_pipeline = eval_pipeline
+        self.normalization = normalization
+        self.crop_pct = crop_pct
+        self.drop_last = drop_last
+        if num_classes is not None:
+            self.num_classes = int(num_classes)
+        self.train_set = self.val_set = self.test_set = None
+
+    # ---- to implement -------------------------------------------------------------------------
+    def build_splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        """Return raw (train, val, test) datasets yielding ``(PIL image or uint8 CHW tensor, int label)``."""
+        raise NotImplementedError
+
+    def subset_train(self, train: Dataset) -> Dataset:
+        if self.train_size is None:
+            return train
+        idx = balanced_subset_indices(dataset_targets(train), self.train_size, self.subset_seed)
+        return Subset(train, idx.tolist())
+
+    # ---- shared machinery -----------------------------------------------------------------------
+    def train_transform(self):
+        return build_transform(self.train_pipeline, self.img_size, self.normalization, crop_pct=self.crop_pct)
+
+    def eval_transform(self):
+        return build_transform(self.eval_pipeline, self.eval_img_size, self.normalization, crop_pct=self.crop_pct)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train, val, test = self.build_splits()
+        self.train_set = TransformedDataset(self.subset_train(train), self.train_transform())
+        self.val_set = TransformedDataset(val, self.eval_transform())
+        self.test_set = TransformedDataset(test, self.eval_transform())
+
+    def stats(self) -> dict[str, Any]:
+        """What the loggers record about the data (scaling dashboards group by these)."""
+        self.setup()
+        return {
+            "data/name": self.name,
+            "data/train_size": len(self.train_set),
+            "data/val_size": len(self.val_set),
+            "data/test_size": len(self.test_set),
+            "data/num_classes": self.num_classes,
+            "data/img_size": self.img_size,
+            "data/eval_img_size": self.eval_img_size,
+        }
+
+    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=self.drop_last and train,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False)
+
+
+def resolve_num_workers(num_workers: int | str) -> int:
+    """``auto`` = one worker per available core minus one for the main process (at least 0)."""
+    if num_workers == "auto":
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - macOS
+            cores = os.cpu_count() or 1
+        return max(0, min(8, cores - 1))
+    try:
+        n = int(num_workers)
+    except (TypeError, ValueError):
+        raise DataConfigError(f"data.num_workers={num_workers!r} must be an int >= 0 or 'auto'") from None
+    if n < 0:
+        raise DataConfigError(f"data.num_workers={n} must be >= 0 or 'auto'")
+    return n
+
+
+def as_uint8_chw(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W[, C]) uint8 array -> (N, C, H, W) uint8 tensor with 3 channels."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    if t.ndim == 3:
+        t = t.unsqueeze(-1)
+    t = t.permute(0, 3, 1, 2).contiguous()
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1).contiguous()
+    return t
