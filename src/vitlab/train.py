@@ -45,7 +45,13 @@ def check_launch(cfg: DictConfig) -> None:
 def build_module(cfg: DictConfig):
     from vitlab.modules import ClassificationModule
 
-    module = ClassificationModule(model=to_plain(cfg.model), optim=to_plain(cfg.optim), **to_plain(cfg.module))
+    module_cfg = to_plain(cfg.module)  # `module._target_` picks another objective (e.g. masked patch prediction)
+    cls = hydra.utils.get_class(module_cfg.pop("_target_")) if "_target_" in module_cfg else ClassificationModule
+    module = cls(model=to_plain(cfg.model), optim=to_plain(cfg.optim), **module_cfg)
+    if cfg.model.get("pretrained"):  # fine-tuning (paper §3.2): new zero head, resized position embeddings
+        from vitlab.models.pretrained import load_pretrained
+
+        load_pretrained(module.net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")))
     module.run_config = to_plain(cfg)
     return module
 
