@@ -58,6 +58,8 @@ def build_module(cfg: DictConfig):
 
 def run_stats(module, dm, cfg: DictConfig) -> dict[str, Any]:
     """What every logger records about a run, so dashboards can group runs by scale."""
+    from vitlab.analysis.flops import flops_stats
+
     params = module.num_params
     return {
         "model/name": cfg.model.name,
@@ -67,6 +69,7 @@ def run_stats(module, dm, cfg: DictConfig) -> dict[str, Any]:
         "model/params_m": round(params / 1e6, 3),
         "model/img_size": int(cfg.model.img_size),
         "model/patch_size": cfg.model.get("patch_size"),
+        **flops_stats(to_plain(cfg.model)),  # model/gmacs, model/gflops, model/train_gflops per image
         **dm.stats(),
     }
 

@@ -1,0 +1,222 @@
+"""Compute accounting: forward and training FLOPs per image, and cumulative training compute.
+
+Counts come from ``torch.utils.flop_counter`` run on a *meta-device* copy of the model, so counting
+ViT-H/14 costs no memory and well under a second. Convention (the one behind the published numbers
+the paper's models are quoted with, timm/fvcore): 1 MAC = 1 multiply-add of a matmul or convolution,
+plus normalisation layers at 5 MACs per element with an affine transform (4 without), weight
+standardisation included, and 1 per element for global average pooling; FLOPs = 2 x MACs. With it,
+ViT-B/16 at 224 px counts 17.58 GMACs and BiT-R50x1 4.23 GMACs (``tests/test_flops.py``). Matmuls
+and convolutions alone give 17.56 and 4.09.
+
+Training FLOPs per image are counted on a real forward + backward pass (the backward of a matmul
+costs twice its forward, which the counter measures rather than assumes), so ``train/exaflops`` =
+images seen x training FLOPs per image / 1e18: the x-axis of the paper's Figure 5.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+log = logging.getLogger(__name__)
+aten = torch.ops.aten
+
+#: metric names (one place each)
+EXAFLOPS = "train/exaflops"
+IMAGES_SEEN = "train/images_seen"
+
+
+def _numel(shape) -> int:
+    return math.prod(shape) if shape is not None else 0
+
+
+def _norm_macs(numel: int, affine: bool) -> int:
+    return numel * (5 if affine else 4)
+
+
+# Each formula receives shapes (tensors replaced by their shapes) and returns FLOPs (= 2 x MACs).
+def _layer_norm(x, normalized_shape, weight=None, bias=None, *a, out_shape=None, **k) -> int:
+    return 2 * _norm_macs(_numel(x), weight is not None)
+
+
+def _group_norm(x, weight=None, bias=None, *a, out_shape=None, **k) -> int:
+    return 2 * _norm_macs(_numel(x), weight is not None)
+
+
+def _batch_norm(x, weight=None, bias=None, *args, out_shape=None, **k) -> int:
+    training = next((a for a in args if isinstance(a, bool)), k.get("training", False))
+    if training:  # statistics computed from the input (BiT's weight standardisation runs here)
+        return 2 * _norm_macs(_numel(x), weight is not None)
+    return 2 * _numel(x) * (2 if weight is not None else 1)
+
+
+def _mean(x, *a, out_shape=None, **k) -> int:
+    return 2 * _numel(x)
+
+
+def _norm_backward(grad_out, x, *a, out_shape=None, **k) -> int:
+    return 2 * 2 * _norm_macs(_numel(x), True)  # backward ~ 2 x forward, as for matmuls
+
+
+NORM_FORMULAS: dict[Any, Any] = {
+    aten.native_layer_norm: _layer_norm,
+    aten.native_group_norm: _group_norm,
+    aten.native_batch_norm: _batch_norm,
+    aten._native_batch_norm_legit: _batch_norm,
+    aten._native_batch_norm_legit_functional: _batch_norm,
+    aten.mean: _mean,
+    aten.native_layer_norm_backward: _norm_backward,
+    aten.native_group_norm_backward: _norm_backward,
+    aten.native_batch_norm_backward: _norm_backward,
+}
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """Per-image compute of one model at one resolution."""
+
+    forward_flops: int
+    train_flops: int  # forward + backward
+    img_size: int
+    by_op: dict[str, int]  # forward FLOPs per aten op
+
+    @property
+    def gmacs(self) -> float:
+        return self.forward_flops / 2e9
+
+    @property
+    def gflops(self) -> float:
+        return self.forward_flops / 1e9
+
+    @property
+    def train_gflops(self) -> float:
+        return self.train_flops / 1e9
+
+
+def _to_meta(model: nn.Module) -> nn.Module:
+    return model if _is_meta(model) else copy.deepcopy(model).to("meta")
+
+
+def _is_meta(model: nn.Module) -> bool:
+    p = next(iter(model.parameters()), None)
+    return p is not None and p.is_meta
+
+
+def count_flops(model: nn.Module, img_size: int, in_chans: int = 3, train: bool = True) -> FlopCount:
+    """FLOPs per image of ``model`` on an ``in_chans x img_size x img_size`` input (counted on the meta device)."""
+    model = _to_meta(model)
+    was_training = model.training
+    x = torch.empty(1, in_chans, int(img_size), int(img_size), device="meta")
+    try:
+        model.eval()
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=NORM_FORMULAS) as fc:
+            model(x)
+        fwd = fc.get_total_flops()
+        by_op = {str(k): int(v) for k, v in fc.get_flop_counts()["Global"].items()}
+        tr = 0
+        if train:
+            model.train()
+            with FlopCounterMode(display=False, custom_mapping=NORM_FORMULAS) as fc_t:
+                out = model(x)
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                out.float().sum().backward()
+            tr = fc_t.get_total_flops()
+    finally:
+        model.train(was_training)
+    if fwd <= 0:
+        raise RuntimeError(f"FLOP counter saw no matmul/conv in {type(model).__name__}: is its forward empty?")
+    return FlopCount(forward_flops=int(fwd), train_flops=int(tr), img_size=int(img_size), by_op=by_op)
+
+
+@functools.lru_cache(maxsize=64)
+def _config_flops(model_json: str) -> FlopCount:
+    from vitlab.models import build_model
+
+    cfg = json.loads(model_json)
+    with torch.device("meta"):
+        model = build_model(**cfg)
+    return count_flops(model, int(cfg.get("img_size") or 224), int(cfg.get("in_chans") or 3))
+
+
+def model_config_flops(model_cfg: Mapping[str, Any], img_size: int | None = None) -> FlopCount:
+    """FLOPs of the model a ``conf/model`` entry builds, at ``img_size`` (default: ``model.img_size``)."""
+    cfg = dict(model_cfg)
+    if img_size is not None:
+        cfg["img_size"] = int(img_size)
+    cfg["img_size"] = int(cfg.get("img_size") or 224)
+    return _config_flops(json.dumps(cfg, sort_keys=True, default=str))
+
+
+def flops_stats(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The compute keys every logger records next to the parameter count (empty, with a warning, if counting fails)."""
+    try:
+        fc = model_config_flops(model_cfg)
+    except Exception as e:  # noqa: BLE001 - accounting must never stop a training run
+        log.warning("FLOP counting failed for model %s (%s: %s); compute keys are not logged",
+                    model_cfg.get("name"), type(e).__name__, e)
+        return {}
+    return {
+        "model/gmacs": round(fc.gmacs, 4),
+        "model/gflops": round(fc.gflops, 4),
+        "model/train_gflops": round(fc.train_gflops, 4),
+    }
+
+
+class ComputeTracker(Callback):
+    """Logs cumulative training compute, ``train/exaflops`` (and ``train/images_seen``), every training step.
+
+    The per-image training FLOPs are counted once, at the first batch's real resolution, on a meta copy of
+    the model (built from the module's ``model`` hyperparameters when present). The images-seen counter is
+    saved in checkpoints, so a resumed run continues the same curve.
+    """
+
+    def __init__(self, train_flops_per_image: float | None = None) -> None:
+        self.train_flops_per_image = train_flops_per_image
+        self.images_seen = 0
+
+    def _count(self, pl_module, img_size: int, in_chans: int) -> float:
+        hp = getattr(pl_module, "hparams", {})
+        model_cfg = hp.get("model") if isinstance(hp, Mapping) else None
+        try:
+            if isinstance(model_cfg, Mapping) and "family" in model_cfg:
+                fc = model_config_flops({**model_cfg, "in_chans": in_chans}, img_size)
+            else:
+                fc = count_flops(getattr(pl_module, "net", pl_module), img_size, in_chans)
+        except Exception as e:  # noqa: BLE001
+            log.warning("ComputeTracker could not count FLOPs (%s: %s); train/exaflops is not logged", type(e).__name__, e)
+            return 0.0
+        return float(fc.train_flops)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not torch.is_tensor(x) or x.dim() != 4:
+            return
+        if self.train_flops_per_image is None:
+            self.train_flops_per_image = self._count(pl_module, int(x.shape[-1]), int(x.shape[1]))
+        if not self.train_flops_per_image:
+            return
+        self.images_seen += int(x.shape[0]) * max(int(trainer.world_size), 1)
+        pl_module.log(IMAGES_SEEN, float(self.images_seen), on_step=True, on_epoch=False, reduce_fx="max")
+        pl_module.log(EXAFLOPS, self.images_seen * self.train_flops_per_image / 1e18, on_step=True, on_epoch=False,
+                      reduce_fx="max")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"images_seen": self.images_seen, "train_flops_per_image": self.train_flops_per_image}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.images_seen = int(state_dict.get("images_seen", 0))
+        self.train_flops_per_image = state_dict.get("train_flops_per_image", self.train_flops_per_image)
+
+
+__all__ = ["ComputeTracker", "FlopCount", "count_flops", "flops_stats", "model_config_flops"]
