@@ -33,8 +33,8 @@ class TransformedDataset(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int):
-        img, label = self.base[i]
-        return self.transform(img), label
+        img, label, *extra = self.base[i]  # extra: per-image side data, e.g. ImageNet ReaL label sets
+        return (self.transform(img), label, *extra)
 
     @property
     def targets(self) -> list[int]:
@@ -107,7 +107,7 @@ class VisionDataModule(L.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int | str = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | str = False,
         persistent_workers: bool = True,
         train_size: int | float | None = None,
         subset_seed: int = 0,
@@ -137,7 +137,7 @@ class VisionDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = resolve_num_workers(num_workers)
-        self.pin_memory = pin_memory
+        self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.persistent_workers = persistent_workers and self.num_workers > 0
         self.train_size = train_size
         self.subset_seed = subset_seed
@@ -158,7 +158,14 @@ class VisionDataModule(L.LightningDataModule):
     def subset_train(self, train: Dataset) -> Dataset:
         if self.train_size is None:
             return train
-        idx = balanced_subset_indices(dataset_targets(train), self.train_size, self.subset_seed)
+        targets = dataset_targets(train)
+        is_fraction = isinstance(self.train_size, float) and self.train_size <= 1.0
+        if not is_fraction and int(self.train_size) > len(targets):
+            raise DataConfigError(
+                f"data.train_size={self.train_size} but {self.name}'s train split has only {len(targets)} examples: "
+                f"ask for at most {len(targets)}, or a fraction in (0, 1]"
+            )
+        idx = balanced_subset_indices(targets, self.train_size, self.subset_seed)
         return Subset(train, idx.tolist())
 
     # ---- shared machinery -----------------------------------------------------------------------
