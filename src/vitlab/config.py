@@ -41,7 +41,9 @@ def wandb_offline() -> bool:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("vitlab.uid", lambda: _UID), ("vitlab.wandb_offline", wandb_offline)):
+    from vitlab.data.catalog import RESOLVERS as DATA_RESOLVERS  # class counts from data.task / data.root
+
+    for name, fn in (("vitlab.uid", lambda: _UID), ("vitlab.wandb_offline", wandb_offline), *DATA_RESOLVERS.items()):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

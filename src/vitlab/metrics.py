@@ -8,6 +8,7 @@ VAL_ACC_BEST = "val/acc_best"
 TEST_LOSS = "test/loss"
 TEST_ACC = "test/acc"
 TEST_ACC5 = "test/acc5"
+TEST_ACC_REAL = "test/acc_real"  # ImageNet ReaL (real.json), when the data provides it
 
 #: the metric checkpoints and sweeps select on, and its direction
 MONITOR = VAL_ACC

@@ -6,12 +6,13 @@ checkpoint loads with ``torch.load(weights_only=True)`` and rebuilds the same ne
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab import metrics as M
@@ -34,6 +35,35 @@ def classification_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, label_
     raise ValueError(f"loss={kind!r} is not one of {LOSSES}")
 
 
+class ReaLAccuracy(Metric):
+    """ImageNet ReaL top-1: a prediction is right if it is in the image's reassessed label set (a (B, K)
+    multi-hot); images whose set is empty are left out, as in Beyer et al. 2020."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, real: torch.Tensor) -> None:
+        real = real.bool()
+        hit = real.gather(1, logits.argmax(-1, keepdim=True)).squeeze(1)
+        keep = real.any(-1)
+        self.correct += (hit & keep).sum()
+        self.total += keep.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct / self.total.clamp(min=1)
+
+
+def init_head_bias(net: torch.nn.Module, value: float) -> None:
+    """Set the bias of the classifier's last linear/1x1-conv layer (timm ``get_classifier``)."""
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    layers = [m for m in (head.modules() if head is not None else []) if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    if not layers or layers[-1].bias is None:
+        raise ValueError(f"{type(net).__name__} has no classifier bias to initialise")
+    torch.nn.init.constant_(layers[-1].bias, value)
+
+
 class ClassificationModule(L.LightningModule):
     def __init__(
         self,
@@ -41,6 +71,7 @@ class ClassificationModule(L.LightningModule):
         optim: dict[str, Any],
         loss: str = "softmax",
         label_smoothing: float = 0.0,
+        head_bias_init: float | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -51,8 +82,15 @@ class ClassificationModule(L.LightningModule):
         self.net = build_model(**model)
         k = int(model["num_classes"])
         self.num_classes = k
+        if head_bias_init is None and loss == "sigmoid":
+            # Sigmoid heads start at the class prior p = 1/K (big_vision's head_bias_init), not at p = 0.5:
+            # otherwise the first epochs only learn to push every logit down.
+            head_bias_init = -math.log(max(k - 1, 1))
+        if head_bias_init is not None:
+            init_head_bias(self.net, head_bias_init)
         acc = lambda top_k=1: MulticlassAccuracy(num_classes=k, top_k=min(top_k, k), average="micro")  # noqa: E731
         self.train_acc, self.val_acc, self.test_acc, self.test_acc5 = acc(), acc(), acc(), acc(5)
+        self.test_acc_real = ReaLAccuracy()  # logged only when the test set carries ReaL labels (ImageNet)
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         #: the run's resolved config (plain containers), stored in every checkpoint for ``vitlab.evaluate``
@@ -66,7 +104,7 @@ class ClassificationModule(L.LightningModule):
         return self.net(x)
 
     def _step(self, batch):
-        x, y = batch
+        x, y = batch[0], batch[1]  # a third item is per-image side data (ImageNet ReaL labels)
         logits = self(x)
         loss = classification_loss(logits, y, self.hparams.loss, self.hparams.label_smoothing)
         return loss, logits.detach(), y
@@ -102,6 +140,9 @@ class ClassificationModule(L.LightningModule):
         self.log(M.TEST_LOSS, self.test_loss, on_step=False, on_epoch=True)
         self.log(M.TEST_ACC, self.test_acc, on_step=False, on_epoch=True)
         self.log(M.TEST_ACC5, self.test_acc5, on_step=False, on_epoch=True)
+        if len(batch) > 2:
+            self.test_acc_real(logits, batch[2])
+            self.log(M.TEST_ACC_REAL, self.test_acc_real, on_step=False, on_epoch=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:

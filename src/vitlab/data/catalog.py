@@ -1,0 +1,64 @@
+"""Facts about the datasets that configs need at compose time, importable without torch.
+
+- :data:`VTAB_TASKS`: the 19 VTAB-1k tasks, their group and class count (paper §4.1, Table 2), the
+  one table every VTAB consumer reads.
+- Config resolvers: ``${vitlab.vtab_classes:<task>}`` and ``${vitlab.folder_classes:<root>}`` so a
+  model's head size follows the data without a second key to keep in sync.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: task -> (group, number of classes); directory names of the VTAB-1k release used by PyTorch work
+VTAB_TASKS: dict[str, tuple[str, int]] = {
+    "caltech101": ("natural", 102),
+    "cifar": ("natural", 100),
+    "dtd": ("natural", 47),
+    "oxford_flowers102": ("natural", 102),
+    "oxford_iiit_pet": ("natural", 37),
+    "svhn": ("natural", 10),
+    "sun397": ("natural", 397),
+    "patch_camelyon": ("specialized", 2),
+    "eurosat": ("specialized", 10),
+    "resisc45": ("specialized", 45),
+    "diabetic_retinopathy": ("specialized", 5),
+    "clevr_count": ("structured", 8),
+    "clevr_dist": ("structured", 6),
+    "dmlab": ("structured", 6),
+    "kitti": ("structured", 4),
+    "dsprites_loc": ("structured", 16),
+    "dsprites_ori": ("structured", 16),
+    "smallnorb_azi": ("structured", 18),
+    "smallnorb_ele": ("structured", 9),
+}
+VTAB_GROUPS: dict[str, list[str]] = {
+    g: [t for t, (grp, _) in VTAB_TASKS.items() if grp == g] for g in ("natural", "specialized", "structured")
+}
+
+
+def vtab_num_classes(task: str) -> int:
+    if task not in VTAB_TASKS:
+        raise ValueError(f"data.task={task!r} is not a VTAB-1k task; choose one of {', '.join(VTAB_TASKS)}")
+    return VTAB_TASKS[task][1]
+
+
+def folder_num_classes(root: str) -> int:
+    """Number of class sub-folders of ``<root>/train`` (or of ``root`` itself when it has no train/)."""
+    if root in (None, "", "???"):
+        raise ValueError("data.root is not set: data=folder needs data.root=<folder of class sub-folders>")
+    p = Path(str(root)).expanduser()
+    base = p / "train" if (p / "train").is_dir() else p
+    if not base.is_dir():
+        raise FileNotFoundError(
+            f"data.root={root} does not exist ({p.resolve()}); data=folder expects <root>/<class>/<image> "
+            "or <root>/train/<class>/<image> (+ optional val/, test/)"
+        )
+    n = sum(1 for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
+    if n == 0:
+        raise FileNotFoundError(f"{base} holds no class sub-folders; data=folder expects {base}/<class>/<image>")
+    return n
+
+
+RESOLVERS = {"vitlab.vtab_classes": vtab_num_classes, "vitlab.folder_classes": folder_num_classes}
