@@ -91,3 +91,8 @@ def to_plain(cfg: Any) -> Any:
     if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     return cfg
+
+
+def job_config(cfg: DictConfig) -> dict[str, Any]:
+    """The job's resolved config as plain containers, without Hydra's own ``hydra`` node."""
+    return {k: v for k, v in to_plain(cfg).items() if k != "hydra"}

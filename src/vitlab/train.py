@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from vitlab.config import CONF_DIR, ConfigError, to_plain, validate_train_cfg
+from vitlab.config import CONF_DIR, ConfigError, job_config, to_plain, validate_train_cfg
 from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_results
 
 log = logging.getLogger("vitlab.train")
@@ -52,7 +52,7 @@ def build_module(cfg: DictConfig):
         from vitlab.models.pretrained import load_pretrained
 
         load_pretrained(module.net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")))
-    module.run_config = to_plain(cfg)
+    module.run_config = job_config(cfg)
     return module
 
 
@@ -72,6 +72,15 @@ def run_stats(module, dm, cfg: DictConfig) -> dict[str, Any]:
         **flops_stats(to_plain(cfg.model)),  # model/gmacs, model/gflops, model/train_gflops per image
         **dm.stats(),
     }
+
+
+def save_resolved_config(cfg: DictConfig, out_dir: Path) -> Path:
+    """``config.yaml`` next to the checkpoints: the fully resolved config of this job (Hydra's own copy
+    under ``.hydra/`` keeps the interpolations)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(job_config(cfg))))
+    return path
 
 
 def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
@@ -97,6 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_launch(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
     out_dir = Path(cfg.paths.output_dir)
+    save_resolved_config(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
 
     dm = instantiate(cfg.data, _convert_="all")
@@ -109,7 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir))
     for lg in loggers:
-        lg.log_hyperparams({**stats, "cfg": to_plain(cfg)})
+        lg.log_hyperparams({**stats, "cfg": job_config(cfg)})
 
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)

@@ -1,0 +1,137 @@
+"""Real (tiny) training runs through the same code paths as the CLI."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vitlab.modules.classification import classification_loss
+from vitlab.train import train
+
+from conftest import compose_cfg
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory):
+    """One short vit_micro run on digits, shared by the tests that inspect its outputs."""
+    out = tmp_path_factory.mktemp("vit_run")
+    cfg = compose_cfg("train", ["model=vit_micro", "data=digits", "trainer.max_epochs=4", "trainer.enable_progress_bar=false",
+                                "trainer.enable_model_summary=false", "logger=none"], out)
+    return out, train(cfg)
+
+
+def test_vit_micro_learns_digits(vit_run):
+    out, res = vit_run
+    assert res["test/acc"] > 0.5  # chance is 0.1
+    assert res["val/acc_best"] >= res["val/acc"] - 1e-6
+
+
+def test_bit_micro_learns_digits(compose_train):
+    res = train(compose_train("model=bit_micro", "trainer.max_epochs=1"))
+    assert res["test/acc"] > 0.5
+
+
+def test_run_dir_holds_config_checkpoints_metrics_and_csv(vit_run):
+    out, res = vit_run
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in ckpts and any(re.match(r"epoch\d{3}-val_acc0\.\d{4}\.ckpt", c) for c in ckpts)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"]["name"] == "vit_micro" and cfg["paths"]["output_dir"] == str(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test/acc"] == pytest.approx(res["test/acc"])
+    csv_hparams = yaml.safe_load((out / "csv" / "hparams.yaml").read_text())
+    for key in ("model/params", "model/img_size", "model/patch_size", "data/train_size"):
+        assert key in csv_hparams
+    assert csv_hparams["model/patch_size"] == 8 and csv_hparams["data/train_size"] == 1257
+    header = (out / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for name in ("train/loss_step", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/acc5"):
+        assert name in header, header
+
+
+def test_checkpoint_loads_with_weights_only(vit_run):
+    out, _ = vit_run
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["model"]["name"] == "vit_micro"
+    assert ckpt["vitlab_config"]["data"]["name"] == "digits"
+
+
+def test_evaluate_reproduces_test_accuracy_exactly(vit_run, tmp_path):
+    from vitlab.evaluate import evaluate
+
+    out, res = vit_run
+    cfg = compose_cfg("evaluate", [f"ckpt_path={res['test/ckpt']}"], tmp_path / "eval")
+    ev = evaluate(cfg)
+    assert ev["test/acc"] == res["test/acc"]
+    assert ev["test/acc5"] == res["test/acc5"]
+
+
+def test_seed_makes_runs_repeatable(compose_train, tmp_path):
+    a = train(compose_train("trainer.max_epochs=1", "trainer.limit_train_batches=3", "test=false", out=tmp_path / "a"))
+    b = train(compose_train("trainer.max_epochs=1", "trainer.limit_train_batches=3", "test=false", out=tmp_path / "b"))
+    assert a["val/acc"] == b["val/acc"] and a["val/loss"] == b["val/loss"]
+
+
+def test_sigmoid_and_label_smoothing_losses():
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    y = torch.tensor([0])
+    manual = -(torch.nn.functional.logsigmoid(logits[0, 0]) + torch.nn.functional.logsigmoid(-logits[0, 1:]).sum())
+    assert classification_loss(logits, y, "sigmoid") == pytest.approx(manual.item(), rel=1e-6)
+    assert classification_loss(logits, y, "softmax", 0.1) > classification_loss(logits, y, "softmax", 0.0)
+
+
+def test_sigmoid_loss_trains(compose_train):
+    res = train(compose_train("model=bit_micro", "module.loss=sigmoid", "module.label_smoothing=0.1",
+                              "trainer.max_epochs=1"))
+    assert res["test/acc"] > 0.3
+
+
+def test_wandb_offline_run_records_group_tags_and_job_type(compose_train, tmp_path):
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    cfg = compose_train("logger=default", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "group=g1",
+                        "tags=[a,b]", "job_type=finetune", out=tmp_path / "wb")
+    train(cfg)
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    ds = datastore.DataStore()
+    ds.open_for_scan(str(runs[0]))
+    run, config_keys, exit_code = None, set(), None
+    while (data := ds.scan_data()) is not None:
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(data)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            run = rec.run
+            config_keys |= {u.key for u in rec.run.config.update}
+        elif kind == "config":
+            config_keys |= {u.key for u in rec.config.update}
+        elif kind == "exit":
+            exit_code = rec.exit.exit_code
+    assert run is not None and run.group == "g1" and run.job_type == "finetune" and list(run.tags) == ["a", "b"]
+    assert {"model/params", "model/img_size", "model/patch_size", "data/train_size"} <= config_keys
+    assert exit_code == 0  # the run was finished
+
+
+def test_cli_quickstart_end_to_end(cli, tmp_path):
+    r = cli("vitlab.train", "experiment=quickstart", "trainer.max_epochs=1", "trainer.limit_train_batches=4",
+            "logger=none", "trainer.enable_progress_bar=false", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"\| vit_micro \| 0\.82 \| digits \| 1,257 \|", r.stdout), r.stdout[-2000:]
+    assert re.search(r"\| bit_micro \| 1\.04 \| digits \| 1,257 \|", r.stdout)
+    assert re.search(r"^\s+test/acc\s+0\.\d{4}$", r.stdout, re.M)
+    sweep = next((tmp_path / "logs" / "quickstart" / "multiruns").iterdir())
+    assert (sweep / "summary.md").is_file() and (sweep / "0" / "metrics.json").is_file() and (sweep / "1" / "metrics.json").is_file()
+
+
+def test_two_jobs_started_together_get_their_own_dirs(tmp_path):
+    args = [sys.executable, "-m", "vitlab.train", "--cfg", "hydra", "--resolve"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    dirs = [re.search(r"^  run:\n    dir: (.+)$", p.communicate(timeout=120)[0], re.M).group(1) for p in procs]
+    assert dirs[0] != dirs[1]
+    assert all(Path(d).parts[:3] == ("logs", "train", "runs") for d in dirs)
