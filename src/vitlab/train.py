@@ -100,11 +100,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
     from hydra.utils import instantiate
 
+    from vitlab.callbacks.resume import apply_wandb_resume, resolve_resume
     from vitlab.utils.instantiate import build_callbacks, build_loggers
 
     validate_train_cfg(cfg)
     check_launch(cfg)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
+    plan = resolve_resume(cfg)  # ckpt_path=last / resume=auto|never: errors before anything is written
+    log.info(plan.message)
+    apply_wandb_resume(cfg, plan)  # the resumed job logs into the same W&B run
+    ckpt_path = plan.ckpt_path
     out_dir = Path(cfg.paths.output_dir)
     save_resolved_config(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -122,13 +126,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams({**stats, "cfg": job_config(cfg)})
 
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     metrics = scalar_metrics(trainer.callback_metrics)
     best = None
     if cfg.get("test", True) and not trainer.interrupted:
         ckpt_cb = trainer.checkpoint_callback
         best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
-        (test_metrics,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)
+        (test_metrics,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)
         metrics.update(scalar_metrics(test_metrics))
     wall = time.perf_counter() - t0
 

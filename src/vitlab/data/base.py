@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vitlab.data.sampler import ResumableSampler, seeded_rng
 from vitlab.data.transforms import build_transform
 
 
@@ -32,7 +33,11 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int | tuple[int, int]):
+        if isinstance(i, tuple):  # (index, seed) from ResumableSampler: augmentation = f(seed), exact on resume
+            i, seed = i
+            with seeded_rng(seed):
+                return self.__getitem__(i)
         img, label, *extra = self.base[i]  # extra: per-image side data, e.g. ImageNet ReaL label sets
         return (self.transform(img), label, *extra)
 
@@ -196,11 +201,28 @@ class VisionDataModule(L.LightningDataModule):
             "data/eval_img_size": self.eval_img_size,
         }
 
+    # The training sampler's position (seed, epoch, batches consumed) travels in every checkpoint, so a
+    # resumed run continues with exactly the batches an uninterrupted one would see (data/sampler.py).
+    def state_dict(self) -> dict[str, Any]:
+        sampler, trainer = getattr(self, "_train_sampler", None), getattr(self, "trainer", None)
+        if sampler is None or trainer is None:
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        return {"train_sampler": sampler.state_dict(done, done >= trainer.num_training_batches, self.batch_size)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_sampler_state = state_dict.get("train_sampler")
+
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        sampler = None
+        if train and isinstance(ds, TransformedDataset):
+            sampler = self._train_sampler = ResumableSampler(ds, state=getattr(self, "_train_sampler_state", None))
+            self._train_sampler_state = None
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train if sampler is None else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

@@ -1,0 +1,141 @@
+"""Checkpoints that are never half-written, and a ``last.ckpt`` that is also saved every N steps.
+
+Lightning writes a checkpoint in place: a kill or a full disk during the write leaves a truncated
+``last.ckpt`` where the good one was. :class:`AtomicModelCheckpoint` writes ``<name>.tmp`` first,
+fsyncs it and renames it over the old file (``os.replace`` is atomic on POSIX): at every instant the
+file named ``last.ckpt`` is a complete checkpoint. A failed write (disk full, quota, permissions)
+removes the temporary file, keeps the previous checkpoint and raises :class:`CheckpointWriteError`
+naming the directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+TMP_SUFFIX = ".tmp"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous checkpoints are untouched."""
+
+
+def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (e.g. certain network mounts) refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(trainer: L.Trainer, filepath: str | os.PathLike, weights_only: bool = False) -> str:
+    """``trainer.save_checkpoint`` to ``filepath`` via ``filepath.tmp`` + fsync + rename (collective under DDP)."""
+    filepath = str(filepath)
+    tmp = filepath + TMP_SUFFIX
+    try:
+        trainer.save_checkpoint(tmp, weights_only)
+        if trainer.is_global_zero:
+            fsync_path(tmp)
+            os.replace(tmp, filepath)
+            fsync_path(os.path.dirname(filepath) or ".", directory=True)
+    except Exception as e:
+        if trainer.is_global_zero:
+            Path(tmp).unlink(missing_ok=True)
+        directory = os.path.dirname(os.path.abspath(filepath))
+        previous = sorted(p.name for p in Path(directory).glob("*.ckpt")) if os.path.isdir(directory) else []
+        why = "the disk or quota is full" if getattr(e, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else (
+            "see the error above")
+        raise CheckpointWriteError(
+            getattr(e, "errno", None) or errno.EIO,
+            f"could not write checkpoint {os.path.basename(filepath)} in {directory} ({type(e).__name__}: {e}); "
+            f"{why}. The previous checkpoints there are untouched: {', '.join(previous) or 'none yet'}. "
+            f"Free space (or point callbacks.model_checkpoint.dirpath elsewhere), then resume from last.ckpt.",
+        ) from e
+    trainer.strategy.barrier("vitlab.atomic_save")
+    return filepath
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` with atomic writes, plus ``last.ckpt`` every ``last_every_n_train_steps`` steps.
+
+    The best-``monitor`` checkpoints are kept as usual (at validation end); ``last.ckpt`` is rewritten
+    every N optimizer steps and at every epoch end, whether or not the monitored metric improved,
+    so a resumed run loses at most N steps.
+    """
+
+    def __init__(self, *args: Any, last_every_n_train_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if last_every_n_train_steps is not None and int(last_every_n_train_steps) < 1:
+            raise ValueError(f"last_every_n_train_steps={last_every_n_train_steps} must be >= 1 or null")
+        self.last_every_n_train_steps = int(last_every_n_train_steps) if last_every_n_train_steps else None
+        self._last_saved_step: int | None = None
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        atomic_save(trainer, filepath, self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if os.path.basename(filepath).startswith(self.CHECKPOINT_NAME_LAST or "last"):
+            self._last_saved_step = trainer.global_step
+        if trainer.is_global_zero:
+            from weakref import proxy
+
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def save_last_now(self, trainer: L.Trainer) -> str:
+        """Write ``last.ckpt`` for the current state (used on SIGTERM / SIGUSR1 / Ctrl-C)."""
+        keep = self._last_global_step_saved  # a step save must not stop the epoch-end best/last save
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_global_step_saved = keep
+        return self.last_model_path
+
+    def _last_is_stale(self, trainer: L.Trainer) -> bool:
+        return bool(self.save_last) and not trainer.sanity_checking and not trainer.fast_dev_run and (
+            self._last_saved_step != trainer.global_step) and trainer.global_step > 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n = self.last_every_n_train_steps
+        if n and trainer.global_step % n == 0 and self._last_is_stale(trainer):
+            is_last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            if not is_last_batch:  # the epoch-end save follows right after, with validation results
+                self.save_last_now(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._last_is_stale(trainer) and not self._should_save_on_train_epoch_end(trainer):
+            self.save_last_now(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._last_is_stale(trainer) and self._should_save_on_train_epoch_end(trainer):
+            self.save_last_now(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_saved_step": self._last_saved_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._last_saved_step = state_dict.get("last_saved_step")
+
+
+def find_checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The callback that owns ``last.ckpt`` (an :class:`AtomicModelCheckpoint` if there is one)."""
+    cbs = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    for c in cbs:
+        if isinstance(c, AtomicModelCheckpoint) and c.save_last:
+            return c
+    return next((c for c in cbs if c.save_last), cbs[0] if cbs else None)

@@ -1,0 +1,275 @@
+"""Exact resume: which checkpoint to resume from, and the state Lightning does not save by itself.
+
+Where to resume from (:func:`resolve_resume`, called by ``vitlab.train`` before anything is built):
+
+- ``resume=auto`` (default): the job directory's own ``checkpoints/last.ckpt`` if it exists (a re-run
+  with ``hydra.run.dir=<that dir>``, a SLURM requeue), else start from scratch; either way one log line says so.
+- ``ckpt_path=last``: that same ``last.ckpt``, which must exist (clear error otherwise, never silently from scratch).
+- ``ckpt_path=<file>``: that file (or, once this job has its own ``last.ckpt``, the newer one).
+- ``resume=never``: start from scratch, and refuse a directory that already holds checkpoints
+  rather than overwrite them.
+
+What :class:`ResumeState` adds to every checkpoint (Lightning saves weights, optimizer, schedulers,
+loop counters; the data module saves the sampler position, see ``vitlab/data/sampler.py``):
+
+- the RNG states of python, numpy, torch (CPU and CUDA), restored on resume; and, so that they do
+  not depend on prefetching or on where the run was killed, the model's randomness (dropout, drop
+  path) is reseeded at each training batch from ``(seed, epoch, batch index, rank)``;
+- the torchmetrics states (running train loss/accuracy of the interrupted epoch, ``val/acc_best``),
+  so the epoch-level and best-so-far metrics continue as if nothing happened;
+- the W&B run id, so the resumed run logs into the same W&B run (online or offline).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vitlab.callbacks.checkpoint import TMP_SUFFIX
+from vitlab.config import ConfigError
+
+log = logging.getLogger("vitlab.resume")
+
+RESUME_KEY = "vitlab_resume"
+RESUME_MODES = ("auto", "never")
+LAST = "last.ckpt"
+
+
+class ResumeError(ConfigError):
+    """A resume was asked for and cannot be done as asked."""
+
+
+@dataclass
+class ResumePlan:
+    ckpt_path: str | None
+    message: str
+    global_step: int = 0
+    epoch: int = 0
+    wandb_id: str | None = None
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    d = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    return Path(d) if d else Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def peek_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint's counters and vitlab state cheaply and safely (``weights_only=True``, memory-mapped).
+
+    A file that needs arbitrary code to unpickle (anything but tensors and plain containers) is refused.
+    """
+    p = Path(path)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ResumeError(
+            f"{p} is not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:300]}). vitlab loads "
+            "checkpoints with torch.load(weights_only=True): a file that would run code when loaded is refused, "
+            "and a truncated file cannot be read. Pass another ckpt_path (or resume=never in a new directory)."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ResumeError(f"{p} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by vitlab.train")
+    extra = ckpt.get(RESUME_KEY) or {}
+    return {"global_step": int(ckpt.get("global_step", 0)), "epoch": int(ckpt.get("epoch", 0)),
+            "wandb_id": extra.get("wandb_id")}
+
+
+def resolve_resume(cfg: DictConfig) -> ResumePlan:
+    """Decide what to resume from (see the module docstring); never silently start from scratch when asked to resume."""
+    mode = str(cfg.get("resume", "auto")).lower()
+    if mode in ("false", "none", "no"):
+        mode = "never"
+    if mode in ("true", "yes"):
+        mode = "auto"
+    if mode not in RESUME_MODES:
+        raise ResumeError(f"resume={cfg.get('resume')!r} is not one of {list(RESUME_MODES)}")
+    asked = cfg.get("ckpt_path")
+    asked = None if asked in (None, "", "null") else str(asked)
+    ckpt_dir = checkpoint_dir(cfg)
+    own_last = ckpt_dir / LAST
+    for stale in ckpt_dir.glob(f"*{TMP_SUFFIX}") if ckpt_dir.is_dir() else []:
+        log.warning("removing %s: a checkpoint write that was interrupted (the complete checkpoints are kept)", stale)
+        stale.unlink(missing_ok=True)
+    existing = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+
+    if mode == "never":
+        if asked:
+            raise ResumeError(f"resume=never contradicts ckpt_path={asked}: drop one of them")
+        if existing:
+            raise ResumeError(
+                f"resume=never but {ckpt_dir} already holds checkpoints ({', '.join(p.name for p in existing[:4])}): "
+                "vitlab does not overwrite them. Use a new hydra.run.dir, or resume=auto to continue that run."
+            )
+        return ResumePlan(None, "resume=never: starting from scratch")
+
+    if asked in ("best", "hpc", "registry"):
+        raise ResumeError(f"ckpt_path={asked} is not supported by vitlab.train: use ckpt_path=last or a file path")
+    if asked == "last" and not own_last.is_file():
+        others = f" (it holds: {', '.join(p.name for p in existing[:4])})" if existing else ""
+        raise ResumeError(
+            f"ckpt_path=last but there is no {own_last}{others}. To continue an earlier run, re-run in its "
+            "directory: hydra.run.dir=<that run's dir> ckpt_path=last, or pass ckpt_path=<file>.ckpt. "
+            "resume=auto (without ckpt_path) starts from scratch when no checkpoint exists."
+        )
+    if own_last.is_file():
+        path, why = own_last, "this job's directory holds it"
+        if asked not in (None, "last"):
+            why += f" (newer than ckpt_path={asked}, which this job started from)"
+    elif asked not in (None, "last"):
+        p = Path(asked).expanduser()
+        if not p.is_file():
+            raise ResumeError(f"ckpt_path={asked}: no such checkpoint file ({p.resolve()})")
+        path, why = p, "ckpt_path"
+    else:
+        if existing:
+            raise ResumeError(
+                f"{ckpt_dir} holds checkpoints ({', '.join(p.name for p in existing[:4])}) but no {LAST}: "
+                "pass one of them as ckpt_path=<file>, or use a new hydra.run.dir"
+            )
+        return ResumePlan(None, f"resume=auto: no checkpoint in {ckpt_dir}; starting from scratch")
+    info = peek_checkpoint(path)
+    return ResumePlan(
+        str(path),
+        f"resuming from {path} ({why}): epoch {info['epoch']}, global step {info['global_step']}"
+        + (f", W&B run {info['wandb_id']}" if info["wandb_id"] else ""),
+        global_step=info["global_step"], epoch=info["epoch"], wandb_id=info["wandb_id"],
+    )
+
+
+def apply_wandb_resume(cfg: DictConfig, plan: ResumePlan) -> None:
+    """Point the W&B logger at the checkpoint's run id so the resumed job continues that run."""
+    wb = OmegaConf.select(cfg, "logger.wandb", default=None)
+    if wb is None or not plan.wandb_id or wb.get("id"):
+        return
+    with open_dict(cfg):
+        wb.id = plan.wandb_id
+        wb.resume = "allow"
+
+
+# ---- the callback ------------------------------------------------------------------------------------
+def _step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, batch_idx, rank, 0x5EED]).generate_state(1, np.uint64)
+    return int(state[0]) & ((1 << 63) - 1)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state as tensors and plain containers (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.random.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, IndexError) as e:  # fewer GPUs than when saved
+            log.warning("CUDA RNG state not restored (%s)", e)
+
+
+def _metrics(pl_module: L.LightningModule) -> dict[str, Any]:
+    from torchmetrics import Metric
+
+    return {name: m for name, m in pl_module.named_modules() if isinstance(m, Metric) and name}
+
+
+def _is_best_tracker(metric) -> bool:
+    from torchmetrics import MaxMetric, MinMetric
+
+    return isinstance(metric, (MaxMetric, MinMetric))
+
+
+def _clone(v):
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().clone()
+    if isinstance(v, list):
+        return [_clone(x) for x in v]
+    return v
+
+
+class ResumeState(L.Callback):
+    """Saves and restores what an exact resume needs beyond Lightning's own state (see the module docstring)."""
+
+    def __init__(self, reseed_every_batch: bool = True) -> None:
+        self.reseed_every_batch = reseed_every_batch
+        self._pending: dict[str, Any] | None = None
+        self.resumed_from_step: int | None = None
+
+    @staticmethod
+    def _seed() -> int:
+        from vitlab.data.sampler import global_seed
+
+        return global_seed()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        ready = int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        wandb_id = next((str(lg.version) for lg in trainer.loggers if isinstance(lg, WandbLogger) and lg.version), None)
+        checkpoint[RESUME_KEY] = {
+            "version": 1,
+            "seed": self._seed(),
+            "rng": rng_state(),
+            "metrics": {name: {k: _clone(v) for k, v in m.metric_state.items()} for name, m in _metrics(pl_module).items()},
+            "mid_epoch": 0 < ready < trainer.num_training_batches,
+            "world_size": int(trainer.world_size),
+            "wandb_id": wandb_id,
+        }
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._pending = checkpoint.get(RESUME_KEY)
+        self.resumed_from_step = int(checkpoint.get("global_step", 0))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending and self._pending.get("rng"):
+            set_rng_state(self._pending["rng"])
+
+    def _restore_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state, self._pending = self._pending, None
+        saved = (state or {}).get("metrics") or {}
+        # Epoch accumulators only make sense mid-epoch and per process; best-so-far trackers always.
+        all_states = bool(state.get("mid_epoch")) and int(trainer.world_size) == 1 == int(state.get("world_size", 1))
+        for name, m in _metrics(pl_module).items():
+            if name not in saved or not (all_states or _is_best_tracker(m)):
+                continue
+            for k, v in saved[name].items():
+                cur = getattr(m, k, None)
+                if isinstance(cur, torch.Tensor) and isinstance(v, torch.Tensor):
+                    setattr(m, k, v.to(cur.device, cur.dtype))
+                elif isinstance(cur, list) and isinstance(v, list):
+                    setattr(m, k, [x.to(pl_module.device) if isinstance(x, torch.Tensor) else x for x in v])
+            m._update_count = max(m._update_count, 1)
+            m._computed = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._pending is not None:
+            self._restore_metrics(trainer, pl_module)
+        if self.reseed_every_batch:
+            s = _step_seed(self._seed(), trainer.current_epoch, batch_idx, trainer.global_rank)
+            torch.random.default_generator.manual_seed(s)
+            random.seed(s)
+            np.random.seed(s % (1 << 32))
+            if pl_module.device.type == "cuda":
+                torch.cuda.manual_seed(s)

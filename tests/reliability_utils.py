@@ -1,0 +1,93 @@
+"""Helpers shared by the reliability tests: tiny CLI runs, killing a real process at a real checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+#: a training run of a few seconds: 6 batches of 32 per epoch at 16 px, one val batch, step checkpoints every 2 steps
+TINY = [
+    "data.batch_size=32",
+    "data.train_size=192",
+    "data.img_size=16",
+    "data.eval_batch_size=200",
+    "trainer.limit_val_batches=1",
+    "trainer.max_epochs=3",
+    "trainer.deterministic=true",
+    "callbacks.model_checkpoint.last_every_n_train_steps=2",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "test=false",
+]
+STEPS_PER_EPOCH = 6
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true",
+            "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", **extra}
+
+
+def train_cmd(run_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "vitlab.train", *TINY, f"hydra.run.dir={run_dir}", *args]
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=kw.pop("env", None) or env(), capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def start(cmd: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=cwd, env=kw.pop("env", None) or env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def wait_for(pred, proc: subprocess.Popen, timeout: float = 300, what: str = "condition") -> None:
+    t0 = time.monotonic()
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-4000:]}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def ckpt_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
+def kill_at_checkpoint(proc: subprocess.Popen, ckpt: Path, min_step: int = 1, sig: int = signal.SIGKILL) -> int:
+    """Wait until ``ckpt`` exists with global_step >= min_step, then send ``sig``; return that step."""
+    def ready() -> bool:
+        try:
+            return ckpt.is_file() and ckpt_step(ckpt) >= min_step
+        except Exception:  # noqa: BLE001 - replaced while reading
+            return False
+
+    wait_for(ready, proc, what=f"{ckpt} at step >= {min_step}")
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return ckpt_step(ckpt)
+
+
+def state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = state_dict(a), state_dict(b)
+    assert sa.keys() == sb.keys()
+    diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not diff, f"{len(diff)} tensors differ between {a} and {b}, e.g. {diff[:3]}"

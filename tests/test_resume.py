@@ -1,0 +1,69 @@
+"""Resume: a run killed with SIGKILL mid-epoch continues to the same weights and metrics as an uninterrupted one."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+
+from reliability_utils import (
+    STEPS_PER_EPOCH,
+    assert_same_weights,
+    kill_at_checkpoint,
+    metrics,
+    run,
+    start,
+    train_cmd,
+)
+from vitlab.callbacks.resume import RESUME_KEY
+
+COMPARED = ("val/acc", "val/loss", "val/acc_best", "train/loss_epoch", "train/acc", "train/images_seen")
+
+
+def test_sigkill_mid_epoch_then_auto_resume_is_bitwise_equal(tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    # The uninterrupted reference and the run we kill share the 2 cores.
+    p_ref = start(train_cmd(ref), tmp_path)
+    p_kill = start(train_cmd(killed), tmp_path)
+    step = kill_at_checkpoint(p_kill, killed / "checkpoints" / "last.ckpt", min_step=2)
+    assert p_kill.returncode == -signal.SIGKILL
+    total = 3 * STEPS_PER_EPOCH
+    assert 0 < step < total, f"the kill must fall mid-training (checkpoint at step {step} of {total})"
+    ckpt = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert "train_sampler" in ckpt["DigitsDataModule"] and ckpt[RESUME_KEY]["rng"]["torch"].dtype == torch.uint8
+
+    # Same command, same directory: resumes by itself (resume=auto) and says so.
+    again = run(train_cmd(killed), tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr + again.stdout
+    out_ref, _ = p_ref.communicate(timeout=600)
+    assert p_ref.returncode == 0, out_ref[-3000:]
+
+    assert_same_weights(ref / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")
+    m_ref, m_res = metrics(ref), metrics(killed)
+    for k in COMPARED:
+        assert m_res[k] == m_ref[k], (k, m_res[k], m_ref[k])
+
+
+def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path):
+    out = run(train_cmd(tmp_path / "new", "ckpt_path=last"), tmp_path)
+    assert out.returncode != 0
+    assert "ckpt_path=last but there is no" in out.stderr and "hydra.run.dir=" in out.stderr
+    assert not (tmp_path / "new" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_resume_at_epoch_boundary_matches(tmp_path):
+    """Kill right after an end-of-epoch checkpoint (step 6 = epoch 1 done) and resume."""
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    args = ("callbacks.model_checkpoint.last_every_n_train_steps=null",)
+    p_ref = start(train_cmd(ref, *args), tmp_path)
+    p_kill = start(train_cmd(killed, *args), tmp_path)
+    step = kill_at_checkpoint(p_kill, killed / "checkpoints" / "last.ckpt", min_step=STEPS_PER_EPOCH)
+    assert step % STEPS_PER_EPOCH == 0 and step < 3 * STEPS_PER_EPOCH
+    again = run(train_cmd(killed, *args, "ckpt_path=last"), tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    p_ref.communicate(timeout=600)
+    assert_same_weights(ref / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")
+    assert metrics(killed)["val/acc_best"] == metrics(ref)["val/acc_best"]
