@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vitlab-installed
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-slow lint format clean
+.PHONY: help install train test test-slow lint format clean bench-data
 
 help:
 	@echo "make train      set up .venv, then run the quickstart (ViT vs BiT on digits, one table)"
 	@echo "make test       set up .venv, then run the default test suite"
 	@echo "make test-slow  the slow tests too (accuracy targets of the quickstart)"
 	@echo "make lint       ruff"
+	@echo "make bench-data input-pipeline img/s: vitlab's ImageNet loader vs torchvision ImageFolder"
 	@echo "make clean      remove logs and caches (keeps .venv)"
 
 # Every install goes through constraints.txt (torch/torchvision pins; see DEVELOPERS.md).
@@ -32,6 +33,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+bench-data: $(STAMP)
+	$(PY) -m vitlab.data.bench $(BENCH_DATA_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

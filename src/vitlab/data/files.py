@@ -8,6 +8,7 @@ Nothing here writes inside a dataset root; only an explicit ``data.download=true
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from vitlab.data.base import DataConfigError, VisionDataModule
 
@@ -55,19 +57,31 @@ def require_file(path: Path, name: str, layout: str) -> Path:
     return path
 
 
-def load_image(path: str | os.PathLike, draft: int | None = None) -> Image.Image:
-    """Decode ``path`` to an RGB PIL image; a missing or undecodable file raises an error naming it.
+DECODERS = ("auto", "pil")
 
-    ``draft`` lets libjpeg decode a JPEG at a reduced DCT scale when the image is at least twice
-    that size on both sides (a pure speed-up for pipelines that shrink the image anyway).
+
+def load_image(path: str | os.PathLike, decoder: str = "auto") -> Image.Image | torch.Tensor:
+    """Decode ``path`` to RGB; a missing or undecodable file raises an error naming it.
+
+    ``auto`` decodes JPEGs with torchvision's libjpeg-turbo straight into a contiguous uint8 CHW
+    tensor (measurably faster through the pipelines than PIL + conversion; see ``vitlab.data.bench``)
+    and everything else, or a JPEG libjpeg refuses, with PIL. ``pil`` always uses PIL.
     """
     try:
-        with Image.open(path) as im:
-            if draft and im.format == "JPEG":
-                im.draft("RGB", (draft, draft))
-            return im.convert("RGB")
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise DatasetNotFoundError(f"image {path} is missing (it is listed by the dataset's index)") from None
+    except OSError as e:
+        raise CorruptImageError(f"cannot read image {path} ({e})") from e
+    if decoder == "auto" and data[:3] == b"\xff\xd8\xff":
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # truncated or unusual: PIL gives the verdict (and the error message)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CorruptImageError(
             f"cannot decode image {path} ({type(e).__name__}: {e}). Replace or delete the file, "
@@ -88,7 +102,7 @@ class ImageListDataset(Dataset):
         targets: Sequence[int],
         skip_corrupt: bool = False,
         extras: Callable[[int], Any] | None = None,
-        draft: int | None = None,
+        decoder: str = "auto",
     ) -> None:
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} image paths but {len(targets)} labels")
@@ -96,7 +110,9 @@ class ImageListDataset(Dataset):
         self.targets = [int(t) for t in targets]
         self.skip_corrupt = skip_corrupt
         self.extras = extras
-        self.draft = draft
+        if decoder not in DECODERS:
+            raise DataConfigError(f"data.decoder={decoder!r} is not one of {DECODERS}")
+        self.decoder = decoder
         self.skipped: set[str] = set()
 
     def __len__(self) -> int:
@@ -106,7 +122,7 @@ class ImageListDataset(Dataset):
         for attempt in range(min(len(self.paths), 64)):
             j = (i + attempt) % len(self.paths)
             try:
-                img = load_image(self.paths[j], self.draft)
+                img = load_image(self.paths[j], self.decoder)
             except CorruptImageError as e:
                 if not self.skip_corrupt:
                     raise
@@ -215,9 +231,12 @@ class FileDataModule(VisionDataModule):
     #: the layout this dataset expects under ``data.root``, shown in every missing-file error
     layout = ""
 
-    def __init__(self, skip_corrupt: bool = False, check_files: bool = True, **kwargs) -> None:
+    def __init__(self, skip_corrupt: bool = False, check_files: bool = True, decoder: str = "auto", **kwargs) -> None:
         kwargs.setdefault("num_workers", "auto")
         super().__init__(**kwargs)
+        if decoder not in DECODERS:
+            raise DataConfigError(f"data.decoder={decoder!r} is not one of {DECODERS}")
+        self.decoder = decoder
         self.skip_corrupt = bool(skip_corrupt)
         self.check_files = bool(check_files)
         self.classes: list[str] | None = None
@@ -236,7 +255,7 @@ class FileDataModule(VisionDataModule):
             )
 
     def images(self, paths, targets, extras=None) -> ImageListDataset:
-        return ImageListDataset(paths, targets, skip_corrupt=self.skip_corrupt, extras=extras)
+        return ImageListDataset(paths, targets, skip_corrupt=self.skip_corrupt, extras=extras, decoder=self.decoder)
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "data/root": str(self.root)}

@@ -1,0 +1,139 @@
+"""What every on-disk dataset shares: configs, pipelines by stage, the subset knob, loader defaults, decoders, bench."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from torchvision.transforms import v2
+
+from vitlab.config import CONF_DIR
+from vitlab.data import fixtures as fx
+from vitlab.data.files import load_image
+
+REAL_DATASETS = ["cifar10", "cifar100", "imagenet", "imagenet21k", "folder", "pets", "flowers102", "vtab"]
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    """One tiny release-format copy per dataset, and the overrides that point a config at it."""
+    t = tmp_path_factory.mktemp("datasets")
+    fx.write_cifar10(t / "cifar", per_batch=12, n_test=10)
+    fx.write_cifar100(t / "cifar", n_train=100, n_test=100)
+    fx.write_imagenet(t / "imagenet", fx.WNIDS[:3], train_per_class=8, val_per_class=2, val_layout="devkit", real=True)
+    fx.write_class_folders(t / "i21k", ["n00004475", "n00005787", "n00006024"], 8, ".JPEG")
+    fx.write_class_folders(t / "folder" / "train", ["a", "b", "c"], 8, ".png")
+    fx.write_pets(t / "pets", trainval_per_class=8, test_per_class=2)
+    fx.write_flowers102(t / "flowers", num_classes=3, per_split=(8, 2, 2))
+    fx.write_vtab_task(t / "vtab", "dtd", 47, n_train=24, n_val=6, n_test=6)
+    return {
+        "cifar10": [f"data.root={t / 'cifar'}"],
+        "cifar100": [f"data.root={t / 'cifar'}"],
+        "imagenet": [f"data.root={t / 'imagenet'}", "data.num_classes=3", "data.val_fraction=0"],
+        "imagenet21k": [f"data.root={t / 'i21k'}", "data.num_classes=3"],
+        "folder": [f"data.root={t / 'folder'}"],
+        "pets": [f"data.root={t / 'pets'}", "data.num_classes=4", "data.val_fraction=0"],
+        "flowers102": [f"data.root={t / 'flowers'}", "data.num_classes=3"],
+        "vtab": [f"data.root={t / 'vtab'}", "data.task=dtd"],
+    }
+
+
+def _dm(compose_train, roots, name, *extra):
+    cfg = compose_train(f"data={name}", *roots[name], "data.img_size=32", "data.num_workers=0", *extra)
+    return cfg, instantiate(cfg.data, _convert_="all")
+
+
+@pytest.mark.parametrize("name", REAL_DATASETS)
+def test_every_config_documents_itself_and_loads_its_fixture(name, roots, compose_train):
+    text = (Path(CONF_DIR) / "data" / f"{name}.yaml").read_text()
+    assert text.startswith("# ") and "Run: python -m vitlab.train" in text and "data.root" in text
+    cfg, dm = _dm(compose_train, roots, name)
+    assert cfg.model.num_classes == cfg.data.num_classes == dm.num_classes
+    dm.setup()
+    x, y, *_ = next(iter(dm.train_dataloader()))
+    assert x.shape[1:] == (3, 32, 32) and x.dtype == torch.float32 and int(y.max()) < dm.num_classes
+    assert len(dm.train_set) > 0 and len(dm.val_set) > 0 and len(dm.test_set) > 0
+
+
+@pytest.mark.parametrize("name", REAL_DATASETS)
+def test_train_size_is_seeded_class_balanced_and_refuses_too_many(name, roots, compose_train):
+    _, full = _dm(compose_train, roots, name)
+    full.setup()
+    n = len(full.train_set)
+    size = n // 2
+    _, a = _dm(compose_train, roots, name, f"data.train_size={size}")
+    _, b = _dm(compose_train, roots, name, f"data.train_size={size}")
+    _, c = _dm(compose_train, roots, name, f"data.train_size={size}", "data.subset_seed=1")
+    for dm in (a, b, c):
+        dm.setup()
+    assert len(a.train_set) == size and a.train_set.base.indices == b.train_set.base.indices
+    assert a.train_set.base.indices != c.train_set.base.indices
+    full_counts = np.bincount(full.train_set.targets)
+    counts = np.bincount(a.train_set.targets, minlength=len(full_counts))
+    not_exhausted = counts < full_counts  # a class with too few images gives its share to the others
+    assert counts.max() - counts[not_exhausted].min(initial=counts.max()) <= 1
+    from vitlab.data.base import DataConfigError
+
+    _, too_many = _dm(compose_train, roots, name, f"data.train_size={n + 1}")
+    with pytest.raises(DataConfigError, match=rf"train_size={n + 1} but .* has only {n} examples"):
+        too_many.setup()
+
+
+def _ops(transform) -> list[type]:
+    return [type(t) for t in transform.transforms]
+
+
+def test_pipelines_are_chosen_by_stage(roots, compose_train):
+    _, imnet = _dm(compose_train, roots, "imagenet")
+    assert v2.RandomResizedCrop in _ops(imnet.train_transform()) and v2.RandomHorizontalFlip in _ops(imnet.train_transform())
+    assert v2.CenterCrop in _ops(imnet.eval_transform()) and v2.RandomResizedCrop not in _ops(imnet.eval_transform())
+    _, ft = _dm(compose_train, roots, "imagenet", "data.train_pipeline=finetune", "data.img_size=48", "data.eval_img_size=64")
+    ops = _ops(ft.train_transform())
+    assert v2.RandomCrop in ops and v2.RandomHorizontalFlip in ops and v2.RandomResizedCrop not in ops
+    ft.setup()
+    assert ft.train_set[0][0].shape == (3, 48, 48) and ft.test_set[0][0].shape == (3, 64, 64)
+    _, cifar = _dm(compose_train, roots, "cifar10")
+    assert cifar.train_pipeline == "finetune"
+    _, vtab = _dm(compose_train, roots, "vtab")  # no flips: they would change dsprites/smallnorb orientation labels
+    assert not {v2.RandomHorizontalFlip, v2.RandomResizedCrop, v2.RandomCrop} & set(_ops(vtab.train_transform()))
+    _, norm = _dm(compose_train, roots, "folder", "data.normalization=imagenet")
+    n = [t for t in norm.eval_transform().transforms if isinstance(t, v2.Normalize)][0]
+    assert list(n.mean) == [0.485, 0.456, 0.406]
+
+
+def test_loader_defaults_fit_the_machine(roots, compose_train):
+    cfg = compose_train("data=imagenet", *roots["imagenet"])
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert cfg.data.num_workers == "auto" and loader.num_workers == dm.num_workers >= 0
+    assert loader.pin_memory == torch.cuda.is_available()
+    if loader.num_workers > 0:
+        assert loader.persistent_workers
+
+
+def test_both_decoders_read_the_same_pixels(tmp_path):
+    p = fx.write_image(tmp_path / "a.JPEG", 3, (64, 48))
+    fast, pil = load_image(p, "auto"), load_image(p, "pil")
+    assert isinstance(fast, torch.Tensor) and fast.shape == (3, 48, 64) and fast.dtype == torch.uint8
+    ref = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1)
+    assert (fast.int() - ref.int()).abs().float().mean() < 1.0
+    g = tmp_path / "gray.jpg"
+    fx.make_image(0, (20, 10)).convert("L").save(g)
+    assert load_image(g, "auto").shape == (3, 10, 20)  # grayscale JPEGs come out RGB like PIL's convert
+
+
+def test_bench_data_prints_ratios_and_writes_json(tmp_path, capsys):
+    from vitlab.data.bench import main
+
+    rows = main(["--images", "12", "--img-size", "32", "--batch", "4", "--workers", "0", "--repeats", "1",
+                 "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "ratio vitlab/baseline (pretrain):" in out and "ratio vitlab/baseline (eval):" in out
+    path = Path(out.strip().splitlines()[-1].removeprefix("wrote "))
+    data = json.loads(path.read_text())
+    assert len(data["rows"]) == len(rows) == 6
+    assert all(r["images"] == 12 and r["img_per_s"] > 0 for r in data["rows"])
+    assert {r["loader"] for r in rows} >= {"torchvision ImageFolder (baseline)", "vitlab (decoder=auto)"}
