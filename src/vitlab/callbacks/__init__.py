@@ -1,0 +1,1 @@
+"""Lightning callbacks of vitlab's protocols (EMA / Polyak averaging, compute tracking, ...)."""

@@ -1,0 +1,295 @@
+"""Few-shot linear evaluation (paper §4.1), as big_vision's ``fewshot_lsr`` evaluator does it.
+
+Frozen features of k images per class are whitened (per-feature mean/std of the k-shot set), a constant
+feature of 100 is appended as an almost unregularised bias, and an L2-regularised least-squares map onto
+{-1, 1}^K one-hot targets is solved in closed form. One eigendecomposition serves every regulariser on
+the grid: of x^T x (D x D) when N >= D, of x x^T (N x N) otherwise.
+
+vitlab's choices on top of big_vision's: the L2 penalty is picked on the dataset's *validation* split (so
+the test split never selects anything), and the reported number is the mean test accuracy over
+``seeds`` draws of the k-shot set.
+
+The same :class:`FewShotEvaluator` runs standalone (``python -m vitlab.fewshot``) and periodically inside
+training as :class:`FewShotCallback`, logging ``fewshot/<data>_<k>shot``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+log = logging.getLogger("vitlab.fewshot")
+
+BIAS_CONSTANT = 100.0
+#: big_vision's grid: 2^-10 ... 2^19
+L2_GRID: tuple[float, ...] = tuple(2.0**i for i in range(-10, 20))
+SHOTS: tuple[int, ...] = (1, 5, 10, 25)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The closed-form solver
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RidgeCache:
+    """Everything needed to solve for any L2 penalty: ``w(l2) = lhs diag(1 / (eigs + l2)) rhs``."""
+
+    eigs: torch.Tensor
+    lhs: torch.Tensor
+    rhs: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def weights(self, l2: float) -> torch.Tensor:
+        return (self.lhs * (1.0 / (self.eigs + l2)).unsqueeze(0)) @ self.rhs
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return _with_bias((x.double() - self.mean) / self.std)
+
+    def predict(self, x: torch.Tensor, l2: float) -> torch.Tensor:
+        return (self.prepare(x) @ self.weights(l2)).argmax(1)
+
+
+def _with_bias(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.full((x.shape[0], 1), BIAS_CONSTANT, dtype=x.dtype)], 1)
+
+
+def targets_pm1(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One-hot rescaled into {-1, 1}."""
+    return 2.0 * torch.nn.functional.one_hot(y.long(), num_classes).double() - 1.0
+
+
+def precompute(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> RidgeCache:
+    """Whiten, add the bias feature, eigendecompose x^T x (N >= D) or x x^T (N < D). float64 throughout."""
+    x = x.double()
+    mean = x.mean(0, keepdim=True)
+    std = x.std(0, keepdim=True, unbiased=False) + 1e-5
+    xb = _with_bias((x - mean) / std)
+    t = targets_pm1(y, num_classes)
+    n, d = xb.shape
+    if n >= d:
+        eigs, q = torch.linalg.eigh(xb.T @ xb)
+        rhs, lhs = q.T @ (xb.T @ t), q
+    else:
+        eigs, q = torch.linalg.eigh(xb @ xb.T)
+        rhs, lhs = q.T @ t, xb.T @ q
+    return RidgeCache(eigs=eigs, lhs=lhs, rhs=rhs, mean=mean, std=std)
+
+
+def ridge_direct(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float) -> torch.Tensor:
+    """Reference: the same regression by a direct solve, (X^T X + l2 I)^-1 X^T T (for tests)."""
+    x = x.double()
+    mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True, unbiased=False) + 1e-5
+    xb = _with_bias((x - mean) / std)
+    return torch.linalg.solve(xb.T @ xb + l2 * torch.eye(xb.shape[1], dtype=xb.dtype), xb.T @ targets_pm1(y, num_classes))
+
+
+def kshot_indices(labels: np.ndarray, shots: int, seed: int, num_classes: int | None = None) -> np.ndarray:
+    """``shots`` examples of every class, drawn without replacement with ``seed``."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels) if num_classes is None else np.arange(num_classes)
+    out = []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < shots:
+            raise ValueError(f"class {c} has {len(idx)} training examples, fewer than {shots} shots")
+        out.append(rng.choice(idx, shots, replace=False))
+    return np.sort(np.concatenate(out))
+
+
+def fewshot_accuracy(
+    x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+    x_test: torch.Tensor, y_test: torch.Tensor, num_classes: int, l2_grid: Sequence[float] = L2_GRID,
+) -> dict[str, float]:
+    """Fit on the k-shot set, choose L2 on val, report test accuracy at that L2."""
+    cache = precompute(x_train, y_train, num_classes)
+    xv, xt = cache.prepare(x_val), cache.prepare(x_test)
+    best_l2, best_val = None, -1.0
+    for l2 in l2_grid:
+        w = cache.weights(l2)
+        acc = (xv @ w).argmax(1).eq(y_val).double().mean().item()
+        if acc > best_val:
+            best_l2, best_val = l2, acc
+    test = (xt @ cache.weights(best_l2)).argmax(1).eq(y_test).double().mean().item()
+    return {"val": best_val, "test": test, "l2": best_l2}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Features from a frozen model
+# ---------------------------------------------------------------------------------------------------------
+
+def representation(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The pre-logits representation: pooled features, through the pretraining tanh layer if there is one."""
+    feats = net.forward_features(x)
+    pooled = net.forward_head(feats, pre_logits=True)
+    head = getattr(net, "head", None)
+    if isinstance(head, nn.Sequential) and hasattr(head, "pre_logits"):
+        pooled = head.pre_logits(pooled)
+    return pooled.flatten(1)
+
+
+@torch.no_grad()
+def extract_features(net: nn.Module, ds: Dataset, batch_size: int = 256, device: torch.device | str | None = None,
+                     num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    was_training = net.training
+    net.eval()
+    device = device or next(net.parameters()).device
+    xs, ys = [], []
+    for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+        xs.append(representation(net, x.to(device)).float().cpu())
+        ys.append(torch.as_tensor(y))
+    net.train(was_training)
+    return torch.cat(xs), torch.cat(ys).long()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The evaluator: a DataModule + shots + seeds
+# ---------------------------------------------------------------------------------------------------------
+
+def _eval_view(dm, split: str) -> Dataset:
+    """A split with the *eval* pipeline (no augmentation), also for the training images."""
+    from vitlab.data.base import TransformedDataset
+
+    dm.setup()
+    ds = getattr(dm, f"{split}_set")
+    if split == "train":
+        return TransformedDataset(ds.base, dm.eval_transform())
+    return ds
+
+
+def _labels(ds: Dataset) -> np.ndarray:
+    from vitlab.data.base import dataset_targets
+
+    return np.asarray(dataset_targets(ds))
+
+
+class FewShotEvaluator:
+    """k-shot linear accuracy of a frozen network on one dataset, averaged over seeds."""
+
+    def __init__(self, datamodule, shots: Sequence[int] = SHOTS, seeds: int = 3, l2_grid: Sequence[float] = L2_GRID,
+                 max_eval: int | None = None, batch_size: int = 256, name: str | None = None) -> None:
+        if not shots or any(int(k) < 1 for k in shots):
+            raise ValueError(f"fewshot shots={list(shots)} must be positive ints")
+        if int(seeds) < 1:
+            raise ValueError(f"fewshot seeds={seeds} must be >= 1")
+        self.dm = datamodule
+        self.shots = [int(k) for k in shots]
+        self.seeds = int(seeds)
+        self.l2_grid = tuple(float(v) for v in l2_grid)
+        self.max_eval = max_eval
+        self.batch_size = int(batch_size)
+        self.name = name or getattr(datamodule, "name", "data")
+        self._splits: dict[str, Any] | None = None
+
+    def _prepare(self) -> dict[str, Any]:
+        if self._splits is None:
+            train = _eval_view(self.dm, "train")
+            labels = _labels(train)
+            k = int(self.dm.num_classes)
+            draws = {(s, seed): kshot_indices(labels, s, seed, k) for s in self.shots for seed in range(self.seeds)}
+            needed = np.unique(np.concatenate(list(draws.values())))
+            pos = {int(i): j for j, i in enumerate(needed)}
+            val, test = _eval_view(self.dm, "val"), _eval_view(self.dm, "test")
+            if self.max_eval:
+                val = self._cap(val, self.max_eval)
+                test = self._cap(test, self.max_eval)
+            self._splits = {"train": Subset(train, needed.tolist()), "draws": {key: np.array([pos[int(i)] for i in v])
+                                                                                for key, v in draws.items()},
+                            "val": val, "test": test, "num_classes": k}
+        return self._splits
+
+    @staticmethod
+    def _cap(ds: Dataset, n: int) -> Dataset:
+        if len(ds) <= n:
+            return ds
+        idx = np.random.default_rng(0).choice(len(ds), n, replace=False)
+        return Subset(ds, np.sort(idx).tolist())
+
+    def evaluate(self, net: nn.Module) -> dict[str, float]:
+        """``{f"fewshot/{name}_{k}shot": mean test accuracy, ..._std, ..._l2}`` for every k."""
+        sp = self._prepare()
+        xtr, ytr = extract_features(net, sp["train"], self.batch_size)
+        xv, yv = extract_features(net, sp["val"], self.batch_size)
+        xt, yt = extract_features(net, sp["test"], self.batch_size)
+        out: dict[str, float] = {}
+        for k in self.shots:
+            accs, l2s = [], []
+            for seed in range(self.seeds):
+                idx = torch.as_tensor(sp["draws"][(k, seed)])
+                r = fewshot_accuracy(xtr[idx], ytr[idx], xv, yv, xt, yt, sp["num_classes"], self.l2_grid)
+                accs.append(r["test"])
+                l2s.append(r["l2"])
+            key = f"fewshot/{self.name}_{k}shot"
+            out[key] = float(np.mean(accs))
+            out[f"{key}_std"] = float(np.std(accs))
+            out[f"{key}_l2"] = float(math.exp(np.mean(np.log(l2s))))
+        return out
+
+
+def format_table(results: dict[str, float], name: str, shots: Sequence[int]) -> str:
+    rows = ["| data | shots | accuracy (mean over seeds) | std | L2 (geo. mean) |", "|---|---|---|---|---|"]
+    for k in shots:
+        key = f"fewshot/{name}_{k}shot"
+        rows.append(f"| {name} | {k} | {results[key]:.2%} | {results[key + '_std']:.2%} | {results[key + '_l2']:.3g} |")
+    return "\n".join(rows)
+
+
+class FewShotCallback(L.Callback):
+    """Runs the few-shot evaluator during training and logs ``fewshot/<data>_<k>shot`` (big_vision's ``evals``).
+
+    ``data`` is a data config (``_target_`` + kwargs, e.g. ``${data}`` or another dataset) or a DataModule.
+    The evaluation runs at the end of every ``every_n_epochs``-th validation epoch, on the weights being
+    validated (the EMA weights when EMA is on), and at the end of training.
+    """
+
+    def __init__(self, data: Any, shots: Sequence[int] = (1, 5, 10), seeds: int = 3, every_n_epochs: int = 1,
+                 max_eval: int | None = 2000, img_size: int | None = None, batch_size: int = 256) -> None:
+        self.data_cfg = data
+        self.shots, self.seeds = list(shots), int(seeds)
+        self.every_n_epochs = max(1, int(every_n_epochs))
+        self.max_eval, self.img_size, self.batch_size = max_eval, img_size, batch_size
+        self.evaluator: FewShotEvaluator | None = None
+        self.last: dict[str, float] = {}
+
+    def _build(self, pl_module: L.LightningModule) -> FewShotEvaluator:
+        if self.evaluator is None:
+            dm = self.data_cfg
+            if not isinstance(dm, L.LightningDataModule):
+                from hydra.utils import instantiate
+                from omegaconf import OmegaConf
+
+                cfg = OmegaConf.create(dm) if not OmegaConf.is_config(dm) else dm
+                size = self.img_size or _model_img_size(pl_module)
+                if size:  # the frozen ViT only takes its own resolution
+                    cfg = OmegaConf.merge(cfg, {"img_size": size, "eval_img_size": size})
+                dm = instantiate(cfg, _convert_="all")
+            self.evaluator = FewShotEvaluator(dm, self.shots, self.seeds, max_eval=self.max_eval,
+                                              batch_size=self.batch_size)
+        return self.evaluator
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        res = self._build(pl_module).evaluate(pl_module.net)
+        self.last = res
+        main = {k: v for k, v in res.items() if not k.endswith(("_std", "_l2"))}
+        pl_module.log_dict(main, on_step=False, on_epoch=True, sync_dist=False)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or trainer.current_epoch + 1 == trainer.max_epochs:
+            self._run(trainer, pl_module)
+
+
+def _model_img_size(pl_module: L.LightningModule) -> int | None:
+    model_cfg = getattr(pl_module, "hparams", {}).get("model") or {}
+    size = model_cfg.get("img_size")
+    return int(size) if size else None

@@ -1,0 +1,92 @@
+"""vitlab.fewshot: few-shot linear accuracy of a frozen model (paper §4.1; big_vision's ``fewshot_lsr``).
+
+    python -m vitlab.fewshot ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt data=digits
+    python -m vitlab.fewshot model=vit_b16 model.pretrained=ViT-B_16.npz data=cifar10 data.root=/data/cifar
+    python -m vitlab.fewshot ckpt_path=<ckpt> data=shapes 'shots=[1,5]' seeds=5
+
+Prints a table (data, shots, mean accuracy over seeds, std, chosen L2) and writes ``metrics.json`` with
+``fewshot/<data>_<k>shot``. ViT checkpoints are evaluated at their own resolution (the data is resized to it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vitlab.config import CONF_DIR, ConfigError, to_plain
+from vitlab.tasks import task_wrapper, write_results
+
+log = logging.getLogger("vitlab.fewshot")
+
+
+def load_backbone(cfg: DictConfig):
+    """The frozen network: from a vitlab checkpoint (its own model config), or ``model=`` + ``model.pretrained=``."""
+    from vitlab.evaluate import load_checkpoint
+    from vitlab.models import build_model
+    from vitlab.models.pretrained import load_pretrained
+
+    if cfg.get("ckpt_path"):
+        ckpt = load_checkpoint(cfg.ckpt_path)
+        model_cfg = (ckpt.get("hyper_parameters") or {}).get("model") or (ckpt.get("vitlab_config") or {}).get("model")
+        if not model_cfg:
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path} stores no model config: is it a vitlab checkpoint?")
+        net = build_model(**model_cfg)
+        load_pretrained(net, cfg.ckpt_path, keep_head=True)
+        return net, dict(model_cfg)
+    if cfg.get("model") is None or not cfg.model.get("pretrained"):
+        raise ConfigError("give ckpt_path=<vitlab .ckpt>, or model=<name> model.pretrained=<.npz/.safetensors/.pth>")
+    model_cfg = to_plain(cfg.model)
+    net = build_model(**model_cfg)
+    load_pretrained(net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")))
+    return net, model_cfg
+
+
+def fewshot_data_cfg(cfg: DictConfig, model_cfg: dict[str, Any]) -> DictConfig:
+    data = OmegaConf.create(to_plain(cfg.data))
+    size = model_cfg.get("img_size")
+    if model_cfg.get("family") in ("vit", "hybrid") and size:
+        with open_dict(data):  # a ViT takes only its own resolution (position embeddings are not resized here)
+            data.img_size = int(size)
+            data.eval_img_size = int(size)
+    return data
+
+
+@task_wrapper
+def fewshot(cfg: DictConfig) -> dict[str, Any]:
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from vitlab.eval.fewshot import L2_GRID, FewShotEvaluator, format_table
+    from vitlab.utils.instantiate import build_loggers
+
+    if cfg.get("data") is None:
+        raise ConfigError("choose the dataset to evaluate on: data=<name> (e.g. data=digits)")
+    L.seed_everything(cfg.seed)
+    net, model_cfg = load_backbone(cfg)
+    dm = instantiate(fewshot_data_cfg(cfg, model_cfg), _convert_="all")
+    shots = [int(k) for k in cfg.shots]
+    ev = FewShotEvaluator(dm, shots=shots, seeds=cfg.seeds, l2_grid=cfg.l2_grid or L2_GRID,
+                          max_eval=cfg.get("max_eval"), batch_size=cfg.batch_size)
+    res = ev.evaluate(net)
+    table = format_table(res, ev.name, shots)
+    results = {**res, "ckpt_path": cfg.get("ckpt_path"), "model/name": model_cfg.get("name"), "data/name": ev.name,
+               "fewshot/seeds": int(cfg.seeds)}
+    write_results(cfg.paths.output_dir, results)
+    for lg in build_loggers(cfg.get("logger")):
+        lg.log_metrics({k: v for k, v in res.items() if isinstance(v, float)})
+        lg.finalize("success")
+    print(f"\nfew-shot linear accuracy ({cfg.seeds} seeds, L2 chosen on val):\n{table}\noutputs: {cfg.paths.output_dir}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="fewshot")
+def main(cfg: DictConfig) -> float | None:
+    res = fewshot(cfg)
+    return res.get(f"fewshot/{res['data/name']}_{int(cfg.shots[-1])}shot")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Few-shot linear evaluation: the closed-form solver, its k-shot protocol, the task and the training callback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vitlab.eval.fewshot import (
+    L2_GRID,
+    FewShotEvaluator,
+    fewshot_accuracy,
+    kshot_indices,
+    precompute,
+    ridge_direct,
+)
+
+
+@pytest.mark.parametrize("n,d", [(60, 12), (12, 60)])  # x^T x branch and x x^T branch
+def test_eigen_solver_matches_direct_solve(n, d):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, d, generator=g), torch.randint(0, 4, (n,), generator=g)
+    cache = precompute(x, y, 4)
+    for l2 in (2.0**-3, 1.0, 2.0**7):
+        torch.testing.assert_close(cache.weights(l2), ridge_direct(x, y, 4, l2), rtol=1e-6, atol=1e-8)
+
+
+def test_linearly_separable_features_score_100_percent():
+    g = torch.Generator().manual_seed(0)
+    k, d = 10, 32
+    centres = torch.randn(k, d, generator=g) * 5
+
+    def sample(n_per):
+        y = torch.arange(k).repeat_interleave(n_per)
+        return centres[y] + 0.1 * torch.randn(len(y), d, generator=g), y
+
+    (xtr, ytr), (xv, yv), (xt, yt) = sample(5), sample(20), sample(50)
+    r = fewshot_accuracy(xtr, ytr, xv, yv, xt, yt, k)
+    assert r["test"] == 1.0 and r["val"] == 1.0 and r["l2"] in L2_GRID
+    # and chance on features that carry no label information
+    r0 = fewshot_accuracy(torch.randn(50, d, generator=g), ytr, xv, yv, torch.randn(500, d, generator=g), yt, k)
+    assert r0["test"] < 0.3
+
+
+def test_kshot_draws_are_balanced_seeded_and_checked():
+    labels = np.repeat(np.arange(5), 30)
+    a, b, c = kshot_indices(labels, 10, 0), kshot_indices(labels, 10, 0), kshot_indices(labels, 10, 1)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.bincount(labels[a]).tolist() == [10] * 5 and len(set(a.tolist())) == 50
+    with pytest.raises(ValueError, match="fewer than 31 shots"):
+        kshot_indices(labels, 31, 0)
+
+
+def test_evaluator_on_digits_beats_chance_with_a_random_backbone():
+    from vitlab.data.digits import DigitsDataModule
+    from vitlab.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("vit", "micro", 10, img_size=32, patch_size=8)
+    ev = FewShotEvaluator(DigitsDataModule(), shots=(1, 10), seeds=3, max_eval=300)
+    res = ev.evaluate(net)
+    assert set(res) >= {"fewshot/digits_1shot", "fewshot/digits_10shot", "fewshot/digits_10shot_std"}
+    # random ViT features still carry the image: 10-shot clearly above chance, and above 1-shot
+    assert res["fewshot/digits_10shot"] > 0.4 and res["fewshot/digits_10shot"] > res["fewshot/digits_1shot"]
+
+
+def test_fewshot_cli_and_training_callback(compose_train, cli, tmp_path):
+    from vitlab.train import train
+
+    cfg = compose_train("trainer.max_epochs=1", "data.train_size=200", "callbacks=fewshot",
+                        "callbacks.fewshot.shots=[1,5]", "callbacks.fewshot.max_eval=200", "test=false")
+    results = train(cfg)
+    assert 0.0 <= results["fewshot/digits_5shot"] <= 1.0 and "fewshot/digits_1shot" in results
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    r = cli("vitlab.fewshot", f"ckpt_path={ckpt}", "data=digits", "shots=[1,5]", "seeds=2", "max_eval=200",
+            "hydra.run.dir=fs")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| digits | 5 |" in r.stdout and "few-shot linear accuracy" in r.stdout
+    saved = json.loads((tmp_path / "fs" / "metrics.json").read_text())
+    assert 0.0 <= saved["fewshot/digits_5shot"] <= 1.0 and saved["fewshot/seeds"] == 2
+
+
+def test_fewshot_without_a_checkpoint_says_what_to_give(tmp_path):
+    from conftest import compose_cfg
+    from vitlab.config import ConfigError
+    from vitlab.fewshot import fewshot
+
+    cfg = compose_cfg("fewshot", ["data=digits"], tmp_path / "fs")
+    with pytest.raises(ConfigError, match="ckpt_path=<vitlab .ckpt>, or model=<name> model.pretrained="):
+        fewshot(cfg)
