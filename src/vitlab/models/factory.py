@@ -234,20 +234,34 @@ def build_model(
     pos_embed: str = "learn",
     fused_attn: bool | None = None,
     hybrid: str | None = None,
+    grad_checkpointing: bool = False,
     **ignored: Any,
 ) -> nn.Module:
-    """Build a backbone + head from a ``conf/model`` entry (extra keys such as ``name`` are ignored)."""
+    """Build a backbone + head from a ``conf/model`` entry (extra keys such as ``name`` are ignored).
+
+    ``grad_checkpointing`` = timm's activation checkpointing (``set_grad_checkpointing``): blocks recompute
+    their activations in the backward pass, trading ~30% more compute for memory (ViT-L/H on one GPU).
+    """
     _choice("family", family, FAMILIES)
     if num_classes is None or int(num_classes) < 0:
         raise ModelConfigError(f"model.num_classes={num_classes!r} must be a non-negative int")
     if family == "bit":
-        return build_bit(variant, num_classes, in_chans, drop_rate, drop_path_rate, representation_size)
+        return _grad_checkpointing(
+            build_bit(variant, num_classes, in_chans, drop_rate, drop_path_rate, representation_size), grad_checkpointing)
     if patch_size is None:
         raise ModelConfigError(f"model.patch_size is required for family={family!r}")
-    return build_vit(
+    return _grad_checkpointing(build_vit(
         variant, int(patch_size), int(img_size), int(num_classes), in_chans, classifier, representation_size,
         drop_rate, attn_drop_rate, drop_path_rate, pos_embed, fused_attn, hybrid if family == "hybrid" else None,
-    )
+    ), grad_checkpointing)
+
+
+def _grad_checkpointing(model: nn.Module, enable: bool) -> nn.Module:
+    if enable:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ModelConfigError(f"model.grad_checkpointing=true: {type(model).__name__} has no set_grad_checkpointing")
+        model.set_grad_checkpointing(True)
+    return model
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

@@ -55,6 +55,31 @@ class ReaLAccuracy(Metric):
         return self.correct / self.total.clamp(min=1)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_net(net: torch.nn.Module, compile: bool | str | dict | None) -> torch.nn.Module:
+    """``model.compile``: false | true | a ``torch.compile`` mode | a dict of ``torch.compile`` kwargs.
+
+    Compiles in place (``nn.Module.compile``), so parameter names and checkpoints stay those of the eager
+    model; compiling an already compiled net is a no-op. Measured effect: docs/performance.md.
+    """
+    if not compile or getattr(net, "_compiled_call_impl", None) is not None:
+        return net
+    if compile is True:
+        kwargs: dict[str, Any] = {}
+    elif isinstance(compile, str):
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"model.compile={compile!r} is not true/false or one of {COMPILE_MODES}")
+        kwargs = {"mode": compile}
+    elif isinstance(compile, dict):
+        kwargs = dict(compile)
+    else:
+        raise ValueError(f"model.compile={compile!r} must be true/false, a mode {COMPILE_MODES} or a dict of kwargs")
+    net.compile(**kwargs)
+    return net
+
+
 def init_head_bias(net: torch.nn.Module, value: float) -> None:
     """Set the bias of the classifier's last linear/1x1-conv layer (timm ``get_classifier``)."""
     head = net.get_classifier() if hasattr(net, "get_classifier") else None
@@ -80,6 +105,9 @@ class ClassificationModule(L.LightningModule):
             raise ValueError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
         self.save_hyperparameters()
         self.net = build_model(**model)
+        self.channels_last = bool(model.get("channels_last", False))  # NHWC for conv nets (docs/performance.md)
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         k = int(model["num_classes"])
         self.num_classes = k
         if head_bias_init is None and loss == "sigmoid":
@@ -100,7 +128,12 @@ class ClassificationModule(L.LightningModule):
     def num_params(self) -> int:
         return count_params(self.net)
 
+    def configure_model(self) -> None:
+        compile_net(self.net, self.hparams.model.get("compile", False))  # at fit/test start, once
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def _step(self, batch):

@@ -1,0 +1,120 @@
+"""vitlab.bench (issue 7): the benchmark runs end to end and writes the JSON users read; the speed switches work.
+
+No timing is asserted anywhere: the machine is shared and timings are noise here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from vitlab.bench import BenchConfigError, Windows, model_specs, worker_overrides
+from vitlab.config import CONF_DIR
+from vitlab.models import build_model
+from vitlab.modules.classification import ClassificationModule, compile_net
+
+
+def _bench_cfg(*overrides: str):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="bench", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_bench_tiny_writes_json_with_the_promised_schema(cli, tmp_path):
+    out = tmp_path / "bench_out"
+    r = cli("vitlab.bench", "bench_preset=tiny", f"hydra.run.dir={out}", timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("wrote ") and lines[-1].endswith(".json"), lines[-3:]
+    path = Path(lines[-1].removeprefix("wrote ").strip())
+    assert path.is_file() and path.parent == out
+    res = json.loads(path.read_text())
+
+    assert res["machine"]["device"] == "cpu" and res["machine"]["cores"] >= 1 and res["machine"]["torch"]
+    assert res["peak"]["flops"] > 0 and res["peak"]["dtype"] == "float32"
+    entry = res["models"]["vit_micro"]
+    for key in ("ratio_vitlab_vs_plain", "mfu", "img_per_s", "peak_mem_mb", "eval_img_per_s"):
+        assert isinstance(entry[key], float) and math.isfinite(entry[key]) and entry[key] > 0, (key, entry[key])
+    assert set(entry["ways"]) == {"vitlab", "plain", "timm"}
+    for way in entry["ways"].values():
+        s = way["img_per_s"]
+        assert s["min"] <= s["median"] <= s["max"] and s["n"] == 1
+        assert way["train_gflops_per_img"] > way["eval_gflops_per_img"] > 0
+    # (a) really is the configured vitlab.train path, (c) really is timm's model
+    assert "ModelCheckpoint" in "".join(entry["ways"]["vitlab"]["callbacks"])
+    assert entry["ways"]["vitlab"]["loggers"] == ["CSVLogger"]
+    assert entry["ways"]["timm"]["timm_model"] == "vit_tiny_patch16_224"
+    # the Markdown table printed before the last line, also saved next to the JSON
+    assert "| model | way | batch | train img/s | MFU |" in r.stdout
+    assert "(a) vitlab.train" in path.with_suffix(".md").read_text()
+
+
+def test_bench_config_errors_name_the_key():
+    cfg = _bench_cfg("only=[vit_nope]")
+    with pytest.raises(BenchConfigError, match=r"only=\['vit_nope'\].*vit_ti16_p4"):
+        model_specs(cfg, "cpu")
+    # GPU-only models are skipped on CPU; device-specific sizes apply on CUDA
+    cpu = {s["key"]: s for s in model_specs(_bench_cfg(), "cpu")}
+    cuda = {s["key"]: s for s in model_specs(_bench_cfg(), "cuda")}
+    assert set(cpu) == {"vit_ti16_p4", "bit_r50x1"} and {"vit_s16", "vit_b16"} <= set(cuda)
+    assert cpu["bit_r50x1"]["img_size"] == 64 and cuda["bit_r50x1"]["img_size"] == 224
+    ov = worker_overrides(_bench_cfg(), cuda["vit_b16"], "cuda")
+    assert "trainer=gpu" in ov and "++data.img_size=224" in ov and "test=false" in ov
+
+
+def test_windows_exclude_warmup():
+    w = Windows("cpu", warmup=2, steps=3, eval_warmup=0, eval_steps=0)
+    w.train_t = [0.0, 10.0, 11.0, 12.0, 13.0]  # batch ends; the first two are warm-up
+    r = w.results(batch=8, eval_batch=8)["train"]
+    assert r["steps"] == 3 and r["window_s"] == 3.0 and r["img_per_s"] == 8.0 and r["step_s"] == [1.0, 1.0, 1.0]
+    with pytest.raises(RuntimeError, match="only 5 batches ran"):
+        Windows._rate(w.train_t, 2, 4, 8)
+
+
+def _vit(**kw):
+    torch.manual_seed(0)
+    return build_model("vit", "micro", num_classes=3, img_size=16, patch_size=8, **kw)
+
+
+def test_grad_checkpointing_same_result_as_plain_backward():
+    x = torch.randn(2, 3, 16, 16)
+    grads = []
+    for ckpt in (False, True):
+        m = _vit(grad_checkpointing=ckpt)
+        assert m.grad_checkpointing is ckpt
+        m(x).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+    bit = build_model("bit", "micro", num_classes=3, grad_checkpointing=True)
+    assert all(stage.grad_checkpointing for stage in bit.stages)
+
+
+def test_compile_switch_validates_and_keeps_checkpoint_keys():
+    with pytest.raises(ValueError, match="model.compile='fastest'"):
+        compile_net(_vit(), "fastest")
+    m = _vit()
+    keys = set(m.state_dict())
+    assert compile_net(m, False) is m and m._compiled_call_impl is None
+    compile_net(m, True)  # lazy: nothing compiles until the first call
+    assert m._compiled_call_impl is not None and set(m.state_dict()) == keys
+
+
+def test_channels_last_module_matches_default_layout():
+    cfg = dict(family="bit", variant="micro", num_classes=3, img_size=16, in_chans=3)
+    optim = {"name": "adamw", "lr": 1e-3}
+    x = torch.randn(2, 3, 16, 16)
+    torch.manual_seed(0)
+    a = ClassificationModule(model=cfg, optim=optim).eval()
+    torch.manual_seed(0)
+    b = ClassificationModule(model={**cfg, "channels_last": True}, optim=optim).eval()
+    assert b.net.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)
