@@ -29,7 +29,8 @@ def imagenet(request, tmp_path_factory):
 def _dm(root, **kw):
     kw.setdefault("num_classes", 4)
     kw.setdefault("img_size", 32)
-    return ImageNetDataModule(root=str(root), num_workers=0, **kw)
+    kw.setdefault("num_workers", 0)
+    return ImageNetDataModule(root=str(root), **kw)
 
 
 def test_every_val_layout_gives_the_same_labels_in_sorted_wnid_order(imagenet):
@@ -200,3 +201,13 @@ def test_folder_layouts_and_class_count_from_the_tree(tmp_path, compose_train):
     assert len(tr) + len(va) == 20 and va is te and len(va) > 0
     with pytest.raises(Exception, match=r"(?s)data.root=.*nope does not exist.*<root>/<class>/<image>"):
         _ = compose_train("data=folder", f"data.root={tmp_path / 'nope'}").data.num_classes
+
+
+def test_a_corrupt_image_read_in_a_worker_process_still_names_the_file(tmp_path):
+    write_imagenet(tmp_path, WNIDS[:2], 2, 1, val_layout="folders")
+    bad = sorted((tmp_path / "val" / WNIDS[0]).iterdir())[0]
+    bad.write_bytes(b"\xff\xd8\xff\xe0garbage")
+    dm = _dm(tmp_path, num_classes=2, val_fraction=0.0, num_workers=1, batch_size=2)
+    dm.setup()
+    with pytest.raises(CorruptImageError, match=rf"cannot decode image {bad}"):
+        list(dm.test_dataloader())
