@@ -1,0 +1,67 @@
+"""Preemption and Ctrl-C on a real training process: a checkpoint is saved, the exit is clean, the run resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+
+import pytest
+import torch
+
+from reliability_utils import env, kill_at_checkpoint, run, start, train_cmd
+from vitlab.report.wandb_offline import find_offline_runs, read_offline_run
+
+
+def _loadable(path) -> int:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["state_dict"] and ckpt["optimizer_states"]
+    return int(ckpt["global_step"])
+
+
+def test_sigusr1_under_slurm_saves_requeues_and_resumes(tmp_path):
+    """SLURM's `--signal=USR1@90`: save last.ckpt at the end of the step, `scontrol requeue`, exit 138; resume."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"  # stands in for SLURM's CLI: records how vitlab called it
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/requeued\n')
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    e = env(SLURM_JOB_ID="4242", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    run_dir = tmp_path / "job"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    p = start(train_cmd(run_dir), tmp_path, env=e)
+    seen = kill_at_checkpoint(p, ckpt, min_step=2, sig=signal.SIGUSR1)
+    out = p.stdout.read()
+    assert p.returncode == 128 + signal.SIGUSR1, out[-3000:]
+    assert "SIGUSR1 at epoch" in out and "Traceback" not in out
+    assert _loadable(ckpt) >= seen
+    assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]
+    # The requeued job runs the same command in the same directory and finishes from the checkpoint.
+    again = run(train_cmd(run_dir), tmp_path, env=e)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr
+    assert _loadable(ckpt) == 18
+
+
+def test_ctrl_c_leaves_usable_checkpoint_and_finished_wandb_run(tmp_path):
+    run_dir = tmp_path / "job"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    p = start(train_cmd(run_dir, "logger=default"), tmp_path)
+    seen = kill_at_checkpoint(p, ckpt, min_step=2, sig=signal.SIGINT)
+    out = p.stdout.read()
+    assert p.returncode == 128 + signal.SIGINT, out[-3000:]
+    assert "SIGINT at epoch" in out
+    assert _loadable(ckpt) >= seen
+    (wb,) = find_offline_runs(run_dir / "wandb")
+    assert read_offline_run(wb).exit_code is not None, "the W&B run was not finished"
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_143(tmp_path):
+    run_dir = tmp_path / "job"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    p = start(train_cmd(run_dir, "callbacks.model_checkpoint.last_every_n_train_steps=4"), tmp_path)
+    seen = kill_at_checkpoint(p, ckpt, min_step=4, sig=signal.SIGTERM)
+    out = p.stdout.read()
+    assert p.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert _loadable(ckpt) >= seen and not list(ckpt.parent.glob("*.tmp"))
