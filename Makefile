@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vitlab-installed
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-slow lint format clean bench-data
+.PHONY: help install train test test-slow lint format clean bench-data bench
 
 help:
 	@echo "make train      set up .venv, then run the quickstart (ViT vs BiT on digits, one table)"
 	@echo "make test       set up .venv, then run the default test suite"
 	@echo "make test-slow  the slow tests too (accuracy targets of the quickstart)"
 	@echo "make lint       ruff"
+	@echo "make bench      training/eval img/s, MFU, memory: vitlab.train vs plain PyTorch vs timm (BENCH_ARGS=...)"
 	@echo "make bench-data input-pipeline img/s: vitlab's ImageNet loader vs torchvision ImageFolder"
 	@echo "make clean      remove logs and caches (keeps .venv)"
 
@@ -36,6 +37,9 @@ test-slow: $(STAMP)
 
 bench-data: $(STAMP)
 	$(PY) -m vitlab.data.bench $(BENCH_DATA_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m vitlab.bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
