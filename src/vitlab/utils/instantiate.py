@@ -44,12 +44,19 @@ def build_loggers(cfg: DictConfig | None) -> list:
 
 
 def finish_wandb(exit_code: int = 0) -> None:
-    """Always close the W&B run: a second ``wandb.init`` in this process would otherwise reuse it."""
+    """Always close the W&B run: a second ``wandb.init`` in this process would otherwise reuse it.
+
+    ``wandb.finish`` returns before W&B's background service has written the run file to disk; the
+    teardown waits for it, so the offline run is complete when the job returns (reports and sweeps
+    read it right away).
+    """
     import sys
 
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        try:
-            wandb.finish(exit_code=exit_code)
-        except Exception as e:  # noqa: BLE001
-            log.warning("wandb.finish failed: %s", e)
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    try:
+        wandb.finish(exit_code=exit_code)
+        wandb.teardown(exit_code=exit_code)
+    except Exception as e:  # noqa: BLE001
+        log.warning("closing the W&B run failed: %s", e)
