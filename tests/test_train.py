@@ -4,16 +4,14 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from conftest import compose_cfg
 from vitlab.modules.classification import classification_loss
 from vitlab.train import train
-
-from conftest import compose_cfg
 
 
 @pytest.fixture(scope="module")
