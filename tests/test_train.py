@@ -47,7 +47,7 @@ def test_run_dir_holds_config_checkpoints_metrics_and_csv(vit_run):
         assert key in csv_hparams
     assert csv_hparams["model/patch_size"] == 8 and csv_hparams["data/train_size"] == 1257
     header = (out / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    for name in ("train/loss_step", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/acc5"):
+    for name in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/acc5"):
         assert name in header, header
 
 

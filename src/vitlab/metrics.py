@@ -1,6 +1,7 @@
 """Metric names: one constant each, used by the modules, callbacks, tasks and reports."""
 
 TRAIN_LOSS = "train/loss"
+TRAIN_LOSS_EPOCH = "train/loss_epoch"
 TRAIN_ACC = "train/acc"
 VAL_LOSS = "val/loss"
 VAL_ACC = "val/acc"

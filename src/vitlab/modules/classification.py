@@ -144,9 +144,12 @@ class ClassificationModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int):
         loss, logits, y = self._step(batch)
-        self.train_loss(loss.detach(), weight=y.shape[0])
         self.train_acc(logits, y)
-        self.log(M.TRAIN_LOSS, self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        # `train/loss` per step (one name: on_epoch would split it into _step/_epoch), its epoch mean as
+        # `train/loss_epoch`; tensors are only synced to the host every `log_every_n_steps`.
+        self.train_loss(loss.detach(), weight=y.shape[0])
+        self.log(M.TRAIN_LOSS, loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log(M.TRAIN_LOSS_EPOCH, self.train_loss, on_step=False, on_epoch=True)
         self.log(M.TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
