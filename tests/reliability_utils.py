@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 #: a training run of a few seconds: 6 batches of 32 per epoch at 16 px, one val batch, step checkpoints every 2 steps
@@ -91,3 +92,16 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert sa.keys() == sb.keys()
     diff = [k for k in sa if not torch.equal(sa[k], sb[k])]
     assert not diff, f"{len(diff)} tensors differ between {a} and {b}, e.g. {diff[:3]}"
+
+
+
+class InjectNaN(L.Callback):
+    """``+callbacks.inject._target_=reliability_utils.InjectNaN``: the input batch of global step ``at_step``
+    becomes NaN, as a corrupt image decoded to garbage would."""
+
+    def __init__(self, at_step: int = 3) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            batch[0].fill_(float("nan"))

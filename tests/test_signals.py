@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import stat
@@ -29,7 +30,8 @@ def test_sigusr1_under_slurm_saves_requeues_and_resumes(tmp_path):
     e = env(SLURM_JOB_ID="4242", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     run_dir = tmp_path / "job"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    p = start(train_cmd(run_dir), tmp_path, env=e)
+    args = ("logger=default", "trainer.log_every_n_steps=1")  # CSV + W&B offline
+    p = start(train_cmd(run_dir, *args), tmp_path, env=e)
     seen = kill_at_checkpoint(p, ckpt, min_step=2, sig=signal.SIGUSR1)
     out = p.stdout.read()
     assert p.returncode == 128 + signal.SIGUSR1, out[-3000:]
@@ -37,10 +39,17 @@ def test_sigusr1_under_slurm_saves_requeues_and_resumes(tmp_path):
     assert _loadable(ckpt) >= seen
     assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]
     # The requeued job runs the same command in the same directory and finishes from the checkpoint.
-    again = run(train_cmd(run_dir), tmp_path, env=e)
+    again = run(train_cmd(run_dir, *args), tmp_path, env=e)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stderr
     assert _loadable(ckpt) == 18
+    # One W&B run continued (same id, both parts finished), and the CSV curve kept its first part.
+    parts = [read_offline_run(d) for d in find_offline_runs(run_dir / "wandb")]
+    assert len(parts) == 2 and parts[0].run_id == parts[1].run_id
+    assert all(p.exit_code is not None for p in parts)
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert min(steps) < seen and max(steps) >= 17
 
 
 def test_ctrl_c_leaves_usable_checkpoint_and_finished_wandb_run(tmp_path):

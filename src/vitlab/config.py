@@ -94,5 +94,7 @@ def to_plain(cfg: Any) -> Any:
 
 
 def job_config(cfg: DictConfig) -> dict[str, Any]:
-    """The job's resolved config as plain containers, without Hydra's own ``hydra`` node."""
-    return {k: v for k, v in to_plain(cfg).items() if k != "hydra"}
+    """The job's resolved config as plain containers, without Hydra's own ``hydra`` node, secrets masked."""
+    from vitlab.utils.secrets import redact
+
+    return redact({k: v for k, v in to_plain(cfg).items() if k != "hydra"})

@@ -102,7 +102,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from vitlab.callbacks.resume import apply_wandb_resume, resolve_resume
     from vitlab.utils.instantiate import build_callbacks, build_loggers
+    from vitlab.utils.secrets import check_no_literal_secrets, redact_hydra_dir
 
+    redact_hydra_dir(cfg.paths.output_dir)  # .hydra/*.yaml were written before we ran: mask secrets in them
+    check_no_literal_secrets(cfg)
     validate_train_cfg(cfg)
     check_launch(cfg)
     plan = resolve_resume(cfg)  # ckpt_path=last / resume=auto|never: errors before anything is written

@@ -1,0 +1,206 @@
+"""Bad input, numerical faults and hostile files: a clear message naming the culprit, exit code != 0, nothing lost."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import signal
+import sys
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+from reliability_utils import TINY, env, run, train_cmd
+from vitlab.callbacks.nonfinite import NonFiniteLossError
+from vitlab.config import ConfigError, validate_train_cfg
+from vitlab.train import train
+
+NAN = ["+callbacks.inject._target_=reliability_utils.InjectNaN", "+callbacks.inject.at_step=3"]
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- numerical faults ------------------------------------------------------------------------------
+def test_nan_loss_stops_naming_step_batch_and_last_good_checkpoint(compose_train, tmp_path):
+    cfg = compose_train(*TINY, *NAN)
+    with pytest.raises(NonFiniteLossError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert "global step 3" in msg and "batch index 3" in msg and "trainer.skip_nonfinite=true" in msg
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert str(last) in msg
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2  # the good one, from before the NaN
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_skip_nonfinite_skips_exactly_that_step(compose_train, tmp_path):
+    res = train(compose_train(*TINY, *NAN, "trainer.skip_nonfinite=true"))
+    assert res["train/skipped_nonfinite"] == 1
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    # The optimizer took every step but the poisoned one: Adam's per-parameter step count is one short.
+    adam_steps = {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {ckpt["global_step"] - 1}
+
+
+# ---- config typos, wrong types, out-of-range values ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("trainer.max_epoch=1", "Key 'max_epoch' is not in struct"),  # typo in a key
+        ("model=vit_b61", "Could not find 'model/vit_b61'"),  # typo in a choice: Hydra lists the options
+        ("optim.lr=-0.001", "optim.lr=-0.001 must be > 0"),
+    ],
+)
+def test_cli_bad_config_exits_nonzero_with_a_clear_message(tmp_path, override, expected):
+    out = run([sys.executable, "-m", "vitlab.train", override, "logger=none"], tmp_path, timeout=300)
+    assert out.returncode != 0
+    assert expected in out.stderr
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.json"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data.batch_size=abc"], "data.batch_size='abc' must be a number, got str"),
+        (["trainer.max_epochs=ten"], "trainer.max_epochs='ten' must be a number"),
+        (["data.batch_size=0"], "data.batch_size=0 must be > 0"),
+        (["optim.lr=-1e-3"], "optim.lr=-0.001 must be > 0"),
+        (["data.img_size=30"], "model.patch_size=8 does not divide the image size 30"),
+        (["trainer.precision=17"], "trainer.precision=17 is not one of"),
+    ],
+)
+def test_validation_names_the_key(compose_train, overrides, expected):
+    with pytest.raises(ConfigError, match=None) as err:
+        validate_train_cfg(compose_train(*overrides))
+    assert expected in str(err.value)
+
+
+def test_resume_never_refuses_to_overwrite_checkpoints(compose_train, tmp_path):
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "last.ckpt").write_bytes(b"precious")
+    with pytest.raises(ConfigError, match="vitlab does not overwrite them"):
+        train(compose_train("resume=never"))
+    assert (ckpts / "last.ckpt").read_bytes() == b"precious"
+
+
+# ---- data: missing roots, corrupt images -------------------------------------------------------------
+def test_missing_data_root_names_the_key_and_path(compose_train, tmp_path):
+    missing = tmp_path / "no_such_dir"
+    with pytest.raises(Exception) as err:  # noqa: PT011 - the message is what matters
+        train(compose_train("data=folder", f"data.root={missing}", "data.num_classes=2"))
+    assert str(missing) in str(err.value) and "data.root" in str(err.value)
+
+
+def _image_folder(root, corrupt: str | None = None):
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (16, 16), (40 * i, 100 if c == "cat" else 200, 0)).save(root / c / f"{i}.png")
+    if corrupt:
+        (root / "dog" / corrupt).write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+
+
+def test_corrupt_image_names_the_file(compose_train, tmp_path):
+    root = tmp_path / "imgs"
+    _image_folder(root, corrupt="broken.png")
+    cfg = compose_train("data=folder", f"data.root={root}", "data.img_size=16", "data.num_workers=0",
+                        "data.batch_size=4", "data.val_fraction=0.25", "trainer.max_epochs=1", "test=false")
+    with pytest.raises(Exception, match="broken.png"):
+        train(cfg)
+
+
+# ---- a disk too full for the checkpoint ------------------------------------------------------------
+def _limit_file_size(limit: int):
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead of killing us
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return preexec
+
+
+def test_disk_full_during_checkpoint_keeps_the_previous_one(compose_train, tmp_path):
+    run_dir = tmp_path / "run"
+    train(compose_train(*TINY, "trainer.max_epochs=1", out=run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before, size = _sha(last), last.stat().st_size
+    # The same job, resumed for one more epoch, on a "disk" where no file may exceed half a checkpoint.
+    out = run(train_cmd(run_dir, "trainer.max_epochs=2"), tmp_path, preexec_fn=_limit_file_size(size // 2))
+    assert out.returncode != 0
+    assert "could not write checkpoint" in out.stderr and str(run_dir / "checkpoints") in out.stderr
+    assert _sha(last) == before  # the previous checkpoint is intact...
+    assert not list(last.parent.glob("*.tmp"))  # ...and no partial file is left behind
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
+
+
+# ---- W&B unavailable ---------------------------------------------------------------------------------
+def test_wandb_not_installed_falls_back_to_csv_with_a_warning(compose_train, monkeypatch):
+    from vitlab.utils.instantiate import build_loggers
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    cfg = compose_train("logger=default")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loggers = build_loggers(cfg.logger)
+    assert [type(lg).__name__ for lg in loggers] == ["CSVLogger"]
+    assert any("logger 'wandb'" in str(w.message) and "training goes on" in str(w.message) for w in caught)
+
+
+def test_wandb_failing_to_start_does_not_stop_training(tmp_path):
+    """Online W&B without an API key (and no network): a warning, and the run finishes with CSV logs."""
+    e = env(WANDB_MODE="online", HOME=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path / ".config"))
+    e.pop("WANDB_API_KEY", None)
+    run_dir = tmp_path / "job"
+    out = run(train_cmd(run_dir, "logger=default", "trainer.max_epochs=1"), tmp_path, env=e, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "logger 'wandb'" in out.stderr and "training goes on without it" in out.stderr
+    assert (run_dir / "csv" / "metrics.csv").is_file() and (run_dir / "metrics.json").is_file()
+
+
+# ---- security ----------------------------------------------------------------------------------------
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_checkpoint_is_refused_everywhere(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "global_step": 1, "payload": _Evil(str(marker))}, evil)
+    for cmd in (
+        [sys.executable, "-m", "vitlab.train", f"ckpt_path={evil}", "logger=none"],
+        [sys.executable, "-m", "vitlab.evaluate", f"ckpt_path={evil}"],
+    ):
+        out = run(cmd, tmp_path, timeout=300)
+        assert out.returncode != 0, out.stdout[-2000:]
+        assert "weights_only" in out.stderr or "Unsupported global" in out.stderr, out.stderr[-2000:]
+        assert not marker.exists(), f"{cmd[2]} executed code from a checkpoint"
+
+
+def test_secrets_never_reach_outputs(tmp_path):
+    key, token = "wandbkey-0123456789abcdef0123456789abcdef", "hf_secret_token_4242"
+    e = env(WANDB_API_KEY=key, WANDB_MODE="offline", HF_TOKEN=token)
+    run_dir = tmp_path / "job"
+    out = run(train_cmd(run_dir, "logger=default", "trainer.max_epochs=1", "+hub.hf_token=${oc.env:HF_TOKEN}"),
+              tmp_path, env=e)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (run_dir / "config.yaml").read_text().count("hf_token: '***'") == 1
+    for secret in (key, token):
+        assert secret not in out.stdout + out.stderr
+        leaks = [p for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        assert not leaks, f"secret found in {leaks}"
+    # A secret typed on the command line is refused, and masked in what Hydra already saved.
+    literal = "literal-secret-value-99"
+    bad = run(train_cmd(tmp_path / "job2", f"+hub.hf_token={literal}"), tmp_path, env=e, timeout=300)
+    assert bad.returncode != 0 and "hub.hf_token holds a literal secret" in bad.stderr
+    assert not [p for p in (tmp_path / "job2").rglob("*") if p.is_file() and literal.encode() in p.read_bytes()]
