@@ -153,6 +153,7 @@ def test_wandb_not_installed_falls_back_to_csv_with_a_warning(compose_train, mon
     assert any("logger 'wandb'" in str(w.message) and "training goes on" in str(w.message) for w in caught)
 
 
+@pytest.mark.slow
 def test_wandb_failing_to_start_does_not_stop_training(tmp_path):
     """Online W&B without an API key (and no network): a warning, and the run finishes with CSV logs."""
     e = env(WANDB_MODE="online", HOME=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path / ".config"))

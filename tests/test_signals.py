@@ -52,6 +52,7 @@ def test_sigusr1_under_slurm_saves_requeues_and_resumes(tmp_path):
     assert min(steps) < seen and max(steps) >= 17
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_usable_checkpoint_and_finished_wandb_run(tmp_path):
     run_dir = tmp_path / "job"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
