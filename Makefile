@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vitlab-installed
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-slow lint format clean bench-data bench
+.PHONY: help install train test test-slow lint format clean bench-data bench sweep report
 
 help:
 	@echo "make train      set up .venv, then run the quickstart (ViT vs BiT on digits, one table)"
@@ -15,6 +15,8 @@ help:
 	@echo "make lint       ruff"
 	@echo "make bench      training/eval img/s, MFU, memory: vitlab.train vs plain PyTorch vs timm (BENCH_ARGS=...)"
 	@echo "make bench-data input-pipeline img/s: vitlab's ImageNet loader vs torchvision ImageFolder"
+	@echo "make sweep      data-scaling study: vit_micro vs bit_micro on 4 sizes of shapes (CPU, ~15 min; SWEEP_ARGS=...)"
+	@echo "make report     table + paper figures (Fig. 3/4, Fig. 5) + HTML from the latest sweep (SWEEP_DIR=...)"
 	@echo "make clean      remove logs and caches (keeps .venv)"
 
 # Every install goes through constraints.txt (torch/torchvision pins; see DEVELOPERS.md).
@@ -40,6 +42,14 @@ bench-data: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m vitlab.bench $(BENCH_ARGS)
+
+# Scaling studies (docs/scaling.md): a Hydra multirun, then the report of the newest multirun dir.
+SWEEP_DIR ?= latest
+sweep: $(STAMP)
+	$(PY) -m vitlab.train sweep=data_scaling $(SWEEP_ARGS)
+
+report: $(STAMP)
+	$(PY) -m vitlab.report sweep_dir=$(SWEEP_DIR) $(REPORT_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

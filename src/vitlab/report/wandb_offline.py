@@ -155,3 +155,19 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
 def find_offline_runs(root: str | Path) -> list[Path]:
     """Every ``offline-run-*`` / ``run-*`` directory holding a ``.wandb`` file under ``root``."""
     return sorted({p.parent for p in Path(root).rglob("run-*.wandb")})
+
+
+def wait_until_finished(run_dir: str | Path, timeout_s: float = 30.0) -> OfflineRun:
+    """Read a run that ``wandb.finish()`` just closed: W&B's writer process flushes the file asynchronously."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            run = read_offline_run(run_dir)
+            if run.exit_code is not None or time.monotonic() > deadline:
+                return run
+        except (FileNotFoundError, WandbFileError):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)

@@ -1,0 +1,202 @@
+"""Collect finished runs into one table: from ``metrics.json``, CSV logs, or W&B offline run files.
+
+A *job dir* is what one training job wrote (``metrics.json``, ``.hydra/``, ``csv/metrics.csv``,
+``wandb/offline-run-*``). A sweep dir is a folder of job dirs (a Hydra multirun dir). Each row is a
+flat dict keyed like the loggers (``model/name``, ``data/train_size``, ``val/acc_best``,
+``train/exaflops``...), plus ``job_dir``, ``source`` and the job's Hydra ``overrides``.
+Sources, best first: ``metrics.json`` (what ``vitlab.train`` writes at the end), the CSV logger's
+``metrics.csv`` + ``hparams.yaml`` (a run that died before the end), a W&B offline run (a run logged
+only to W&B, or a synced copy of one).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitlab import metrics as M
+from vitlab.analysis.flops import EXAFLOPS, IMAGES_SEEN
+
+RESULT_FILE = "metrics.json"
+
+
+class ReportError(ValueError):
+    """Nothing to report, or a run that cannot be read; the message names the path and what was expected."""
+
+
+def _num(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+    return v
+
+
+def is_job_dir(p: Path) -> bool:
+    return p.is_dir() and any(
+        (p / n).exists() for n in (RESULT_FILE, ".hydra/config.yaml", "csv/metrics.csv")
+    ) or bool(list(p.glob("wandb/*/run-*.wandb")))
+
+
+def find_job_dirs(root: str | Path) -> list[Path]:
+    """Job dirs at or below ``root`` (a job dir itself, a multirun dir, or a folder of multirun dirs)."""
+    root = Path(root)
+    if not root.exists():
+        raise ReportError(f"sweep_dir={root}: no such directory (pass a Hydra multirun dir, e.g. logs/data_scaling/multiruns/<date>)")
+    if is_job_dir(root):
+        return [root]
+    found: set[Path] = set()
+    for marker in (RESULT_FILE, ".hydra/config.yaml", "csv/metrics.csv"):
+        for f in root.rglob(marker):
+            job = f.parent if marker == RESULT_FILE else f.parent.parent
+            if "wandb" not in job.parts[len(root.parts):]:
+                found.add(job)
+    for f in root.rglob("run-*.wandb"):
+        run_dir = f.parent  # .../<job>/wandb/offline-run-*/run-*.wandb, or a bare offline-run dir
+        job = run_dir.parent.parent if run_dir.parent.name == "wandb" else run_dir
+        if not any(job == j or j in job.parents for j in found):
+            found.add(job)
+    # a job dir nested in another (e.g. report/ output) is not a job of its own
+    return sorted(found, key=lambda p: (len(p.parts), _natural(p.name), str(p)))
+
+
+def _natural(name: str) -> tuple:
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ReportError(f"{path}: not valid YAML ({e})") from e
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def read_csv_metrics(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(last value of every column, all rows) of a Lightning CSVLogger ``metrics.csv``."""
+    with path.open(newline="") as f:
+        rows = [{k: _num(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+    last: dict[str, Any] = {}
+    for r in rows:
+        last.update(r)
+    accs = [r[M.VAL_ACC] for r in rows if isinstance(r.get(M.VAL_ACC), (int, float))]
+    if accs:
+        last[M.VAL_ACC_BEST] = max(accs)
+    return last, rows
+
+
+def _from_wandb(job: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    from vitlab.report.wandb_offline import read_offline_run
+
+    files = sorted(job.glob("wandb/*/run-*.wandb")) or sorted(job.glob("run-*.wandb"))
+    if not files:
+        return None
+    run = read_offline_run(files[-1].parent)
+    row = {k: v for k, v in run.config.items() if "/" in k and not isinstance(v, dict)}
+    row.update({k: v for k, v in run.summary.items() if not k.startswith("_") and not isinstance(v, dict)})
+    best = run.best(M.VAL_ACC)
+    if best is not None:
+        row[M.VAL_ACC_BEST] = max(best, row.get(M.VAL_ACC_BEST) or best)
+    meta = {"wandb/run_id": run.run_id, "wandb/group": run.group, "wandb/job_type": run.job_type,
+            "wandb/name": run.name}
+    return row, meta
+
+
+def read_job(job: str | Path) -> dict[str, Any]:
+    """One row for one job dir (see the module docstring for the sources)."""
+    job = Path(job)
+    row: dict[str, Any] = {}
+    source = None
+    if (job / RESULT_FILE).is_file():
+        try:
+            row = json.loads((job / RESULT_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{job / RESULT_FILE}: not valid JSON ({e}); delete it to fall back to the CSV log") from e
+        source = RESULT_FILE
+    csv_path = next(iter(sorted(job.glob("csv/**/metrics.csv"))), None)
+    if csv_path is not None:
+        last, _ = read_csv_metrics(csv_path)
+        hp = csv_path.parent / "hparams.yaml"
+        hparams = _read_yaml(hp) if hp.is_file() else {}
+        extra = {k: v for k, v in (hparams or {}).items() if "/" in str(k) and not isinstance(v, dict)}
+        extra.update(last)
+        row = {**extra, **row}  # metrics.json wins where both have a key
+        source = source or "csv"
+    wb = _from_wandb(job)
+    if wb is not None:
+        wrow, meta = wb
+        row = {**wrow, **row, **meta}
+        source = source or "wandb"
+    if source is None:
+        raise ReportError(f"{job}: no {RESULT_FILE}, csv/metrics.csv or wandb/offline-run-* to read")
+    cfg_path = job / ".hydra" / "config.yaml"
+    if cfg_path.is_file():
+        cfg = _read_yaml(cfg_path) or {}
+        for key in ("group", "job_type", "task_name", "seed"):
+            if key in cfg and not isinstance(cfg[key], dict):
+                row.setdefault(key, cfg[key])
+        flat = _flatten(cfg)
+        for key in ("optim.lr", "optim.weight_decay", "data.batch_size", "trainer.max_steps", "trainer.max_epochs"):
+            if key in flat:
+                row.setdefault(key, flat[key])
+    ov = job / ".hydra" / "overrides.yaml"
+    if ov.is_file():
+        row["overrides"] = " ".join(str(o) for o in (_read_yaml(ov) or []))
+    # older runs without the compute tracker: images seen x training FLOPs per image
+    if row.get(EXAFLOPS) is None and row.get(IMAGES_SEEN) and row.get("model/train_gflops"):
+        row[EXAFLOPS] = row[IMAGES_SEEN] * row["model/train_gflops"] * 1e9 / 1e18
+    row["job_dir"] = str(job)
+    row["source"] = source
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def collect(sweep_dirs: str | Path | Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Rows for every job under one or more sweep dirs; unreadable jobs raise, naming the job dir."""
+    if isinstance(sweep_dirs, (str, Path)):
+        sweep_dirs = [sweep_dirs]
+    rows = []
+    for d in sweep_dirs:
+        jobs = find_job_dirs(d)
+        if not jobs:
+            raise ReportError(f"sweep_dir={d}: no job dirs under it (expected <job>/metrics.json, "
+                              f"<job>/csv/metrics.csv or <job>/wandb/offline-run-*)")
+        rows.extend(read_job(j) for j in jobs)
+    return rows
+
+
+def latest_sweep(log_dir: str | Path) -> Path:
+    """The most recently modified multirun dir under ``log_dir`` (``<task>/multiruns/<date>``)."""
+    cands = [p for p in Path(log_dir).glob("*/multiruns/*") if p.is_dir()]
+    if not cands:
+        raise ReportError(f"no multirun dir under {Path(log_dir).resolve()}/*/multiruns/: run a sweep first "
+                          "(make sweep) or pass sweep_dir=<dir>")
+    return max(cands, key=lambda p: p.stat().st_mtime)
+
+
+def write_csv(rows: Iterable[dict[str, Any]], path: Path, first: Sequence[str] = ()) -> Path:
+    rows = list(rows)
+    keys = list(dict.fromkeys([*first, *sorted({k for r in rows for k in r})]))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in keys})
+    return path

@@ -1,0 +1,136 @@
+"""vitlab.report: turn finished runs into the paper's figures, one table (CSV + Markdown) and one HTML page.
+
+    python -m vitlab.report                                  # the latest multirun under logs/
+    python -m vitlab.report sweep_dir=logs/data_scaling/multiruns/<date>
+    python -m vitlab.report 'sweep_dir=[dirA,dirB]' out_dir=reports/fig5 wandb=true
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, ListConfig
+
+from vitlab import metrics as M
+from vitlab.analysis.flops import EXAFLOPS
+from vitlab.config import CONF_DIR
+from vitlab.report.collect import ReportError, collect, latest_sweep, write_csv
+from vitlab.report.figures import accuracy_key, fmt_cell, html_page, plot_compute, plot_data_scaling
+
+log = logging.getLogger("vitlab.report")
+
+# (header, key, format): the Markdown/HTML table; the CSV has every key
+COLUMNS = (
+    ("model", "model/name", "{}"),
+    ("family", "model/family", "{}"),
+    ("params (M)", "model/params_m", "{:.2f}"),
+    ("GFLOPs/img", "model/gflops", "{:.3g}"),
+    ("res", "model/img_size", "{}"),
+    ("data", "data/name", "{}"),
+    ("train size", "data/train_size", "{:,}"),
+    ("lr", "optim.lr", "{:g}"),
+    ("val/acc (best)", M.VAL_ACC_BEST, "{:.2%}"),
+    ("test/acc", M.TEST_ACC, "{:.2%}"),
+    ("exaFLOPs", EXAFLOPS, "{:.3g}"),
+    ("wall (s)", "time/wall_s", "{:.0f}"),
+    ("source", "source", "{}"),
+)
+SORT_KEYS = ("model/family", "model/name", "data/train_size", "optim.lr", "seed")
+
+
+def _sort_key(r: dict[str, Any]) -> tuple:
+    return tuple((0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in (r.get(k) for k in SORT_KEYS))
+
+
+def markdown(rows, columns=COLUMNS) -> str:
+    head = "| " + " | ".join(c for c, _, _ in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt_cell(r.get(k), f) for _, k, f in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def make_report(sweep_dirs, out_dir: str | Path, title: str = "vitlab report", log_to_wandb: bool = False,
+                figures: tuple[str, ...] = ("data_scaling", "compute")) -> dict[str, Any]:
+    """Collect, tabulate, plot; return ``{"rows", "files", "skipped"}``."""
+    rows = sorted(collect(sweep_dirs), key=_sort_key)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {
+        "csv": write_csv(rows, out / "report.csv", first=[k for _, k, _ in COLUMNS] + ["job_dir"]),
+    }
+    table = markdown(rows)
+    (out / "report.md").write_text(f"# {title}\n\n{table}\n")
+    files["md"] = out / "report.md"
+    figs: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
+    try:
+        y = accuracy_key(rows)
+    except ValueError as e:
+        y, skipped["all figures"] = None, str(e)
+    plotters = {"data_scaling": plot_data_scaling, "compute": plot_compute}
+    for name in figures if y else ():
+        if name not in plotters:
+            raise ReportError(f"figures: unknown figure {name!r}; choose from {sorted(plotters)}")
+        try:
+            figs[name] = plotters[name](rows, out / f"{name}.png", y=y)
+        except ValueError as e:  # e.g. no run has train/exaflops: skip that figure, say why
+            skipped[name] = str(e)
+    files.update({f"png:{k}": v for k, v in figs.items()})
+    notes = f"{len(rows)} runs from {', '.join(str(d) for d in _as_list(sweep_dirs))}; y = {y}."
+    (out / "report.html").write_text(html_page(title, figs, rows, COLUMNS, notes))
+    files["html"] = out / "report.html"
+    (out / "report.json").write_text(json.dumps(rows, indent=2, default=str))
+    if log_to_wandb:
+        files["wandb"] = _log_wandb(rows, figs, title, out)
+    return {"rows": rows, "files": files, "skipped": skipped, "table": table}
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple, ListConfig)) else [x]
+
+
+def _log_wandb(rows, figs, title: str, out: Path) -> Path:
+    """One W&B run (job_type=report, group = the study) holding the figures (wandb.Image) and the table."""
+    import wandb
+
+    from vitlab.config import wandb_offline
+    from vitlab.report.wandb_dash import log_figures, log_table
+    from vitlab.report.wandb_offline import wait_until_finished
+
+    group = next((r.get("group") for r in rows if r.get("group")), None)
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vitlab"), name=title, group=group, job_type="report",
+                     dir=str(out), mode="offline" if wandb_offline() else "online")
+    try:
+        log_figures(run, figs)
+        log_table(run, "report/runs", rows, [k for _, k, _ in COLUMNS] + ["job_dir"])
+        run_dir = Path(run.dir).parent
+    finally:
+        run.finish()
+    if wandb_offline():
+        wait_until_finished(run_dir)
+    return run_dir
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    sweep = cfg.sweep_dir
+    if sweep in (None, "", "latest"):
+        sweep = str(latest_sweep(cfg.paths.log_dir))
+        print(f"sweep_dir=latest: {sweep}")
+    sweeps = [str(s) for s in _as_list(sweep)]
+    out_dir = cfg.out_dir or str(Path(sweeps[0]) / "report")
+    res = make_report(sweeps, out_dir, title=cfg.title, log_to_wandb=cfg.wandb, figures=tuple(cfg.figures))
+    print(res["table"])
+    for name, why in res["skipped"].items():
+        print(f"[vitlab.report] figure '{name}' skipped: {why}")
+    print(f"\n{len(res['rows'])} runs; wrote " + ", ".join(str(p) for p in res["files"].values()))
+    return res
+
+
+if __name__ == "__main__":
+    main()
