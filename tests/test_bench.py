@@ -118,3 +118,31 @@ def test_channels_last_module_matches_default_layout():
     b = ClassificationModule(model={**cfg, "channels_last": True}, optim=optim).eval()
     assert b.net.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)
+
+
+def _run(img_per_s: float, eval_img_per_s: float = 100.0, mem: float = 500.0) -> dict:
+    return {"train": {"img_per_s": img_per_s}, "eval": {"img_per_s": eval_img_per_s}, "train_flops_per_img": 2e9,
+            "eval_flops_per_img": 7e8, "peak_mem_mb": mem, "precision": "32-true"}
+
+
+def test_aggregate_pairs_repeats_and_reports_lever_speedups():
+    from vitlab.bench import aggregate, markdown
+
+    spec = {"img_size": 32, "batch_size": 8, "overrides": ["model=vit_ti16"]}
+    runs = {
+        "vitlab": [_run(10.0), _run(5.0), _run(9.0, mem=700.0)],
+        "plain": [_run(10.0), _run(4.0), _run(10.0)],  # repeat 2 ran under load for both ways
+        "vitlab+bf16": [_run(15.0), _run(10.0), _run(18.0)],
+    }
+    e = aggregate(spec, runs, peak_flops=40e9)
+    # ratios are taken pairwise (same load), then the median: 1.0, 1.25, 0.9 -> 1.0
+    assert e["ratio_vitlab_vs_plain"] == 1.0 and e["ratio_spread"] == [0.9, 1.25]
+    assert e["img_per_s"] == 9.0 and e["peak_mem_mb"] == 700.0
+    assert e["mfu"] == 9.0 * 2e9 / 40e9
+    assert e["ways"]["vitlab+bf16"]["speedup_vs_vitlab"] == 2.0
+    md = markdown({"machine": {"device": "cpu", "cpu": "X", "cores": 2, "torch": "t", "lightning": "l", "timm": "m",
+                               "python": "p", "loadavg_1m": 1.0}, "threads": 2,
+                   "peak": {"flops": 40e9, "min": 30e9, "dtype": "float32", "n": 2048, "measurements": 9},
+                   "config": {"warmup_steps": 2, "steps": 5, "eval_warmup_steps": 1, "eval_steps": 3, "repeats": 3},
+                   "loadavg_end": 1.0, "models": {"vit_ti16_p4": e}})
+    assert "| vit_ti16_p4 | (a) + bf16 (x2.00 vs a) |" in md and "1.000 (0.900-1.250)" in md

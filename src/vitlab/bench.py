@@ -393,7 +393,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     win = Windows(device, spec["warmup_steps"], spec["steps"], spec["eval_warmup_steps"], spec["eval_steps"])
     dm = instantiate(cfg.data, _convert_="all")
     model_cfg = to_plain(cfg.model)
-    info: dict[str, Any] = {"way": way, "precision": str(cfg.trainer.precision)}
+    info: dict[str, Any] = {"way": way, "precision": str(cfg.trainer.precision), "overrides_extra": spec.get("extra", [])}
 
     if way == "vitlab":
         from vitlab.train import build_module, run_stats
@@ -531,6 +531,7 @@ def aggregate(spec: dict[str, Any], runs: dict[str, list[dict]], peak_flops: flo
             "train_gflops_per_img": fl / 1e9,
             "eval_gflops_per_img": rs[0]["eval_flops_per_img"] / 1e9,
             "precision": rs[0]["precision"],
+            "overrides_extra": rs[0].get("overrides_extra", []),
             **{k: rs[0][k] for k in ("callbacks", "loggers", "timm_model") if k in rs[0]},
         }
     entry: dict[str, Any] = {
@@ -549,7 +550,19 @@ def aggregate(spec: dict[str, Any], runs: dict[str, list[dict]], peak_flops: flo
         entry["ratio_of_medians"] = ways["vitlab"]["img_per_s"]["median"] / ways["plain"]["img_per_s"]["median"]
     else:
         entry["ratio_vitlab_vs_plain"] = None
+    for name, rs in runs.items():
+        if name.startswith("vitlab+") and "vitlab" in runs:  # the lever's effect, pairwise against plain vitlab
+            pairs = [v["train"]["img_per_s"] / a["train"]["img_per_s"] for v, a in zip(rs, runs["vitlab"], strict=True)]
+            ways[name]["speedup_vs_vitlab"] = statistics.median(pairs)
+            ways[name]["speedup_spread"] = [min(pairs), max(pairs)]
     return entry
+
+
+def _label(way: str, w: dict[str, Any]) -> str:
+    if way in WAY_LABEL:
+        return WAY_LABEL[way]
+    sp = w.get("speedup_vs_vitlab")
+    return f"(a) + {way.split('+', 1)[1]}" + (f" (x{sp:.2f} vs a)" if sp else "")
 
 
 def _fmt_rate(s: dict[str, float] | None) -> str:
@@ -583,7 +596,7 @@ def markdown(result: dict[str, Any]) -> str:
                 lo, hi = e["ratio_spread"]
                 ratio = f"{e['ratio_vitlab_vs_plain']:.3f} ({lo:.3f}-{hi:.3f})"
             lines.append(
-                f"| {key} | {WAY_LABEL[way]} | {e['batch_size']} | {_fmt_rate(w['img_per_s'])} | {100 * w['mfu']:.1f}% "
+                f"| {key} | {_label(way, w)} | {e['batch_size']} | {_fmt_rate(w['img_per_s'])} | {100 * w['mfu']:.1f}% "
                 f"| {_fmt_rate(w['eval_img_per_s'])} | {w['peak_mem_mb']:.0f} | {ratio} |"
             )
     return "\n".join(lines)
@@ -615,24 +628,27 @@ def run_bench(cfg) -> dict[str, Any]:
         "steps": int(cfg.steps), "eval_warmup_steps": int(cfg.eval_warmup_steps), "eval_steps": int(cfg.eval_steps),
         "env": to_plain(cfg.get("env")) or {},
     }
-    runs: dict[str, dict[str, list[dict]]] = {s["key"]: {w: [] for w in ways} for s in specs}
+    variants = {str(k): list(v or []) for k, v in (to_plain(cfg.get("variants")) or {}).items()}
+    # a variant = way (a) with extra overrides (one lever switched), run interleaved with the others
+    slots = [(w, w, []) for w in ways] + [(f"vitlab+{k}", "vitlab", v) for k, v in variants.items()]
+    runs: dict[str, dict[str, list[dict]]] = {s["key"]: {name: [] for name, _, _ in slots} for s in specs}
     peaks: list[float] = []
     threads = None
-    total = len(specs) * int(cfg.repeats) * len(ways)
+    total = len(specs) * int(cfg.repeats) * len(slots)
     done = 0
     t_start = time.perf_counter()
     for spec in specs:
         ov = worker_overrides(cfg, spec, device)
         for rep in range(int(cfg.repeats)):
-            for way in ways:  # interleaved: a, b, c, a, b, c, ...
-                work = out_dir / "runs" / f"{spec['key']}-{way}-{rep}"
-                ws = {**base, **spec, "way": way, "overrides": ov, "output_dir": str(work)}
+            for name, way, extra in slots:  # interleaved: a, b, c, a, b, c, ...
+                work = out_dir / "runs" / f"{spec['key']}-{name}-{rep}"
+                ws = {**base, **spec, "way": way, "overrides": [*ov, *extra], "extra": extra, "output_dir": str(work)}
                 r = _run_subprocess(ws, work, int(cfg.worker_timeout_s))
-                runs[spec["key"]][way].append(r)
+                runs[spec["key"]][name].append(r)
                 peaks.append(r["peak"]["flops"])
                 threads = r["threads"]
                 done += 1
-                print(f"[{done}/{total}] {spec['key']:<16} {way:<7} rep {rep}: {r['train']['img_per_s']:8.2f} img/s train"
+                print(f"[{done}/{total}] {spec['key']:<16} {name:<7} rep {rep}: {r['train']['img_per_s']:8.2f} img/s train"
                       + (f", {r['eval']['img_per_s']:8.2f} img/s eval" if "eval" in r else "")
                       + f", peak {r['peak']['flops'] / 1e9:.1f} GFLOP/s, load {r['loadavg_1m']}", file=sys.stderr, flush=True)
     peak_flops = max(peaks)
@@ -641,7 +657,7 @@ def run_bench(cfg) -> dict[str, Any]:
         "threads": threads,
         "peak": {**peak_cfg, "flops": peak_flops, "min": min(peaks), "measurements": len(peaks)},
         "config": {k: base[k] for k in ("warmup_steps", "steps", "eval_warmup_steps", "eval_steps")}
-        | {"repeats": int(cfg.repeats), "ways": ways, "train_overrides": list(cfg.get("train_overrides") or []),
+        | {"repeats": int(cfg.repeats), "ways": ways, "variants": variants, "train_overrides": list(cfg.get("train_overrides") or []),
            "env": base["env"]},
         "models": {s["key"]: aggregate(s, runs[s["key"]], peak_flops) for s in specs},
         "loadavg_end": round(os.getloadavg()[0], 2),
