@@ -1,0 +1,131 @@
+"""vitlab.vtab: the VTAB-1k suite (paper §4.1, Table 2) — fine-tune a checkpoint on each of the 19 tasks.
+
+    python -m vitlab.vtab ckpt_path=<pretrained .ckpt> data.root=/datasets/vtab-1k
+    python -m vitlab.vtab ckpt_path=ViT-B_16.npz model=vit_b16 data.root=<dir> trainer=gpu vtab.resolution=384
+    python -m vitlab.vtab ckpt_path=<ckpt> data.root=<dir> data.task=dtd,svhn          # some tasks only
+    python -m vitlab.vtab ckpt_path=<ckpt> data.root=<dir> hydra/launcher=submitit_slurm # one SLURM job per task
+
+Each task is one Hydra multirun job (``data.task`` is the swept key), so a launcher runs the suite in
+parallel. A job follows the paper's protocol: for every lr of ``vtab.lr_grid`` train on ``train800`` and
+score ``val200``; then train on ``train800val200`` with the best lr and report ``test`` accuracy
+(``vtab.steps`` steps each, SGD momentum 0.9, cosine decay, clip 1). After the last job the table of
+per-task, per-group (Natural, Specialized, Structured) and mean accuracy is printed and saved.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vitlab.config import CONF_DIR, ConfigError
+from vitlab.tasks import write_results
+
+log = logging.getLogger("vitlab.vtab")
+
+
+def _cli_chose(prefix: str) -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.lstrip("+~").startswith(prefix) for o in HydraConfig.get().overrides.task)
+
+
+def checkpoint_model_cfg(ckpt_path: str) -> dict[str, Any] | None:
+    """The model config stored in a vitlab checkpoint, or None for foreign formats (.npz, .safetensors, ...)."""
+    from vitlab.models.pretrained import detect_format
+
+    if detect_format(ckpt_path) != "torch":
+        return None
+    from vitlab.evaluate import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    return (ckpt.get("hyper_parameters") or {}).get("model")
+
+
+def _copy(cfg: DictConfig) -> DictConfig:
+    """An unresolved copy: paths such as ``${paths.output_dir}/checkpoints`` follow a sub-run's output_dir."""
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+
+
+def task_cfg(cfg: DictConfig) -> DictConfig:
+    """The fine-tuning config of this job: the checkpoint's model (unless model= was given), its resolution."""
+    run = _copy(cfg)
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt and not cfg.model.get("pretrained"):
+        raise ConfigError("vitlab.vtab fine-tunes a pretrained model: give ckpt_path=<.ckpt | .npz | .safetensors>")
+    saved = checkpoint_model_cfg(str(ckpt)) if ckpt else None
+    with open_dict(run):
+        if saved and not _cli_chose("model="):
+            run.model = OmegaConf.merge(run.model, {k: v for k, v in saved.items()
+                                                    if k not in ("num_classes", "img_size", "pretrained")})
+        if ckpt:
+            run.model.pretrained = str(ckpt)
+        run.model.pretrained_keep_head = False
+        run.model.representation_size = None  # fine-tuning: one linear layer on the representation (paper §3.1)
+        res = cfg.vtab.get("resolution") or (saved or {}).get("img_size") or cfg.data.img_size
+        run.data.img_size = run.data.eval_img_size = int(res)
+        run.model.img_size = int(res)
+        run.model.num_classes = int(cfg.data.num_classes)
+        run.ckpt_path = None  # train's ckpt_path resumes; here the checkpoint is the starting point
+        run.trainer.max_steps = int(cfg.vtab.steps)
+        run.trainer.max_epochs = -1
+    return run
+
+
+def _sub_run(run: DictConfig, out_dir: Path, lr: float, split: str, test: bool) -> dict[str, Any]:
+    from vitlab.train import train
+
+    sub = _copy(run)
+    with open_dict(sub):
+        sub.optim.lr = float(lr)
+        sub.data.train_split = split
+        sub.test = test
+        sub.paths.output_dir = str(out_dir)
+        sub.run_name = f"{run.data.name}-lr{lr}-{split}"
+    return train(sub)
+
+
+def run_task(cfg: DictConfig) -> dict[str, Any]:
+    from vitlab.data.catalog import VTAB_TASKS
+
+    task = str(cfg.data.task)
+    if task not in VTAB_TASKS:
+        raise ConfigError(f"data.task={task!r} is not a VTAB-1k task; choose from {list(VTAB_TASKS)}")
+    run = task_cfg(cfg)
+    out = Path(cfg.paths.output_dir)
+    grid = [float(v) for v in cfg.vtab.lr_grid]
+    if not grid:
+        raise ConfigError("vtab.lr_grid is empty: give at least one lr, e.g. vtab.lr_grid=[0.01]")
+    val = {}
+    if len(grid) > 1:
+        for lr in grid:
+            r = _sub_run(run, out / f"select_lr{lr}", lr, "train800", test=False)
+            val[lr] = r.get("val/acc_best", r.get("val/acc", 0.0)) or 0.0
+            log.info("vtab %s: lr %g -> val200 accuracy %.4f", task, lr, val[lr])
+    best = max(grid, key=lambda v: val.get(v, 0.0)) if val else grid[0]
+    final = _sub_run(run, out / "final", best, "train800val200", test=True)
+    results = {
+        "vtab/task": task, "vtab/group": VTAB_TASKS[task][0], "vtab/lr": best,
+        "vtab/val_by_lr": {str(k): v for k, v in val.items()}, "vtab/steps": int(cfg.vtab.steps),
+        "test/acc": final.get("test/acc"), "model/name": run.model.get("name"),
+        "model/params_m": final.get("model/params_m"), "data/name": run.data.name,
+        "data/train_size": final.get("data/train_size"), "time/wall_s": final.get("time/wall_s"),
+        "output_dir": str(out), "pretrained": run.model.get("pretrained"),
+    }
+    write_results(out, results)
+    print(f"vtab {task}: test accuracy {results['test/acc']:.4f} (lr {best}; val200 by lr {val or '-'})")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="vtab")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(cfg).get("test/acc")
+
+
+if __name__ == "__main__":
+    main()
