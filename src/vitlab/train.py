@@ -37,7 +37,7 @@ def check_launch(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"Hydra multirun with trainer.strategy={strategy} and trainer.devices={devices} on the launcher "
                 f"'{launcher.rsplit('.', 1)[-1]}' would re-launch the whole sweep from every DDP process. "
-                "Use the SLURM launcher (hydra/launcher=submitit_slurm, tasks_per_node = devices) or one device "
+                "Use the SLURM launcher (hydra/launcher=slurm, tasks_per_node = devices) or one device "
                 "per job (trainer.devices=1)."
             )
 

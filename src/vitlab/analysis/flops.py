@@ -220,3 +220,40 @@ class ComputeTracker(Callback):
 
 
 __all__ = ["ComputeTracker", "FlopCount", "count_flops", "flops_stats", "model_config_flops"]
+
+
+def flops_table(models: list[str] | None = None, img_size: int = 224, num_classes: int = 1000) -> list[dict[str, Any]]:
+    """Params and per-image compute of every ``conf/model`` entry (or ``models``) at one resolution."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from vitlab.config import CONF_DIR, register_resolvers
+    from vitlab.models import build_model, count_params
+
+    register_resolvers()
+    names = models or sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+    rows = []
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for name in names:
+            cfg = compose("train", [f"model={name}", f"data.img_size={img_size}"])
+            m = OmegaConf.to_container(cfg.model, resolve=True)
+            m.update(num_classes=num_classes, img_size=img_size)
+            with torch.device("meta"):
+                params = count_params(build_model(**m))
+            fc = model_config_flops(m)
+            rows.append({"model": name, "params_m": params / 1e6, "gmacs": fc.gmacs, "train_gflops": fc.train_gflops})
+    GlobalHydra.instance().clear()
+    return rows
+
+
+if __name__ == "__main__":  # python -m vitlab.analysis.flops [img_size]
+    import sys
+
+    size = int(sys.argv[1]) if len(sys.argv) > 1 else 224
+    print(f"| model | params (M) | GMACs fwd @{size} | train GFLOPs/img |\n|---|---|---|---|")
+    for r in flops_table(img_size=size):
+        print(f"| {r['model']} | {r['params_m']:.2f} | {r['gmacs']:.2f} | {r['train_gflops']:.1f} |")
