@@ -54,7 +54,6 @@ def test_skip_nonfinite_skips_exactly_that_step(compose_train, tmp_path):
     ("override", "expected"),
     [
         ("trainer.max_epoch=1", "Key 'max_epoch' is not in struct"),  # typo in a key
-        ("model=vit_b61", "Could not find 'model/vit_b61'"),  # typo in a choice: Hydra lists the options
         ("optim.lr=-0.001", "optim.lr=-0.001 must be > 0"),
     ],
 )
@@ -80,6 +79,14 @@ def test_validation_names_the_key(compose_train, overrides, expected):
     with pytest.raises(ConfigError, match=None) as err:
         validate_train_cfg(compose_train(*overrides))
     assert expected in str(err.value)
+
+
+def test_option_typo_lists_the_choices(compose_train):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="Could not find 'model/vit_b61'") as err:
+        compose_train("model=vit_b61")
+    assert "vit_b16" in str(err.value)  # Hydra lists the available options
 
 
 def test_resume_never_refuses_to_overwrite_checkpoints(compose_train, tmp_path):
@@ -174,18 +181,28 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_malicious_pickle_checkpoint_is_refused_everywhere(tmp_path):
+def test_malicious_pickle_checkpoint_is_refused_everywhere(compose_train, tmp_path):
+    from vitlab.callbacks.resume import ResumeError, peek_checkpoint
+    from vitlab.evaluate import load_checkpoint
+    from vitlab.models.pretrained import load_pretrained
+
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "global_step": 1, "payload": _Evil(str(marker))}, evil)
-    for cmd in (
-        [sys.executable, "-m", "vitlab.train", f"ckpt_path={evil}", "logger=none"],
-        [sys.executable, "-m", "vitlab.evaluate", f"ckpt_path={evil}"],
-    ):
-        out = run(cmd, tmp_path, timeout=300)
-        assert out.returncode != 0, out.stdout[-2000:]
-        assert "weights_only" in out.stderr or "Unsupported global" in out.stderr, out.stderr[-2000:]
-        assert not marker.exists(), f"{cmd[2]} executed code from a checkpoint"
+    # Through the CLI (resume from it): refused before anything is built.
+    out = run([sys.executable, "-m", "vitlab.train", f"ckpt_path={evil}", "logger=none"], tmp_path, timeout=300)
+    assert out.returncode != 0 and "weights_only=True" in out.stderr, out.stderr[-2000:]
+    # Every other loader: evaluate, the resume peek, fine-tuning from it.
+    with pytest.raises(ValueError, match="not a readable vitlab checkpoint"):
+        load_checkpoint(evil)
+    with pytest.raises(ResumeError, match="would run code when loaded is refused"):
+        peek_checkpoint(evil)
+    from vitlab.models import build_model
+
+    net = build_model("vit", "micro", num_classes=10, img_size=16, patch_size=8)
+    with pytest.raises(Exception, match="weights_only|Unsupported global|refused"):  # noqa: PT011
+        load_pretrained(net, str(evil))
+    assert not marker.exists(), "a checkpoint executed code"
 
 
 def test_secrets_never_reach_outputs(tmp_path):
