@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from vitlab.modules.mpp import KEEP, MASK, RANDOM, MaskedPatchPredictionModule, corruption_plan, mean_colour_targets
+from vitlab.modules.mpp import (
+    KEEP,
+    MASK,
+    RANDOM,
+    MaskedPatchPredictionModule,
+    corruption_plan,
+    mean_colour_targets,
+)
 
 MODEL = {"family": "vit", "variant": "micro", "patch_size": 8, "img_size": 32, "num_classes": 10, "name": "vit_micro"}
 OPTIM = {"name": "adamw", "lr": 3e-3, "weight_decay": 0.0, "warmup": 0, "decay": "constant"}

@@ -1,0 +1,140 @@
+"""Pretrain -> fine-tune through `vitlab.train`: model.pretrained, resolution change, EMA, recipes and the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from vitlab.config import CONF_DIR
+
+FINETUNE_RECIPES = ("cifar10", "cifar100", "pets", "flowers102", "imagenet")
+
+
+EMA_RUN = ["callbacks=ema", "callbacks.ema.decay=0.9", "data.train_size=100", "trainer.max_epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory):
+    """A real vitlab run with Polyak averaging: vit_micro, two short epochs on digits at 32 px."""
+    from conftest import FAST, compose_cfg
+    from vitlab.train import train
+
+    out = tmp_path_factory.mktemp("pre")
+    cfg = compose_cfg("train", [*FAST, *EMA_RUN], out / "run")
+    results = train(cfg)
+    GlobalHydra.instance().clear()
+    return results, out / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def digits_ckpt(ema_run):
+    return ema_run[1]
+
+
+def test_finetune_at_higher_resolution_from_a_vitlab_checkpoint(compose_train, digits_ckpt, caplog):
+    from vitlab.train import build_module, train
+
+    cfg = compose_train(f"model.pretrained={digits_ckpt}", "data.img_size=48", "data.train_size=100",
+                        "trainer.max_epochs=1", "optim=sgd_finetune", "optim.lr=0.01", "optim.warmup=2")
+    with caplog.at_level(logging.INFO, logger="vitlab.pretrained"):
+        module = build_module(cfg)
+    assert "1+4x4 -> 1+6x6" in caplog.text and "new (initialised here): head.bias, head.weight" in caplog.text
+    net = module.net
+    assert net.pos_embed.shape == (1, 37, 128) and torch.count_nonzero(net.head.weight) == 0
+    src = torch.load(digits_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    torch.testing.assert_close(net.blocks[3].mlp.fc1.weight, src["net.blocks.3.mlp.fc1.weight"])
+    results = train(cfg)
+    assert 0.0 <= results["test/acc"] <= 1.0 and results["model/img_size"] == 48
+
+
+def test_mismatched_checkpoint_stops_the_run_with_the_shapes(compose_train, digits_ckpt):
+    from vitlab.models.pretrained import PretrainedMismatchError
+    from vitlab.train import build_module
+
+    cfg = compose_train(f"model.pretrained={digits_ckpt}", "model=vit_ti16", "model.patch_size=8")
+    with pytest.raises(PretrainedMismatchError, match=r"blocks.0.attn.qkv.weight checkpoint \(384, 128\) vs model \(576, 192\)"):
+        build_module(cfg)
+
+
+def test_ema_weights_are_the_ones_checkpointed_and_tested(compose_train, ema_run):
+    from vitlab.train import build_module
+
+    results = ema_run[0]
+    cfg = compose_train(*EMA_RUN)
+    best = results["test/ckpt"]
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    assert "current_model_state" in ckpt and "averaging_state" in ckpt
+    avg, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    assert not torch.equal(avg["net.head.weight"], raw["net.head.weight"])  # the average is not the raw weights
+    # test/acc is the accuracy of the averaged weights (the checkpoint's state_dict), recomputed by hand
+    module = build_module(cfg)
+    module.load_state_dict(avg)
+    module.eval()
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup()
+    correct = n = 0
+    with torch.no_grad():
+        for x, y in dm.test_dataloader():
+            correct += (module(x).argmax(1) == y).sum().item()
+            n += len(y)
+    assert results["test/acc"] == pytest.approx(correct / n, abs=1e-6)
+
+
+def test_ema_refuses_bad_decay():
+    from vitlab.callbacks.ema import EMA, ema_avg_fn
+
+    with pytest.raises(ValueError, match="decay=1.5"):
+        EMA(decay=1.5)
+    fn = ema_avg_fn(0.9999, warmup=True)
+    avg, p = torch.zeros(1), torch.ones(1)
+    assert fn(avg, p, 0).item() == pytest.approx(0.9)  # decay_0 = 1/10 while warming up
+    assert ema_avg_fn(0.9999, warmup=False)(avg, p, 0).item() == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("name", FINETUNE_RECIPES)
+def test_paper_finetune_recipes_compose(name):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment=finetune_{name}", "model.pretrained=ViT-B_16.npz"],
+                      return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.optim.name == "sgd" and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 0.0
+    assert cfg.data.batch_size == 512 and cfg.data.img_size == 384 and cfg.model.img_size == 384
+    assert cfg.trainer.gradient_clip_val == 1.0 and cfg.optim.decay == "cosine"
+    assert cfg.hydra.sweeper.params["optim.lr"] == "0.001,0.003,0.01,0.03"
+    assert cfg.trainer.max_steps == {"imagenet": 20000, "pets": 500, "flowers102": 500}.get(name, 10000)
+    assert cfg.model.name == "vit_b16" and cfg.model.pretrained == "ViT-B_16.npz"
+
+
+def test_transfer_demo_jobs_compose():
+    GlobalHydra.instance().clear()
+    got = {}
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for stage in ("pretrain", "finetune", "scratch", "mpp_pretrain"):
+            got[stage] = compose("train", overrides=["experiment=transfer_demo", f"+transfer_demo={stage}"])
+    GlobalHydra.instance().clear()
+    assert got["pretrain"].data.name == "shapes" and got["pretrain"].data.img_size == 32
+    assert "fewshot" in got["pretrain"].callbacks
+    for s in ("finetune", "scratch"):  # identical recipe; only the initialisation differs
+        assert got[s].data.name == "digits" and got[s].data.img_size == 48 and got[s].data.train_size == 200
+        assert got[s].optim == got["pretrain"].optim and got[s].trainer.max_epochs == got["finetune"].trainer.max_epochs
+    assert got["scratch"].model.pretrained is None
+    assert got["mpp_pretrain"].module._target_.endswith("MaskedPatchPredictionModule")
+
+
+@pytest.mark.slow
+def test_transfer_demo_runs_end_to_end(cli, tmp_path):
+    r = cli("vitlab.train", "experiment=transfer_demo", "demo.pretrain_size=200", "demo.finetune_size=50",
+            "demo.pretrain_epochs=1", "demo.finetune_epochs=1", "demo.fewshot_shots=[1]", "demo.fewshot_max_eval=50",
+            "trainer.enable_progress_bar=false", "logger=none", "hydra.sweep.dir=sweep", timeout=1200)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "pretraining (supervised) on shapes" in r.stdout and "trained on digits from scratch" in r.stdout
+    s = json.loads((tmp_path / "sweep" / "transfer_summary.json").read_text())
+    assert s["pretrain_stage"] == "pretrain" and "gain" in s
