@@ -315,3 +315,17 @@ def test_loading_never_executes_code(tmp_path):
     with pytest.raises(PretrainedError, match="evil.ckpt"):
         load_pretrained(vit(), path)
     assert not marker.exists()
+
+
+def test_hybrid_checkpoint_fine_tunes_at_a_higher_resolution(tmp_path, compose_train):
+    """model=r_vit_micro: an R+ViT .npz written at 32 px (4x4 tokens) loads at 48 px (6x6) through train's builder."""
+    from vitlab.train import build_module
+
+    src = randomise(build_model("hybrid", "micro", 10, img_size=32, patch_size=1, hybrid="micro"))
+    path = tmp_path / "R-micro+ViT.npz"
+    np.savez(path, **vit_npz_arrays(src))
+    module = build_module(compose_train("model=r_vit_micro", f"model.pretrained={path}", "data.img_size=48"))
+    net = module.net
+    assert net.pos_embed.shape == (1, 37, 128) and torch.count_nonzero(net.head.weight) == 0
+    torch.testing.assert_close(net.patch_embed.backbone.stem.conv.weight, src.patch_embed.backbone.stem.conv.weight)
+    assert net(torch.zeros(2, 3, 48, 48)).shape == (2, 10)
