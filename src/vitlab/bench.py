@@ -1,7 +1,7 @@
 """vitlab.bench: is the framework free? vitlab's train path vs a plain PyTorch loop vs timm's own model.
 
     python -m vitlab.bench                                   # CPU: ViT-Ti/4 @32 and BiT-R50x1 @64; GPU: + ViT-S/16, B/16 @224
-    python -m vitlab.bench 'train_overrides=[trainer.precision=bf16-mixed]'   # any vitlab.train override, on all three ways
+    python -m vitlab.bench 'train_overrides=["trainer.precision=bf16-mixed"]'   # any vitlab.train override, on all three ways
     python -m vitlab.bench bench_preset=tiny                       # seconds: the smoke test's settings
 
 For every model, three ways train on the same in-memory data, batch, optimiser and precision:
@@ -687,6 +687,10 @@ def _main_cli() -> None:
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
     def main(cfg: DictConfig) -> None:
+        import signal
+
+        # SIGTERM -> SystemExit, so subprocess.run kills the running worker instead of orphaning it
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         result = run_bench(cfg)
         path = write_outputs(result, Path(cfg.output_dir), str(cfg.name))
         print(f"wrote {path}")
