@@ -568,7 +568,8 @@ def _label(way: str, w: dict[str, Any]) -> str:
 def _fmt_rate(s: dict[str, float] | None) -> str:
     if not s:
         return "-"
-    return f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})"
+    d = 1 if s["median"] >= 10 else 2 if s["median"] >= 1 else 3
+    return f"{s['median']:.{d}f} ({s['min']:.{d}f}-{s['max']:.{d}f})"
 
 
 def markdown(result: dict[str, Any]) -> str:
