@@ -63,7 +63,7 @@ def test_mean_colour_targets_are_3_bit_rgb_classes():
 def test_mpp_learns_and_refuses_bad_settings():
     torch.manual_seed(0)
     m = MaskedPatchPredictionModule(MODEL, OPTIM)
-    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     first = m._step((x, None), g())[0].item()

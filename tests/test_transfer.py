@@ -129,7 +129,7 @@ def test_transfer_demo_jobs_compose():
     assert got["mpp_pretrain"].module._target_.endswith("MaskedPatchPredictionModule")
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the demo's code paths run by default in test_mpp's mpp_demo run and the tests above
 def test_transfer_demo_runs_end_to_end(cli, tmp_path):
     r = cli("vitlab.train", "experiment=transfer_demo", "demo.pretrain_size=200", "demo.finetune_size=50",
             "demo.pretrain_epochs=1", "demo.finetune_epochs=1", "demo.fewshot_shots=[1]", "demo.fewshot_max_eval=50",

@@ -3,7 +3,7 @@
     python -m vitlab.vtab ckpt_path=<pretrained .ckpt> data.root=/datasets/vtab-1k
     python -m vitlab.vtab ckpt_path=ViT-B_16.npz model=vit_b16 data.root=<dir> trainer=gpu vtab.resolution=384
     python -m vitlab.vtab ckpt_path=<ckpt> data.root=<dir> data.task=dtd,svhn          # some tasks only
-    python -m vitlab.vtab ckpt_path=<ckpt> data.root=<dir> hydra/launcher=submitit_slurm # one SLURM job per task
+    python -m vitlab.vtab ckpt_path=<ckpt> data.root=<dir> hydra/launcher=slurm # one SLURM job per task
 
 Each task is one Hydra multirun job (``data.task`` is the swept key), so a launcher runs the suite in
 parallel. A job follows the paper's protocol: for every lr of ``vtab.lr_grid`` train on ``train800`` and
