@@ -97,3 +97,24 @@ def test_mpp_demo_runs_end_to_end(cli, tmp_path):
     assert s["pretrain_stage"] == "mpp_pretrain" and 0 <= s["finetune_test_acc"] <= 1 and "gain" in s
     pre = json.loads((tmp_path / "sweep" / "0" / "metrics.json").read_text())
     assert 0 <= pre["test/acc"] <= 1 and "fewshot/digits_1shot" in pre
+
+
+def test_mpp_checkpoint_is_a_backbone_for_fewshot_and_finetuning(tmp_path):
+    import lightning as L
+    from omegaconf import OmegaConf
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from vitlab.fewshot import load_backbone
+    from vitlab.models import build_model
+    from vitlab.models.pretrained import load_pretrained
+
+    m = MaskedPatchPredictionModule(MODEL, OPTIM)
+    dl = DataLoader(TensorDataset(torch.rand(4, 3, 32, 32) * 2 - 1, torch.arange(4)), batch_size=4)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(m, train_dataloaders=dl)
+    trainer.save_checkpoint(tmp_path / "mpp.ckpt")
+    net, cfg = load_backbone(OmegaConf.create({"ckpt_path": str(tmp_path / "mpp.ckpt")}))
+    assert cfg["num_classes"] == 0 and torch.equal(net.blocks[0].attn.qkv.weight, m.net.blocks[0].attn.qkv.weight)
+    report = load_pretrained(build_model("vit", "micro", 10, img_size=48, patch_size=8), tmp_path / "mpp.ckpt")
+    assert {"mask_token", "mpp_head.weight", "mpp_head.bias"} <= set(report.dropped) and report.resized

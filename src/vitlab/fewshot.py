@@ -33,6 +33,8 @@ def load_backbone(cfg: DictConfig):
         model_cfg = (ckpt.get("hyper_parameters") or {}).get("model") or (ckpt.get("vitlab_config") or {}).get("model")
         if not model_cfg:
             raise ConfigError(f"ckpt_path={cfg.ckpt_path} stores no model config: is it a vitlab checkpoint?")
+        if not any(k.startswith("net.head.") for k in ckpt.get("state_dict", {})):
+            model_cfg = {**model_cfg, "num_classes": 0}  # e.g. masked patch prediction: a backbone without head
         net = build_model(**model_cfg)
         load_pretrained(net, cfg.ckpt_path, keep_head=True)
         return net, dict(model_cfg)
