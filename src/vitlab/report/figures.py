@@ -19,6 +19,7 @@ from typing import Any
 
 from vitlab import metrics as M
 from vitlab.analysis.flops import EXAFLOPS
+from vitlab.utils.hydra_callbacks import fmt_cell
 
 FAMILY_STYLE = {  # colour, marker; the paper's Figure 5 uses one colour per family
     "vit": ("tab:blue", "o"),
@@ -156,11 +157,3 @@ th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left
 </body></html>
 """
 
-
-def fmt_cell(v: Any, fmt: str) -> str:
-    if v is None:
-        return "-"
-    try:
-        return fmt.format(v)
-    except (ValueError, TypeError):
-        return str(v)

@@ -20,7 +20,8 @@ from vitlab import metrics as M
 from vitlab.analysis.flops import EXAFLOPS
 from vitlab.config import CONF_DIR
 from vitlab.report.collect import ReportError, collect, latest_sweep, write_csv
-from vitlab.report.figures import accuracy_key, fmt_cell, html_page, plot_compute, plot_data_scaling
+from vitlab.report.figures import accuracy_key, html_page, plot_compute, plot_data_scaling
+from vitlab.utils.hydra_callbacks import markdown_table
 
 log = logging.getLogger("vitlab.report")
 
@@ -48,10 +49,7 @@ def _sort_key(r: dict[str, Any]) -> tuple:
 
 
 def markdown(rows, columns=COLUMNS) -> str:
-    head = "| " + " | ".join(c for c, _, _ in columns) + " |"
-    sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(fmt_cell(r.get(k), f) for _, k, f in columns) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
+    return markdown_table(rows, columns)
 
 
 def make_report(sweep_dirs, out_dir: str | Path, title: str = "vitlab report", log_to_wandb: bool = False,

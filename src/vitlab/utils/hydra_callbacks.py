@@ -33,7 +33,8 @@ def collect_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(v: Any, fmt: str) -> str:
+def fmt_cell(v: Any, fmt: str) -> str:
+    """One table cell: ``fmt`` applied to ``v``, ``-`` for missing, ``str(v)`` where the format does not fit."""
     if v is None:
         return "-"
     try:
@@ -45,7 +46,7 @@ def _fmt(v: Any, fmt: str) -> str:
 def markdown_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
     head = "| " + " | ".join(c for c, _, _ in columns) + " |"
     sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_fmt(r.get(k), f) for _, k, f in columns) + " |" for r in rows]
+    body = ["| " + " | ".join(fmt_cell(r.get(k), f) for _, k, f in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
 
 
