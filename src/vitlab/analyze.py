@@ -42,29 +42,17 @@ def sample_images(dm, split: str, n: int):
 
 @task_wrapper
 def analyze(cfg: DictConfig) -> dict[str, Any]:
-    import lightning as L
     import torch
-    from hydra.utils import instantiate
 
     from vitlab.analysis import figures as F
     from vitlab.analysis import inspect_vit as V
-    from vitlab.evaluate import eval_data_cfg, load_checkpoint
-    from vitlab.modules import ClassificationModule
+    from vitlab.evaluate import load_run
 
-    if cfg.split not in ("test", "val"):
-        raise ConfigError(f"split={cfg.split!r} is not one of ['test', 'val']")
-    ckpt = load_checkpoint(cfg.ckpt_path)
-    saved = ckpt.get("vitlab_config") or {}
-    family = (saved.get("model") or ckpt.get("hyper_parameters", {}).get("model") or {}).get("family")
-    if family not in (None, "vit", "hybrid"):
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} holds a {family!r} model; vitlab.analyze inspects ViTs "
-                          "(model.family=vit or hybrid)")
-    L.seed_everything(cfg.seed)
-    module = ClassificationModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True).eval()
+    _, module, _, dm = load_run(cfg, families=("vit", "hybrid"))  # vitlab.analyze inspects ViTs
+    module.eval()
     vit = V._vit(module)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dm = instantiate(eval_data_cfg(cfg, saved), _convert_="all")
     images, labels = sample_images(dm, cfg.split, int(cfg.num_images))
     gh, gw = V.grid_size(vit)
     px_per_token = images.shape[-1] / gw

@@ -55,22 +55,39 @@ def eval_data_cfg(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
     return chosen
 
 
-@task_wrapper
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
+def load_run(cfg: DictConfig, families: tuple[str, ...] | None = None):
+    """Checkpoint -> (saved config, module, data config, DataModule) for the tasks that inspect a finished run.
+
+    The data config is the checkpoint's own unless ``data=`` picks another dataset (``eval_data_cfg``);
+    ``families`` restricts which model families the calling task accepts.
+    """
     import lightning as L
     from hydra.utils import instantiate
 
     from vitlab.modules import ClassificationModule
-    from vitlab.utils.instantiate import build_loggers
 
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} is not one of ['test', 'val']")
     ckpt = load_checkpoint(cfg.ckpt_path)
     saved = ckpt.get("vitlab_config") or {}
+    family = (saved.get("model") or ckpt.get("hyper_parameters", {}).get("model") or {}).get("family")
+    if families is not None and family not in (None, *families):
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} holds a {family!r} model; this task takes model.family in "
+                          f"{list(families)}")
     L.seed_everything(cfg.seed, workers=True)
     module = ClassificationModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
     data_cfg = eval_data_cfg(cfg, saved)
     dm = instantiate(data_cfg, _convert_="all")
+    return saved, module, data_cfg, dm
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    from hydra.utils import instantiate
+
+    from vitlab.utils.instantiate import build_loggers
+
+    saved, module, data_cfg, dm = load_run(cfg)
     if int(dm.num_classes) != module.num_classes:
         raise ConfigError(
             f"data {data_cfg.get('name')} has {dm.num_classes} classes but the checkpoint's head has "
