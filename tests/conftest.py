@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from vitlab.config import CONF_DIR
+from vitlab.config import compose_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,16 +32,7 @@ FAST = [
 
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` as the CLI would, with the job's output dir set to ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-        cfg.hydra.job.id = "0"
-    HydraConfig.instance().set_config(cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
+    return compose_job(config_name, overrides, output_dir)
 
 
 @pytest.fixture

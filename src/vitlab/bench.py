@@ -243,23 +243,9 @@ class Windows:
 
 def compose_train_cfg(overrides: list[str], output_dir: Path):
     """``conf/train.yaml`` composed exactly as ``python -m vitlab.train <overrides>`` would, output in ``output_dir``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from vitlab.config import compose_job
 
-    from vitlab.config import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-        cfg.hydra.job.id = "0"
-    HydraConfig.instance().set_config(cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
+    return compose_job("train", overrides, output_dir)
 
 
 def _timm_model(spec: dict[str, Any], model_cfg: dict[str, Any]):

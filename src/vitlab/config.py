@@ -98,3 +98,24 @@ def job_config(cfg: DictConfig) -> dict[str, Any]:
     from vitlab.utils.secrets import redact
 
     return redact({k: v for k, v in to_plain(cfg).items() if k != "hydra"})
+
+
+def compose_job(config_name: str, overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` exactly as ``python -m vitlab.<task> <overrides>`` would, as a job whose
+    output directory is ``output_dir`` (for running a task in-process: the benchmark, tests, notebooks)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    output_dir = Path(output_dir)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+        cfg.hydra.job.id = "0"
+    HydraConfig.instance().set_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg

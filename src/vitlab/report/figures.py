@@ -57,6 +57,20 @@ def _mean_band(values: list[float]) -> tuple[float, float, float]:
     return statistics.fmean(values), min(values), max(values)
 
 
+def _save_log_x(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """The finish both scaling figures share: log x axis, labels, grid, legend, saved and closed."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{ylabel} [%]")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_data_scaling(rows: Sequence[dict[str, Any]], path: Path, y: str | None = None,
                       x: str = "data/train_size") -> Path:
     """Figure 3/4: accuracy vs number of pretraining examples, one line per model."""
@@ -81,16 +95,8 @@ def plot_data_scaling(rows: Sequence[dict[str, Any]], path: Path, y: str | None 
         colour, marker = _style(family[name])
         ax.errorbar(xs, means, yerr=err, marker=marker, color=colour, capsize=3, lw=1.8,
                     ls="-" if family[name] != "bit" else "--", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("number of pretraining examples (data/train_size)")
-    ax.set_ylabel(f"{_label(y)} [%]")
-    ax.set_title("Accuracy vs pretraining data (paper Fig. 3/4)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_log_x(plt, fig, ax, path, "number of pretraining examples (data/train_size)", _label(y),
+                       "Accuracy vs pretraining data (paper Fig. 3/4)")
 
 
 def plot_compute(rows: Sequence[dict[str, Any]], path: Path, y: str | None = None, x: str = EXAFLOPS) -> Path:
@@ -117,16 +123,8 @@ def plot_compute(rows: Sequence[dict[str, Any]], path: Path, y: str | None = Non
     if len(pts) <= 16:
         for p in pts:
             ax.annotate(p[3], (p[0], p[1]), fontsize=6, xytext=(3, 3), textcoords="offset points", alpha=0.7)
-    ax.set_xscale("log")
-    ax.set_xlabel("total pretraining compute [exaFLOPs]")
-    ax.set_ylabel(f"{_label(y)} [%]")
-    ax.set_title("Accuracy vs pretraining compute (paper Fig. 5)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_log_x(plt, fig, ax, path, "total pretraining compute [exaFLOPs]", _label(y),
+                       "Accuracy vs pretraining compute (paper Fig. 5)")
 
 
 def html_page(title: str, figures: dict[str, Path], table_rows: Sequence[dict[str, Any]], columns, notes: str = "") -> str:
