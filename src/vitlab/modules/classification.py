@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics import MaxMetric, MeanMetric, Metric
@@ -17,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab import metrics as M
 from vitlab.models import build_model, count_params
-from vitlab.optim import build_optimizer, build_scheduler
+from vitlab.modules.base import VitlabModule
 
 LOSSES = ("softmax", "sigmoid")
 
@@ -89,7 +88,7 @@ def init_head_bias(net: torch.nn.Module, value: float) -> None:
     torch.nn.init.constant_(layers[-1].bias, value)
 
 
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(VitlabModule):
     def __init__(
         self,
         model: dict[str, Any],
@@ -121,8 +120,6 @@ class ClassificationModule(L.LightningModule):
         self.test_acc_real = ReaLAccuracy()  # logged only when the test set carries ReaL labels (ImageNet)
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
-        #: the run's resolved config (plain containers), stored in every checkpoint for ``vitlab.evaluate``
-        self.run_config: dict[str, Any] | None = None
 
     @property
     def num_params(self) -> int:
@@ -180,13 +177,3 @@ class ClassificationModule(L.LightningModule):
             self.test_acc_real(logits, batch[2])
             self.log(M.TEST_ACC_REAL, self.test_acc_real, on_step=False, on_epoch=True)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["vitlab_config"] = self.run_config
-
-    def configure_optimizers(self):
-        optim_cfg = dict(self.hparams.optim)
-        optimizer = build_optimizer(self.net, optim_cfg)
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        scheduler = build_scheduler(optimizer, optim_cfg, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +24,7 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from vitlab import metrics as M
 from vitlab.models import build_model, count_params
-from vitlab.optim import build_optimizer, build_scheduler
+from vitlab.modules.base import VitlabModule
 
 KEEP, MASK, RANDOM = 0, 1, 2
 
@@ -61,7 +60,7 @@ def mean_colour_targets(images: torch.Tensor, patch_size: int, bits: int = 3,
     return ids.flatten(1)
 
 
-class MaskedPatchPredictionModule(L.LightningModule):
+class MaskedPatchPredictionModule(VitlabModule):
     def __init__(
         self,
         model: dict[str, Any],
@@ -99,7 +98,6 @@ class MaskedPatchPredictionModule(L.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_acc, self.val_acc, self.test_acc = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
-        self.run_config: dict[str, Any] | None = None
 
     @property
     def num_params(self) -> int:
@@ -177,13 +175,5 @@ class MaskedPatchPredictionModule(L.LightningModule):
         self.log(M.TEST_LOSS, self.test_loss, on_step=False, on_epoch=True)
         self.log(M.TEST_ACC, self.test_acc, on_step=False, on_epoch=True)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["vitlab_config"] = self.run_config
-
-    def configure_optimizers(self):
-        optim_cfg = dict(self.hparams.optim)
-        optimizer = build_optimizer(self, optim_cfg)
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        scheduler = build_scheduler(optimizer, optim_cfg, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+    def optimized_module(self) -> nn.Module:
+        return self  # the [mask] token and the colour head train with the backbone
