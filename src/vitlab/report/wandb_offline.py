@@ -74,6 +74,14 @@ def _value(value_json: str) -> Any:
         return value_json
 
 
+def _apply(target: dict[str, Any], record) -> None:
+    """A config or summary record: its updates set keys, its removes drop them."""
+    for it in record.update:
+        target[_key(it)] = _value(it.value_json)
+    for it in record.remove:
+        target.pop(_key(it), None)
+
+
 def _key(item) -> str:
     return "/".join(item.nested_key) if len(item.nested_key) else item.key
 
@@ -131,17 +139,11 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
             for it in r.config.update:
                 run.config[_key(it)] = _value(it.value_json)
         elif kind == "config":
-            for it in rec.config.update:
-                run.config[_key(it)] = _value(it.value_json)
-            for it in rec.config.remove:
-                run.config.pop(_key(it), None)
+            _apply(run.config, rec.config)
         elif kind == "history":
             run.history.append({_key(it): _value(it.value_json) for it in rec.history.item})
         elif kind == "summary":
-            for it in rec.summary.update:
-                run.summary[_key(it)] = _value(it.value_json)
-            for it in rec.summary.remove:
-                run.summary.pop(_key(it), None)
+            _apply(run.summary, rec.summary)
         elif kind == "exit":
             run.exit_code = rec.exit.exit_code
     # W&B wraps each config value as {"value": v}
