@@ -2,10 +2,12 @@
 
 Ten classes — five shapes (disk, square, triangle, ring, plus) and five textures (horizontal stripes,
 vertical stripes, checkerboard, diagonal stripes, dots) — drawn at a random position, scale,
-rotation and colour over a noisy, shaded background, 32x32 RGB by default.  Each image is a pure
-function of ``(seed, split, index)``, so any size is deterministic and a larger train set contains
-every image of a smaller one.  Low contrast, clutter and noise make it hard enough that small and
-large models, and small and large data, end at different accuracies.
+rotation and colour over a shaded background with a distractor blob and pixel noise, 32x32 RGB by
+default.  Each image is a pure function of ``(seed, split, index)``, so any size is deterministic and a
+larger train set contains every image of a smaller one.  Calibrated so that the data-scaling study
+(``make sweep``: 1,000 steps of batch 64) separates the sizes: 500 images give vit_micro 27% and
+bit_micro 45% test accuracy, 8,000 give 60% and 85%.  (An earlier, harder version, with smaller
+shapes, finer textures and lower contrast, left vit_micro at chance for 1,500 steps.)
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _shape_mask(label: int, u: np.ndarray, v: np.ndarray, rng: np.random.Generat
         return edge(np.minimum(np.maximum(np.abs(u) - 0.25, np.abs(v) - 1.0), np.maximum(np.abs(v) - 0.25, np.abs(u) - 1.0)))
     # textures fill a rounded square patch
     region = edge(np.maximum(np.abs(u), np.abs(v)) - 1.0)
-    freq = rng.uniform(2.0, 3.5)
+    freq = rng.uniform(1.5, 2.5)
     phase = rng.uniform(0, 2 * np.pi)
     if name == "hstripes":
         tex = np.sin(freq * np.pi * v + phase) > 0
@@ -63,7 +65,7 @@ def render(seed: int, split: str, index: int, img_size: int = 32) -> tuple[np.nd
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     g = (np.arange(img_size) + 0.5) / img_size * 2.0 - 1.0
     y, x = np.meshgrid(g, g, indexing="ij")
-    scale = rng.uniform(0.25, 0.55)
+    scale = rng.uniform(0.4, 0.75)
     cx, cy = rng.uniform(-1 + scale, 1 - scale, size=2)
     theta = rng.uniform(0, 2 * np.pi) if CLASSES[label] not in ("hstripes", "vstripes", "dstripes") else rng.uniform(-0.25, 0.25)
     c, s = np.cos(theta), np.sin(theta)
@@ -75,14 +77,14 @@ def render(seed: int, split: str, index: int, img_size: int = 32) -> tuple[np.nd
     grad = rng.normal(0, 0.25, size=3)[None, None, :] * (rng.uniform(-1, 1) * x + rng.uniform(-1, 1) * y)[..., None]
     img = bg + grad
     bx, by = rng.uniform(-1, 1, size=2)
-    blob = np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * rng.uniform(0.05, 0.3) ** 2))[..., None]
+    blob = np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * rng.uniform(0.05, 0.2) ** 2))[..., None]
     img = img + blob * rng.normal(0, 0.3, size=3)
-    contrast = rng.uniform(0.25, 0.8)
+    contrast = rng.uniform(0.45, 0.9)
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction) + 1e-8
     fg = np.clip(bg + contrast * direction * np.sqrt(3), 0, 1)
     img = img * (1 - mask) + fg * mask
-    img = img + rng.normal(0, rng.uniform(0.03, 0.15), size=img.shape)
+    img = img + rng.normal(0, rng.uniform(0.02, 0.08), size=img.shape)
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), label
 
 
