@@ -96,3 +96,17 @@ def test_fewshot_without_a_checkpoint_says_what_to_give(tmp_path):
     cfg = compose_cfg("fewshot", ["data=digits"], tmp_path / "fs")
     with pytest.raises(ConfigError, match="ckpt_path=<vitlab .ckpt>, or model=<name> model.pretrained="):
         fewshot(cfg)
+
+
+def test_random_init_baseline_is_seeded_and_beats_chance(tmp_path):
+    """`python -m vitlab.fewshot model=vit_micro random_init=true`: the number a pretrained representation must beat."""
+    from conftest import compose_cfg
+    from vitlab.fewshot import fewshot
+
+    args = ["model=vit_micro", "random_init=true", "data=digits", "shots=[5]", "seeds=2", "max_eval=200"]
+    a = fewshot(compose_cfg("fewshot", args, tmp_path / "a"))
+    b = fewshot(compose_cfg("fewshot", args, tmp_path / "b"))
+    c = fewshot(compose_cfg("fewshot", [*args, "seed=1"], tmp_path / "c"))
+    assert a["fewshot/digits_5shot"] == b["fewshot/digits_5shot"]  # same seed, same random network
+    assert a["fewshot/digits_5shot"] != c["fewshot/digits_5shot"]
+    assert a["fewshot/digits_5shot"] > 0.2  # 10 classes: chance is 10%

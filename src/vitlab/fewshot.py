@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab.config import CONF_DIR, ConfigError, to_plain
@@ -38,9 +39,14 @@ def load_backbone(cfg: DictConfig):
         net = build_model(**model_cfg)
         load_pretrained(net, cfg.ckpt_path, keep_head=True)
         return net, dict(model_cfg)
-    if cfg.get("model") is None or not cfg.model.get("pretrained"):
-        raise ConfigError("give ckpt_path=<vitlab .ckpt>, or model=<name> model.pretrained=<.npz/.safetensors/.pth>")
+    random_init = bool(cfg.get("random_init"))
+    if cfg.get("model") is None or not (cfg.model.get("pretrained") or random_init):
+        raise ConfigError("give ckpt_path=<vitlab .ckpt>, or model=<name> model.pretrained=<.npz/.safetensors/.pth>, "
+                          "or model=<name> random_init=true for the untrained baseline")
     model_cfg = to_plain(cfg.model)
+    if random_init:  # the baseline a pretrained representation has to beat: same architecture, seeded random weights
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        return build_model(**{**model_cfg, "pretrained": None}), model_cfg
     net = build_model(**model_cfg)
     load_pretrained(net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")))
     return net, model_cfg
