@@ -149,3 +149,31 @@ def test_transfer_demo_fine_tuned_beats_scratch(cli, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     s = json.loads((tmp_path / "sweep" / "transfer_summary.json").read_text())
     assert s["gain"] > 0.02, s  # measured +6.9 (seed 42) and +13.9 points (seed 1)
+
+
+def test_fewshot_during_training_evaluates_the_ema_weights(tmp_path, monkeypatch):
+    """With `callbacks=ema` and a few-shot callback, fewshot/* is measured on the averaged weights (the ones
+    validated and checkpointed), even when the config lists EMA first."""
+    from conftest import FAST, compose_cfg
+    from vitlab.eval.fewshot import FewShotEvaluator
+    from vitlab.train import train
+
+    seen = []
+    real_evaluate = FewShotEvaluator.evaluate
+
+    def spy(self, net):
+        seen.append(net.patch_embed.proj.weight.detach().clone())
+        return real_evaluate(self, net)
+
+    monkeypatch.setattr(FewShotEvaluator, "evaluate", spy)
+    fewshot = ["+callbacks.fewshot._target_=vitlab.eval.fewshot.FewShotCallback", "+callbacks.fewshot._recursive_=false",
+               "+callbacks.fewshot.data._target_=vitlab.data.digits.DigitsDataModule", "+callbacks.fewshot.shots=[1]",
+               "+callbacks.fewshot.seeds=1", "+callbacks.fewshot.max_eval=50"]
+    cfg = compose_cfg("train", [*FAST, "callbacks=ema", "callbacks.ema.decay=0.9", "data.train_size=100",
+                                "trainer.max_epochs=1", "test=false", *fewshot], tmp_path / "run")
+    assert list(cfg.callbacks).index("ema") < list(cfg.callbacks).index("fewshot")  # the order that used to break
+    train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    avg, raw = ckpt["state_dict"]["net.patch_embed.proj.weight"], ckpt["current_model_state"]["net.patch_embed.proj.weight"]
+    assert not torch.equal(avg, raw)
+    assert len(seen) == 1 and torch.equal(seen[0], avg)

@@ -22,7 +22,12 @@ def build_callbacks(cfg: DictConfig | None, enable_progress_bar: bool = True) ->
         if not enable_progress_bar and str(c._target_).rsplit(".", 1)[-1] in PROGRESS_BARS:
             continue
         out.append(instantiate(c))
-    return out
+    # Weight averaging (EMA) swaps the averaged weights in at validation start and back out at validation end.
+    # Lightning calls hooks in list order, so it goes last: every callback that reads the weights at validation
+    # end (few-shot evaluation) then sees the averaged ones, whatever order the config listed them in.
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    return sorted(out, key=lambda cb: isinstance(cb, WeightAveraging))
 
 
 def build_loggers(cfg: DictConfig | None) -> list:
