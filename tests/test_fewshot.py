@@ -110,3 +110,18 @@ def test_random_init_baseline_is_seeded_and_beats_chance(tmp_path):
     assert a["fewshot/digits_5shot"] == b["fewshot/digits_5shot"]  # same seed, same random network
     assert a["fewshot/digits_5shot"] != c["fewshot/digits_5shot"]
     assert a["fewshot/digits_5shot"] > 0.2  # 10 classes: chance is 10%
+
+
+def test_fewshot_task_logs_scalars_and_a_wandb_table_offline(tmp_path, monkeypatch):
+    """`python -m vitlab.fewshot ... logger=wandb`: the scalars and the table land in the offline run file."""
+    from conftest import compose_cfg
+    from vitlab.fewshot import fewshot
+    from vitlab.report.wandb_offline import find_offline_runs, read_offline_run
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    args = ["model=vit_micro", "random_init=true", "data=digits", "shots=[1,5]", "seeds=1", "max_eval=100", "logger=wandb"]
+    res = fewshot(compose_cfg("fewshot", args, tmp_path / "fs"))
+    run = read_offline_run(find_offline_runs(tmp_path / "fs")[0])
+    assert run.summary["fewshot/digits_5shot"] == pytest.approx(res["fewshot/digits_5shot"])
+    assert run.summary["fewshot/table/_type"] == "table-file" and run.summary["fewshot/table/nrows"] == 2
+    assert run.summary["fewshot/table/ncols"] == 5  # data, shots, accuracy, std, l2

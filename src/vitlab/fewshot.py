@@ -66,9 +66,11 @@ def fewshot_data_cfg(cfg: DictConfig, model_cfg: dict[str, Any]) -> DictConfig:
 def fewshot(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
     from hydra.utils import instantiate
+    from lightning.pytorch.loggers import WandbLogger
 
     from vitlab.eval.fewshot import L2_GRID, FewShotEvaluator, format_table
-    from vitlab.utils.instantiate import build_loggers
+    from vitlab.report.wandb_dash import log_table
+    from vitlab.utils.instantiate import build_loggers, finish_wandb
 
     if cfg.get("data") is None:
         raise ConfigError("choose the dataset to evaluate on: data=<name> (e.g. data=digits)")
@@ -83,9 +85,18 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
     results = {**res, "ckpt_path": cfg.get("ckpt_path"), "model/name": model_cfg.get("name"), "data/name": ev.name,
                "fewshot/seeds": int(cfg.seeds)}
     write_results(cfg.paths.output_dir, results)
-    for lg in build_loggers(cfg.get("logger")):
-        lg.log_metrics({k: v for k, v in res.items() if isinstance(v, float)})
-        lg.finalize("success")
+    rows = [{"data": ev.name, "shots": k, "accuracy": res[f"fewshot/{ev.name}_{k}shot"],
+             "std": res[f"fewshot/{ev.name}_{k}shot_std"], "l2": res[f"fewshot/{ev.name}_{k}shot_l2"]} for k in shots]
+    loggers = build_loggers(cfg.get("logger"))
+    try:
+        for lg in loggers:
+            lg.log_metrics({k: v for k, v in res.items() if isinstance(v, float)})
+            if isinstance(lg, WandbLogger):  # the table as a wandb.Table, next to the scalars
+                log_table(lg.experiment, "fewshot/table", rows, ["data", "shots", "accuracy", "std", "l2"])
+            lg.finalize("success")
+    finally:
+        if any(isinstance(lg, WandbLogger) for lg in loggers):
+            finish_wandb()
     print(f"\nfew-shot linear accuracy ({cfg.seeds} seeds, L2 chosen on val):\n{table}\noutputs: {cfg.paths.output_dir}")
     return results
 
