@@ -137,3 +137,14 @@ def test_quickstart_reaches_its_targets(cli, tmp_path):
     res = {m["model/name"]: m for m in json.loads((sweep / "summary.json").read_text())}
     assert res["vit_micro"]["test/acc"] >= 0.95
     assert res["bit_micro"]["test/acc"] >= 0.98
+
+
+def test_disabled_progress_bar_and_summary_drop_their_configured_callbacks(compose_train):
+    """`trainer.enable_model_summary=false` silences the configured Rich summary too (sweeps rely on it)."""
+    from vitlab.utils.instantiate import build_callbacks
+
+    cfg = compose_train()
+    names = lambda cbs: {type(cb).__name__ for cb in cbs}  # noqa: E731
+    assert {"RichProgressBar", "RichModelSummary"} <= names(build_callbacks(cfg.callbacks, True, True))
+    quiet = names(build_callbacks(cfg.callbacks, False, False))
+    assert not quiet & {"RichProgressBar", "RichModelSummary"} and "AtomicModelCheckpoint" in quiet

@@ -12,14 +12,19 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 PROGRESS_BARS = ("RichProgressBar", "TQDMProgressBar")
+MODEL_SUMMARIES = ("RichModelSummary", "ModelSummary")
 
 
-def build_callbacks(cfg: DictConfig | None, enable_progress_bar: bool = True) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig | None, enable_progress_bar: bool = True,
+                    enable_model_summary: bool = True) -> list[L.Callback]:
+    """Instantiate the configured callbacks; ``trainer.enable_progress_bar=false`` / ``enable_model_summary=false``
+    drop the configured bar / summary (Lightning would otherwise still run a summary callback it is given)."""
     out = []
     for _name, c in (cfg or {}).items():
         if c is None or "_target_" not in c:
             continue
-        if not enable_progress_bar and str(c._target_).rsplit(".", 1)[-1] in PROGRESS_BARS:
+        cls = str(c._target_).rsplit(".", 1)[-1]
+        if (not enable_progress_bar and cls in PROGRESS_BARS) or (not enable_model_summary and cls in MODEL_SUMMARIES):
             continue
         out.append(instantiate(c))
     # Weight averaging (EMA) swaps the averaged weights in at validation start and back out at validation end.
