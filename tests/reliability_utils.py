@@ -105,3 +105,15 @@ class InjectNaN(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
             batch[0].fill_(float("nan"))
+
+
+class InjectInfGrad(L.Callback):
+    """``+callbacks.inject._target_=reliability_utils.InjectInfGrad``: at global step ``at_step`` one gradient
+    becomes inf after a finite loss (an overflow in backward)."""
+
+    def __init__(self, at_step: int = 3) -> None:
+        self.at_step = at_step
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.at_step:
+            next(p for p in pl_module.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")

@@ -49,6 +49,13 @@ def test_skip_nonfinite_skips_exactly_that_step(compose_train, tmp_path):
     assert adam_steps == {ckpt["global_step"] - 1}
 
 
+def test_inf_gradient_after_a_finite_loss_is_caught_as_gradients(compose_train):
+    """Loss and gradient checks share one host sync per step; a bad gradient alone still stops the run."""
+    inf_grad = ["+callbacks.inject._target_=reliability_utils.InjectInfGrad", "+callbacks.inject.at_step=3"]
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradients at global step 3"):
+        train(compose_train(*TINY, *inf_grad))
+
+
 # ---- config typos, wrong types, out-of-range values ---------------------------------------------------
 @pytest.mark.parametrize(
     ("override", "expected"),

@@ -44,18 +44,25 @@ class NonFiniteGuard(L.Callback):
         self._loss = loss.detach()
 
     @staticmethod
-    def _grads_finite(optimizer: torch.optim.Optimizer) -> bool:
+    def _grads_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        """A 0-d bool tensor on the device (no host sync), or None when there are no gradients."""
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
-            return True
+            return None
         norms = torch._foreach_norm(grads)
-        return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+        return torch.isfinite(torch.stack([n.float() for n in norms])).all()
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        loss_bad = self._loss is not None and not bool(torch.isfinite(self._loss).all())
+        # One host sync per step: the loss and gradient checks are combined on the device and read once.
+        checks: list[torch.Tensor] = []
+        if self._loss is not None:
+            checks.append(torch.isfinite(self._loss).all())
         scaler = "16-mixed" in str(trainer.precision)
-        grads_bad = self.check_grads and not scaler and not self._grads_finite(optimizer)
-        bad = loss_bad or grads_bad
+        grads_ok = self._grads_finite(optimizer) if self.check_grads and not scaler else None
+        if grads_ok is not None:
+            checks.append(grads_ok.to(checks[0].device) if checks else grads_ok)
+        bad = bool(checks) and not bool(torch.stack(checks).all())
+        loss_bad = bad and self._loss is not None and not bool(torch.isfinite(self._loss).all())  # only on the rare bad step
         if trainer.world_size > 1:
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
