@@ -20,6 +20,19 @@ def _loadable(path) -> int:
     return int(ckpt["global_step"])
 
 
+def _interrupt(tmp_path, sig: signal.Signals, *args: str, min_step: int, env=None):
+    """Start a real training job, send ``sig`` once ``last.ckpt`` holds step >= ``min_step``, and check that the
+    process exits with 128 + sig and leaves a loadable checkpoint at least as new as the one seen."""
+    run_dir = tmp_path / "job"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    p = start(train_cmd(run_dir, *args), tmp_path, env=env)
+    seen = kill_at_checkpoint(p, ckpt, min_step=min_step, sig=sig)
+    out = p.stdout.read()
+    assert p.returncode == 128 + sig, out[-3000:]
+    assert _loadable(ckpt) >= seen
+    return run_dir, ckpt, seen, out
+
+
 def test_sigusr1_under_slurm_saves_requeues_and_resumes(tmp_path):
     """SLURM's `--signal=USR1@90`: save last.ckpt at the end of the step, `scontrol requeue`, exit 138; resume."""
     bin_dir = tmp_path / "bin"
@@ -28,15 +41,9 @@ def test_sigusr1_under_slurm_saves_requeues_and_resumes(tmp_path):
     scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/requeued\n')
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
     e = env(SLURM_JOB_ID="4242", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    run_dir = tmp_path / "job"
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
     args = ("logger=default", "trainer.log_every_n_steps=1")  # CSV + W&B offline
-    p = start(train_cmd(run_dir, *args), tmp_path, env=e)
-    seen = kill_at_checkpoint(p, ckpt, min_step=2, sig=signal.SIGUSR1)
-    out = p.stdout.read()
-    assert p.returncode == 128 + signal.SIGUSR1, out[-3000:]
+    run_dir, ckpt, seen, out = _interrupt(tmp_path, signal.SIGUSR1, *args, min_step=2, env=e)
     assert "SIGUSR1 at epoch" in out and "Traceback" not in out
-    assert _loadable(ckpt) >= seen
     assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]
     # The requeued job runs the same command in the same directory and finishes from the checkpoint.
     again = run(train_cmd(run_dir, *args), tmp_path, env=e)
@@ -54,24 +61,14 @@ def test_sigusr1_under_slurm_saves_requeues_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_usable_checkpoint_and_finished_wandb_run(tmp_path):
-    run_dir = tmp_path / "job"
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    p = start(train_cmd(run_dir, "logger=default"), tmp_path)
-    seen = kill_at_checkpoint(p, ckpt, min_step=2, sig=signal.SIGINT)
-    out = p.stdout.read()
-    assert p.returncode == 128 + signal.SIGINT, out[-3000:]
+    run_dir, _, _, out = _interrupt(tmp_path, signal.SIGINT, "logger=default", min_step=2)
     assert "SIGINT at epoch" in out
-    assert _loadable(ckpt) >= seen
     (wb,) = find_offline_runs(run_dir / "wandb")
     assert read_offline_run(wb).exit_code is not None, "the W&B run was not finished"
 
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_143(tmp_path):
-    run_dir = tmp_path / "job"
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    p = start(train_cmd(run_dir, "callbacks.model_checkpoint.last_every_n_train_steps=4"), tmp_path)
-    seen = kill_at_checkpoint(p, ckpt, min_step=4, sig=signal.SIGTERM)
-    out = p.stdout.read()
-    assert p.returncode == 128 + signal.SIGTERM, out[-3000:]
-    assert _loadable(ckpt) >= seen and not list(ckpt.parent.glob("*.tmp"))
+    _, ckpt, _, out = _interrupt(tmp_path, signal.SIGTERM, "callbacks.model_checkpoint.last_every_n_train_steps=4",
+                                 min_step=4)
+    assert not list(ckpt.parent.glob("*.tmp"))
