@@ -46,9 +46,9 @@ def load_backbone(cfg: DictConfig):
     model_cfg = to_plain(cfg.model)
     if random_init:  # the baseline a pretrained representation has to beat: same architecture, seeded random weights
         torch.manual_seed(int(cfg.get("seed", 0)))
-        return build_model(**{**model_cfg, "pretrained": None}), model_cfg
     net = build_model(**model_cfg)
-    load_pretrained(net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")))
+    if not random_init:
+        load_pretrained(net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")))
     return net, model_cfg
 
 
@@ -70,7 +70,7 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
 
     from vitlab.eval.fewshot import L2_GRID, FewShotEvaluator, format_table
     from vitlab.report.wandb_dash import log_table
-    from vitlab.utils.instantiate import build_loggers, finish_wandb
+    from vitlab.utils.instantiate import build_loggers
 
     if cfg.get("data") is None:
         raise ConfigError("choose the dataset to evaluate on: data=<name> (e.g. data=digits)")
@@ -87,16 +87,11 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
     write_results(cfg.paths.output_dir, results)
     rows = [{"data": ev.name, "shots": k, "accuracy": res[f"fewshot/{ev.name}_{k}shot"],
              "std": res[f"fewshot/{ev.name}_{k}shot_std"], "l2": res[f"fewshot/{ev.name}_{k}shot_l2"]} for k in shots]
-    loggers = build_loggers(cfg.get("logger"))
-    try:
-        for lg in loggers:
-            lg.log_metrics({k: v for k, v in res.items() if isinstance(v, float)})
-            if isinstance(lg, WandbLogger):  # the table as a wandb.Table, next to the scalars
-                log_table(lg.experiment, "fewshot/table", rows, ["data", "shots", "accuracy", "std", "l2"])
-            lg.finalize("success")
-    finally:
-        if any(isinstance(lg, WandbLogger) for lg in loggers):
-            finish_wandb()
+    for lg in build_loggers(cfg.get("logger")):  # task_wrapper finishes the W&B run
+        lg.log_metrics({k: v for k, v in res.items() if isinstance(v, float)})
+        if isinstance(lg, WandbLogger):  # the table as a wandb.Table, next to the scalars
+            log_table(lg.experiment, "fewshot/table", rows, ["data", "shots", "accuracy", "std", "l2"])
+        lg.finalize("success")
     print(f"\nfew-shot linear accuracy ({cfg.seeds} seeds, L2 chosen on val):\n{table}\noutputs: {cfg.paths.output_dir}")
     return results
 

@@ -122,8 +122,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats["model/params_m"],
              cfg.data.name, stats["data/train_size"])
 
-    callbacks = build_callbacks(cfg.get("callbacks"), cfg.trainer.get("enable_progress_bar", True),
-                                cfg.trainer.get("enable_model_summary", True))
+    callbacks = build_callbacks(cfg.get("callbacks"), cfg.trainer)
     loggers = build_loggers(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir))
     for lg in loggers:

@@ -15,10 +15,11 @@ PROGRESS_BARS = ("RichProgressBar", "TQDMProgressBar")
 MODEL_SUMMARIES = ("RichModelSummary", "ModelSummary")
 
 
-def build_callbacks(cfg: DictConfig | None, enable_progress_bar: bool = True,
-                    enable_model_summary: bool = True) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig | None, trainer_cfg: DictConfig | None = None) -> list[L.Callback]:
     """Instantiate the configured callbacks; ``trainer.enable_progress_bar=false`` / ``enable_model_summary=false``
     drop the configured bar / summary (Lightning would otherwise still run a summary callback it is given)."""
+    enable_progress_bar = (trainer_cfg or {}).get("enable_progress_bar", True)
+    enable_model_summary = (trainer_cfg or {}).get("enable_model_summary", True)
     out = []
     for _name, c in (cfg or {}).items():
         if c is None or "_target_" not in c:
