@@ -61,4 +61,12 @@ def folder_num_classes(root: str) -> int:
     return n
 
 
-RESOLVERS = {"vitlab.vtab_classes": vtab_num_classes, "vitlab.folder_classes": folder_num_classes}
+def packed_value(root: str, key: str):
+    """``${vitlab.packed:<root>,<key>}``: the class count or a source setting recorded by ``vitlab.pack``."""
+    from vitlab.data.packed import packed_manifest_value  # lazy: this module stays importable without torch
+
+    return packed_manifest_value(root, key)
+
+
+RESOLVERS = {"vitlab.vtab_classes": vtab_num_classes, "vitlab.folder_classes": folder_num_classes,
+             "vitlab.packed": packed_value}

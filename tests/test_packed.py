@@ -1,0 +1,256 @@
+"""vitlab.pack + data=packed (issue 15): packing is faithful and resumable, shards read back into the same data,
+and every damaged or foreign pack is refused by name."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
+
+from conftest import compose_cfg
+from reliability_utils import TINY, assert_same_weights, kill_at_checkpoint, run, start
+from vitlab.data.digits import DigitsDataModule
+from vitlab.data.files import DatasetNotFoundError
+from vitlab.data.fixtures import truncate_file, write_imagenet
+from vitlab.data.imagenet import ImageNetDataModule
+from vitlab.data.packed import MANIFEST, PackedDataError, PackedDataModule, decode, min_side_for
+from vitlab.data.transforms import build_transform
+from vitlab.pack import PackError, pack
+
+
+def _pack(tmp: Path, *overrides: str):
+    cfg = compose_cfg("pack", ["pack.num_workers=1", *overrides], tmp / "packlog")
+    try:
+        return pack(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def digits_pack(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("packs") / "digits"
+    _pack(out.parent, f"out={out}", "pack.part_size=500")  # 1,257 train images -> 3 parts
+    return out
+
+
+def _packed(root, **kw) -> PackedDataModule:
+    kw.setdefault("num_workers", 0)
+    return PackedDataModule(root=str(root), **kw)
+
+
+def test_packed_digits_are_the_same_data_as_digits(digits_pack):
+    ref = DigitsDataModule(num_workers=0, train_size=100)
+    dm = _packed(digits_pack, train_size=100, img_size=32, normalization="paper")
+    ref.setup(), dm.setup()
+    # defaults recorded from the source: digits' pipelines, not the generic ones
+    assert (dm.train_pipeline, dm.eval_pipeline) == ("translate", "none")
+    for a, b in ((ref.train_set, dm.train_set), (ref.val_set, dm.val_set), (ref.test_set, dm.test_set)):
+        assert len(a) == len(b) and a.targets == b.targets
+    raw_ref, raw = ref.build_splits()[0], dm.build_splits()[0]
+    for i in (0, 1, 700, len(raw) - 1):  # pixel-exact (lossless PNG) and across part boundaries
+        assert torch.equal(raw[i][0], raw_ref[i][0]) and raw[i][1] == raw_ref[i][1]
+    # the same seeded class-balanced subset, and the same augmented samples under the same seed
+    assert dm.train_set.base.indices == ref.train_set.base.indices
+    torch.testing.assert_close(dm.train_set[(5, 123)][0], ref.train_set[(5, 123)][0], rtol=0, atol=0)
+    meta = json.loads((digits_pack / MANIFEST).read_text())
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["vitlab_version"]
+    assert sum(meta["splits"]["train"]["class_counts"]) == 1257 and meta["options"]["max_side"] is None
+    assert meta["source"]["name"] == "digits" and meta["source"]["img_size"] == 32
+
+
+def test_imagenet_pack_keeps_bytes_real_labels_and_skips_corrupt_images(tmp_path):
+    src = tmp_path / "imagenet"
+    info = write_imagenet(src, train_per_class=4, real=True)
+    bad = sorted((src / "train" / info["wnids"][1]).iterdir())[0]
+    truncate_file(bad, keep=0.3)
+    out = tmp_path / "shards"
+    meta = _pack(tmp_path, "data=imagenet", f"data.root={src}", "data.num_classes=4", "data.val_fraction=0", f"out={out}")
+    tr = meta["splits"]["train"]
+    assert tr["count"] == 4 * 4 - 1 and tr["skipped"] == 1 and str(bad) in tr["skipped_examples"][0]
+    ref = ImageNetDataModule(root=str(src), num_classes=4, val_fraction=0.0, num_workers=0)
+    ref_train, _, ref_test = ref.build_splits()
+    dm = _packed(out, img_size=32)
+    train, _, test = dm.build_splits()
+    good = [p for p in ref_train.paths if p != str(bad)]
+    item = train._reader()[3]
+    assert bytes(item["image"]) == Path(good[3]).read_bytes()  # the original bytes, not a re-encode
+    for j in range(len(test)):  # ReaL label sets travel with each test image
+        assert torch.equal(test[j][2], ref_test[j][2])
+    assert dm.classes == ref.classes
+
+
+def test_max_side_and_quality_re_encode_and_are_recorded(tmp_path):
+    src = tmp_path / "imagenet"
+    write_imagenet(src, train_per_class=2, size=(60, 40))
+    out = tmp_path / "small"
+    meta = _pack(tmp_path, "data=imagenet", f"data.root={src}", "data.num_classes=4", f"out={out}", "pack.max_side=30", "pack.quality=80")
+    assert meta["options"]["max_side"] == 30 and meta["options"]["quality"] == 80
+    img = _packed(out, img_size=32).build_splits()[0][0][0]
+    assert tuple(img.shape) == (3, 20, 30)
+
+
+def test_interrupted_pack_resumes_from_finished_parts(tmp_path, monkeypatch):
+    import vitlab.pack as vp
+
+    out, calls = tmp_path / "digits", []
+    real_part = vp.pack_part
+
+    def dies_on_third_part(*args):
+        calls.append(args[:2])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a killed run
+        return real_part(*args)
+
+    monkeypatch.setattr(vp, "pack_part", dies_on_third_part)
+    with pytest.raises(KeyboardInterrupt):
+        _pack(tmp_path, f"out={out}", "pack.part_size=400")
+    assert not (out / MANIFEST).exists()
+    with pytest.raises(DatasetNotFoundError, match="unfinished pack"):
+        _packed(out)
+    # a worker killed mid-part leaves a tmp folder with a half chunk: it must not count
+    junk = out / "train" / ".parts" / ".tmp-p00002-99999"
+    junk.mkdir(parents=True)
+    (junk / "chunk-0-0.bin").write_bytes(b"half")
+    calls.clear()
+    meta = _pack(tmp_path, f"out={out}", "pack.part_size=400")
+    assert len(calls) == 4 and ("train", 0) not in calls and ("train", 1) not in calls  # 6 parts, 2 were done
+    assert meta["splits"]["train"]["count"] == 1257
+    dm = _packed(out)
+    assert dm.build_splits()[0].targets == DigitsDataModule(num_workers=0).build_splits()[0].targets
+    assert not list(out.rglob(".tmp-*")) and not (out / ".pack_state.json").exists()
+
+
+def test_pack_refuses_out_inside_the_source_or_over_other_files(tmp_path, digits_pack):
+    src = tmp_path / "imagenet"
+    write_imagenet(src, train_per_class=2)
+    with pytest.raises(PackError, match="inside the source dataset"):
+        _pack(tmp_path, "data=imagenet", f"data.root={src}", "data.num_classes=4", f"out={src / 'shards'}")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(PackError, match="not written by vitlab.pack"):
+        _pack(tmp_path, f"out={mine}", "pack.overwrite=true")
+    assert (mine / "notes.txt").read_text() == "keep me"
+    again = tmp_path / "again"
+    shutil.copytree(digits_pack, again)
+    with pytest.raises(PackError, match="already holds a finished pack.*pack.overwrite=true"):
+        _pack(tmp_path, f"out={again}")
+    _pack(tmp_path, f"out={again}", "pack.overwrite=true", "pack.part_size=2000")
+
+
+def test_resumed_pack_with_other_options_is_refused(tmp_path):
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / ".pack_state.json").write_text(json.dumps({"format": 1, "options": {"max_side": 64}}))
+    with pytest.raises(PackError, match="interrupted pack .*options changed"):
+        _pack(tmp_path, f"out={out}")
+
+
+def test_foreign_version_class_table_and_damaged_shards_are_named(tmp_path, digits_pack):
+    root = tmp_path / "copy"
+    shutil.copytree(digits_pack, root)
+    meta = json.loads((root / MANIFEST).read_text())
+    with pytest.raises(PackedDataError, match=r"data.num_classes=1000 but the shards .* hold 10 classes"):
+        _packed(root, num_classes=1000)
+    with pytest.raises(PackedDataError, match=r"another class table .*#3: '3' instead of 'cat'"):
+        _packed(root, classes=["0", "1", "2", "cat", "4", "5", "6", "7", "8", "9"])
+    (root / MANIFEST).write_text(json.dumps({**meta, "format": 0, "vitlab_version": "0.0.1"}))
+    with pytest.raises(PackedDataError, match=r"packed by vitlab 0.0.1 \(pack format 0\).* reads pack format 1"):
+        _packed(root)
+    (root / MANIFEST).write_text(json.dumps(meta))
+    chunk = root / "val" / meta["splits"]["val"]["chunks"][0]["filename"]
+    truncate_file(chunk, keep=0.5)
+    with pytest.raises(PackedDataError, match=rf"shard {chunk} is truncated"):
+        _packed(root).setup()
+    chunk.unlink()
+    with pytest.raises(PackedDataError, match=rf"shard {chunk} is missing"):
+        _packed(root).setup()
+
+
+def test_unreachable_url_is_named_within_the_timeout(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    t0 = time.monotonic()
+    with pytest.raises(DatasetNotFoundError, match=r"cannot read s3://no-bucket/pack/vitlab_pack.json .*timeout=2"):
+        PackedDataModule(root="s3://no-bucket/pack", timeout=2)
+    assert time.monotonic() - t0 < 20
+
+
+def _photo(w: int = 500, h: int = 375) -> bytes:
+    rng = np.random.default_rng(0)
+    coarse = rng.normal(128, 45, size=(h // 16 + 1, w // 16 + 1, 3))
+    img = np.kron(coarse, np.ones((16, 16, 1)))[:h, :w] + rng.normal(0, 14, size=(h, w, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("pipeline", "size", "bound"), [("eval", 32, 0.03), ("pretrain", 32, 0.05), ("eval", 64, 0.03)])
+def test_draft_decoding_changes_pixels_only_by_resampling_error(pipeline, size, bound):
+    """DCT-scaled decoding (PIL draft) must cover the same region: the output differs by resampling error only."""
+    data = _photo()
+    side = int(np.ceil(min_side_for(pipeline, size, 0.875)))
+    small = decode(data, draft_min_side=side)
+    assert isinstance(small, Image.Image) and small.size[0] < 500  # it did decode at reduced scale
+    assert min(small.size) >= side
+    tf = build_transform(pipeline, size, "paper")
+    torch.manual_seed(0)
+    a = tf(decode(data))
+    torch.manual_seed(0)
+    b = tf(small)
+    err = (a - b).abs().mean().item()  # in [-1, 1] units
+    assert err < bound, err
+
+
+@pytest.mark.slow
+def test_packed_sigkill_mid_epoch_then_auto_resume_is_bitwise_equal(tmp_path, digits_pack):
+    args = [*TINY, "data=packed", f"data.root={digits_pack}", "data.num_workers=1"]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    cmd = lambda d, *a: [sys.executable, "-m", "vitlab.train", *args, f"hydra.run.dir={d}", *a]  # noqa: E731
+    p_ref = start(cmd(ref), tmp_path)
+    p_kill = start(cmd(killed), tmp_path)
+    step = kill_at_checkpoint(p_kill, killed / "checkpoints" / "last.ckpt", min_step=2)
+    assert 0 < step < 18
+    again = run(cmd(killed), tmp_path)
+    assert again.returncode == 0 and "resuming from" in again.stderr + again.stdout, again.stderr[-3000:]
+    out_ref, _ = p_ref.communicate(timeout=900)
+    assert p_ref.returncode == 0, out_ref[-3000:]
+    assert_same_weights(ref / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_and_workers_read_disjoint_parts_covering_the_epoch(tmp_path, digits_pack):
+    """2 DDP processes x 2 loader workers: every training image is read exactly once per epoch, by several readers."""
+    trace = tmp_path / "trace"
+    args = [a for a in TINY if not a.startswith(("trainer.max_epochs", "callbacks.model_checkpoint"))]
+    cmd = [sys.executable, "-m", "vitlab.train", *args, "data=packed", f"data.root={digits_pack}", "trainer=ddp_cpu",
+           "data.num_workers=2", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}"]
+    from reliability_utils import env
+
+    out = run(cmd, tmp_path, env=env(VITLAB_PACKED_TRACE=str(trace)), timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    reads: dict[str, list[int]] = {}
+    for f in trace.glob("*.txt"):
+        reads[f.name] = [int(line.split()[1]) for line in f.read_text().splitlines() if line.startswith("train ")]
+    readers = {k: v for k, v in reads.items() if v}
+    assert len(readers) >= 4 and {k.split("-")[0] for k in readers} == {"rank0", "rank1"}
+    all_reads = np.concatenate([np.asarray(v) for v in readers.values()])
+    subset = _packed(digits_pack, train_size=192)
+    subset.setup()
+    expected = sorted(subset.train_set.base.indices)
+    counts = np.bincount(all_reads, minlength=1257)
+    assert sorted(np.flatnonzero(counts)) == expected and set(counts[expected]) == {2}  # 2 epochs, once each
