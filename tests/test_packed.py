@@ -117,21 +117,22 @@ def test_interrupted_pack_resumes_from_finished_parts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(vp, "pack_part", dies_on_third_part)
     with pytest.raises(_Killed):
-        _pack(tmp_path, f"out={out}", "pack.part_size=400")
+        _pack(tmp_path, f"out={out}", "pack.part_size=100", "pack.splits=[val,test]")
     assert not (out / MANIFEST).exists()
     with pytest.raises(DatasetNotFoundError, match="unfinished pack"):
         _packed(out)
     # a worker killed mid-part leaves a tmp folder with a half chunk: it must not count
-    junk = out / "train" / ".parts" / ".tmp-p00002-99999"
+    junk = out / "test" / ".parts" / ".tmp-p00000-99999"
     junk.mkdir(parents=True)
     (junk / "chunk-0-0.bin").write_bytes(b"half")
     calls.clear()
     monkeypatch.setattr(vp, "pack_part", lambda *a: calls.append(a[:2]) or real_part(*a))
-    meta = _pack(tmp_path, f"out={out}", "pack.part_size=400")
-    assert len(calls) == 4 and ("train", 0) not in calls and ("train", 1) not in calls  # 6 parts, 2 were done
-    assert meta["splits"]["train"]["count"] == 1257
+    meta = _pack(tmp_path, f"out={out}", "pack.part_size=100", "pack.splits=[val,test]")
+    assert calls == [("test", 0), ("test", 1), ("test", 2), ("test", 3)]  # val's 2 parts were done
+    assert meta["splits"]["val"]["count"] == 180 and meta["splits"]["test"]["count"] == 360
+    _, val, test = DigitsDataModule(num_workers=0).build_splits()
     dm = _packed(out)
-    assert dm.build_splits()[0].targets == DigitsDataModule(num_workers=0).build_splits()[0].targets
+    assert dm.open_split("val").targets == val.targets and dm.open_split("test").targets == test.targets
     assert not list(out.rglob(".tmp-*")) and not (out / ".pack_state.json").exists()
 
 
@@ -150,7 +151,8 @@ def test_pack_refuses_out_inside_the_source_or_over_other_files(tmp_path, digits
     shutil.copytree(digits_pack, again)
     with pytest.raises(PackError, match="already holds a finished pack.*pack.overwrite=true"):
         _pack(tmp_path, f"out={again}")
-    _pack(tmp_path, f"out={again}", "pack.overwrite=true", "pack.part_size=2000")
+    meta = _pack(tmp_path, f"out={again}", "pack.overwrite=true", "pack.splits=[val]")
+    assert set(meta["splits"]) == {"val"} and not (again / "train").exists()
 
 
 def test_resumed_pack_with_other_options_is_refused(tmp_path):
