@@ -264,3 +264,60 @@ def sweep_resolver(table: str, *keys: Any) -> str:
 
 
 RESOLVERS = {"vitlab.paper": resolver, "vitlab.paper_sweep": sweep_resolver}
+
+
+# ---- docs/protocols.md "paper vs vitlab" tables --------------------------------------------------
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "{" + ", ".join(_fmt(x) for x in v) + "}"
+    return str(v)
+
+
+def markdown_tables() -> str:
+    """The "paper vs vitlab" tables of docs/protocols.md, from these tables (``python -m vitlab.paper``);
+    ``tests/test_paper.py`` checks the doc holds every line of them."""
+    out = ["### Pretraining: `experiment=paper/pretrain_<data> model=<row>` (Table 3)", "",
+           "| models (`model=`) | data | epochs (`trainer.max_epochs`) | base lr (`optim.lr`) | decay (`optim.decay`) "
+           "| weight decay (`optim.weight_decay`) | dropout (`model.pos_drop_rate`, `model.proj_drop_rate`) "
+           "| clip (`optim.grad_clip`) | source |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for i, (models, data, epochs, lr, decay, wd, dropout) in enumerate(_TABLE3_PRINTED, 1):
+        clip = 1.0 if data == "imagenet" else None
+        out.append(f"| {', '.join(models)} | {data} | {' or '.join(map(str, epochs))} | {_fmt(lr)} | {decay} | "
+                   f"{_fmt(wd)} | {_fmt(dropout)} | {_fmt(clip)} | Table 3 row {i} |")
+    out += ["", "| shared by every row | paper | vitlab key | source |", "|---|---|---|---|"]
+    keys = {"optimizer": "optim.name", "betas": "optim.betas", "global_batch_size": "data.global_batch_size",
+            "warmup_steps": "optim.warmup", "img_size": "data.img_size", "crop_scale": "data.train_crop_scale"}
+    out += [f"| {k} | {_fmt(PRETRAIN[k])} | `{v}` | {PRETRAIN['source']} |" for k, v in keys.items()]
+    out += ["", "### Fine-tuning: `experiment=paper/finetune_<data>` (Table 4)", "",
+            "| data | steps (`trainer.max_steps`) | lr grid (`hydra.sweeper.params`) | dev split (`data.val_fraction`) "
+            "| warmup (`optim.warmup`) | source |", "|---|---|---|---|---|---|"]
+    for d in TABLE4:
+        r = finetune_row(d)
+        out.append(f"| {d} | {r['steps']} | {_fmt(r['lr_grid'])} | {_fmt(r['dev_split'])} | {r['warmup_steps']} | "
+                   f"{r['source']} |")
+    out += ["", "| shared by every dataset | paper | vitlab key | source |", "|---|---|---|---|"]
+    keys = {"optimizer": "optim.name", "momentum": "optim.momentum", "global_batch_size": "data.global_batch_size",
+            "weight_decay": "optim.weight_decay", "grad_clip": "optim.grad_clip", "decay": "optim.decay",
+            "img_size": "data.img_size", "eval_resize": "data.eval_resize"}
+    out += [f"| {k} | {_fmt(FINETUNE[k])} | `{v}` | {FINETUNE['source']} |" for k, v in keys.items()]
+    for title, table, keys in (
+        ("### VTAB-1k: `experiment=paper/vtab`, `python -m vitlab.vtab` (App. B.1.1)", VTAB,
+         {"lr": "optim.lr / vtab.lr", "steps": "trainer.max_steps / vtab.steps",
+          "global_batch_size": "data.global_batch_size", "img_size": "data.img_size / vtab.resolution",
+          "warmup_steps": "optim.warmup", "lr_grid": "vtab.lr_grid (optional sweep, default off)"}),
+        ("### Masked patch prediction: `experiment=paper/mpp` (App. B.1.2)", MPP,
+         {"steps": "trainer.max_steps", "global_batch_size": "data.global_batch_size", "lr": "optim.lr",
+          "warmup_steps": "optim.warmup", "decay": "optim.decay", "betas": "optim.betas", "img_size": "data.img_size"}),
+    ):
+        out += ["", title, "", "| setting | paper | vitlab key | source |", "|---|---|---|---|"]
+        out += [f"| {k} | {_fmt(table[k])} | `{v}` | {table['source']} |" for k, v in keys.items()]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_tables(), end="")
