@@ -67,15 +67,29 @@ def test_flowers_mat_files_give_official_splits(tmp_path):
     info = write_flowers102(tmp_path, num_classes=4, per_split=(3, 2, 2))
     m = loadmat(tmp_path / "setid.mat")
     assert set(m) >= {"trnid", "valid", "tstid"} and m["trnid"].shape == (1, 12)
-    dm = Flowers102DataModule(root=str(tmp_path), num_classes=4, num_workers=0)
+    dm = Flowers102DataModule(root=str(tmp_path), num_classes=4, num_workers=0, val_fraction=0.0)
     tr, va, te = dm.build_splits()
     assert (len(tr), len(va), len(te)) == (12, 8, 8)
     assert tr.paths[0].endswith(f"jpg/image_{info['trnid'][0]:05d}.jpg")
     assert tr.targets == [int(info["labels"][i - 1]) for i in info["trnid"]]
     for ds in (tr, va, te):
         _check_pixels(ds)
-    tv = Flowers102DataModule(root=str(tmp_path), num_classes=4, train_split="trainval").build_splits()[0]
+    tv = Flowers102DataModule(root=str(tmp_path), num_classes=4, train_split="trainval", val_fraction=0.0).build_splits()[0]
     assert len(tv) == 20
+
+
+def test_flowers_validates_on_a_dev_split_of_train_by_default(tmp_path):
+    """Paper App. B.1.1: the lr is chosen on 10% of train, not on the official val split (issue 13 row 8)."""
+    from vitlab.data.fixtures import write_flowers102
+
+    info = write_flowers102(tmp_path, num_classes=4, per_split=(10, 2, 2))
+    tr, va, te = Flowers102DataModule(root=str(tmp_path), num_classes=4).build_splits()
+    official_train = {f"image_{i:05d}.jpg" for i in info["trnid"]}
+    names = lambda ds: {p.rsplit("/", 1)[-1] for p in ds.paths}  # noqa: E731
+    assert names(tr) | names(va) == official_train and not names(tr) & names(va)
+    assert 0 < len(va) < 12 and len(tr) + len(va) == 40 and len(te) == 8
+    again = Flowers102DataModule(root=str(tmp_path), num_classes=4).build_splits()[1]
+    assert names(again) == names(va)  # deterministic
 
 
 def test_flowers_bad_mat_contents_are_named(tmp_path):

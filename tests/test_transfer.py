@@ -106,9 +106,10 @@ def test_paper_finetune_recipes_compose(name):
                       return_hydra_config=True)
     GlobalHydra.instance().clear()
     assert cfg.optim.name == "sgd" and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 0.0
-    assert cfg.data.batch_size == 512 and cfg.data.img_size == 384 and cfg.model.img_size == 384
+    assert cfg.data.global_batch_size == 512 and cfg.data.img_size == 384 and cfg.model.img_size == 384
     assert cfg.trainer.gradient_clip_val == 1.0 and cfg.optim.decay == "cosine"
-    assert cfg.hydra.sweeper.params["optim.lr"] == "0.001,0.003,0.01,0.03"
+    grid = "0.003,0.01,0.03,0.06" if name == "imagenet" else "0.001,0.003,0.01,0.03"  # Table 4
+    assert cfg.hydra.sweeper.params["optim.lr"] == grid
     assert cfg.trainer.max_steps == {"imagenet": 20000, "pets": 500, "flowers102": 500}.get(name, 10000)
     assert cfg.model.name == "vit_b16" and cfg.model.pretrained == "ViT-B_16.npz"
 

@@ -57,6 +57,7 @@ def _run_suite(tmp_path, cli, tasks, lr_grid):
     ckpt = write_vitlab_checkpoint(tmp_path / "pre.ckpt")
     r = cli("vitlab.vtab", f"ckpt_path={ckpt}", f"data.root={root}", f"data.task={','.join(tasks)}",
             "vtab.steps=2", f"vtab.lr_grid=[{','.join(map(str, lr_grid))}]", "data.batch_size=4", "data.num_workers=0",
+            "vtab.resolution=null", "data.global_batch_size=null", "optim.warmup=0",  # CPU-sized, not the paper's
             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none",
             "~callbacks.model_summary", "hydra.sweep.dir=sweep", timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -40,10 +40,24 @@ def wandb_offline() -> bool:
     return not os.environ.get("WANDB_API_KEY")
 
 
+def prelogits_width(family: str, variant: str) -> int | None:
+    """``${vitlab.prelogits_width:${model.family},${model.variant}}``: the paper's pretraining pre-logits layer is
+    as wide as the transformer (§3.1, vision_transformer issue #2: 768 for ViT-B); ResNets (BiT) have none."""
+    if family == "bit":
+        return None
+    from vitlab.models.factory import VIT_SHAPES
+
+    if variant not in VIT_SHAPES:
+        raise ConfigError(f"model.variant={variant!r} is not one of {sorted(VIT_SHAPES)}")
+    return VIT_SHAPES[variant].width
+
+
 def register_resolvers() -> None:
     from vitlab.data.catalog import RESOLVERS as DATA_RESOLVERS  # class counts from data.task / data.root
+    from vitlab.paper import RESOLVERS as PAPER_RESOLVERS  # ${vitlab.paper:table3,<model>,<data>,lr}
 
-    for name, fn in (("vitlab.uid", lambda: _UID), ("vitlab.wandb_offline", wandb_offline), *DATA_RESOLVERS.items()):
+    for name, fn in (("vitlab.uid", lambda: _UID), ("vitlab.wandb_offline", wandb_offline), *DATA_RESOLVERS.items(),
+                     *PAPER_RESOLVERS.items(), ("vitlab.prelogits_width", prelogits_width)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
@@ -84,6 +98,64 @@ def validate_train_cfg(cfg: DictConfig) -> None:
             f"model.patch_size={patch} does not divide the image size {img} (model.img_size, from data.img_size): "
             f"use a multiple of {patch}, e.g. data.img_size={max(patch, img // patch * patch)}"
         )
+
+
+def trainer_world_size(trainer_cfg: Any) -> int:
+    """Processes a Trainer config trains on: devices (int, list, "auto", -1) x num_nodes, as Lightning counts them."""
+    devices = trainer_cfg.get("devices", 1)
+    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    accel = str(trainer_cfg.get("accelerator", "auto"))
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        n = len(devices)
+    elif isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        n = int(devices)
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        n = devices
+    elif isinstance(devices, str) and "," in devices:
+        n = len([d for d in devices.split(",") if d.strip()])
+    else:
+        n = -1  # "auto"
+    if n == -1:
+        import torch
+
+        gpu = accel in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        n = torch.cuda.device_count() if gpu else (os.cpu_count() or 1) if devices == -1 else 1
+    if n <= 0:
+        raise ConfigError(f"trainer.devices={devices!r} gives {n} devices")
+    return n * nodes
+
+
+def apply_global_batch(cfg: DictConfig) -> str | None:
+    """``data.global_batch_size`` (the paper's batch sizes are global) -> the per-process ``data.batch_size``.
+
+    per process = global / (devices x num_nodes x trainer.accumulate_grad_batches); a global batch that does not
+    divide is an error that says how to fix it. Returns a log line, or None when the config gives no global batch
+    (then ``data.batch_size`` is per process, as before).
+    """
+    from omegaconf import open_dict
+
+    gbs = OmegaConf.select(cfg, "data.global_batch_size")
+    if gbs is None:
+        return None
+    _positive(cfg, "data.global_batch_size")
+    world = trainer_world_size(cfg.trainer)
+    accum = cfg.trainer.get("accumulate_grad_batches", 1) or 1
+    if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accum!r} must be an int >= 1 with data.global_batch_size")
+    parts = world * accum
+    gbs = int(gbs)
+    if gbs % parts:
+        lo, hi = max(parts, gbs // parts * parts), (gbs // parts + 1) * parts
+        raise ConfigError(
+            f"data.global_batch_size={gbs} does not divide into {world} processes (trainer.devices x "
+            f"trainer.num_nodes) x {accum} accumulation steps (trainer.accumulate_grad_batches) = {parts}: use a "
+            f"multiple of {parts} (e.g. data.global_batch_size={lo} or {hi}), or change trainer.devices / "
+            "trainer.accumulate_grad_batches so their product divides it"
+        )
+    with open_dict(cfg):
+        cfg.data.batch_size = gbs // parts
+    return (f"global batch {gbs} = {world} processes x {gbs // parts} per process (data.batch_size) x "
+            f"{accum} accumulation steps")
 
 
 def to_plain(cfg: Any) -> Any:

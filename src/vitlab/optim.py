@@ -1,9 +1,12 @@
 """Optimisers and learning-rate schedules from ``conf/optim``.
 
-The paper's recipes (App. B.1): pretraining = Adam(0.9, 0.999), weight decay 0.1, linear warmup
-then linear decay; fine-tuning = SGD momentum 0.9, no weight decay, cosine decay; both clip the
-global gradient norm at 1 (``optim.grad_clip``, handed to the Trainer).  Parameter groups (no decay
-on biases, norms, position embeddings and tokens) come from timm's ``create_optimizer_v2``.
+The paper's recipes (App. B.1, numbers in ``vitlab.paper``): pretraining = ``adam_decoupled``, i.e.
+flax.optim.Adam(0.9, 0.999) whose weight decay is decoupled and relative to the lr,
+``p <- p - lr * (adam_update + wd * p)``, applied to kernels only (big_vision); linear warmup then
+linear (cosine on ImageNet) decay. Fine-tuning = SGD momentum 0.9, no weight decay, cosine decay.
+Parameter groups of the other optimisers (no decay on biases, norms, position embeddings and tokens)
+come from timm's ``create_optimizer_v2``.  The schedule is laid out over the run's real number of
+optimiser steps; a warmup longer than the run is an error, not a silent cap.
 """
 
 from __future__ import annotations
@@ -15,12 +18,31 @@ import torch
 from torch import nn
 
 # vitlab name -> timm opt name.  timm's "sgd" is Nesterov; the paper's fine-tuning SGD is plain momentum.
-OPTIMIZERS = {"adam": "adam", "adamw": "adamw", "sgd": "momentum", "nesterov": "sgd", "lamb": "lamb"}
+# ``adam`` is torch.optim.Adam: L2 added to the gradient, *not* the paper's decay (use ``adam_decoupled``).
+OPTIMIZERS = {"adam": "adam", "adamw": "adamw", "sgd": "momentum", "nesterov": "sgd", "lamb": "lamb",
+              "adam_decoupled": "adamw"}
+#: the layers whose ``weight`` is a "kernel" in flax/big_vision terms (the only tensors ``adam_decoupled`` decays)
+KERNEL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 DECAYS = ("cosine", "linear", "constant")
 
 
 class OptimConfigError(ValueError):
     pass
+
+
+def kernel_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: the kernels (weights of Linear/Conv layers, patch embedding and head included) decayed by
+    ``weight_decay``; everything else (biases, norm scales, position embeddings, class/mask tokens) not.
+
+    big_vision's ``decay only kernels`` rule, by layer type rather than by name or rank, so a token or a
+    position embedding (3-D tensors) is never decayed by accident.
+    """
+    kernels = {id(m.weight) for m in model.modules() if isinstance(m, KERNEL_LAYERS) and m.weight is not None}
+    decay, rest = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if id(p) in kernels else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -39,9 +61,13 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimi
     if name in ("adam", "adamw", "lamb"):
         kwargs["betas"] = tuple(cfg.get("betas", (0.9, 0.999)))
         kwargs["eps"] = float(cfg.get("eps", 1e-8))
-    if cfg.get("fused") and name in ("adam", "adamw", "sgd", "nesterov"):
+    if cfg.get("fused") and name in ("adam", "adamw", "sgd", "nesterov", "adam_decoupled"):
         kwargs["fused"] = True
         kwargs["foreach"] = None
+    if name == "adam_decoupled":
+        # torch's AdamW step is p <- p - lr * wd * p - lr * m_hat / (sqrt(v_hat) + eps), with p the value before
+        # the step: exactly flax.optim.Adam's new_param = param - lr * (update + weight_decay * param).
+        return torch.optim.AdamW(kernel_param_groups(model, wd), lr=lr, **kwargs)
     return create_optimizer_v2(
         model,
         opt=OPTIMIZERS[name],
@@ -54,7 +80,11 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimi
 
 
 def warmup_steps(cfg: dict[str, Any], total_steps: int) -> int:
-    """``optim.warmup`` is a step count (int >= 1) or a fraction of training (float < 1)."""
+    """``optim.warmup`` is a step count (int >= 1) or a fraction of training (float < 1).
+
+    A step count longer than the run is an error: capping it silently would give a run that is all warmup and
+    never decays (the paper's 10k warmup steps sit inside runs of 100k+ steps).
+    """
     w = cfg.get("warmup", 0) or 0
     if isinstance(w, float) and w < 1.0:
         if w < 0:
@@ -62,7 +92,13 @@ def warmup_steps(cfg: dict[str, Any], total_steps: int) -> int:
         return int(round(w * total_steps))
     if int(w) < 0:
         raise OptimConfigError(f"optim.warmup={w} must be >= 0")
-    return min(int(w), total_steps)
+    if int(w) > total_steps:
+        raise OptimConfigError(
+            f"optim.warmup={int(w)} steps is longer than the whole run ({total_steps} optimiser steps, from "
+            "trainer.max_steps, or trainer.max_epochs x batches per epoch / trainer.accumulate_grad_batches): "
+            f"lower optim.warmup (at most {total_steps}, or a fraction such as optim.warmup=0.05), or train longer"
+        )
+    return int(w)
 
 
 def lr_factor(step: int, total_steps: int, warmup: int, decay: str, end_factor: float = 0.0) -> float:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.config import CONF_DIR, ConfigError, job_config, to_plain, validate_train_cfg
+from vitlab.config import CONF_DIR, ConfigError, apply_global_batch, job_config, to_plain, validate_train_cfg
 from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_results
 
 log = logging.getLogger("vitlab.train")
@@ -107,6 +108,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     redact_hydra_dir(cfg.paths.output_dir)  # .hydra/*.yaml were written before we ran: mask secrets in them
     check_no_literal_secrets(cfg)
     validate_train_cfg(cfg)
+    batch_line = apply_global_batch(cfg)  # data.global_batch_size -> per-process data.batch_size (or an error)
+    if batch_line:
+        log.info(batch_line)
     check_launch(cfg)
     plan = resolve_resume(cfg)  # ckpt_path=last / resume=auto|never: errors before anything is written
     log.info(plan.message)
@@ -149,10 +153,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     results = train(cfg)
     metric = cfg.get("optimized_metric")
     return results.get(metric) if metric else None
+
+
+def resolve_printed_config(argv: list[str]) -> list[str]:
+    """``--cfg job`` prints resolved values: the paper recipes read their numbers from ``vitlab.paper`` through a
+    resolver, and ``lr: ${vitlab.paper:...}`` would hide them (Hydra's own ``--resolve``, added for you)."""
+    wants_cfg = any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv)
+    if wants_cfg and "--resolve" not in argv and "hydra" not in argv:
+        return [*argv, "--resolve"]
+    return argv
+
+
+def main() -> float | None:
+    sys.argv = resolve_printed_config(sys.argv)
+    return _hydra_main()
 
 
 if __name__ == "__main__":

@@ -98,9 +98,8 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"data.task={task!r} is not a VTAB-1k task; choose from {list(VTAB_TASKS)}")
     run = task_cfg(cfg)
     out = Path(cfg.paths.output_dir)
-    grid = [float(v) for v in cfg.vtab.lr_grid]
-    if not grid:
-        raise ConfigError("vtab.lr_grid is empty: give at least one lr, e.g. vtab.lr_grid=[0.01]")
+    # the paper's protocol is one lr for every task (vtab.lr); vtab.lr_grid (a list) picks it on val200 first
+    grid = [float(v) for v in (cfg.vtab.get("lr_grid") or [cfg.vtab.lr])]
     val = {}
     if len(grid) > 1:
         for lr in grid:

@@ -111,6 +111,7 @@ class VisionDataModule(L.LightningDataModule):
         eval_img_size: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
+        global_batch_size: int | None = None,
         num_workers: int | str = 0,
         pin_memory: bool | str = False,
         persistent_workers: bool = True,
@@ -139,7 +140,8 @@ class VisionDataModule(L.LightningDataModule):
         self.root = root
         self.img_size = int(img_size)
         self.eval_img_size = int(eval_img_size or img_size)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size)  # per process: vitlab.train derives it from data.global_batch_size
+        self.global_batch_size = None if global_batch_size is None else int(global_batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = resolve_num_workers(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)

@@ -44,12 +44,21 @@ def vtab_num_classes(task: str) -> int:
     return VTAB_TASKS[task][1]
 
 
-def folder_num_classes(root: str) -> int:
-    """Number of class sub-folders of ``<root>/train`` (or of ``root`` itself when it has no train/)."""
+def folder_num_classes(root: str, dataset: str | None = None) -> int:
+    """Number of class sub-folders of ``<root>/train`` (or of ``root`` itself when it has no train/).
+
+    ``dataset`` names a dataset vitlab cannot download (``${vitlab.folder_classes:${.root},JFT-300M}``): a missing
+    root then says where to put your copy.
+    """
     if root in (None, "", "???"):
         raise ValueError("data.root is not set: data=folder needs data.root=<folder of class sub-folders>")
     p = Path(str(root)).expanduser()
     base = p / "train" if (p / "train").is_dir() else p
+    if not base.is_dir() and dataset:
+        raise FileNotFoundError(
+            f"{dataset} is not public and vitlab cannot fetch it: put your copy at data.root={root} ({p.resolve()}) "
+            "as <root>/<class>/<image> or <root>/train/<class>/<image>, or point data.root=<your copy> at it"
+        )
     if not base.is_dir():
         raise FileNotFoundError(
             f"data.root={root} does not exist ({p.resolve()}); data=folder expects <root>/<class>/<image> "

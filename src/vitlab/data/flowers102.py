@@ -4,8 +4,10 @@
     <root>/imagelabels.mat   'labels': 1 x 8189, class 1..102 of image i
     <root>/setid.mat         'trnid', 'valid', 'tstid': 1-based image ids of each split
 
-Train = trnid (1,020), val = valid (1,020), test = tstid (6,149), as TFDS and the ViT paper use them
-(``data.train_split=trainval`` trains on trnid + valid). Class index = label - 1.
+Train = trnid (1,020) minus a held-out ``data.val_fraction`` dev split (the paper picks the fine-tuning lr on
+10% of train, App. B.1.1), val = that dev split, test = tstid (6,149). ``data.val_fraction=0`` validates on
+the official valid split (1,020) instead; ``data.train_split=trainval`` trains on trnid + valid.
+Class index = label - 1.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from vitlab.data.base import DataConfigError
-from vitlab.data.files import DatasetFormatError, DatasetNotFoundError, FileDataModule, require_file
+from vitlab.data.files import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    FileDataModule,
+    holdout_mask,
+    require_file,
+)
 
 FLOWERS_STATS = {"num_classes": 102, "train": 1020, "val": 1020, "test": 6149}
 
@@ -39,11 +47,14 @@ class Flowers102DataModule(FileDataModule):
     default_train_pipeline = "finetune"
     layout = "  <root>/jpg/image_XXXXX.jpg, <root>/imagelabels.mat, <root>/setid.mat  (the official release)"
 
-    def __init__(self, train_split: str = "train", **kwargs) -> None:
+    def __init__(self, train_split: str = "train", val_fraction: float = 0.1, split_seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         if train_split not in ("train", "trainval"):
             raise DataConfigError(f"data.train_split={train_split!r} is not one of ['train', 'trainval']")
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise DataConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
         self.train_split = train_split
+        self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
 
     def build_splits(self):
         root = self.root_dir()
@@ -75,5 +86,12 @@ class Flowers102DataModule(FileDataModule):
             return [str(p) for p in paths], [int(labels[i - 1]) - 1 for i in sel]
 
         (tp, tl), (vp, vl), (sp, sl) = split("trnid"), split("valid"), split("tstid")
-        train = self.images(tp + vp, tl + vl) if self.train_split == "trainval" else self.images(tp, tl)
-        return train, self.images(vp, vl), self.images(sp, sl)
+        if self.train_split == "trainval":
+            tp, tl = tp + vp, tl + vl
+        if self.val_fraction == 0.0:
+            return self.images(tp, tl), self.images(vp, vl), self.images(sp, sl)
+        held = holdout_mask([Path(p).name for p in tp], self.val_fraction, self.split_seed)
+        keep = [i for i, h in enumerate(held) if not h]
+        dev = [i for i, h in enumerate(held) if h]
+        return (self.images([tp[i] for i in keep], [tl[i] for i in keep]),
+                self.images([tp[i] for i in dev], [tl[i] for i in dev]), self.images(sp, sl))

@@ -1,0 +1,323 @@
+"""The paper's tables, machine-readable: every number of Dosovitskiy et al. (ICLR 2021) that vitlab runs or
+compares against, written once, each row with its source.
+
+The configs read these numbers through one resolver, ``${vitlab.paper:<table>,<key>...,<field>}``
+(e.g. ``${vitlab.paper:table3,${paper.row},imagenet21k,lr}``), so a recipe never spells a paper number
+itself; ``tests/test_paper.py`` composes every recipe and compares it with these tables, and
+``docs/protocols.md``'s "paper vs vitlab" tables are checked against them too.
+
+Sources: arXiv 2010.11929v2 (App. B.1, Tables 2-6); google-research/vision_transformer ``vit_jax/``
+(``configs/common.py``, ``input_pipeline.py``) and its issue #2; google-research/big_transfer
+``bit_hyperrule.py``.  Model keys are vitlab's model config names (``conf/model/<name>.yaml``), data keys
+vitlab's data config names (``jft300m`` has no loader: JFT-300M is not public).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class PaperKeyError(KeyError):
+    """A lookup the paper has no number for; the message lists what the table does have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+# ---- Table 3: pretraining ------------------------------------------------------------------------
+#: App. B.1 / Table 3 caption: what every pretraining row shares.
+PRETRAIN = {
+    "optimizer": "adam_decoupled",  # Adam b1 0.9 b2 0.999, weight decay decoupled (flax.optim.Adam), kernels only
+    "betas": [0.9, 0.999],
+    "global_batch_size": 4096,
+    "warmup_steps": 10_000,
+    "img_size": 224,
+    "crop_scale": [0.05, 1.0],  # inception crop area (vit_jax input_pipeline.py)
+    "source": "Table 3 caption and App. B.1 (batch 4096, 10k warmup, 224 px, Adam 0.9/0.999); "
+              "crop area: vit_jax/input_pipeline.py",
+}
+
+#: Table 3 rows as printed: (models, pretraining data, epochs (first = vitlab's default), base lr, decay,
+#: weight decay, dropout).  Gradient clipping at global norm 1 is used for ImageNet only (App. B.1 text).
+_TABLE3_PRINTED: list[tuple[tuple[str, ...], str, tuple[int, ...], float, str, float, float]] = [
+    (("vit_b16", "vit_b32"), "jft300m", (7,), 8e-4, "linear", 0.1, 0.0),
+    (("vit_l32",), "jft300m", (7,), 6e-4, "linear", 0.1, 0.0),
+    (("vit_l16",), "jft300m", (7, 14), 4e-4, "linear", 0.1, 0.0),
+    (("vit_h14",), "jft300m", (14,), 3e-4, "linear", 0.1, 0.0),
+    (("bit_r50x1", "bit_r50x2"), "jft300m", (7,), 1e-3, "linear", 0.1, 0.0),
+    (("bit_r101x1",), "jft300m", (7,), 8e-4, "linear", 0.1, 0.0),
+    (("bit_r152x1", "bit_r152x2"), "jft300m", (7,), 6e-4, "linear", 0.1, 0.0),
+    (("r50_vit_b16", "r50_vit_b32"), "jft300m", (7,), 8e-4, "linear", 0.1, 0.0),
+    (("r50_vit_l32",), "jft300m", (7,), 2e-4, "linear", 0.1, 0.0),
+    (("r50_vit_l16",), "jft300m", (7, 14), 4e-4, "linear", 0.1, 0.0),
+    (("vit_b16", "vit_b32"), "imagenet21k", (90,), 1e-3, "linear", 0.03, 0.1),
+    (("vit_l16", "vit_l32"), "imagenet21k", (30, 90), 1e-3, "linear", 0.03, 0.1),
+    (("vit_b16", "vit_b32", "vit_l16", "vit_l32", "vit_h14"), "imagenet", (300,), 3e-3, "cosine", 0.3, 0.1),
+]
+_PRINTED_MODELS = {"vit_b16": "ViT-B/{16,32}", "vit_l32": "ViT-L/32", "vit_l16": "ViT-L/16", "vit_h14": "ViT-H/14"}
+
+#: Loss of the ImageNet-21k release (vision_transformer issue #2): sigmoid cross-entropy, head bias -10,
+#: pre-logits of the model's width.  The paper states no loss for the JFT and ImageNet rows.
+I21K_HEAD = {"loss": "sigmoid", "head_bias_init": -10.0, "source": "google-research/vision_transformer issue #2"}
+
+
+def _expand_table3() -> dict[tuple[str, str], dict[str, Any]]:
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for i, (models, data, epochs, lr, decay, wd, dropout) in enumerate(_TABLE3_PRINTED, 1):
+        for m in models:
+            rows[(m, data)] = {
+                "epochs": epochs[0], "epochs_options": list(epochs), "lr": lr, "decay": decay,
+                "weight_decay": wd, "dropout": dropout, "grad_clip": 1.0 if data == "imagenet" else None,
+                "source": f"Table 3 row {i} ({', '.join(models)} on {data}); grad clip: App. B.1 text",
+            }
+    return rows
+
+
+#: (model, pretraining data) -> the Table 3 numbers
+TABLE3: dict[tuple[str, str], dict[str, Any]] = _expand_table3()
+PRETRAIN_DATA = ("imagenet", "imagenet21k", "jft300m")
+
+# ---- Table 4: fine-tuning ------------------------------------------------------------------------
+#: App. B.1.1 / Table 4 caption and vit_jax/configs/common.py: what every fine-tuning run shares.
+FINETUNE = {
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "global_batch_size": 512,
+    "weight_decay": 0.0,
+    "grad_clip": 1.0,
+    "decay": "cosine",
+    "img_size": 384,
+    "warmup_steps": 500,
+    "base_lr": 0.03,
+    "eval_resize": "square",  # eval: resize the whole image to img_size x img_size, no centre crop
+    "source": "Table 4 caption / App. B.1.1 (SGD 0.9, batch 512, no wd, clip 1, cosine, 384 px); "
+              "warmup 500, base lr 0.03: vit_jax/configs/common.py; square eval resize: vit_jax/input_pipeline.py",
+}
+_GRID = [0.001, 0.003, 0.01, 0.03]
+#: fine-tuning data -> Table 4 (steps, lr grid) and App. B.1.1 (dev split held out of train)
+TABLE4: dict[str, dict[str, Any]] = {
+    "imagenet": {"steps": 20_000, "lr_grid": [0.003, 0.01, 0.03, 0.06], "dev_split": 0.01,
+                 "source": "Table 4 row ImageNet; dev split 1%: App. B.1.1, vit_jax train[:99%]"},
+    "cifar10": {"steps": 10_000, "lr_grid": _GRID, "dev_split": 0.02,
+                "source": "Table 4 row CIFAR-10; dev split 2%: App. B.1.1, vit_jax train[:98%]"},
+    "cifar100": {"steps": 10_000, "lr_grid": _GRID, "dev_split": 0.02,
+                 "source": "Table 4 row CIFAR-100; dev split 2%: App. B.1.1, vit_jax train[:98%]"},
+    "pets": {"steps": 500, "lr_grid": _GRID, "dev_split": 0.1, "warmup_steps": 100,
+             "source": "Table 4 row Oxford-IIIT Pets; dev split 10%: App. B.1.1; warmup 100 of 500 steps: "
+                       "big_transfer bit_hyperrule.py (datasets < 20k images)"},
+    "flowers102": {"steps": 500, "lr_grid": _GRID, "dev_split": 0.1, "warmup_steps": 100,
+                   "source": "Table 4 row Oxford Flowers-102; dev split 10%: App. B.1.1; warmup 100 of 500 steps: "
+                             "big_transfer bit_hyperrule.py (datasets < 20k images)"},
+}
+
+# ---- App. B.1.1 VTAB-1k and B.1.2 masked patch prediction ----------------------------------------
+VTAB = {"lr": 0.01, "steps": 2_500, "global_batch_size": 512, "img_size": 384, "warmup_steps": 500,
+        "lr_grid": [0.001, 0.003, 0.01, 0.03],
+        "source": "App. B.1.1 (lr 0.01, 2,500 steps, 384 px for every task; batch 512 as all fine-tuning); "
+                  "warmup 500: vit_jax/configs/common.py; lr_grid = Table 4's grid (vitlab's optional sweep)"}
+MPP = {"steps": 1_000_000, "global_batch_size": 4096, "lr": 2e-4, "warmup_steps": 10_000, "decay": "cosine",
+       "betas": [0.9, 0.999], "img_size": 224,
+       "source": "App. B.1.2 (1M steps, batch 4096, Adam lr 2e-4, 10k warmup, cosine); 224 px: Table 3 caption"}
+
+# ---- results: Table 6, Table 5, Table 2 -----------------------------------------------------------
+TRANSFER_DATA = ("imagenet", "imagenet_real", "cifar10", "cifar100", "pets", "flowers102")
+_T6 = [  # model, epochs, ImageNet, ReaL, CIFAR-10, CIFAR-100, Pets, Flowers, exaFLOPs
+    ("vit_b32", 7, 80.73, 86.27, 98.61, 90.49, 93.40, 99.27, 55),
+    ("vit_b16", 7, 84.15, 88.85, 99.00, 91.87, 95.80, 99.56, 224),
+    ("vit_l32", 7, 84.37, 88.28, 99.19, 92.52, 95.83, 99.45, 196),
+    ("vit_l16", 7, 86.30, 89.43, 99.38, 93.46, 96.81, 99.66, 783),
+    ("vit_l16", 14, 87.12, 89.99, 99.38, 94.04, 97.11, 99.56, 1567),
+    ("vit_h14", 14, 88.08, 90.36, 99.50, 94.71, 97.11, 99.71, 4262),
+    ("bit_r50x1", 7, 77.54, 84.56, 97.67, 86.07, 91.11, 94.26, 50),
+    ("bit_r50x2", 7, 82.12, 87.94, 98.29, 89.20, 93.43, 97.02, 199),
+    ("bit_r101x1", 7, 80.67, 87.07, 98.48, 89.17, 94.08, 95.95, 96),
+    ("bit_r152x1", 7, 81.88, 87.96, 98.82, 90.22, 94.17, 96.94, 141),
+    ("bit_r152x2", 7, 84.97, 89.69, 99.06, 92.05, 95.37, 98.62, 563),
+    ("bit_r152x2", 14, 85.56, 89.89, 99.24, 91.92, 95.75, 98.75, 1126),
+    ("bit_r200x3", 14, 87.22, 90.15, 99.34, 93.53, 96.32, 99.04, 3306),
+    ("r50_vit_b32", 7, 84.90, 89.15, 99.01, 92.24, 95.75, 99.46, 106),
+    ("r50_vit_b16", 7, 85.58, 89.65, 99.14, 92.63, 96.65, 99.40, 274),
+    ("r50_vit_l32", 7, 85.68, 89.04, 99.24, 92.93, 96.97, 99.43, 246),
+    ("r50_vit_l16", 7, 86.60, 89.72, 99.18, 93.64, 97.03, 99.40, 859),
+    ("r50_vit_l16", 14, 87.12, 89.76, 99.31, 93.89, 97.36, 99.11, 1668),
+]
+#: Table 6 (JFT-300M pretraining, fine-tuned at 384 px): (model, epochs) -> accuracies (%) and exaFLOPs
+TABLE6: dict[tuple[str, int], dict[str, Any]] = {
+    (m, ep): {"pretrain_data": "jft300m", **dict(zip(TRANSFER_DATA, accs, strict=True)), "exaflops": ef,
+              "source": f"Table 6 row {i}"}
+    for i, (m, ep, *accs, ef) in enumerate(_T6, 1)
+}
+
+#: Table 5 (ViT fine-tuned at 384 px, by pretraining data): (model, pretraining data) -> accuracy (%) per
+#: fine-tuning dataset.  Only the cells transcribed and checked so far; the rest of App. C's table is not here.
+TABLE5: dict[tuple[str, str], dict[str, Any]] = {
+    ("vit_b16", "imagenet"): {"imagenet": 77.91, "cifar10": 98.13, "source": "Table 5, ViT-B/16, ImageNet rows"},
+    ("vit_b16", "imagenet21k"): {"imagenet": 83.97, "cifar10": 98.95, "source": "Table 5, ViT-B/16, ImageNet-21k rows"},
+    ("vit_b16", "jft300m"): {"imagenet": 84.15, "cifar10": 99.00, "source": "Table 5, ViT-B/16, JFT-300M rows"},
+}
+
+#: Table 2 (state of the art; ImageNet fine-tuned at 512/518 px with Polyak averaging): (model, pretraining
+#: data) -> accuracy (%), and TPUv3-core-days.  Noisy Student is not a vitlab model and is left out.
+TABLE2: dict[tuple[str, str], dict[str, Any]] = {
+    ("vit_h14", "jft300m"): {"imagenet": 88.55, "imagenet_real": 90.72, "cifar10": 99.50, "cifar100": 94.55,
+                             "pets": 97.56, "flowers102": 99.68, "vtab": 77.63, "tpu_core_days": 2500,
+                             "source": "Table 2, column ViT-H/14 (JFT)"},
+    ("vit_l16", "jft300m"): {"imagenet": 87.76, "imagenet_real": 90.54, "cifar10": 99.42, "cifar100": 93.90,
+                             "pets": 97.32, "flowers102": 99.74, "vtab": 76.28, "tpu_core_days": 680,
+                             "source": "Table 2, column ViT-L/16 (JFT)"},
+    ("vit_l16", "imagenet21k"): {"imagenet": 85.30, "imagenet_real": 88.62, "cifar10": 99.15, "cifar100": 93.25,
+                                 "pets": 94.67, "flowers102": 99.61, "vtab": 72.72, "tpu_core_days": 230,
+                                 "source": "Table 2, column ViT-L/16 (I21k)"},
+    ("bit_r152x4", "jft300m"): {"imagenet": 87.54, "imagenet_real": 90.54, "cifar10": 99.37, "cifar100": 93.51,
+                                "pets": 96.62, "flowers102": 99.63, "vtab": 76.29, "tpu_core_days": 9900,
+                                "source": "Table 2, column BiT-L (ResNet152x4)"},
+}
+
+
+# ---- lookups ------------------------------------------------------------------------------------
+def pretrain_row(model: str, data: str) -> dict[str, Any]:
+    """Table 3's row for ``model`` pretrained on ``data``; a pair the paper never trained lists the rows."""
+    if data not in PRETRAIN_DATA:
+        raise PaperKeyError(f"pretraining data {data!r} is not in Table 3; it has {list(PRETRAIN_DATA)}")
+    if (model, data) not in TABLE3:
+        rows = [m for (m, d) in TABLE3 if d == data]
+        raise PaperKeyError(
+            f"the paper did not pretrain {model!r} on {data} (Table 3 has, for {data}: {', '.join(rows)}). "
+            f"Pick one of those with model=<name>, or keep your model and run one row's numbers on it with "
+            f"paper.row=<name> (e.g. paper.row={rows[0]})"
+        )
+    return {**TABLE3[(model, data)]}
+
+
+def finetune_row(data: str) -> dict[str, Any]:
+    """Table 4's row for fine-tuning on ``data``, with the shared fine-tuning settings filled in."""
+    if data not in TABLE4:
+        raise PaperKeyError(f"Table 4 has no fine-tuning row for {data!r}; it has {list(TABLE4)}")
+    return {**FINETUNE, **TABLE4[data], "source": TABLE4[data]["source"]}
+
+
+def paper_results(model: str, pretrain_data: str, epochs: int | None = None) -> dict[str, Any] | None:
+    """The paper's fine-tuned accuracies for a (model, pretraining data[, epochs]) run, or None: Table 6 for
+    JFT (the given epochs, else the shortest), then Table 5 (fine-tuned at 384 px, no Polyak averaging)."""
+    if pretrain_data == "jft300m":
+        runs = sorted(ep for (m, ep) in TABLE6 if m == model)
+        if runs:
+            ep = epochs if epochs in runs else runs[0]
+            return TABLE6[(model, ep)]
+    return TABLE5.get((model, pretrain_data))
+
+
+TABLES: dict[str, Any] = {
+    "pretrain": PRETRAIN, "table3": TABLE3, "finetune": FINETUNE, "table4": TABLE4, "vtab": VTAB, "mpp": MPP,
+    "table6": TABLE6, "table5": TABLE5, "table2": TABLE2, "i21k_head": I21K_HEAD,
+}
+
+
+def lookup(table: str, *keys: Any) -> Any:
+    """``lookup("table3", "vit_b16", "imagenet21k", "lr")`` -> 1e-3; the last key is the field.
+
+    Table 3 and Table 4 go through :func:`pretrain_row` / :func:`finetune_row` (shared settings included,
+    missing rows listed); errors name the table and what it has.
+    """
+    keys = tuple(str(k) for k in keys)
+    if table == "table3":
+        if len(keys) != 3:
+            raise PaperKeyError(f"table3 lookups take (model, data, field), got {keys}")
+        row = {**PRETRAIN, **pretrain_row(keys[0], keys[1])}
+        field = keys[2]
+    elif table == "table4":
+        if len(keys) != 2:
+            raise PaperKeyError(f"table4 lookups take (data, field), got {keys}")
+        row, field = finetune_row(keys[0]), keys[1]
+    elif table in ("pretrain", "finetune", "vtab", "mpp", "i21k_head"):
+        if len(keys) != 1:
+            raise PaperKeyError(f"{table} lookups take (field,), got {keys}")
+        row, field = TABLES[table], keys[0]
+    else:
+        raise PaperKeyError(f"no paper table {table!r} for configs; they read {sorted(TABLES)}")
+    if field not in row:
+        raise PaperKeyError(f"{table} {'/'.join(keys[:-1]) or ''} has no field {field!r}; it has {sorted(row)}")
+    value = row[field]
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def sweep_values(values: Iterable[Any]) -> str:
+    """A Hydra sweep string (``0.003,0.01,0.03,0.06``) from a list of numbers."""
+    return ",".join(repr(v) if isinstance(v, float) else str(v) for v in values)
+
+
+def resolver(table: str, *keys: Any) -> Any:
+    """``${vitlab.paper:table3,vit_b16,imagenet21k,lr}``: a paper number inside a config (a list comes back as a
+    ListConfig, which ``OmegaConf.resolve`` and ``--cfg job`` can print)."""
+    value = lookup(table, *keys)
+    if isinstance(value, list):
+        from omegaconf import ListConfig
+
+        return ListConfig(value)
+    return value
+
+
+def sweep_resolver(table: str, *keys: Any) -> str:
+    """``${vitlab.paper_sweep:table4,imagenet,lr_grid}``: a paper grid as a Hydra sweep string."""
+    return sweep_values(lookup(table, *keys))
+
+
+RESOLVERS = {"vitlab.paper": resolver, "vitlab.paper_sweep": sweep_resolver}
+
+
+# ---- docs/protocols.md "paper vs vitlab" tables --------------------------------------------------
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "{" + ", ".join(_fmt(x) for x in v) + "}"
+    return str(v)
+
+
+def markdown_tables() -> str:
+    """The "paper vs vitlab" tables of docs/protocols.md, from these tables (``python -m vitlab.paper``);
+    ``tests/test_paper.py`` checks the doc holds every line of them."""
+    out = ["### Pretraining: `experiment=paper/pretrain_<data> model=<row>` (Table 3)", "",
+           "| models (`model=`) | data | epochs (`trainer.max_epochs`) | base lr (`optim.lr`) | decay (`optim.decay`) "
+           "| weight decay (`optim.weight_decay`) | dropout (`model.pos_drop_rate`, `model.proj_drop_rate`) "
+           "| clip (`optim.grad_clip`) | source |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for i, (models, data, epochs, lr, decay, wd, dropout) in enumerate(_TABLE3_PRINTED, 1):
+        clip = 1.0 if data == "imagenet" else None
+        out.append(f"| {', '.join(models)} | {data} | {' or '.join(map(str, epochs))} | {_fmt(lr)} | {decay} | "
+                   f"{_fmt(wd)} | {_fmt(dropout)} | {_fmt(clip)} | Table 3 row {i} |")
+    out += ["", "| shared by every row | paper | vitlab key | source |", "|---|---|---|---|"]
+    keys = {"optimizer": "optim.name", "betas": "optim.betas", "global_batch_size": "data.global_batch_size",
+            "warmup_steps": "optim.warmup", "img_size": "data.img_size", "crop_scale": "data.train_crop_scale"}
+    out += [f"| {k} | {_fmt(PRETRAIN[k])} | `{v}` | {PRETRAIN['source']} |" for k, v in keys.items()]
+    out += ["", "### Fine-tuning: `experiment=paper/finetune_<data>` (Table 4)", "",
+            "| data | steps (`trainer.max_steps`) | lr grid (`hydra.sweeper.params`) | dev split (`data.val_fraction`) "
+            "| warmup (`optim.warmup`) | source |", "|---|---|---|---|---|---|"]
+    for d in TABLE4:
+        r = finetune_row(d)
+        out.append(f"| {d} | {r['steps']} | {_fmt(r['lr_grid'])} | {_fmt(r['dev_split'])} | {r['warmup_steps']} | "
+                   f"{r['source']} |")
+    out += ["", "| shared by every dataset | paper | vitlab key | source |", "|---|---|---|---|"]
+    keys = {"optimizer": "optim.name", "momentum": "optim.momentum", "global_batch_size": "data.global_batch_size",
+            "weight_decay": "optim.weight_decay", "grad_clip": "optim.grad_clip", "decay": "optim.decay",
+            "img_size": "data.img_size", "eval_resize": "data.eval_resize"}
+    out += [f"| {k} | {_fmt(FINETUNE[k])} | `{v}` | {FINETUNE['source']} |" for k, v in keys.items()]
+    for title, table, keys in (
+        ("### VTAB-1k: `experiment=paper/vtab`, `python -m vitlab.vtab` (App. B.1.1)", VTAB,
+         {"lr": "optim.lr / vtab.lr", "steps": "trainer.max_steps / vtab.steps",
+          "global_batch_size": "data.global_batch_size", "img_size": "data.img_size / vtab.resolution",
+          "warmup_steps": "optim.warmup", "lr_grid": "vtab.lr_grid (optional sweep, default off)"}),
+        ("### Masked patch prediction: `experiment=paper/mpp` (App. B.1.2)", MPP,
+         {"steps": "trainer.max_steps", "global_batch_size": "data.global_batch_size", "lr": "optim.lr",
+          "warmup_steps": "optim.warmup", "decay": "optim.decay", "betas": "optim.betas", "img_size": "data.img_size"}),
+    ):
+        out += ["", title, "", "| setting | paper | vitlab key | source |", "|---|---|---|---|"]
+        out += [f"| {k} | {_fmt(table[k])} | `{v}` | {table['source']} |" for k, v in keys.items()]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_tables(), end="")
