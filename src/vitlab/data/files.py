@@ -164,7 +164,14 @@ def load_image(
     pixel count it declares is checked against ``max_image_pixels``: a decompression bomb (a few MB
     declaring 20000 x 20000) is refused before a single pixel buffer is allocated.
     """
-    data = read_image_bytes(path, max_file_bytes)
+    return decode_image_bytes(read_image_bytes(path, max_file_bytes), path, decoder, max_image_pixels)
+
+
+def decode_image_bytes(
+    data: bytes, path: str | os.PathLike, decoder: str = "auto", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image | torch.Tensor:
+    """Decode an image file's bytes (``path`` names it in errors) after checking the pixel count its
+    header declares against ``max_image_pixels``: every decoder of vitlab goes through here."""
     _let_pil_open(max_image_pixels)
     try:
         with warnings.catch_warnings():
