@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from vitlab.data.tree import list_class_dirs
 
 #: task -> (group, number of classes); directory names of the VTAB-1k release used by PyTorch work
 VTAB_TASKS: dict[str, tuple[str, int]] = {
@@ -64,7 +65,7 @@ def folder_num_classes(root: str, dataset: str | None = None) -> int:
             f"data.root={root} does not exist ({p.resolve()}); data=folder expects <root>/<class>/<image> "
             "or <root>/train/<class>/<image> (+ optional val/, test/)"
         )
-    n = sum(1 for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
+    n = len(list_class_dirs(base, p))  # the scan's own rule: a link leaving data.root, or a loop, is no class
     if n == 0:
         raise FileNotFoundError(f"{base} holds no class sub-folders; data=folder expects {base}/<class>/<image>")
     return n

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from vitlab.data.base import DataConfigError, VisionDataModule
+from vitlab.data.tree import ancestor_keys, list_class_dirs, walk_files
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -36,6 +38,21 @@ class DatasetFormatError(ValueError):
 
 class CorruptImageError(RuntimeError):
     """An image file cannot be decoded; the message names the file."""
+
+
+class RefusedImageError(CorruptImageError):
+    """An image file refused before decoding: not a regular file, or over ``data.max_file_bytes`` /
+    ``data.max_image_pixels``. A :class:`CorruptImageError`, so ``data.skip_corrupt`` skips it too."""
+
+
+#: ``data.max_image_pixels`` default: PIL's own warning threshold (2**30 // 4 // 3 = 89.5 Mpx, e.g. 9459 x 9459;
+#: 256 MiB decoded as RGB). Photos in vision datasets are far smaller (ImageNet's average about 0.2 Mpx; a
+#: 50 Mpx camera stays under it), so no real image is refused, while a 20000 x 20000 JPEG bomb (400 Mpx from a 5 MB
+#: file, 1.2 GB decoded) is 4.5x over and a 65535^2 one 48x over. Checked on the header, before any decoding.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+#: ``data.max_file_bytes`` default: 512 MiB. An uncompressed RGB image at the pixel limit (BMP/TIFF, 256 MiB) fits;
+#: dataset JPEGs and PNGs are a few MB. A bigger (or sparse, multi-GB) file is refused from its size, unread.
+DEFAULT_MAX_FILE_BYTES = 512 * 2**20
 
 
 def require_dir(path: str | os.PathLike | None, name: str, layout: str, key: str = "data.root") -> Path:
@@ -60,29 +77,133 @@ def require_file(path: Path, name: str, layout: str) -> Path:
 DECODERS = ("auto", "pil")
 
 
-def load_image(path: str | os.PathLike, decoder: str = "auto") -> Image.Image | torch.Tensor:
-    """Decode ``path`` to RGB; a missing or undecodable file raises an error naming it.
+def positive_int(value: Any, key: str) -> int:
+    """``value`` as an int > 0, or a :class:`DataConfigError` naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DataConfigError(f"{key}={value!r} must be a positive int")
+    return value
 
-    ``auto`` decodes JPEGs with torchvision's libjpeg-turbo straight into a contiguous uint8 CHW
-    tensor (measurably faster through the pipelines than PIL + conversion; see ``vitlab.data.bench``)
-    and everything else, or a JPEG libjpeg refuses, with PIL. ``pil`` always uses PIL.
+
+def _refusal_hint(key: str) -> str:
+    return (
+        f"Replace or delete the file, raise {key} if it is genuine, "
+        "or set data.skip_corrupt=true to skip such files with a warning"
+    )
+
+
+def read_image_bytes(path: str | os.PathLike, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of ``path``, if it is a regular file of at most ``max_file_bytes``.
+
+    Special files are refused by ``stat`` before they are opened: a FIFO named ``x.jpg`` would block ``open``
+    for ever, and a link to ``/dev/zero`` would be read until memory runs out. The file is then opened
+    non-blocking and checked again on the open descriptor (nothing can be swapped in between), and at most
+    ``max_file_bytes + 1`` bytes are read, whatever the size the file claims.
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        st = os.stat(path)
     except FileNotFoundError:
         raise DatasetNotFoundError(f"image {path} is missing (it is listed by the dataset's index)") from None
     except OSError as e:
         raise CorruptImageError(f"cannot read image {path} ({e})") from e
-    if decoder == "auto" and data[:3] == b"\xff\xd8\xff":
-        try:
-            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except RuntimeError:
-            pass  # truncated or unusual: PIL gives the verdict (and the error message)
+
+    def check(st: os.stat_result) -> None:
+        if not stat.S_ISREG(st.st_mode):
+            kind = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                    stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(st.st_mode), "not a file")
+            raise RefusedImageError(
+                f"image {path} is {kind}, not a regular file ({os.path.realpath(path)}); vitlab reads only regular "
+                "files. Replace or delete it, or set data.skip_corrupt=true to skip such files with a warning"
+            )
+        if st.st_size > max_file_bytes:
+            raise RefusedImageError(
+                f"image {path} is {st.st_size:,} bytes, more than data.max_file_bytes={max_file_bytes:,}. "
+                + _refusal_hint("data.max_file_bytes")
+            )
+
+    check(st)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise CorruptImageError(f"cannot read image {path} ({e})") from e
+    with open(fd, "rb") as f:
+        check(os.fstat(fd))
+        try:
+            data = f.read(max_file_bytes + 1)
+        except OSError as e:
+            raise CorruptImageError(f"cannot read image {path} ({e})") from e
+    if len(data) > max_file_bytes:  # it grew after the check, or claims a size it does not have (/proc)
+        raise RefusedImageError(
+            f"image {path} holds more than data.max_file_bytes={max_file_bytes:,} bytes. "
+            + _refusal_hint("data.max_file_bytes")
+        )
+    return data
+
+
+def _let_pil_open(max_image_pixels: int) -> None:
+    """Make ``data.max_image_pixels`` the one limit: PIL refuses images over twice its own global
+    ``MAX_IMAGE_PIXELS`` before vitlab's check runs, so a limit set above PIL's is passed on to PIL.
+    Only ever raised, and only when asked for: a lower ``data.max_image_pixels`` is enforced by vitlab."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_image_pixels:
+        Image.MAX_IMAGE_PIXELS = max_image_pixels
+
+
+def load_image(
+    path: str | os.PathLike,
+    decoder: str = "auto",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> Image.Image | torch.Tensor:
+    """Decode ``path`` to RGB; a missing, oversized or undecodable file raises an error naming it.
+
+    ``auto`` decodes JPEGs with torchvision's libjpeg-turbo straight into a contiguous uint8 CHW
+    tensor (measurably faster through the pipelines than PIL + conversion; see ``vitlab.data.bench``)
+    and everything else, or a JPEG libjpeg refuses, with PIL. ``pil`` always uses PIL.
+
+    Whatever the decoder, the file is first opened lazily by PIL, which reads only the header, and the
+    pixel count it declares is checked against ``max_image_pixels``: a decompression bomb (a few MB
+    declaring 20000 x 20000) is refused before a single pixel buffer is allocated.
+    """
+    return decode_image_bytes(read_image_bytes(path, max_file_bytes), path, decoder, max_image_pixels)
+
+
+def decode_image_bytes(
+    data: bytes, path: str | os.PathLike, decoder: str = "auto", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image | torch.Tensor:
+    """Decode an image file's bytes (``path`` names it in errors) after checking the pixel count its
+    header declares against ``max_image_pixels``: every decoder of vitlab goes through here."""
+    _let_pil_open(max_image_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below names the key
+            im = Image.open(io.BytesIO(data))  # lazy: parses the header, decodes nothing
+        with im:
+            w, h = im.size
+            if w * h > max_image_pixels:
+                raise RefusedImageError(
+                    f"image {path} declares {w}x{h} = {w * h:,} pixels, more than data.max_image_pixels="
+                    f"{max_image_pixels:,}; refused before decoding (a decompression bomb?). "
+                    + _refusal_hint("data.max_image_pixels")
+                )
+            if w <= 0 or h <= 0:
+                raise CorruptImageError(
+                    f"image {path} declares an empty size {w}x{h}. Replace or delete the file, "
+                    "or set data.skip_corrupt=true to skip unreadable images with a warning"
+                )
+            if decoder == "auto" and data[:3] == b"\xff\xd8\xff":
+                try:  # libjpeg-turbo reads the same (single, else it errors) SOF header PIL just checked
+                    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+                except RuntimeError:
+                    pass  # truncated or unusual: PIL gives the verdict (and the error message)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                return im.convert("RGB")
+    except Image.DecompressionBombError as e:  # PIL's own check (never below ours): on open, or in a frame or tile
+        raise RefusedImageError(
+            f"image {path} declares more pixels than data.max_image_pixels={max_image_pixels:,} ({e}); refused "
+            "before decoding. " + _refusal_hint("data.max_image_pixels")
+        ) from e
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise CorruptImageError(
             f"cannot decode image {path} ({type(e).__name__}: {e}). Replace or delete the file, "
             "or set data.skip_corrupt=true to skip unreadable images with a warning"
@@ -103,6 +224,8 @@ class ImageListDataset(Dataset):
         skip_corrupt: bool = False,
         extras: Callable[[int], Any] | None = None,
         decoder: str = "auto",
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} image paths but {len(targets)} labels")
@@ -113,6 +236,8 @@ class ImageListDataset(Dataset):
         if decoder not in DECODERS:
             raise DataConfigError(f"data.decoder={decoder!r} is not one of {DECODERS}")
         self.decoder = decoder
+        self.max_image_pixels = positive_int(max_image_pixels, "data.max_image_pixels")
+        self.max_file_bytes = positive_int(max_file_bytes, "data.max_file_bytes")
         self.skipped: set[str] = set()
 
     def __len__(self) -> int:
@@ -122,7 +247,7 @@ class ImageListDataset(Dataset):
         for attempt in range(min(len(self.paths), 64)):
             j = (i + attempt) % len(self.paths)
             try:
-                img = load_image(self.paths[j], self.decoder)
+                img = load_image(self.paths[j], self.decoder, self.max_image_pixels, self.max_file_bytes)
             except CorruptImageError as e:
                 if not self.skip_corrupt:
                     raise
@@ -130,7 +255,7 @@ class ImageListDataset(Dataset):
                     self.skipped.add(self.paths[j])
                     warnings.warn(
                         f"data.skip_corrupt: skipped {self.paths[j]} ({len(self.skipped)} corrupt image(s) skipped "
-                        f"so far in this process): {e.__cause__}",
+                        f"so far in this process): {e.__cause__ or e}",
                         stacklevel=2,
                     )
                 continue
@@ -170,18 +295,21 @@ def read_list_file(path: Path, root: Path, num_classes: int | None, check_files:
     return paths, labels
 
 
-def list_class_dirs(directory: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
-
-
 def scan_class_folders(
-    directory: Path, classes: Sequence[str] | None = None, extensions: tuple[str, ...] = IMG_EXTENSIONS
+    directory: Path,
+    classes: Sequence[str] | None = None,
+    extensions: tuple[str, ...] = IMG_EXTENSIONS,
+    root: Path | None = None,
 ) -> tuple[list[str], list[int], list[str]]:
     """ImageFolder-style ``<directory>/<class>/**/<image>``; class index = position in sorted class names.
 
     With ``classes`` given (e.g. the train split's), a folder outside that list is an error naming it.
+    Links are followed inside ``root`` (``data.root``; default ``directory``) only, and each folder once
+    (:func:`walk_files`), so a symlink loop can neither hang the scan nor relabel images.
     """
-    found = list_class_dirs(directory)
+    root = directory if root is None else root
+    root_real = os.path.realpath(root)
+    found = list_class_dirs(directory, root_real)
     if classes is None:
         classes = found
     else:
@@ -193,16 +321,15 @@ def scan_class_folders(
             )
     if not classes:
         raise DatasetNotFoundError(f"{directory} holds no class sub-folders; expected {directory}/<class>/<image file>")
+    above = ancestor_keys(directory, root_real)
+    reals = {os.path.realpath(directory / c): c for c in found}
     paths, targets = [], []
     for idx, c in enumerate(classes):
         cdir = directory / c
-        if not cdir.is_dir():
+        if c not in found:
             continue
-        files = []
-        for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
-            dirnames.sort()
-            files += [os.path.join(dirpath, f) for f in filenames if f.lower().endswith(extensions) and not f.startswith(".")]
-        files.sort()
+        others = {r: name for r, name in reals.items() if name != c}
+        files = walk_files(cdir, extensions, root_real, seen=above, elsewhere=others)
         paths += files
         targets += [idx] * len(files)
     if not paths:
@@ -231,12 +358,22 @@ class FileDataModule(VisionDataModule):
     #: the layout this dataset expects under ``data.root``, shown in every missing-file error
     layout = ""
 
-    def __init__(self, skip_corrupt: bool = False, check_files: bool = True, decoder: str = "auto", **kwargs) -> None:
+    def __init__(
+        self,
+        skip_corrupt: bool = False,
+        check_files: bool = True,
+        decoder: str = "auto",
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("num_workers", "auto")
         super().__init__(**kwargs)
         if decoder not in DECODERS:
             raise DataConfigError(f"data.decoder={decoder!r} is not one of {DECODERS}")
         self.decoder = decoder
+        self.max_image_pixels = positive_int(max_image_pixels, "data.max_image_pixels")
+        self.max_file_bytes = positive_int(max_file_bytes, "data.max_file_bytes")
         self.skip_corrupt = bool(skip_corrupt)
         self.check_files = bool(check_files)
         self.classes: list[str] | None = None
@@ -255,7 +392,10 @@ class FileDataModule(VisionDataModule):
             )
 
     def images(self, paths, targets, extras=None) -> ImageListDataset:
-        return ImageListDataset(paths, targets, skip_corrupt=self.skip_corrupt, extras=extras, decoder=self.decoder)
+        return ImageListDataset(
+            paths, targets, skip_corrupt=self.skip_corrupt, extras=extras, decoder=self.decoder,
+            max_image_pixels=self.max_image_pixels, max_file_bytes=self.max_file_bytes,
+        )
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "data/root": str(self.root)}

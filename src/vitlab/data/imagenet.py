@@ -216,12 +216,12 @@ class ImageNetDataModule(FolderDataModule):
         root = self.root_dir()
         base = self.base_dir(root)
         tdir = base / "train"
-        paths, targets, classes = scan_class_folders(tdir, extensions=IMG_EXTENSIONS)
+        paths, targets, classes = scan_class_folders(tdir, extensions=IMG_EXTENSIONS, root=root)
         self.classes = classes
         self.check_num_classes(len(classes), tdir)
         vdir = base / "val"
-        if list_class_dirs(vdir):
-            vpaths, vtargets, _ = scan_class_folders(vdir, classes)
+        if list_class_dirs(vdir, root):
+            vpaths, vtargets, _ = scan_class_folders(vdir, classes, root=root)
         else:
             vpaths, wnids, where = self.flat_val_labels(root, base)
             index = {w: i for i, w in enumerate(classes)}
