@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import secrets
 from pathlib import Path
@@ -66,16 +67,55 @@ class ConfigError(ValueError):
     """A config value is wrong; the message names the key and what was expected."""
 
 
-def _positive(cfg: DictConfig, key: str, allow_zero: bool = False, optional: bool = False) -> None:
-    val = OmegaConf.select(cfg, key)
+def check_positive(key: str, val: Any, allow_zero: bool = False, optional: bool = False) -> None:
+    """The one check (and wording) for a positive number, whether it comes from a config or a constructor."""
     if val is None and optional:
         return
-    if isinstance(val, bool) or not isinstance(val, (int, float)):
+    if isinstance(val, bool) or not isinstance(val, numbers.Real):
         raise ConfigError(f"{key}={val!r} must be a number, got {type(val).__name__}")
     if val < 0 or (val == 0 and not allow_zero):
         raise ConfigError(f"{key}={val} must be {'>= 0' if allow_zero else '> 0'}")
 
 
+def _positive(cfg: DictConfig, key: str, allow_zero: bool = False, optional: bool = False) -> None:
+    check_positive(key, OmegaConf.select(cfg, key), allow_zero, optional)
+
+
+#: the seeds numpy (hence ``lightning.seed_everything``) accepts
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def check_seed(seed: Any, key: str = "seed") -> None:
+    """An int numpy can seed with, checked before anything is written (seed_everything fails late, unnamed)."""
+    lo, hi = SEED_RANGE
+    if seed is None:  # Lightning draws one and logs it
+        return
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not lo <= seed <= hi:
+        raise ConfigError(f"{key}={seed!r} must be an int from {lo} to {hi} (numpy's seed range), e.g. {key}=42")
+
+
+def _check_resolution(cfg: DictConfig) -> None:
+    """A ViT's patch grid and position embeddings are built for one resolution: the one the data delivers."""
+    if cfg.model.get("family") not in ("vit", "hybrid"):
+        return  # ResNets pool globally: any resolution works
+    img, size, eval_size = cfg.model.get("img_size"), cfg.data.get("img_size"), cfg.data.get("eval_img_size")
+    if img is not None and size is not None and img != size:
+        raise ConfigError(
+            f"model.img_size={img} but data={cfg.data.get('name', '?')} delivers {size} px images "
+            f"(data.img_size={size}): a ViT is built for one resolution (patch grid, position embeddings). "
+            f"Set data.img_size={img} instead (model.img_size follows data.img_size), or drop the model.img_size "
+            f"override to train at {size} px."
+        )
+    if img is not None and eval_size is not None and img != eval_size:
+        raise ConfigError(
+            f"data.eval_img_size={eval_size} but the model is built for model.img_size={img}: a ViT evaluates at "
+            f"the resolution it is built for. Set data.eval_img_size={img}, or leave it at its default "
+            "(${.img_size})."
+        )
+
+
+#: the DataModule arguments :func:`vitlab.data.base.check_data_args` checks
+DATA_ARGS = ("batch_size", "eval_batch_size", "img_size", "eval_img_size", "train_size")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine")
 
 
@@ -84,14 +124,17 @@ def validate_train_cfg(cfg: DictConfig) -> None:
     _positive(cfg, "optim.lr")
     _positive(cfg, "optim.weight_decay", allow_zero=True)
     _positive(cfg, "optim.grad_clip", optional=True)
-    _positive(cfg, "data.batch_size")
-    _positive(cfg, "data.img_size")
+    check_seed(cfg.get("seed"))
+    from vitlab.data.base import check_data_args  # the DataModule runs the same checks when it is built
+
+    check_data_args(**{k: cfg.data.get(k) for k in DATA_ARGS if k in cfg.data})
     _positive(cfg, "model.num_classes")
     mt = cfg.trainer.get("max_epochs")
     if mt is not None and mt != -1:
         _positive(cfg, "trainer.max_epochs")
     if str(cfg.trainer.get("precision")) not in PRECISIONS:
         raise ConfigError(f"trainer.precision={cfg.trainer.precision!r} is not one of {PRECISIONS}")
+    _check_resolution(cfg)
     patch, img = cfg.model.get("patch_size"), cfg.model.get("img_size")
     if cfg.model.get("family") == "vit" and patch and img and int(img) % int(patch):
         raise ConfigError(

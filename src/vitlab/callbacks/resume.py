@@ -61,17 +61,35 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
     return Path(d) if d else Path(cfg.paths.output_dir) / "checkpoints"
 
 
+def load_error_reason(e: BaseException) -> str:
+    """torch.load's whole reason, on one line: its generic first paragraph ("Weights only load failed ... re-run
+    with weights_only=False") is dropped, never the cause after it (e.g. "GLOBAL posix.system ... is blocked")."""
+    paras = [" ".join(x.split()) for x in str(e).split("\n\n")]
+    paras = [x for x in paras if x]
+    if len(paras) > 1 and paras[0].startswith("Weights only load failed"):
+        paras = paras[1:]
+    return " ".join(paras) or type(e).__name__
+
+
 def peek_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint's counters and vitlab state cheaply and safely (``weights_only=True``, memory-mapped).
 
     A file that needs arbitrary code to unpickle (anything but tensors and plain containers) is refused.
     """
     p = Path(path)
+    if p.is_file() and p.stat().st_size == 0:
+        others = sorted(q.name for q in p.parent.glob("*.ckpt") if q != p and q.stat().st_size > 0)
+        raise ResumeError(
+            f"{p} is empty (0 bytes): a checkpoint whose write never happened (disk full, or the job was killed "
+            f"as it began). vitlab does not delete it: move it away (e.g. mv {p} {p}.empty) and re-run, with "
+            "ckpt_path=<another .ckpt> to resume from an earlier checkpoint"
+            + (f" (next to it: {', '.join(others[:4])})" if others else "") + ", or without to start from scratch."
+        )
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         raise ResumeError(
-            f"{p} is not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:300]}). vitlab loads "
+            f"{p} is not a loadable checkpoint ({type(e).__name__}: {load_error_reason(e)}). vitlab loads "
             "checkpoints with torch.load(weights_only=True): a file that would run code when loaded is refused, "
             "and a truncated file cannot be read. Pass another ckpt_path (or resume=never in a new directory)."
         ) from None

@@ -7,6 +7,7 @@ pipelines, batch size and workers, and the dataset statistics the loggers report
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -16,12 +17,51 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vitlab.config import ConfigError, check_positive
 from vitlab.data.sampler import ResumableSampler, seeded_rng
 from vitlab.data.transforms import build_transform
 
 
-class DataConfigError(ValueError):
+class DataConfigError(ConfigError):
     """A data config asks for something the data cannot give."""
+
+
+def check_train_size(size: Any) -> None:
+    """``data.train_size``: null (the whole split), an int count >= 1, or a float fraction in (0, 1].
+
+    A float above 1 is refused rather than truncated: ``1.5`` used to mean "1 image", which nobody asks for.
+    """
+    if size is None:
+        return
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        if size < 1:
+            raise DataConfigError(
+                f"data.train_size={size} must be a number of images >= 1, a fraction in (0, 1], "
+                "or null for the whole train split"
+            )
+        return
+    if isinstance(size, numbers.Real) and not isinstance(size, bool):
+        if not 0.0 < size <= 1.0:
+            count = f" (e.g. data.train_size={max(1, int(size))})" if size > 1 else ""
+            raise DataConfigError(
+                f"data.train_size={size} as a fraction must be in (0, 1]: a float is a fraction of the train "
+                f"split; for a number of images give an int{count}"
+            )
+        return
+    raise DataConfigError(
+        f"data.train_size={size!r} must be an int (number of images), a float fraction in (0, 1], or null"
+    )
+
+
+def check_data_args(batch_size: Any = 1, eval_batch_size: Any = None, img_size: Any = 1,
+                    eval_img_size: Any = None, train_size: Any = None) -> None:
+    """The checks every DataModule runs when built; ``validate_train_cfg`` runs them at start-up, before any file
+    is written. ``eval_batch_size`` / ``eval_img_size`` null = the same as the training value; 0 is an error."""
+    check_positive("data.batch_size", batch_size)
+    check_positive("data.eval_batch_size", eval_batch_size, optional=True)
+    check_positive("data.img_size", img_size)
+    check_positive("data.eval_img_size", eval_img_size, optional=True)
+    check_train_size(train_size)
 
 
 class TransformedDataset(Dataset):
@@ -64,15 +104,14 @@ def balanced_subset_indices(targets: Sequence[int], size: int | float, seed: int
     few examples gives its shortfall to the others. The same (targets, size, seed) always gives the
     same indices, and a smaller subset of the same seed is a prefix-compatible draw per class.
     """
+    check_train_size(size)
     targets = np.asarray(targets)
     n = len(targets)
-    if isinstance(size, float) and size <= 1.0:
-        if size <= 0.0:
-            raise DataConfigError(f"data.train_size={size} as a fraction must be in (0, 1]")
-        size = int(round(size * n))
+    if not isinstance(size, numbers.Integral):  # a fraction
+        frac, size = size, int(round(size * n))
+        if size < 1:
+            raise DataConfigError(f"data.train_size={frac} of {n} examples is no example: ask for a larger fraction")
     size = int(size)
-    if size <= 0:
-        raise DataConfigError(f"data.train_size={size} must be positive")
     if size >= n:
         return np.arange(n)
     rng = np.random.default_rng(seed)
@@ -133,16 +172,13 @@ class VisionDataModule(L.LightningDataModule):
             unknown = ", ".join(f"data.{k}" for k in sorted(kwargs) if not k.startswith("_"))
             if unknown:
                 raise DataConfigError(f"{type(self).__name__} does not take {unknown}")
-        if int(batch_size) <= 0:
-            raise DataConfigError(f"data.batch_size={batch_size} must be a positive int")
-        if int(img_size) <= 0:
-            raise DataConfigError(f"data.img_size={img_size} must be a positive int")
+        check_data_args(batch_size, eval_batch_size, img_size, eval_img_size, train_size)
         self.root = root
         self.img_size = int(img_size)
-        self.eval_img_size = int(eval_img_size or img_size)
+        self.eval_img_size = int(img_size if eval_img_size is None else eval_img_size)
         self.batch_size = int(batch_size)  # per process: vitlab.train derives it from data.global_batch_size
         self.global_batch_size = None if global_batch_size is None else int(global_batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.eval_batch_size = int(batch_size if eval_batch_size is None else eval_batch_size)
         self.num_workers = resolve_num_workers(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.persistent_workers = persistent_workers and self.num_workers > 0
@@ -166,7 +202,7 @@ class VisionDataModule(L.LightningDataModule):
         if self.train_size is None:
             return train
         targets = dataset_targets(train)
-        is_fraction = isinstance(self.train_size, float) and self.train_size <= 1.0
+        is_fraction = not isinstance(self.train_size, numbers.Integral)
         if not is_fraction and int(self.train_size) > len(targets):
             raise DataConfigError(
                 f"data.train_size={self.train_size} but {self.name}'s train split has only {len(targets)} examples: "

@@ -15,7 +15,10 @@ The official ``.npz`` layouts are mapped by timm's own loaders (``vision_transfo
 - position embeddings are resized by 2-D interpolation over the patch grid when the resolution differs;
 - a report of which weights were loaded, which are new and which were dropped is logged;
 - a checkpoint of another architecture (width, depth, heads, MLP, patch, stages) fails with the
-  mismatches listed, instead of loading part of it silently.
+  mismatches listed, instead of loading part of it silently;
+- a float tensor of another precision (float16, bfloat16, float64) is cast to the model's dtype and the casts
+  are listed in the report; a tensor that is not floating point (int8 / uint8 quantised weights, bool, object
+  arrays) is refused with the file, the tensor and its dtype named: quantised data is not a float checkpoint.
 
 Nothing here executes code from a checkpoint: ``torch.load(weights_only=True)``, ``np.load(allow_pickle=False)``
 and safetensors only.
@@ -28,6 +31,7 @@ import logging
 import math
 import re
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,8 @@ class LoadReport:
     new: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
+    #: dtype casts, one entry per (from, to) pair, e.g. "78 tensors float16 -> float32"
+    cast: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         def short(keys: list[str], n: int = 6) -> str:
@@ -68,12 +74,12 @@ class LoadReport:
         return (
             f"pretrained weights from {self.source} ({self.format}): {len(self.loaded)} tensors loaded; "
             f"new (initialised here): {short(self.new)}; dropped from the checkpoint: {short(self.dropped)}; "
-            f"resized: {'; '.join(self.resized) or '-'}"
+            f"resized: {'; '.join(self.resized) or '-'}; cast: {'; '.join(self.cast) or '-'}"
         )
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "format": self.format, "loaded": len(self.loaded), "new": self.new,
-                "dropped": self.dropped, "resized": self.resized}
+                "dropped": self.dropped, "resized": self.resized, "cast": self.cast}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -143,6 +149,15 @@ def detect_format(path: str | Path) -> str:
     if s.startswith(("timm:", "hf-hub:", "hf_hub:")):
         return "timm_hub"
     p = Path(s).expanduser()
+    if p.is_dir():
+        suffixes = (*TORCH_SUFFIXES, ".npz", ".safetensors")
+        found = sorted(str(q.relative_to(p)) for q in [*p.glob("*"), *p.glob("checkpoints/*")]
+                       if q.suffix in suffixes and q.is_file())[:5]
+        raise PretrainedError(
+            f"model.pretrained={s} is a directory, not a checkpoint file: give the file itself"
+            + (f", e.g. model.pretrained={p / found[0]} (found there: {', '.join(found)})" if found else
+               " (.ckpt / .npz / .pth / .safetensors); none was found in it")
+        )
     if not p.is_file():
         raise FileNotFoundError(
             f"model.pretrained={s}: no such file ({p.resolve()}). Give a .ckpt / .npz / .pth / .safetensors path, "
@@ -182,6 +197,88 @@ def _open_npz(path: str):
     except Exception as e:  # noqa: BLE001 - any decode error means the file is unusable
         raise PretrainedError(f"model.pretrained={path} is not a readable .npz archive ({type(e).__name__}: {e})") from e
     return w, files
+
+
+def npz_index(path: str) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """``{key: (numpy dtype, shape)}`` of every array in an ``.npz``, from the ``.npy`` headers alone.
+
+    Nothing is decoded, so an object array (a pickle) or a wrong-shaped array is named before anything reads it.
+    """
+    import numpy as np
+
+    fmt = np.lib.format
+    out: dict[str, tuple[Any, tuple[int, ...]]] = {}
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            key = name[:-4] if name.endswith(".npy") else name
+            try:
+                with z.open(name) as f:
+                    version = fmt.read_magic(f)
+                    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, _, dtype = read(f)
+            except Exception as e:  # noqa: BLE001 - a broken header means the array is unusable
+                raise PretrainedError(
+                    f"model.pretrained={path}: array '{key}' is not a readable .npy entry ({type(e).__name__}: {e})"
+                ) from e
+            out[key] = (dtype, tuple(int(d) for d in shape))
+    return out
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _refuse_non_float(path: str, bad: list[tuple[str, str, str]]) -> None:
+    """``bad``: (tensor, its dtype, the model's dtype). Casting integers to float would load garbage that then
+    trains silently, and an object array is a pickle: both are refused, naming the first tensor."""
+    if not bad:
+        return
+    key, got, want = bad[0]
+    more = f" (and {len(bad) - 1} more: {', '.join(f'{k} {d}' for k, d, _ in bad[1:5])}{', ...' if len(bad) > 5 else ''})"
+    if got.startswith("an object array"):
+        why = ("An object array is a pickled Python object, which vitlab never loads (np.load(allow_pickle=False)): "
+               "save the weights as plain float arrays.")
+    else:
+        why = ("Integer weights are quantised data (they need the scales and scheme that made them), not a float "
+               "checkpoint: dequantise them to float with the tool that quantised them, or use the float release "
+               "of these weights.")
+    raise PretrainedError(
+        f"model.pretrained={path}: tensor '{key}' is {got} where the model holds {want}"
+        + (more if len(bad) > 1 else "") + ". " + why
+    )
+
+
+def _cast_summary(casts: Counter) -> list[str]:
+    return [f"{n} tensors {a} -> {b}" for (a, b), n in sorted(casts.items())]
+
+
+def check_npz_dtypes(path: str, index: dict[str, tuple[Any, tuple[int, ...]]], prefix: str, model: nn.Module,
+                     report: LoadReport) -> None:
+    """Refuse non-float arrays under the weights' ``prefix``; list the float arrays that will be cast (timm's
+    loaders copy them into the model's parameters, which casts)."""
+    want = _dtype_name(next(model.parameters()).dtype)
+    casts: Counter = Counter()
+    bad = []
+    for key, (dtype, _) in sorted(index.items()):
+        if not key.startswith(prefix):
+            continue  # e.g. optimizer state next to opt/target/: never read
+        if dtype.kind != "f":
+            bad.append((key, "an object array (a pickle)" if dtype.hasobject else str(dtype), want))
+        elif str(dtype) != want:
+            casts[(str(dtype), want)] += 1
+    _refuse_non_float(path, bad)
+    report.cast += _cast_summary(casts)
+
+
+def _npz_dims(path: str, shapes: dict[str, tuple[int, ...]], key: str, layout: str) -> tuple[int, ...]:
+    """The shape of ``key``, which must have one dimension per name in ``layout`` (official layouts)."""
+    shape = shapes[key]
+    if len(shape) != len(layout.split(",")):
+        raise PretrainedError(
+            f"model.pretrained={path}: array '{key}' has shape {shape}, but the official files store it as "
+            f"({layout}). Is this .npz converted or edited by hand? Use the file as released."
+        )
+    return shape
 
 
 def _torch_state_dict(path: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -253,8 +350,8 @@ def _npz_prefix(files: set[str], anchor: str) -> str:
     return ""
 
 
-def describe_vit_npz(path: str, files: set[str], w) -> dict[str, Any]:
-    """Architecture facts of an official ViT / R50+ViT ``.npz`` from its key names and shapes."""
+def describe_vit_npz(path: str, files: set[str], shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """Architecture facts of an official ViT / R50+ViT ``.npz`` from its key names and shapes (``npz_index``)."""
     p = _npz_prefix(files, "embedding/kernel")
     need = [f"{p}embedding/kernel", f"{p}Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"]
     missing = [k for k in need if k not in files]
@@ -263,15 +360,29 @@ def describe_vit_npz(path: str, files: set[str], w) -> dict[str, Any]:
             f"model.pretrained={path} is not an official ViT .npz: missing {missing} "
             "(expected google-research/vision_transformer keys such as Transformer/encoderblock_0/...)"
         )
-    emb = w[f"{p}embedding/kernel"].shape  # (P, P, C, D)
-    q = w[f"{p}Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"].shape  # (D, H, hd)
+    emb = _npz_dims(path, shapes, f"{p}embedding/kernel", "patch, patch, channels, width")
+    q = _npz_dims(path, shapes, f"{p}Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel",
+                  "width, heads, head width")
+    mlp = f"{p}Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"
+    if mlp not in files:
+        raise PretrainedError(f"model.pretrained={path} is not an official ViT .npz: missing '{mlp}'")
     depth = sum(1 for k in files if re.fullmatch(rf"{re.escape(p)}Transformer/encoderblock_\d+/LayerNorm_0/scale", k))
+    block = re.compile(rf"{re.escape(p)}Transformer/encoderblock_(\d+)/(.+)")
+    for k in sorted(files):  # every block has block 0's shapes: an edited tensor is named here, not deep in timm
+        m = block.fullmatch(k)
+        first = f"{p}Transformer/encoderblock_0/{m.group(2)}" if m else None
+        if first in shapes and shapes[k] != shapes[first]:
+            raise PretrainedError(
+                f"model.pretrained={path}: array '{k}' has shape {shapes[k]} but '{first}' has {shapes[first]}; "
+                "every encoder block of an official ViT .npz has the same shapes. Is this .npz converted or edited "
+                "by hand? Use the file as released."
+            )
     out: dict[str, Any] = {
         "family": "hybrid" if f"{p}conv_root/kernel" in files else "vit",
         "width": int(emb[-1]),
         "depth": depth,
         "heads": int(q[1]),
-        "mlp": int(w[f"{p}Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"].shape[-1]),
+        "mlp": int(_npz_dims(path, shapes, mlp, "width, mlp width")[-1]),
         "patch": int(emb[0]),
         "class_token": f"{p}cls" in files,
     }
@@ -285,11 +396,13 @@ def describe_vit_npz(path: str, files: set[str], w) -> dict[str, Any]:
     return out
 
 
-def describe_bit_npz(path: str, files: set[str], w) -> dict[str, Any]:
+def describe_bit_npz(path: str, files: set[str], shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     p = "resnet/"
-    root = f"{p}root_block/standardized_conv2d/kernel"
-    if root not in files:
-        raise PretrainedError(f"model.pretrained={path} is not a BiT .npz: no '{root}' key")
+    root, norm = f"{p}root_block/standardized_conv2d/kernel", f"{p}group_norm/gamma"
+    for key in (root, norm):
+        if key not in files:
+            raise PretrainedError(f"model.pretrained={path} is not a BiT .npz: no '{key}' key")
+    root_shape = _npz_dims(path, shapes, root, "kernel, kernel, channels, stem width")
     stages = []
     i = 1
     while any(k.startswith(f"{p}block{i}/") for k in files):
@@ -297,10 +410,10 @@ def describe_bit_npz(path: str, files: set[str], w) -> dict[str, Any]:
         i += 1
     return {
         "family": "bit",
-        "stem_width": int(w[root].shape[-1]),
-        "stem_kernel": int(w[root].shape[0]),
+        "stem_width": int(root_shape[-1]),
+        "stem_kernel": int(root_shape[0]),
         "stages": tuple(stages),
-        "features": int(w[f"{p}group_norm/gamma"].shape[-1]),
+        "features": int(_npz_dims(path, shapes, norm, "features")[-1]),
     }
 
 
@@ -308,14 +421,18 @@ def _vit_npz_state_dict(path: str, model: nn.Module, keep_head: bool, report: Lo
     from timm.models.vision_transformer import _load_weights
 
     w, files = _open_npz(path)
+    index = npz_index(path)
+    shapes = {k: s for k, (_, s) in index.items()}
     with w:
-        got = describe_vit_npz(path, files, w)
-        _arch_mismatch(path, describe_model(model), got)
         p = _npz_prefix(files, "embedding/kernel")
-        k_src = int(w[f"{p}head/bias"].shape[-1]) if f"{p}head/bias" in files else 0
-        pos = w[f"{p}Transformer/posembed_input/pos_embedding"].shape
-        pre_logits = {k: w[k] for k in files if k.startswith(f"{p}pre_logits/")}
-        head_npz = {k: w[k] for k in files if k.startswith(f"{p}head/")}
+        check_npz_dtypes(path, index, p, model, report)
+        got = describe_vit_npz(path, files, shapes)
+        _arch_mismatch(path, describe_model(model), got)
+        k_src = int(shapes[f"{p}head/bias"][-1]) if shapes.get(f"{p}head/bias") else 0
+        pos = _npz_dims(path, shapes, f"{p}Transformer/posembed_input/pos_embedding", "1, tokens, width")
+        want = next(model.parameters()).dtype
+        pre_logits = {k: torch.from_numpy(w[k]).to(want) for k in files if k.startswith(f"{p}pre_logits/")}
+        head_npz = {k: torch.from_numpy(w[k]).to(want) for k in files if k.startswith(f"{p}head/")}
     src = copy.deepcopy(model)
     # A representation (pre-logits) layer sits between the features and head/kernel: timm loads neither then.
     src.reset_classifier(0 if pre_logits else k_src)
@@ -323,7 +440,7 @@ def _vit_npz_state_dict(path: str, model: nn.Module, keep_head: bool, report: Lo
     with torch.no_grad():
         try:
             _load_weights(src, path, prefix=p)
-        except (KeyError, RuntimeError, ValueError) as e:
+        except (KeyError, RuntimeError, ValueError, IndexError, TypeError) as e:
             raise PretrainedMismatchError(f"model.pretrained={path} does not fit the model: {type(e).__name__}: {e}") from e
     sd = src.state_dict()
     old_grid = int(round(math.sqrt(pos[1] - n_prefix)))
@@ -333,10 +450,10 @@ def _vit_npz_state_dict(path: str, model: nn.Module, keep_head: bool, report: Lo
                               "tokens (2-D bilinear, timm)")
     if pre_logits:
         if keep_head and isinstance(model.head, nn.Sequential) and hasattr(model.head, "pre_logits"):
-            sd["head.pre_logits.0.weight"] = torch.from_numpy(pre_logits[f"{p}pre_logits/kernel"]).T.contiguous()
-            sd["head.pre_logits.0.bias"] = torch.from_numpy(pre_logits[f"{p}pre_logits/bias"])
-            sd["head.head.weight"] = torch.from_numpy(head_npz[f"{p}head/kernel"]).T.contiguous()
-            sd["head.head.bias"] = torch.from_numpy(head_npz[f"{p}head/bias"])
+            sd["head.pre_logits.0.weight"] = pre_logits[f"{p}pre_logits/kernel"].T.contiguous()
+            sd["head.pre_logits.0.bias"] = pre_logits[f"{p}pre_logits/bias"]
+            sd["head.head.weight"] = head_npz[f"{p}head/kernel"].T.contiguous()
+            sd["head.head.bias"] = head_npz[f"{p}head/bias"]
         else:
             report.dropped += sorted([*pre_logits, *head_npz])
     return sd
@@ -346,16 +463,19 @@ def _bit_npz_state_dict(path: str, model: nn.Module, report: LoadReport) -> dict
     from timm.models.resnetv2 import _load_weights
 
     w, files = _open_npz(path)
+    index = npz_index(path)
+    shapes = {k: s for k, (_, s) in index.items()}
     with w:
-        got = describe_bit_npz(path, files, w)
+        check_npz_dtypes(path, index, "resnet/", model, report)
+        got = describe_bit_npz(path, files, shapes)
         _arch_mismatch(path, describe_model(model), got)
-        k_src = int(w["resnet/head/conv2d/bias"].shape[-1]) if "resnet/head/conv2d/bias" in files else 0
+        k_src = int(shapes["resnet/head/conv2d/bias"][-1]) if shapes.get("resnet/head/conv2d/bias") else 0
     src = copy.deepcopy(model)
     src.reset_classifier(k_src)
     with torch.no_grad():
         try:
             _load_weights(src, path, prefix="resnet/")
-        except (KeyError, RuntimeError, ValueError) as e:
+        except (KeyError, RuntimeError, ValueError, IndexError, TypeError) as e:
             raise PretrainedMismatchError(f"model.pretrained={path} does not fit the model: {type(e).__name__}: {e}") from e
     return src.state_dict()
 
@@ -421,11 +541,34 @@ def _summarise_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
     return out
 
 
+def _match_dtypes(sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor], source: str,
+                  report: LoadReport) -> None:
+    """Cast float tensors of another precision to the model's dtype in place (listed in ``report.cast``); refuse
+    a tensor that is not floating point where the model's is (or the reverse), naming it."""
+    casts: Counter = Counter()
+    bad = []
+    for k, v in sd.items():
+        if k not in target or v.dtype == target[k].dtype:
+            continue
+        want = target[k].dtype
+        if v.is_floating_point() and want.is_floating_point:
+            casts[(_dtype_name(v.dtype), _dtype_name(want))] += 1
+            sd[k] = v.to(want)
+        else:
+            bad.append((k, _dtype_name(v.dtype), _dtype_name(want)))
+    _refuse_non_float(source, bad)
+    report.cast += _cast_summary(casts)
+
+
 def adapt_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, source: str, keep_head: bool,
                      report: LoadReport) -> dict[str, torch.Tensor]:
     """Fit a foreign state dict to ``model``: resize position embeddings, drop/keep the head, check every shape."""
     target = model.state_dict()
     sd = dict(sd)
+    if not keep_head:
+        report.dropped += sorted(k for k in sd if _is_head(k))
+        sd = {k: v for k, v in sd.items() if not _is_head(k)}
+    _match_dtypes(sd, target, source, report)
     if "pos_embed" in sd and "pos_embed" in target and sd["pos_embed"].shape != target["pos_embed"].shape:
         n_prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
         if sd["pos_embed"].shape[-1] == target["pos_embed"].shape[-1]:
@@ -434,9 +577,6 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, source: str,
             og = int(round(math.sqrt(old.shape[1] - n_prefix)))
             g = tuple(model.patch_embed.grid_size)
             report.resized.append(f"pos_embed: {n_prefix}+{og}x{og} -> {n_prefix}+{g[0]}x{g[1]} tokens (2-D {POS_EMBED_INTERPOLATION})")
-    if not keep_head:
-        report.dropped += sorted(k for k in sd if _is_head(k))
-        sd = {k: v for k, v in sd.items() if not _is_head(k)}
     missing = sorted(k for k in target if k not in sd and (keep_head or not _is_head(k)))
     unexpected = sorted(k for k in sd if k not in target)
     wrong = sorted(k for k in sd if k in target and sd[k].shape != target[k].shape)
