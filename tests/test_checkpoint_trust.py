@@ -250,3 +250,17 @@ def test_checkpoints_from_before_this_change_still_load(clean, tmp_path):
     ckpt["vitlab_config"]["module"]["_target_"] = "vitlab.modules.mpp.MaskedPatchPredictionModule"
     torch.save(ckpt, tmp_path / "old_mpp.ckpt")
     assert read_run(tmp_path / "old_mpp.ckpt", with_data=False).objective == "mpp"
+
+
+def test_installed_hydra_blocks_dangerous_targets():
+    """pyproject/constraints pin hydra-core>=1.3.7: the first release whose instantiate blocklist a config cannot
+    switch off (defence in depth: vitlab itself never instantiates what a file names)."""
+    import importlib.metadata
+
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from packaging.version import Version
+
+    assert Version(importlib.metadata.version("hydra-core")) >= Version("1.3.7")
+    with pytest.raises(InstantiationException, match="blocklisted"):
+        instantiate({"_target_": "os.system", "_args_": ["true"]})
