@@ -95,41 +95,72 @@ def poisoned(clean, tmp_path_factory):
     return make
 
 
-def run_task(task: str, ckpt: Path, out: Path):
-    """The task as ``python -m vitlab.<task> ckpt_path=<ckpt> ...`` runs it (composed with Hydra's compose API)."""
+#: ``python -m vitlab.<task> ckpt_path=<ckpt> <these>``
+TASK_ARGS = {
+    "evaluate": ("evaluate", []),
+    "analyze": ("analyze", ["num_images=4", "rollout_images=1"]),
+    "fewshot": ("fewshot", ["data=digits", "shots=[1]", "seeds=1"]),
+    "vtab": ("vtab", ["data.task=dtd", "vtab.lr_grid=[0.01]", "vtab.steps=1"]),
+    "resume": ("train", ["model=vit_micro", "data=digits", *TINY]),  # train with ckpt_path=<file> resumes from it
+}
+
+
+def compose_task(task: str, ckpt: Path, out: Path):
+    config, args = TASK_ARGS[task]
     try:
-        if task == "evaluate":
-            from vitlab.evaluate import evaluate
-
-            return evaluate(compose_cfg("evaluate", [f"ckpt_path={ckpt}"], out))
-        if task == "analyze":
-            from vitlab.analyze import analyze
-
-            return analyze(compose_cfg("analyze", [f"ckpt_path={ckpt}", "num_images=4", "rollout_images=1"], out))
-        if task == "fewshot":
-            from vitlab.fewshot import fewshot
-
-            return fewshot(compose_cfg("fewshot", [f"ckpt_path={ckpt}", "data=digits", "shots=[1]", "seeds=1"], out))
-        if task == "vtab":
-            from vitlab.vtab import run_task as vtab_task
-
-            return vtab_task(compose_cfg("vtab", [f"ckpt_path={ckpt}", "data.task=dtd", f"data.root={out}/vtab",
-                                                  "vtab.lr_grid=[0.01]", "vtab.steps=1"], out))
-        if task == "resume":  # train with ckpt_path=<that file>: resume from it
-            from vitlab.train import train
-
-            return train(compose_cfg("train", ["model=vit_micro", "data=digits", *TINY, f"ckpt_path={ckpt}"], out))
-        raise AssertionError(task)
+        return compose_cfg(config, [f"ckpt_path={ckpt}", *args], out)
     finally:
         GlobalHydra.instance().clear()
 
 
+def run_task(task: str, cfg) -> dict:
+    """The task's entry point, in-process, on a config composed as the CLI composes it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(cfg)
+    if task == "evaluate":
+        from vitlab.evaluate import evaluate
+
+        return evaluate(cfg)
+    if task == "analyze":
+        from vitlab.analyze import analyze
+
+        return analyze(cfg)
+    if task == "fewshot":
+        from vitlab.fewshot import fewshot
+
+        return fewshot(cfg)
+    if task == "vtab":
+        from vitlab.vtab import run_task as vtab_task
+
+        return vtab_task(cfg)
+    from vitlab.train import train
+
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def task_cfg(tmp_path_factory):
+    """task -> a function ckpt -> that task's config: composed once per task (Hydra's compose costs ~0.3 s),
+    then only ``ckpt_path`` differs, as it would on the command line."""
+    cache = {}
+
+    def make(task: str, ckpt: Path):
+        if task not in cache:
+            cache[task] = compose_task(task, ckpt, tmp_path_factory.mktemp(task))
+        cfg = copy.deepcopy(cache[task])
+        cfg.ckpt_path = str(ckpt)
+        return cfg
+
+    return make
+
+
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("section", list(PLANTS))
-def test_a_planted_target_runs_nothing_and_the_error_names_it(section, task, poisoned, tmp_path):
+def test_a_planted_target_runs_nothing_and_the_error_names_it(section, task, poisoned, task_cfg):
     ckpt, sentinel, key = poisoned(section)
     with pytest.raises(ConfigError, match=re.escape(key) + " = .*is not allowed"):
-        run_task(task, ckpt, tmp_path / "out")
+        run_task(task, task_cfg(task, ckpt))
     assert not sentinel.exists(), f"{task} ran code planted in {key}"
 
 
@@ -142,7 +173,7 @@ def test_a_planted_pickle_loader_runs_nothing(task, clean, tmp_path):
     ckpt["vitlab_config"]["data"] = {"_target_": "torch.load", "f": str(payload), "weights_only": False}
     torch.save(ckpt, tmp_path / "evil.ckpt")
     with pytest.raises(ConfigError, match=r"vitlab_config\.data\._target_ = 'torch.load' is not allowed"):
-        run_task(task, tmp_path / "evil.ckpt", tmp_path / "out")
+        run_task(task, compose_task(task, tmp_path / "evil.ckpt", tmp_path / "out"))
     assert not sentinel.exists()
 
 
@@ -264,3 +295,19 @@ def test_installed_hydra_blocks_dangerous_targets():
     assert Version(importlib.metadata.version("hydra-core")) >= Version("1.3.7")
     with pytest.raises(InstantiationException, match="blocklisted"):
         instantiate({"_target_": "os.system", "_args_": ["true"]})
+
+
+def test_read_run_called_from_python_takes_what_differs_from_the_defaults(trained, monkeypatch):
+    """Without Hydra's override list (a notebook, a script), the keys of ``cfg.data`` that differ from
+    ``conf/data/<name>.yaml`` are the caller's choices; the rest comes from the checkpoint."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from vitlab.runs import data_groups, read_run
+
+    data = OmegaConf.load(data_groups()["digits"])
+    data.batch_size = 5
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    run = read_run(trained, OmegaConf.create({"data": data}))
+    assert (run.data.batch_size, run.data.img_size, run.data.eval_img_size, run.data.train_size) == (5, 16, 16, 192)
+    assert read_run(trained).data.eval_batch_size == 200  # no cfg at all: the checkpoint's values

@@ -222,7 +222,7 @@ def rebuild_data_cfg(stored: dict[str, Any] | None, cfg: DictConfig | None, path
                                                       for k, v in cfg.items() if k not in ("data", "hydra")})
     with open_dict(parent):
         parent.data = base
-        defaults = OmegaConf.to_container(parent.data, resolve=True) if chosen is not None else {}
+        defaults = OmegaConf.create(OmegaConf.to_container(parent, resolve=False)).data  # conf values, in context
         values = strip_instructions(stored)
         parent.data = OmegaConf.merge(base, values)
         # A stored config is resolved (eval_img_size: 16), its conf file links keys (eval_img_size: ${.img_size}).
@@ -240,10 +240,17 @@ def rebuild_data_cfg(stored: dict[str, Any] | None, cfg: DictConfig | None, path
     if chosen is not None:
         keys = _cli_data_keys(cfg)
         if keys is None:  # called from Python: what differs from the config's defaults was chosen
-            keys = [k for k, v in OmegaConf.to_container(chosen, resolve=True).items() if defaults.get(k) != v]
+            keys = [k for k in chosen if _value(chosen, k) != _value(defaults, k)]
         for key in keys:
             OmegaConf.update(parent.data, key, OmegaConf.select(chosen, key), merge=False, force_add=True)
     return OmegaConf.create(OmegaConf.to_container(parent.data, resolve=True))
+
+
+def _value(node: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(node, key, throw_on_resolution_failure=True, throw_on_missing=True)
+    except Exception:  # noqa: BLE001 - unresolvable here (e.g. a folder root that is not given): not comparable
+        return "\0unresolved"
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
