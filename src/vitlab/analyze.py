@@ -46,9 +46,9 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 
     from vitlab.analysis import figures as F
     from vitlab.analysis import inspect_vit as V
-    from vitlab.evaluate import load_run
+    from vitlab.runs import load_run
 
-    _, module, _, dm = load_run(cfg, families=("vit", "hybrid"))  # vitlab.analyze inspects ViTs
+    _, module, dm = load_run(cfg, families=("vit", "hybrid"))  # vitlab.analyze inspects ViTs
     module.eval()
     vit = V._vit(module)
     out = Path(cfg.paths.output_dir)

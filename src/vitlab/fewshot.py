@@ -25,16 +25,14 @@ log = logging.getLogger("vitlab.fewshot")
 
 def load_backbone(cfg: DictConfig):
     """The frozen network: from a vitlab checkpoint (its own model config), or ``model=`` + ``model.pretrained=``."""
-    from vitlab.evaluate import load_checkpoint
     from vitlab.models import build_model
     from vitlab.models.pretrained import load_pretrained
+    from vitlab.runs import read_run
 
     if cfg.get("ckpt_path"):
-        ckpt = load_checkpoint(cfg.ckpt_path)
-        model_cfg = (ckpt.get("hyper_parameters") or {}).get("model") or (ckpt.get("vitlab_config") or {}).get("model")
-        if not model_cfg:
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path} stores no model config: is it a vitlab checkpoint?")
-        if not any(k.startswith("net.head.") for k in ckpt.get("state_dict", {})):
+        run = read_run(cfg.ckpt_path, cfg, with_data=False)  # data is this task's own (data=...)
+        model_cfg = run.model
+        if not any(k.startswith("net.head.") for k in run.checkpoint.get("state_dict", {})):
             model_cfg = {**model_cfg, "num_classes": 0}  # e.g. masked patch prediction: a backbone without head
         net = build_model(**model_cfg)
         load_pretrained(net, cfg.ckpt_path, keep_head=True)

@@ -44,7 +44,10 @@ def check_launch(cfg: DictConfig) -> None:
 
 
 def build_module(cfg: DictConfig):
+    """The objective of this job. ``module._target_`` comes from the composed config (vitlab's config groups and
+    the command line, which vitlab trusts); a checkpoint never reaches here (``vitlab.runs`` reads those)."""
     from vitlab.modules import ClassificationModule
+    from vitlab.runs import checkpoint_config
 
     module_cfg = to_plain(cfg.module)  # `module._target_` picks another objective (e.g. masked patch prediction)
     cls = hydra.utils.get_class(module_cfg.pop("_target_")) if "_target_" in module_cfg else ClassificationModule
@@ -53,7 +56,7 @@ def build_module(cfg: DictConfig):
         from vitlab.models.pretrained import load_pretrained
 
         load_pretrained(module.net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")))
-    module.run_config = job_config(cfg)
+    module.run_config = checkpoint_config(cfg)  # stored as data: no `_target_` (vitlab/runs.py)
     return module
 
 

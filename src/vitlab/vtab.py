@@ -36,15 +36,15 @@ def _cli_chose(prefix: str) -> bool:
 
 
 def checkpoint_model_cfg(ckpt_path: str) -> dict[str, Any] | None:
-    """The model config stored in a vitlab checkpoint, or None for foreign formats (.npz, .safetensors, ...)."""
+    """The model config stored in a vitlab checkpoint (read as data: ``vitlab.runs``), or None for foreign
+    formats (.npz, .safetensors, ...)."""
     from vitlab.models.pretrained import detect_format
+    from vitlab.runs import read_run
 
     if detect_format(ckpt_path) != "torch":
         return None
-    from vitlab.evaluate import load_checkpoint
-
-    ckpt = load_checkpoint(ckpt_path)
-    return (ckpt.get("hyper_parameters") or {}).get("model")
+    # the data is this job's VTAB task; a plain state dict (no model config) needs model= on the command line
+    return read_run(ckpt_path, with_data=False, require_model=False).model or None
 
 
 def _copy(cfg: DictConfig) -> DictConfig:

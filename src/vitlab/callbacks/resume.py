@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,22 @@ def peek_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ResumeError(f"{p} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by vitlab.train")
+    from vitlab.runs import check_checkpoint
+
+    try:  # a checkpoint is data: one that names code (a `_target_` anywhere) is refused, as by every task
+        check_checkpoint(ckpt, p)
+    except ConfigError as e:
+        raise ResumeError(str(e)) from None
     extra = ckpt.get(RESUME_KEY) or {}
+    wandb_id = extra.get("wandb_id") if isinstance(extra, dict) else None
+    if wandb_id is not None and not (isinstance(wandb_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,128}", wandb_id)):
+        raise ResumeError(f"checkpoint {p}: {RESUME_KEY}.wandb_id={wandb_id!r} is not a W&B run id "
+                          "(letters, digits, '-', '_'); it would name the W&B run directory")
+    for key in ("global_step", "epoch"):
+        if not isinstance(ckpt.get(key, 0), int) or isinstance(ckpt.get(key, 0), bool):
+            raise ResumeError(f"checkpoint {p}: {key}={ckpt.get(key)!r} is not an int")
     return {"global_step": int(ckpt.get("global_step", 0)), "epoch": int(ckpt.get("epoch", 0)),
-            "wandb_id": extra.get("wandb_id")}
+            "wandb_id": wandb_id}
 
 
 def resolve_resume(cfg: DictConfig) -> ResumePlan:

@@ -13,9 +13,13 @@ from vitlab.optim import build_optimizer, build_scheduler
 class VitlabModule(L.LightningModule):
     """Base of the objectives (supervised, masked patch prediction); ``hparams.optim`` is the optim config dict."""
 
+    #: the name ``vitlab.runs.OBJECTIVES`` reads this class back by (a checkpoint names no class itself)
+    OBJECTIVE: str = ""
+
     def __init__(self) -> None:
         super().__init__()
-        #: the run's resolved config (plain containers), stored in every checkpoint for ``vitlab.evaluate``
+        #: the run's resolved config (plain containers, no ``_target_``), stored in every checkpoint for
+        #: ``vitlab.runs.read_run``
         self.run_config: dict[str, Any] | None = None
 
     def optimized_module(self) -> nn.Module:
@@ -23,6 +27,7 @@ class VitlabModule(L.LightningModule):
         return self.net
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vitlab_objective"] = self.OBJECTIVE
         if self.run_config is not None:
             checkpoint["vitlab_config"] = self.run_config
 

@@ -89,6 +89,8 @@ def init_head_bias(net: torch.nn.Module, value: float) -> None:
 
 
 class ClassificationModule(VitlabModule):
+    OBJECTIVE = "classification"
+
     def __init__(
         self,
         model: dict[str, Any],

@@ -61,6 +61,8 @@ def mean_colour_targets(images: torch.Tensor, patch_size: int, bits: int = 3,
 
 
 class MaskedPatchPredictionModule(VitlabModule):
+    OBJECTIVE = "mpp"
+
     def __init__(
         self,
         model: dict[str, Any],
