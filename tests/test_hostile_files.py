@@ -165,6 +165,19 @@ def test_one_pixel_limit_applies_to_every_format_and_decoder(tmp_path, monkeypat
     assert _hw(load_image(path, decoder, max_image_pixels=10_000)) == (48, 64)
 
 
+@linux_only
+@pytest.mark.parametrize("draft_min_side", [None, 32])
+def test_a_bomb_inside_a_packed_shard_is_refused_from_its_header(draft_min_side):
+    """Shards come from other people too: the packed reader (plain and draft-decoding paths) goes through the
+    same header check as a file on disk."""
+    from vitlab.data.packed import decode
+
+    grew, err = peak_rss_growth(lambda: decode(bomb_jpeg(), draft_min_side, "image 7 of shards/x/train"))
+    assert isinstance(err, RefusedImageError), err
+    assert "image 7 of shards/x/train" in str(err) and "data.max_image_pixels" in str(err)
+    assert grew < 200 * 2**20, f"peak RSS grew by {grew / 2**20:.0f} MB"
+
+
 # ---- 2. only regular files, with a size cap ---------------------------------------------------------------
 @linux_only
 def test_a_fifo_named_jpg_is_refused_at_once_instead_of_hanging(tmp_path):

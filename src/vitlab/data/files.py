@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from vitlab.data.base import DataConfigError, VisionDataModule
 from vitlab.data.tree import ancestor_keys, list_class_dirs, walk_files
@@ -167,34 +167,58 @@ def load_image(
     return decode_image_bytes(read_image_bytes(path, max_file_bytes), path, decoder, max_image_pixels)
 
 
+def check_declared_pixels(w: int, h: int, path: str | os.PathLike, max_image_pixels: int) -> None:
+    """Refuse an image from the size its header declares, before a single pixel is decoded."""
+    if w * h > max_image_pixels:
+        raise RefusedImageError(
+            f"image {path} declares {w}x{h} = {w * h:,} pixels, more than data.max_image_pixels="
+            f"{max_image_pixels:,}; refused before decoding (a decompression bomb?). "
+            + _refusal_hint("data.max_image_pixels")
+        )
+    if w <= 0 or h <= 0:
+        raise CorruptImageError(
+            f"image {path} declares an empty size {w}x{h}. Replace or delete the file, "
+            "or set data.skip_corrupt=true to skip unreadable images with a warning"
+        )
+
+
 def decode_image_bytes(
-    data: bytes, path: str | os.PathLike, decoder: str = "auto", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    data: bytes,
+    path: str | os.PathLike,
+    decoder: str = "auto",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    draft_min_side: int | None = None,
 ) -> Image.Image | torch.Tensor:
     """Decode an image file's bytes (``path`` names it in errors) after checking the pixel count its
-    header declares against ``max_image_pixels``: every decoder of vitlab goes through here."""
+    header declares against ``max_image_pixels``: every decoder of vitlab goes through here.
+
+    With ``draft_min_side``, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's
+    ``draft``) as long as its short side stays >= ``draft_min_side`` (the packed reader's ``data.draft``)."""
     _let_pil_open(max_image_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below names the key
             im = Image.open(io.BytesIO(data))  # lazy: parses the header, decodes nothing
         with im:
-            w, h = im.size
-            if w * h > max_image_pixels:
-                raise RefusedImageError(
-                    f"image {path} declares {w}x{h} = {w * h:,} pixels, more than data.max_image_pixels="
-                    f"{max_image_pixels:,}; refused before decoding (a decompression bomb?). "
-                    + _refusal_hint("data.max_image_pixels")
-                )
-            if w <= 0 or h <= 0:
-                raise CorruptImageError(
-                    f"image {path} declares an empty size {w}x{h}. Replace or delete the file, "
-                    "or set data.skip_corrupt=true to skip unreadable images with a warning"
-                )
+            check_declared_pixels(*im.size, path, max_image_pixels)
+            if draft_min_side and data[:3] == b"\xff\xd8\xff":
+                w, h = im.size
+                r = 1
+                while r < 8 and min(w, h) // (2 * r) >= draft_min_side:
+                    r *= 2
+                if r > 1:
+                    im.draft("RGB", (w // r, h // r))  # PIL picks the largest scale whose output is >= this
+                    return im.convert("RGB")
             if decoder == "auto" and data[:3] == b"\xff\xd8\xff":
                 try:  # libjpeg-turbo reads the same (single, else it errors) SOF header PIL just checked
                     return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
                 except RuntimeError:
                     pass  # truncated or unusual: PIL gives the verdict (and the error message)
+            if decoder == "torchvision":  # libjpeg-turbo / libpng for every format torchvision reads (packed shards)
+                try:
+                    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+                except RuntimeError:
+                    pass
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 return im.convert("RGB")

@@ -36,7 +36,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vitlab.data.base import DataConfigError, VisionDataModule
-from vitlab.data.files import CorruptImageError, DatasetFormatError, DatasetNotFoundError
+from vitlab.data.files import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    CorruptImageError,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    decode_image_bytes,
+    positive_int,
+)
 
 log = logging.getLogger(__name__)
 
@@ -200,30 +207,16 @@ def check_chunks(root: str, split: str, info: dict[str, Any], verify: bool, time
 
 
 # ---- decoding -------------------------------------------------------------------------------------------
-def decode(data: bytes | memoryview, draft_min_side: int | None = None) -> Image.Image | torch.Tensor:
+def decode(data: bytes | memoryview, draft_min_side: int | None = None, where: str = "packed image",
+           max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image | torch.Tensor:
     """Encoded image -> uint8 CHW tensor (libjpeg-turbo / libpng via torchvision) or RGB PIL image.
 
-    With ``draft_min_side``, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's
-    ``draft``) as long as its short side stays >= ``draft_min_side``: the pipeline's crop and resize then
-    start from fewer pixels and cover the same image region, up to resampling error.
+    It is ``files.decode_image_bytes``, the one decoder with the header check of ``data.max_image_pixels``:
+    shards come from other people too, and a bomb inside one costs no more than a normal image.
+    With ``draft_min_side``, a JPEG is decoded at reduced scale (DCT scaling): the pipeline's crop and resize
+    then start from fewer pixels and cover the same image region, up to resampling error.
     """
-    buf = bytes(data)
-    if draft_min_side and buf[:3] == b"\xff\xd8\xff":
-        im = Image.open(io.BytesIO(buf))
-        w, h = im.size
-        r = 1
-        while r < 8 and min(w, h) // (2 * r) >= draft_min_side:
-            r *= 2
-        if r > 1:
-            im.draft("RGB", (w // r, h // r))  # PIL picks the largest scale whose output is >= this
-            return im.convert("RGB")
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        return decode_image(torch.frombuffer(bytearray(buf), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError:
-        with Image.open(io.BytesIO(buf)) as im:
-            return im.convert("RGB")
+    return decode_image_bytes(bytes(data), where, "torchvision", max_image_pixels, draft_min_side)
 
 
 class PackedSplit(Dataset):
@@ -235,6 +228,7 @@ class PackedSplit(Dataset):
         self.targets = [int(t) for t in labels]
         self.cache_dir, self.timeout = cache_dir, timeout
         self.draft_min_side: int | None = None  # set by the DataModule from the stage's pipeline
+        self.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS  # set by the DataModule (data.max_image_pixels)
         self._ds = None
         self._trace = None
 
@@ -272,7 +266,10 @@ class PackedSplit(Dataset):
         if os.environ.get(TRACE_ENV):
             self._log_read(i)
         try:
-            img = decode(item["image"], self.draft_min_side)
+            img = decode(item["image"], self.draft_min_side, f"image {i} of {self.root}/{self.split}",
+                         self.max_image_pixels)
+        except CorruptImageError:
+            raise
         except Exception as e:
             raise CorruptImageError(f"image {i} of {self.root}/{self.split} does not decode ({e})") from e
         if "extra" in item:
@@ -311,7 +308,8 @@ class PackedDataModule(VisionDataModule):
     def __init__(self, root: str | None = None, verify: bool = False, cache_dir: str | None = None,
                  timeout: float = 30.0, draft: bool = False, classes: list[str] | None = None,
                  num_classes: int | None = None, train_pipeline: str | None = None,
-                 eval_pipeline: str | None = None, **kwargs: Any) -> None:
+                 eval_pipeline: str | None = None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 **kwargs: Any) -> None:
         self.meta = read_manifest(root, timeout)
         src = self.meta.get("source", {})
         found = list(self.meta["classes"])
@@ -328,6 +326,7 @@ class PackedDataModule(VisionDataModule):
                          eval_pipeline=eval_pipeline or src.get("eval_pipeline") or "eval", **kwargs)
         self.classes = found
         self.verify, self.cache_dir, self.timeout, self.draft = bool(verify), cache_dir, float(timeout), bool(draft)
+        self.max_image_pixels = positive_int(max_image_pixels, "data.max_image_pixels")
 
     def open_split(self, split: str) -> PackedSplit:
         splits = self.meta["splits"]
@@ -344,7 +343,9 @@ class PackedDataModule(VisionDataModule):
         labels = np.load(io.BytesIO(raw))
         if len(labels) != info["count"]:
             raise PackedDataError(f"{self.root}/{name}/labels.npy has {len(labels)} labels, the manifest {info['count']}")
-        return PackedSplit(self.root, name, info, labels, self.cache_dir, self.timeout)
+        split_ds = PackedSplit(self.root, name, info, labels, self.cache_dir, self.timeout)
+        split_ds.max_image_pixels = self.max_image_pixels
+        return split_ds
 
     def build_splits(self):
         train, val, test = (self.open_split(s) for s in SPLITS)
