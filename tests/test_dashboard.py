@@ -46,10 +46,10 @@ def test_dashboard_spec_has_the_papers_panels_queries_and_grouping(no_network):
 
 def test_dashboard_keys_are_what_training_logs(compose_train):
     """Every config key the panels read is one vitlab.train.run_stats puts in the W&B config."""
+    from hydra.utils import instantiate
+
     from vitlab.report.dashboard import SCALING_KEYS
     from vitlab.train import build_module, run_stats
-
-    from hydra.utils import instantiate
 
     cfg = compose_train()
     stats = run_stats(build_module(cfg), instantiate(cfg.data, _convert_="all"), cfg)
