@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vitlab-installed
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-slow lint format clean bench-data bench sweep report
+.PHONY: help install pip-install lock lock-check train test test-slow lint format clean bench-data bench sweep report
 
 help:
 	@echo "make train      set up .venv, then run the quickstart (ViT vs BiT on digits, one table)"
 	@echo "make test       set up .venv, then run the default test suite"
 	@echo "make test-slow  the slow tests too (accuracy targets of the quickstart)"
+	@echo "make lock       refresh uv.lock from pyproject.toml (make lock-check: do they agree?)"
 	@echo "make lint       ruff"
 	@echo "make bench      training/eval img/s, MFU, memory: vitlab.train vs plain PyTorch vs timm (BENCH_ARGS=...)"
 	@echo "make bench-data input-pipeline img/s: vitlab's ImageNet loader vs torchvision ImageFolder"
@@ -19,12 +20,37 @@ help:
 	@echo "make report     table + paper figures (Fig. 3/4, Fig. 5) + HTML from the latest sweep (SWEEP_DIR=...)"
 	@echo "make clean      remove logs and caches (keeps .venv)"
 
-# Every install goes through constraints.txt (torch/torchvision pins; see DEVELOPERS.md).
-$(STAMP): pyproject.toml constraints.txt
+# Install: from uv.lock (exact versions of the whole environment) with uv; pip + constraints.txt is the fallback,
+# used automatically when uv cannot be set up or `uv sync` fails, or on request: make train INSTALLER=pip.
+# uv is installed (pinned) into .tools/uv, not into the project venv (`uv sync` removes what the lock lacks).
+INSTALLER ?= uv
+UV_VERSION ?= 0.13.9
+UV := .tools/uv/bin/uv
+
+$(UV):
+	$(PYTHON) -m venv .tools/uv && .tools/uv/bin/python -m pip install -q "uv==$(UV_VERSION)"
+
+$(STAMP): pyproject.toml constraints.txt uv.lock
+	@if [ "$(INSTALLER)" = uv ] && $(MAKE) -s $(UV) && UV_PYTHON=$(PYTHON) $(UV) sync --frozen --extra dev; then \
+		echo "[vitlab] installed from uv.lock"; \
+	else \
+		echo "[vitlab] installing with pip + constraints.txt (INSTALLER=$(INSTALLER); uv path unavailable or failed)"; \
+		$(MAKE) -s pip-install; \
+	fi
+	@touch $(STAMP)
+
+# The fallback: every pip install goes through constraints.txt (torch/torchvision pins; see DEVELOPERS.md).
+pip-install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(PY) -m pip install -q -c constraints.txt -e ".[dev]"
-	@touch $(STAMP)
+
+# Refresh uv.lock after editing pyproject.toml (commit both); CI runs `make lock-check`.
+lock: $(UV)
+	$(UV) lock
+
+lock-check: $(UV)
+	$(UV) lock --check
 
 install: $(STAMP)
 

@@ -388,8 +388,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         module = build_module(cfg)
         flops = _model_flops(module.net, model_cfg)
         stats = run_stats(module, dm, cfg)
-        callbacks = build_callbacks(cfg.get("callbacks"), cfg.trainer)
         loggers = build_loggers(cfg.get("logger"))
+        callbacks = build_callbacks(cfg.get("callbacks"), cfg.trainer, has_logger=bool(loggers))
         trainer = instantiate(cfg.trainer, callbacks=[*callbacks, WindowTimer(win)], logger=loggers or False,
                               default_root_dir=str(out_dir))
         for lg in loggers:

@@ -116,7 +116,10 @@ def _check_resolution(cfg: DictConfig) -> None:
 
 #: the DataModule arguments :func:`vitlab.data.base.check_data_args` checks
 DATA_ARGS = ("batch_size", "eval_batch_size", "img_size", "eval_img_size", "train_size")
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine")
+#: every ``precision`` Lightning accepts (lightning/fabric/plugins/precision/precision.py: _PRECISION_INPUT),
+#: its aliases included: 16 / "16" -> 16-mixed, "bf16" -> bf16-mixed, 32 / "32", 64 / "64" (LHT's AMP test uses 16)
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "16", "bf16", "64")
 
 
 def validate_train_cfg(cfg: DictConfig) -> None:

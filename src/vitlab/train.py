@@ -21,8 +21,13 @@ from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_resu
 log = logging.getLogger("vitlab.train")
 
 
+#: DDP flavours whose workers are started by torch.multiprocessing (spawn/fork): they never re-run sys.argv
+SPAWNING_DDP = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
 def check_launch(cfg: DictConfig) -> None:
-    """Refuse Hydra multirun + DDP on a local launcher: Lightning's DDP re-runs sys.argv, i.e. the whole sweep."""
+    """Refuse Hydra multirun + DDP on a local launcher: Lightning's DDP re-runs sys.argv, i.e. the whole sweep.
+    ``ddp_spawn`` / ``ddp_fork`` (trainer=ddp_sim) start their workers in-process, so a sweep with them is fine."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -32,14 +37,15 @@ def check_launch(cfg: DictConfig) -> None:
     strategy = str(cfg.trainer.get("strategy", "auto"))
     devices = cfg.trainer.get("devices", 1)
     multi_device = devices not in (1, "1", [0]) or int(cfg.trainer.get("num_nodes", 1) or 1) > 1
-    if hc.mode == RunMode.MULTIRUN and "ddp" in strategy and multi_device:
+    spawning = strategy.startswith(SPAWNING_DDP)
+    if hc.mode == RunMode.MULTIRUN and "ddp" in strategy and not spawning and multi_device:
         launcher = str(hc.launcher.get("_target_", ""))
         if "submitit" not in launcher or "Local" in launcher:
             raise ConfigError(
                 f"Hydra multirun with trainer.strategy={strategy} and trainer.devices={devices} on the launcher "
                 f"'{launcher.rsplit('.', 1)[-1]}' would re-launch the whole sweep from every DDP process. "
                 "Use the SLURM launcher (hydra/launcher=slurm, tasks_per_node = devices) or one device "
-                "per job (trainer.devices=1)."
+                "per job (trainer.devices=1), or trainer=ddp_sim (ddp_spawn: workers never re-run the command)."
             )
 
 
@@ -105,6 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from vitlab.callbacks.resume import apply_wandb_resume, resolve_resume
+    from vitlab.utils.extras import apply_extras
     from vitlab.utils.instantiate import build_callbacks, build_loggers
     from vitlab.utils.secrets import check_no_literal_secrets, redact_hydra_dir
 
@@ -115,6 +122,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if batch_line:
         log.info(batch_line)
     check_launch(cfg)
+    fit = bool(cfg.get("train", True))
+    if not fit and cfg.get("ckpt_path") in (None, "", "null"):
+        raise ConfigError("train=false tests a trained model: pass ckpt_path=<file>.ckpt (or use vitlab.evaluate)")
+    if not fit and not cfg.get("test", True):
+        raise ConfigError("train=false test=false leaves nothing to do: drop one of them")
+    apply_extras(cfg)  # extras.print_config / enforce_tags / ignore_warnings
     plan = resolve_resume(cfg)  # ckpt_path=last / resume=auto|never: errors before anything is written
     log.info(plan.message)
     apply_wandb_resume(cfg, plan)  # the resumed job logs into the same W&B run
@@ -129,19 +142,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats["model/params_m"],
              cfg.data.name, stats["data/train_size"])
 
-    callbacks = build_callbacks(cfg.get("callbacks"), cfg.trainer)
     loggers = build_loggers(cfg.get("logger"))
+    callbacks = build_callbacks(cfg.get("callbacks"), cfg.trainer, has_logger=bool(loggers))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir))
     for lg in loggers:
         lg.log_hyperparams({**stats, "cfg": job_config(cfg)})
 
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    metrics = scalar_metrics(trainer.callback_metrics)
+    if fit:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    metrics = scalar_metrics(trainer.callback_metrics) if fit else {}
     best = None
     if cfg.get("test", True) and not trainer.interrupted:
         ckpt_cb = trainer.checkpoint_callback
         best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+        best = best if fit else ckpt_path  # train=false: the checkpoint given
         (test_metrics,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)
         metrics.update(scalar_metrics(test_metrics))
     wall = time.perf_counter() - t0

@@ -30,6 +30,9 @@ class VitlabModule(L.LightningModule):
         checkpoint["vitlab_objective"] = self.OBJECTIVE
         if self.run_config is not None:
             checkpoint["vitlab_config"] = self.run_config
+        classes = getattr(getattr(self._trainer, "datamodule", None), "classes", None) if self._trainer else None
+        if classes is not None:  # the dataset's class table, for vitlab.predict's labels (plain strings)
+            checkpoint["vitlab_classes"] = [str(c) for c in classes]
 
     def configure_optimizers(self):
         optim_cfg = dict(self.hparams.optim)

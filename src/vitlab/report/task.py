@@ -2,7 +2,7 @@
 
     python -m vitlab.report                                  # the latest multirun under logs/
     python -m vitlab.report sweep_dir=logs/data_scaling/multiruns/<date>
-    python -m vitlab.report 'sweep_dir=[dirA,dirB]' out_dir=reports/fig5 wandb=true
+    python -m vitlab.report 'sweep_dir=[dirA,dirB]' out_dir=reports/fig5 wandb.log=true wandb.dashboard=true
 """
 
 from __future__ import annotations
@@ -114,6 +114,21 @@ def _log_wandb(rows, figs, title: str, out: Path) -> Path:
     return run_dir
 
 
+def dashboard_files(wb, sweeps: list[str], out_dir: str | Path) -> Path:
+    """``wandb.dashboard=true``: the workspace spec as JSON; ``wandb.push=true`` also creates it on W&B."""
+    from vitlab.report.dashboard import push_dashboard, write_dashboard
+
+    group = wb.get("group") or Path(sweeps[0]).resolve().parents[1].name  # logs/<task_name>/multiruns/<date>
+    entity, project = wb.get("entity") or "", wb.get("project") or "vitlab"
+    path = write_dashboard(out_dir, entity or "<entity>", project, group)
+    print(f"[vitlab.report] W&B dashboard for group '{group}': {path}")
+    if wb.get("push"):
+        if not os.environ.get("WANDB_API_KEY") or not entity:
+            raise ValueError("wandb.push=true needs WANDB_API_KEY and wandb.entity (or WANDB_ENTITY) set")
+        print(f"[vitlab.report] pushed: {push_dashboard(entity, project, group)}")
+    return path
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")
 def main(cfg: DictConfig) -> dict[str, Any]:
     sweep = cfg.sweep_dir
@@ -122,7 +137,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         print(f"sweep_dir=latest: {sweep}")
     sweeps = [str(s) for s in _as_list(sweep)]
     out_dir = cfg.out_dir or str(Path(sweeps[0]) / "report")
-    res = make_report(sweeps, out_dir, title=cfg.title, log_to_wandb=cfg.wandb, figures=tuple(cfg.figures))
+    wb = cfg.wandb if isinstance(cfg.wandb, DictConfig) else {"log": bool(cfg.wandb)}  # `wandb=true` still works
+    res = make_report(sweeps, out_dir, title=cfg.title, log_to_wandb=bool(wb.get("log")), figures=tuple(cfg.figures))
+    if wb.get("dashboard"):
+        res["files"]["wandb_dashboard"] = dashboard_files(wb, sweeps, out_dir)
     print(res["table"])
     for name, why in res["skipped"].items():
         print(f"[vitlab.report] figure '{name}' skipped: {why}")

@@ -64,3 +64,54 @@ class SweepSummary(Callback):
         (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2))
         total = sum(r.get("time/wall_s") or 0 for r in rows)
         print(f"\n{table}\n\n{len(rows)} runs, {total:.0f} s of training in total; table saved to {sweep_dir / 'summary.md'}")
+
+
+def self_sweeping_experiments(overrides: list[str], config_name: str = "train") -> dict[str, dict[str, Any]]:
+    """The experiments a multirun sweeps over (``experiment=a,b`` / ``experiment=glob(*)``) that carry their own
+    ``hydra.sweeper.params``, with those params. Hydra composes the sweeper from the config *without* the swept
+    overrides, so such an experiment's own sweep is dropped and each of its jobs would run something else."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, Glob
+
+    swept: list[str] = []
+    for ov in OverridesParser.create().parse_overrides(overrides):
+        if ov.get_key_element().lstrip("+~") != "experiment" or not ov.is_sweep_override():
+            continue
+        val = ov.value()
+        if isinstance(val, Glob):
+            options = GlobalHydra.instance().config_loader().get_group_options("experiment")
+            swept += val.filter(options)
+        elif isinstance(val, ChoiceSweep):
+            swept += [str(v) for v in val.list]
+    out = {}
+    for name in dict.fromkeys(swept):
+        cfg = compose(config_name=config_name, overrides=[f"experiment={name}"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.get("params")
+        if params:
+            out[name] = dict(params)
+    return out
+
+
+class ExperimentSweepGuard(Callback):
+    """Refuse ``-m experiment=glob(*)`` (or ``experiment=a,b``) when a swept experiment sweeps itself, before any
+    job starts: those jobs would silently run plain training instead of the experiment's own sweep (a Hydra
+    callback's exceptions are only warned about, so this exits with the message)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        overrides = list(config.hydra.overrides.task)
+        config_name = kwargs.get("config_name") or "train"
+        bad = self_sweeping_experiments(overrides, config_name)
+        if not bad:
+            return
+        rest = [o for o in overrides if not o.lstrip("+~").startswith("experiment=")]
+        lines = [f"  python -m vitlab.{config_name} experiment={n}"
+                 f"{' ' + ' '.join(rest) if rest else ''}    # sweeps {', '.join(f'{k}={v}' for k, v in p.items())}"
+                 for n, p in bad.items()]
+        raise SystemExit(
+            "[vitlab] refusing this multirun: these experiments sweep themselves (their own hydra.sweeper.params), "
+            "which Hydra ignores when the experiment is itself swept, so their jobs would run something else:\n"
+            + "\n".join(lines)
+            + "\nRun each of them on its own (the commands above); sweep only experiments that are single jobs."
+        )

@@ -13,19 +13,27 @@ log = logging.getLogger(__name__)
 
 PROGRESS_BARS = ("RichProgressBar", "TQDMProgressBar")
 MODEL_SUMMARIES = ("RichModelSummary", "ModelSummary")
+#: callbacks that need a logger: Lightning raises MisconfigurationException when the Trainer has none
+NEEDS_LOGGER = ("LearningRateMonitor",)
 
 
-def build_callbacks(cfg: DictConfig | None, trainer_cfg: DictConfig | None = None) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig | None, trainer_cfg: DictConfig | None = None,
+                    has_logger: bool = True) -> list[L.Callback]:
     """Instantiate the configured callbacks; ``trainer.enable_progress_bar=false`` / ``enable_model_summary=false``
-    drop the configured bar / summary (Lightning would otherwise still run a summary callback it is given)."""
+    drop the configured bar / summary (Lightning would otherwise still run a summary callback it is given).
+    ``has_logger=False`` (``logger=[]``, or a W&B that failed to start with no other logger) drops the LR
+    monitor, which Lightning refuses to run without a logger: the run goes on, it only loses the LR curve."""
     enable_progress_bar = (trainer_cfg or {}).get("enable_progress_bar", True)
     enable_model_summary = (trainer_cfg or {}).get("enable_model_summary", True)
     out = []
-    for _name, c in (cfg or {}).items():
+    for name, c in (cfg or {}).items():
         if c is None or "_target_" not in c:
             continue
         cls = str(c._target_).rsplit(".", 1)[-1]
         if (not enable_progress_bar and cls in PROGRESS_BARS) or (not enable_model_summary and cls in MODEL_SUMMARIES):
+            continue
+        if not has_logger and cls in NEEDS_LOGGER:
+            log.info("callbacks.%s (%s) skipped: no logger is configured or started", name, cls)
             continue
         out.append(instantiate(c))
     # Weight averaging (EMA) swaps the averaged weights in at validation start and back out at validation end.

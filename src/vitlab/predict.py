@@ -1,0 +1,225 @@
+"""vitlab.predict: label your own images with a trained checkpoint (timm's ``inference.py`` for vitlab).
+
+    python -m vitlab.predict ckpt_path=<run>/checkpoints/last.ckpt input=photos/ topk=5 out=preds.csv
+    python -m vitlab.predict ckpt_path=<ckpt> input='shots/*.jpg' out=preds.json multilabel=true
+
+The images go through the checkpoint's own eval pipeline (``data.eval_pipeline``, ``eval_img_size``,
+``normalization``, ``crop_pct`` as stored), in batches on the GPU when there is one. Class names come from
+the class table stored in the checkpoint (``vitlab_classes``; the dataset's class folders / names), with
+fallbacks for the embedded datasets. Unreadable images are named, skipped and counted; the others are kept.
+
+Safety: the checkpoint is read with ``torch.load(weights_only=True)`` and only its plain model config is used
+(``build_model`` by family); nothing named in the checkpoint (``_target_`` of its data config, ...) is
+instantiated or imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from vitlab.config import CONF_DIR, ConfigError
+from vitlab.tasks import task_wrapper
+
+log = logging.getLogger("vitlab.predict")
+
+#: class names of the embedded datasets (checkpoints made before vitlab stored ``vitlab_classes``)
+EMBEDDED_CLASSES = {
+    "digits": [str(i) for i in range(10)],
+    "shapes": ["disk", "square", "triangle", "ring", "plus", "hstripes", "vstripes", "checker", "dstripes", "dots"],
+}
+
+
+def find_images(spec: str) -> list[Path]:
+    """``spec`` = an image file, a folder (searched recursively) or a glob; sorted, with a clear error if empty."""
+    from vitlab.data.files import IMG_EXTENSIONS
+
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS]
+    else:
+        files = [Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file()]
+    if not files:
+        raise FileNotFoundError(
+            f"input={spec}: no image found (give an image file, a folder of images, or a quoted glob like "
+            f"'photos/*.jpg'; extensions: {', '.join(IMG_EXTENSIONS)})"
+        )
+    return sorted(files)
+
+
+def class_names(ckpt: dict[str, Any], data_cfg: dict[str, Any], k: int) -> list[str]:
+    """The checkpoint's class table, else the embedded dataset's, else the class folders of ``data.root``
+    (a directory listing, nothing is imported), else the indices."""
+    stored = ckpt.get("vitlab_classes")
+    if stored and len(stored) == k:
+        return [str(c) for c in stored]
+    name = data_cfg.get("name")
+    if name in EMBEDDED_CLASSES and len(EMBEDDED_CLASSES[name]) == k:
+        return list(EMBEDDED_CLASSES[name])
+    root = data_cfg.get("root")
+    if name == "folder" and root:
+        base = Path(str(root)) / "train" if (Path(str(root)) / "train").is_dir() else Path(str(root))
+        if base.is_dir():
+            found = sorted(e.name for e in base.iterdir() if e.is_dir() and not e.name.startswith("."))
+            if len(found) == k:
+                return found
+    return [str(i) for i in range(k)]
+
+
+def load_predictor(ckpt_path: str | Path):
+    """Checkpoint -> (net in eval mode, eval transform, class names, loss kind). Only plain data is read."""
+    from vitlab.data.transforms import build_transform
+    from vitlab.evaluate import load_checkpoint
+    from vitlab.models import build_model
+
+    ckpt = load_checkpoint(ckpt_path)
+    hp = ckpt.get("hyper_parameters") or {}
+    model_cfg = hp.get("model")
+    if not isinstance(model_cfg, dict) or "family" not in model_cfg:
+        raise ConfigError(f"ckpt_path={ckpt_path} holds no vitlab model config (hyper_parameters.model.family)")
+    net = build_model(**{k: v for k, v in model_cfg.items() if k not in ("pretrained", "compile")})
+    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    net.eval()
+    data_cfg = (ckpt.get("vitlab_config") or {}).get("data") or {}
+    img_size = int(data_cfg.get("eval_img_size") or data_cfg.get("img_size") or model_cfg.get("img_size", 224))
+    transform = build_transform(
+        str(data_cfg.get("eval_pipeline", "eval")), img_size, data_cfg.get("normalization", "paper"),
+        crop_pct=float(data_cfg.get("crop_pct", 0.875)),
+    )
+    k = int(model_cfg["num_classes"])
+    return net, transform, class_names(ckpt, data_cfg, k), str(hp.get("loss", "softmax"))
+
+
+class _Images:
+    """Decoded, transformed images; an unreadable one yields ``None`` (named and counted by the caller)."""
+
+    def __init__(self, paths: Sequence[Path], transform) -> None:
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from vitlab.data.files import load_image
+
+        try:
+            return i, self.transform(load_image(self.paths[i])), None
+        except Exception as e:  # noqa: BLE001 - any undecodable file is skipped, named in the report
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def _collate(items):
+    import torch
+
+    ok = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, err) for i, x, err in items if x is None]
+    idx = [i for i, _ in ok]
+    return idx, (torch.stack([x for _, x in ok]) if ok else None), bad
+
+
+def predict_paths(net, transform, paths: Sequence[Path], loss: str = "softmax", topk: int = 5,
+                  batch_size: int = 64, num_workers: int = 0, device: str = "auto", progress: bool = True):
+    """Probabilities for every readable image: returns ``(rows, skipped)``; each row = (path, probs tensor)."""
+    import torch
+    from rich.progress import track
+    from torch.utils.data import DataLoader
+
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    net = net.to(dev)
+    loader = DataLoader(_Images(paths, transform), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate, pin_memory=dev.type == "cuda")
+    rows, skipped = [], []
+    batches = track(loader, description="predicting", total=len(loader), disable=not progress, transient=True)
+    with torch.inference_mode():
+        for idx, x, bad in batches:
+            skipped += [(paths[i], err) for i, err in bad]
+            if x is None:
+                continue
+            logits = net(x.to(dev, non_blocking=True)).float()
+            probs = torch.sigmoid(logits) if loss == "sigmoid" else torch.softmax(logits, dim=-1)
+            rows += [(paths[i], p) for i, p in zip(idx, probs.cpu(), strict=True)]
+    return rows, skipped
+
+
+def format_rows(rows, classes: Sequence[str], topk: int, multilabel: bool, threshold: float) -> list[dict[str, Any]]:
+    """One record per image: top-1 label, the top-k, and (``multilabel``) every class at >= ``threshold``,
+    i.e. a ReaL-style label set (Beyer et al. 2020: an image may show several classes)."""
+    k = min(int(topk), len(classes))
+    out = []
+    for path, p in rows:
+        vals, inds = p.topk(k)
+        rec = {"path": str(path), "pred": classes[int(inds[0])], "pred_index": int(inds[0]),
+               "prob": round(float(vals[0]), 6),
+               "topk": [{"label": classes[int(i)], "index": int(i), "prob": round(float(v), 6)}
+                        for v, i in zip(vals, inds, strict=True)]}
+        if multilabel:
+            chosen = (p >= threshold).nonzero().flatten().tolist()
+            rec["labels"] = [classes[i] for i in sorted(chosen, key=lambda i: -float(p[i]))]
+        out.append(rec)
+    return out
+
+
+def write_predictions(records: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> Path:
+    """``.json``: ``{"meta": ..., "predictions": [...]}``; anything else: CSV with '|'-joined top-k columns."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps({"meta": meta, "predictions": records}, indent=2))
+        return out
+    multilabel = any("labels" in r for r in records)
+    cols = ["path", "pred", "prob", "pred_index", "topk_labels", "topk_probs"] + (["labels"] if multilabel else [])
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in records:
+            row = {c: r[c] for c in ("path", "pred", "prob", "pred_index")}
+            row["topk_labels"] = "|".join(t["label"] for t in r["topk"])
+            row["topk_probs"] = "|".join(f"{t['prob']:.6f}" for t in r["topk"])
+            if multilabel:
+                row["labels"] = "|".join(r["labels"])
+            w.writerow(row)
+    return out
+
+
+@task_wrapper
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Label ``cfg.input`` with ``cfg.ckpt_path``; write ``cfg.out``; return a summary."""
+    if int(cfg.topk) < 1:
+        raise ConfigError(f"topk={cfg.topk} must be >= 1")
+    if not 0.0 < float(cfg.threshold) < 1.0:
+        raise ConfigError(f"threshold={cfg.threshold} must be in (0, 1)")
+    paths = find_images(str(cfg.input))
+    net, transform, classes, loss = load_predictor(cfg.ckpt_path)
+    rows, skipped = predict_paths(net, transform, paths, loss, int(cfg.topk), int(cfg.batch_size),
+                                  int(cfg.num_workers), str(cfg.device), bool(cfg.progress))
+    for path, err in skipped:
+        log.warning("skipped unreadable image %s (%s)", path, err)
+    records = format_rows(rows, classes, int(cfg.topk), bool(cfg.multilabel), float(cfg.threshold))
+    out = Path(str(cfg.out)) if cfg.get("out") else Path(cfg.paths.output_dir) / "preds.csv"
+    meta = {"ckpt_path": str(cfg.ckpt_path), "input": str(cfg.input), "classes": classes, "loss": loss,
+            "labelled": len(records), "skipped": [{"path": str(p), "error": e} for p, e in skipped]}
+    write_predictions(records, out, meta)
+    print(f"labelled {len(records)} image(s), skipped {len(skipped)} unreadable"
+          + (f" ({', '.join(str(p) for p, _ in skipped[:5])}{', ...' if len(skipped) > 5 else ''})" if skipped else "")
+          + f"\npredictions: {out}")
+    return {"labelled": len(records), "skipped": len(skipped), "out": str(out)}
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
+

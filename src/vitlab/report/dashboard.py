@@ -1,0 +1,77 @@
+"""The scaling dashboard as code (wandb-workspaces): one W&B workspace per sweep group, built offline.
+
+Sections: Fig. 3/4 (accuracy vs pretraining data size, runs grouped by model family), Fig. 5 (accuracy vs
+training compute in exaFLOPs), loss curves, and the run table with the scaling keys pinned. Every key is one
+``vitlab.train.run_stats`` / the W&B callbacks log, so the panels have data as soon as the runs are synced.
+
+Building and serialising the spec needs no network (``dashboard_spec``); only ``push_dashboard`` talks to W&B:
+
+    WANDB_API_KEY=... python -m vitlab.report sweep_dir=<multirun dir> wandb.dashboard=true wandb.push=true
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+#: run-config keys (from vitlab.train.run_stats) the run table pins and the panels group by
+SCALING_KEYS = ("model/family", "model/name", "model/variant", "model/patch_size", "model/params_m",
+                "model/gflops", "data/name", "data/train_size", "data/img_size")
+#: summary metrics (best values: report/wandb_dash.SUMMARIES)
+ACCURACY, COMPUTE = "val/acc_best", "train/exaflops"
+LOSSES = ("train/loss", "val/loss")
+
+
+def build_workspace(entity: str, project: str, group: str):
+    """The ``wandb_workspaces`` Workspace for the runs of W&B group ``group`` (validated by pydantic here)."""
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+
+    fig34 = [
+        wr.ScatterPlot(title=f"Fig. 3/4: {ACCURACY} vs pretraining images (per family)",
+                       x=wr.Config("data/train_size"), y=wr.SummaryMetric(ACCURACY), log_x=True),
+        wr.ScatterPlot(title="Fig. 3/4: test/acc vs pretraining images (per family)",
+                       x=wr.Config("data/train_size"), y=wr.SummaryMetric("test/acc"), log_x=True),
+    ]
+    fig5 = [
+        wr.ScatterPlot(title=f"Fig. 5: {ACCURACY} vs training exaFLOPs", x=wr.SummaryMetric(COMPUTE),
+                       y=wr.SummaryMetric(ACCURACY), log_x=True),
+        wr.LinePlot(title=f"Fig. 5 (curves): {ACCURACY} vs exaFLOPs", x=COMPUTE, y=["val/acc"], log_x=True,
+                    groupby=wr.Config("model/name")),
+    ]
+    curves = [wr.LinePlot(title=f"{k} per model", x="Step", y=[k], groupby=wr.Config("model/name"),
+                          groupby_aggfunc="mean", groupby_rangefunc="minmax") for k in LOSSES]
+    table = [wr.RunComparer()]
+    return ws.Workspace(
+        entity=entity, project=project, name=f"vitlab scaling: {group}",
+        sections=[ws.Section(name="Fig. 3/4: data scaling", panels=fig34, is_open=True),
+                  ws.Section(name="Fig. 5: compute", panels=fig5, is_open=True),
+                  ws.Section(name="Loss curves", panels=curves, is_open=True),
+                  ws.Section(name="Runs", panels=table, is_open=False)],
+        runset_settings=ws.RunsetSettings(
+            filters=[ws.Metric("Group") == group],
+            groupby=[ws.Config("model/family")],
+            pinned_columns=[f"config:{k}" for k in SCALING_KEYS] + [f"summary:{ACCURACY}", "summary:test/acc",
+                                                                    f"summary:{COMPUTE}"],
+        ),
+    )
+
+
+def dashboard_spec(entity: str, project: str, group: str) -> dict[str, Any]:
+    """The workspace as W&B's own view JSON (what ``Workspace.save`` uploads), built without a network."""
+    return json.loads(build_workspace(entity, project, group)._to_model().model_dump_json())
+
+
+def write_dashboard(out_dir: str | Path, entity: str, project: str, group: str) -> Path:
+    out = Path(out_dir) / "wandb_dashboard.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dashboard_spec(entity, project, group), indent=2))
+    return out
+
+
+def push_dashboard(entity: str, project: str, group: str) -> str:
+    """Create the workspace on the W&B server (needs WANDB_API_KEY); returns its URL."""
+    ws = build_workspace(entity, project, group)
+    ws.save()
+    return ws.url

@@ -1,0 +1,114 @@
+"""vitlab.predict end to end: a trained checkpoint labels real image files (digits PNGs, a data=folder tree)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import compose_cfg
+from vitlab.train import train
+
+TINY = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "logger=none", "extras.print_config=false"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits_run")
+    train(compose_cfg("train", [*TINY, "data=digits", "data.train_size=200"], out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_predict_digits_matches_the_eval_pipeline(digits_run, tmp_path, cli):
+    """PNG files of digits test images (lossless) get the labels the model gives the test split's tensors;
+    a corrupt file is named and skipped, the rest are kept."""
+    from vitlab.data.digits import DigitsDataModule
+    from vitlab.modules import ClassificationModule
+
+    dm = DigitsDataModule(img_size=32, eval_pipeline="none")
+    dm.setup()
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    base = dm.test_set.base
+    xs = []
+    for i in range(6):
+        x, _ = base[i]
+        Image.fromarray(x.permute(1, 2, 0).numpy()).save(imgs / ("sub" if i % 2 else "") / f"d{i}.png")
+        xs.append(dm.test_set[i][0])
+    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    module = ClassificationModule.load_from_checkpoint(digits_run, map_location="cpu", weights_only=True).eval()
+    with torch.no_grad():
+        expected = module(torch.stack(xs)).softmax(-1)
+
+    r = cli("vitlab.predict", f"ckpt_path={digits_run}", f"input={imgs}", "topk=3", "out=preds.csv", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "labelled 6 image(s), skipped 1 unreadable" in r.stdout and "broken.png" in r.stdout
+    assert "skipped unreadable image" in r.stdout + r.stderr  # the warning names it, with the decoder's reason
+    rows = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader((tmp_path / "preds.csv").open())}
+    assert set(rows) == {f"d{i}.png" for i in range(6)}
+    for i in range(6):
+        row = rows[f"d{i}.png"]
+        assert row["pred"] == str(int(expected[i].argmax())) and row["pred"] in "0123456789"
+        assert float(row["prob"]) == pytest.approx(float(expected[i].max()), abs=1e-4)
+        assert len(row["topk_labels"].split("|")) == 3
+
+
+@pytest.fixture(scope="module")
+def folder_tree(tmp_path_factory):
+    """A real ImageFolder tree: three colour classes, PNG and JPEG files."""
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    colours = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
+    for split, n in (("train", 12), ("val", 3), ("test", 3)):
+        for name, c in colours.items():
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                a = np.clip(np.array(c) + rng.integers(-20, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(a).save(d / f"{i}.{'jpg' if i % 2 else 'png'}")
+    return root, colours
+
+
+def test_predict_folder_run_uses_class_folder_names_json_and_multilabel(folder_tree, tmp_path, cli):
+    root, colours = folder_tree
+    out = tmp_path / "run"
+    train(compose_cfg("train", [*TINY, "data=folder", f"data.root={root}", "data.img_size=16", "model.patch_size=4",
+                                "data.num_workers=0", "trainer.max_epochs=3", "optim.lr=3e-3"], out))
+    ckpt = out / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["vitlab_classes"] == sorted(colours)
+
+    r = cli("vitlab.predict", f"ckpt_path={ckpt}", f"input={root}/test/*/*.jpg", "topk=2", "out=p.json",
+            "multilabel=true", "threshold=0.2", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert res["meta"]["classes"] == sorted(colours) and res["meta"]["skipped"] == []
+    preds = res["predictions"]
+    assert len(preds) == 3  # one jpg per class in test/ (i = 1)
+    for p in preds:
+        assert p["pred"] in colours and len(p["topk"]) == 2 and p["topk"][0]["label"] == p["pred"]
+        assert all(lbl in colours for lbl in p["labels"])
+        assert [t["prob"] >= 0.2 for t in p["topk"]] == [t["label"] in p["labels"] for t in p["topk"]]
+
+
+def test_predict_refuses_bad_input_with_the_fix(digits_run, tmp_path, cli):
+    r = cli("vitlab.predict", f"ckpt_path={digits_run}", f"input={tmp_path}/nothing/*.png", timeout=300)
+    assert r.returncode != 0 and "no image found" in r.stderr and "quoted glob" in r.stderr
+
+
+def test_predict_never_instantiates_the_stored_data_config(digits_run, tmp_path):
+    """The stored data config's `_target_` is data from a file: predict reads plain keys only."""
+    from vitlab.predict import load_predictor
+
+    ckpt = torch.load(digits_run, map_location="cpu", weights_only=True)
+    ckpt["vitlab_config"]["data"]["_target_"] = "os.system"
+    ckpt["vitlab_config"]["data"]["root"] = "echo pwned > marker"
+    evil = tmp_path / "evil.ckpt"
+    torch.save(ckpt, evil)
+    net, transform, classes, loss = load_predictor(evil)
+    assert classes == [str(i) for i in range(10)] and loss == "softmax"
+    assert not (tmp_path / "marker").exists()
