@@ -48,7 +48,8 @@ def load_backbone(cfg: DictConfig):
         torch.manual_seed(int(cfg.get("seed", 0)))
     net = build_model(**model_cfg)
     if not random_init:
-        load_pretrained(net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")))
+        load_pretrained(net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")),
+                        pos_embed_resize=cfg.model.get("pos_embed_resize"))
     return net, model_cfg
 
 
