@@ -172,10 +172,9 @@ def build_vit(
         weight_init=weight_init,
     )
     if hybrid is not None:
+        from timm.layers import StdConv2dSame
         from timm.models.resnetv2 import ResNetV2
         from timm.models.vision_transformer_hybrid import HybridEmbed
-
-        from timm.layers import StdConv2dSame
 
         layers = HYBRID_RESNET_LAYERS[_choice("hybrid", hybrid, HYBRID_RESNET_LAYERS)]
         # TF "SAME" padding throughout (stem conv, stem max-pool, strided 3x3 convs), as the official hybrids
