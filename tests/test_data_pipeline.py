@@ -88,7 +88,9 @@ def _ops(transform) -> list[type]:
 def test_pipelines_are_chosen_by_stage(roots, compose_train):
     _, imnet = _dm(compose_train, roots, "imagenet")
     assert v2.RandomResizedCrop in _ops(imnet.train_transform()) and v2.RandomHorizontalFlip in _ops(imnet.train_transform())
-    assert v2.CenterCrop in _ops(imnet.eval_transform()) and v2.RandomResizedCrop not in _ops(imnet.eval_transform())
+    assert not {v2.CenterCrop, v2.RandomResizedCrop} & set(_ops(imnet.eval_transform()))  # paper eval: square resize
+    _, timm_eval = _dm(compose_train, roots, "imagenet", "data.eval_resize=center_crop")
+    assert v2.CenterCrop in _ops(timm_eval.eval_transform())
     _, ft = _dm(compose_train, roots, "imagenet", "data.train_pipeline=finetune", "data.img_size=48", "data.eval_img_size=64")
     ops = _ops(ft.train_transform())
     assert v2.RandomCrop in ops and v2.RandomHorizontalFlip in ops and v2.RandomResizedCrop not in ops

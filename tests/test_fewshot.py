@@ -62,8 +62,9 @@ def test_evaluator_on_digits_beats_chance_with_a_random_backbone():
     ev = FewShotEvaluator(DigitsDataModule(), shots=(1, 10), seeds=3, max_eval=300)
     res = ev.evaluate(net)
     assert set(res) >= {"fewshot/digits_1shot", "fewshot/digits_10shot", "fewshot/digits_10shot_std"}
-    # random ViT features still carry the image: 10-shot clearly above chance, and above 1-shot
-    assert res["fewshot/digits_10shot"] > 0.4 and res["fewshot/digits_10shot"] > res["fewshot/digits_1shot"]
+    # random ViT features still carry the image: 10-shot clearly above chance (10%; 0.35 measured at the
+    # paper's fixed l2 = 2^10), and above 1-shot
+    assert res["fewshot/digits_10shot"] > 0.25 and res["fewshot/digits_10shot"] > res["fewshot/digits_1shot"]
 
 
 def test_fewshot_task_and_training_callback(compose_train, tmp_path, capsys):
@@ -125,3 +126,89 @@ def test_fewshot_task_logs_scalars_and_a_wandb_table_offline(tmp_path, monkeypat
     assert run.summary["fewshot/digits_5shot"] == pytest.approx(res["fewshot/digits_5shot"])
     assert run.summary["fewshot/table/_type"] == "table-file" and run.summary["fewshot/table/nrows"] == 2
     assert run.summary["fewshot/table/ncols"] == 5  # data, shots, accuracy, std, l2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The paper's protocol (big_vision fewshot_lsr): nested shots, fixed l2 = 2^10, mean over 3 seeds
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _big_vision_draw(labels: np.ndarray, shots: int, seed: int, num_classes: int) -> np.ndarray:
+    """big_vision evaluators/fewshot_lsr.py compute_fewshot_metrics, transcribed."""
+    rng = np.random.default_rng(seed)
+    class_indices = [rng.permutation(np.where(labels == cls_i)[0]) for cls_i in range(num_classes)]
+    return np.concatenate([indices[:shots] for indices in class_indices], axis=0)
+
+
+def test_kshot_sets_are_nested_and_equal_big_visions_draw():
+    labels = np.random.default_rng(3).integers(0, 7, 400)
+    for seed in range(3):
+        sets = {k: kshot_indices(labels, k, seed, 7) for k in (1, 5, 10, 25)}
+        for k, idx in sets.items():
+            np.testing.assert_array_equal(idx, _big_vision_draw(labels, k, seed, 7))
+        assert set(sets[1]) < set(sets[5]) < set(sets[10]) < set(sets[25])  # the 5-shot set is inside the 10-shot set
+
+
+class _Projection(torch.nn.Module):
+    """A frozen 'backbone' with timm's forward_features / forward_head: a fixed random projection of the pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * 8 * 8, 24)
+
+    def forward_features(self, x):
+        return self.proj(x.flatten(1))
+
+    def forward_head(self, x, pre_logits=False):
+        return x
+
+
+def test_evaluator_defaults_to_fixed_l2_and_averages_three_nested_draws():
+    from vitlab.data.base import TransformedDataset
+    from vitlab.data.digits import DigitsDataModule
+    from vitlab.eval.fewshot import L2_FIXED, extract_features
+
+    assert L2_FIXED == 2.0**10  # big_vision configs/common_fewshot.py
+    torch.manual_seed(0)
+    net, dm = _Projection(), DigitsDataModule(img_size=8)
+    ev = FewShotEvaluator(dm, shots=(1, 5), max_eval=None)
+    assert (ev.l2_select, ev.l2, ev.seeds) == ("fixed", 1024.0, 3)
+    res = ev.evaluate(net)
+    assert ev._prepare()["val"] is None  # the fixed penalty selects nothing: val is never read
+    # the reference: every training image's features, big_vision's draws, a direct solve at l2 = 1024
+    dm.setup()
+    xtr, ytr = extract_features(net, TransformedDataset(dm.train_set.base, dm.eval_transform()))
+    xt, yt = extract_features(net, dm.test_set)
+    for k in (1, 5):
+        accs = []
+        for seed in range(3):
+            idx = torch.as_tensor(_big_vision_draw(ytr.numpy(), k, seed, 10))
+            w = ridge_direct(xtr[idx], ytr[idx], 10, 1024.0)
+            c = precompute(xtr[idx], ytr[idx], 10)
+            accs.append((c.prepare(xt) @ w).argmax(1).eq(yt).double().mean().item())
+        assert res[f"fewshot/digits_{k}shot"] == pytest.approx(np.mean(accs), abs=1e-9)
+        assert res[f"fewshot/digits_{k}shot_l2"] == 1024.0
+
+
+def test_val_grid_is_an_option_and_misuse_is_named():
+    from vitlab.data.digits import DigitsDataModule
+
+    torch.manual_seed(0)
+    dm = DigitsDataModule(img_size=8)
+    ev = FewShotEvaluator(dm, shots=(5,), seeds=1, l2_select="val_grid", max_eval=200)
+    res = ev.evaluate(_Projection())
+    assert any(res["fewshot/digits_5shot_l2"] == pytest.approx(v) for v in L2_GRID)  # chosen on val from the grid
+    assert ev._prepare()["val"] is not None
+    with pytest.raises(ValueError, match="l2_select='best' is not one of"):
+        FewShotEvaluator(dm, l2_select="best")
+    with pytest.raises(ValueError, match="l2_grid=.* only used with l2_select=val_grid"):
+        FewShotEvaluator(dm, l2_grid=[1.0, 2.0])
+
+
+def test_fewshot_task_config_is_the_papers(tmp_path):
+    from conftest import compose_cfg
+
+    cfg = compose_cfg("fewshot", ["data=digits"], tmp_path / "fs")
+    assert (cfg.l2_select, cfg.l2, cfg.seeds, cfg.l2_grid) == ("fixed", 2.0**10, 3, None)
+    cb = compose_cfg("train", ["callbacks=fewshot"], tmp_path / "tr").callbacks.fewshot
+    assert (cb.l2_select, cb.l2, cb.seeds) == ("fixed", 2.0**10, 3)

@@ -83,3 +83,76 @@ def test_train_run_logs_exaflops_and_gflops(compose_train, tmp_path):
     assert out[EXAFLOPS] == pytest.approx(expected, rel=1e-3)
     hparams = (tmp_path / "run" / "csv" / "hparams.yaml").read_text()
     assert "model/gflops" in hparams and "model/params" in hparams
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Table 6: exaFLOPs of the JFT-300M pretraining runs = train FLOPs per image x images seen / 1e18
+# ---------------------------------------------------------------------------------------------------------
+
+#: paper §4.1: JFT-300M has 303M high-resolution images (one epoch)
+JFT_IMAGES = 303e6
+_V, _H = dict(family="vit"), dict(family="hybrid", patch_size=1)
+#: (model config, epochs, Table 6 exaFLOPs)
+TABLE6_VIT_HYBRID = {
+    "ViT-B/32": ({**_V, "variant": "B", "patch_size": 32}, 7, 55),
+    "ViT-B/16": ({**_V, "variant": "B", "patch_size": 16}, 7, 224),
+    "ViT-L/32": ({**_V, "variant": "L", "patch_size": 32}, 7, 196),
+    "ViT-L/16 (7)": ({**_V, "variant": "L", "patch_size": 16}, 7, 783),
+    "ViT-L/16 (14)": ({**_V, "variant": "L", "patch_size": 16}, 14, 1567),
+    "ViT-H/14": ({**_V, "variant": "H", "patch_size": 14}, 14, 4262),
+    "R50x1+ViT-B/32": ({**_H, "variant": "B", "hybrid": "r50_s32"}, 7, 106),
+    "R50x1+ViT-B/16": ({**_H, "variant": "B", "hybrid": "r50"}, 7, 274),
+    "R50x1+ViT-L/32": ({**_H, "variant": "L", "hybrid": "r50_s32"}, 7, 246),
+    "R50x1+ViT-L/16 (14)": ({**_H, "variant": "L", "hybrid": "r50"}, 14, 1668),
+}
+TABLE6_RESNET = {
+    "ResNet50x1": ("r50x1", 7, 50), "ResNet50x2": ("r50x2", 7, 199), "ResNet101x1": ("r101x1", 7, 96),
+    "ResNet152x1": ("r152x1", 7, 141), "ResNet152x2 (7)": ("r152x2", 7, 563), "ResNet152x2 (14)": ("r152x2", 14, 1126),
+    "ResNet200x3": ("r200x3", 14, 3306),
+}
+QUICK = {"ViT-B/32", "R50x1+ViT-B/16", "ResNet50x1"}  # the rest: make test-slow (ViT-H and R200x3 count for seconds)
+
+
+def _exaflops(cfg: dict, epochs: int) -> float:
+    fc = model_config_flops({**cfg, "num_classes": 1000, "img_size": 224})
+    return fc.train_flops * JFT_IMAGES * epochs / 1e18
+
+
+def _maybe_slow(rows: dict) -> list:
+    return [pytest.param(k, marks=[] if k in QUICK else [pytest.mark.slow]) for k in rows]
+
+
+@pytest.mark.parametrize("row", _maybe_slow(TABLE6_VIT_HYBRID))
+def test_table6_exaflops_vit_and_hybrid_rows_within_2_percent(row):
+    cfg, epochs, paper = TABLE6_VIT_HYBRID[row]
+    assert _exaflops(cfg, epochs) == pytest.approx(paper, rel=0.02)
+
+
+def test_table6_hybrid_l16_rows_disagree_with_each_other():
+    """Table 6 gives R50x1+ViT-L/16 859 exaFLOPs at 7 epochs and 1668 at 14: not 2x (1718). One per-image count
+    cannot be within 2% of both; vitlab's is within 0.2% of the 14-epoch row and 2.7% under the 7-epoch one."""
+    cfg = {**_H, "variant": "L", "hybrid": "r50"}
+    assert _exaflops(cfg, 14) == pytest.approx(1668, rel=0.02)
+    assert _exaflops(cfg, 7) == pytest.approx(859, rel=0.03)
+    assert 1668 / 859 < 1.95
+
+
+@pytest.mark.parametrize("row", [pytest.param(k, marks=[pytest.mark.xfail(
+    strict=True, reason="open: BiT ResNets count 3-4% above Table 6 (conv+norm FLOPs, 303M images/epoch)"),
+    *([] if k in QUICK else [pytest.mark.slow])]) for k in TABLE6_RESNET])
+def test_table6_exaflops_resnet_rows_within_2_percent(row):
+    variant, epochs, paper = TABLE6_RESNET[row]
+    assert _exaflops(dict(family="bit", variant=variant), epochs) == pytest.approx(paper, rel=0.02)
+
+
+def test_weight_standardisation_is_a_per_step_cost_not_per_image():
+    """BiT standardises its conv weights once per step: the per-image training FLOPs are the marginal cost of an
+    image in a batch, so a batch of n costs n x train_flops + the per-step weight work."""
+    from vitlab.analysis.flops import _to_meta, _train_step_flops
+
+    model = _to_meta(build_model("bit", "micro", num_classes=10)).train()
+    x = torch.empty(1, 3, 32, 32, device="meta")
+    one, three = _train_step_flops(model, x), _train_step_flops(model, x.expand(3, -1, -1, -1))
+    per_image = count_flops(model, 32).train_flops
+    assert per_image == (three - one) // 2
+    assert one - per_image > 0  # the weight standardisation (forward + backward) that batch-1 counting charged per image

@@ -46,7 +46,8 @@ def load_backbone(cfg: DictConfig):
         torch.manual_seed(int(cfg.get("seed", 0)))
     net = build_model(**model_cfg)
     if not random_init:
-        load_pretrained(net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")))
+        load_pretrained(net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")),
+                        pos_embed_resize=cfg.model.get("pos_embed_resize"))
     return net, model_cfg
 
 
@@ -66,7 +67,7 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import WandbLogger
 
-    from vitlab.eval.fewshot import L2_GRID, FewShotEvaluator, format_table
+    from vitlab.eval.fewshot import L2_FIXED, FewShotEvaluator, format_table
     from vitlab.report.wandb_dash import log_table
     from vitlab.utils.instantiate import build_loggers
 
@@ -76,12 +77,16 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
     net, model_cfg = load_backbone(cfg)
     dm = instantiate(fewshot_data_cfg(cfg, model_cfg), _convert_="all")
     shots = [int(k) for k in cfg.shots]
-    ev = FewShotEvaluator(dm, shots=shots, seeds=cfg.seeds, l2_grid=cfg.l2_grid or L2_GRID,
-                          max_eval=cfg.get("max_eval"), batch_size=cfg.batch_size)
+    l2_select = cfg.get("l2_select", "fixed")
+    try:
+        ev = FewShotEvaluator(dm, shots=shots, seeds=cfg.seeds, l2_grid=cfg.get("l2_grid"), max_eval=cfg.get("max_eval"),
+                              batch_size=cfg.batch_size, l2_select=l2_select, l2=cfg.get("l2") or L2_FIXED)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     res = ev.evaluate(net)
     table = format_table(res, ev.name, shots)
     results = {**res, "ckpt_path": cfg.get("ckpt_path"), "model/name": model_cfg.get("name"), "data/name": ev.name,
-               "fewshot/seeds": int(cfg.seeds)}
+               "fewshot/seeds": int(cfg.seeds), "fewshot/l2_select": l2_select}
     write_results(cfg.paths.output_dir, results)
     rows = [{"data": ev.name, "shots": k, "accuracy": res[f"fewshot/{ev.name}_{k}shot"],
              "std": res[f"fewshot/{ev.name}_{k}shot_std"], "l2": res[f"fewshot/{ev.name}_{k}shot_l2"]} for k in shots]
@@ -90,7 +95,8 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(lg, WandbLogger):  # the table as a wandb.Table, next to the scalars
             log_table(lg.experiment, "fewshot/table", rows, ["data", "shots", "accuracy", "std", "l2"])
         lg.finalize("success")
-    print(f"\nfew-shot linear accuracy ({cfg.seeds} seeds, L2 chosen on val):\n{table}\noutputs: {cfg.paths.output_dir}")
+    how = f"fixed L2 = {ev.l2:g}, nested shot sets" if l2_select == "fixed" else "L2 chosen on val from l2_grid"
+    print(f"\nfew-shot linear accuracy ({cfg.seeds} seeds, {how}):\n{table}\noutputs: {cfg.paths.output_dir}")
     return results
 
 

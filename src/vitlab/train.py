@@ -61,7 +61,8 @@ def build_module(cfg: DictConfig):
     if cfg.model.get("pretrained"):  # fine-tuning (paper §3.2): new zero head, resized position embeddings
         from vitlab.models.pretrained import load_pretrained
 
-        load_pretrained(module.net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")))
+        load_pretrained(module.net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")),
+                        pos_embed_resize=cfg.model.get("pos_embed_resize"))
     module.run_config = checkpoint_config(cfg)  # stored as data: no `_target_` (vitlab/runs.py)
     return module
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from vitlab.config import ConfigError, check_positive
 from vitlab.data.sampler import ResumableSampler, seeded_rng
-from vitlab.data.transforms import build_transform
+from vitlab.data.transforms import EVAL_RESIZE, INCEPTION_CROP_SCALE, build_transform, check_crop_scale
 
 
 class DataConfigError(ConfigError):
@@ -160,6 +160,8 @@ class VisionDataModule(L.LightningDataModule):
         eval_pipeline: str = "eval",
         normalization: str | dict = "paper",
         crop_pct: float = 0.875,
+        train_crop_scale: Sequence[float] = INCEPTION_CROP_SCALE,
+        eval_resize: str = "square",
         num_classes: int | None = None,
         drop_last: bool = False,
         name: str | None = None,
@@ -188,6 +190,14 @@ class VisionDataModule(L.LightningDataModule):
         self.eval_pipeline = eval_pipeline
         self.normalization = normalization
         self.crop_pct = crop_pct
+        try:
+            self.train_crop_scale = check_crop_scale(train_crop_scale)
+        except ValueError as e:
+            raise DataConfigError(str(e)) from None
+        if eval_resize not in EVAL_RESIZE:
+            raise DataConfigError(f"data.eval_resize={eval_resize!r} is not one of {list(EVAL_RESIZE)}: square = resize the "
+                                  "whole image (the paper's eval), center_crop = short-side resize + central crop (timm)")
+        self.eval_resize = eval_resize
         self.drop_last = drop_last
         if num_classes is not None:
             self.num_classes = int(num_classes)
@@ -213,10 +223,12 @@ class VisionDataModule(L.LightningDataModule):
 
     # ---- shared machinery -----------------------------------------------------------------------
     def train_transform(self):
-        return build_transform(self.train_pipeline, self.img_size, self.normalization, crop_pct=self.crop_pct)
+        return build_transform(self.train_pipeline, self.img_size, self.normalization, crop_pct=self.crop_pct,
+                               scale=self.train_crop_scale, eval_resize=self.eval_resize)
 
     def eval_transform(self):
-        return build_transform(self.eval_pipeline, self.eval_img_size, self.normalization, crop_pct=self.crop_pct)
+        return build_transform(self.eval_pipeline, self.eval_img_size, self.normalization, crop_pct=self.crop_pct,
+                               scale=self.train_crop_scale, eval_resize=self.eval_resize)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

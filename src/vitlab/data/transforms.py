@@ -1,10 +1,16 @@
 """The paper's input pipelines, named once (big_vision style) and chosen by stage.
 
-- ``pretrain``: inception crop + horizontal flip (paper App. B.1, pretraining).
-- ``finetune``: resize to the fine-tune resolution, random crop + flip (paper §3.2 / App. B.1.1).
-- ``eval``: resize, then central crop.
-- ``translate``: pad-and-random-crop, no flip; for digits and other data where flips change the class.
-- ``none``: only resize + normalise.
+- ``pretrain``: inception crop (area ``data.train_crop_scale``, default 0.05-1 as vit_jax's
+  ``input_pipeline.py``: ``sample_distorted_bounding_box(area_range=(0.05, 1.0))``) + horizontal flip.
+  vit_jax uses the same crop when fine-tuning.
+- ``finetune``: BiT's fine-tuning train pipeline: resize the whole image to a square a little above the
+  resolution (``img_size / crop_pct``), random crop back to it, flip.
+- ``eval``: ``data.eval_resize=square`` (default; vit_jax ``input_pipeline.py`` and BiT): resize the whole
+  image to ``img_size x img_size``, no crop. ``center_crop``: timm's convention, resize the short side to
+  ``img_size / crop_pct`` and take the central crop (cuts the sides of a non-square image).
+- ``translate``: square resize + pad-and-random-crop, no flip; for digits and other data where flips change the class.
+- ``none``: only resize (the whole image to ``img_size x img_size``) + normalise: every pixel of the field of
+  view stays (VTAB's counting and distance tasks need the whole image).
 
 Every pipeline takes a PIL image or a uint8 CHW tensor and returns a normalised float tensor.
 """
@@ -24,6 +30,10 @@ NORMALIZATION = {
 }
 
 PIPELINES = ("pretrain", "finetune", "eval", "translate", "none")
+#: ``data.eval_resize``: square = the paper's / vit_jax's / BiT's eval resize; center_crop = timm's
+EVAL_RESIZE = ("square", "center_crop")
+#: inception-crop area range, vit_jax ``input_pipeline.py`` (area_range=(0.05, 1.0)); timm/torchvision use 0.08
+INCEPTION_CROP_SCALE: tuple[float, float] = (0.05, 1.0)
 
 
 def resolve_normalization(normalization: str | dict) -> tuple[Sequence[float], Sequence[float]]:
@@ -34,34 +44,51 @@ def resolve_normalization(normalization: str | dict) -> tuple[Sequence[float], S
     return tuple(normalization["mean"]), tuple(normalization["std"])
 
 
+def check_crop_scale(scale: Sequence[float]) -> tuple[float, float]:
+    """``data.train_crop_scale``: the inception crop's (min, max) fraction of the image area."""
+    try:
+        lo, hi = (float(v) for v in scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"data.train_crop_scale={scale!r} must be two numbers [min, max], e.g. [0.05, 1.0]") from None
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"data.train_crop_scale={[lo, hi]} must satisfy 0 < min <= max <= 1 (area fractions)")
+    return lo, hi
+
+
 def build_transform(
     pipeline: str,
     img_size: int,
     normalization: str | dict = "paper",
     resize_size: int | None = None,
     crop_pct: float = 0.875,
-    scale: tuple[float, float] = (0.08, 1.0),
+    scale: Sequence[float] = INCEPTION_CROP_SCALE,
     flip: bool = True,
     pad: int = 2,
+    eval_resize: str = "square",
 ) -> v2.Compose:
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {PIPELINES}")
+    if eval_resize not in EVAL_RESIZE:
+        raise ValueError(f"data.eval_resize={eval_resize!r} is not one of {list(EVAL_RESIZE)}")
+    scale = check_crop_scale(scale)
     mean, std = resolve_normalization(normalization)
+    square = (img_size, img_size)
     steps: list = [v2.ToImage()]
     if pipeline == "pretrain":
-        steps.append(v2.RandomResizedCrop(img_size, scale=tuple(scale), antialias=True))
+        steps.append(v2.RandomResizedCrop(img_size, scale=scale, antialias=True))
         if flip:
             steps.append(v2.RandomHorizontalFlip())
     elif pipeline == "finetune":
-        # big_vision/vit_jax fine-tuning: resize a little above the target, random crop back to it.
-        steps += [v2.Resize(resize_size or int(round(img_size / crop_pct)), antialias=True), v2.RandomCrop(img_size)]
+        # BiT fine-tuning: the whole image to a square a little above the target, random crop back to it.
+        r = resize_size or int(round(img_size / crop_pct))
+        steps += [v2.Resize((r, r), antialias=True), v2.RandomCrop(img_size)]
         if flip:
             steps.append(v2.RandomHorizontalFlip())
-    elif pipeline == "eval":
+    elif pipeline == "eval" and eval_resize == "center_crop":
         steps += [v2.Resize(resize_size or int(round(img_size / crop_pct)), antialias=True), v2.CenterCrop(img_size)]
     elif pipeline == "translate":
-        steps += [v2.Resize(img_size, antialias=True), v2.RandomCrop(img_size, padding=pad, padding_mode="edge")]
-    else:
-        steps += [v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size)]
+        steps += [v2.Resize(square, antialias=True), v2.RandomCrop(img_size, padding=pad, padding_mode="edge")]
+    else:  # eval (square) and none: the whole field of view, resized to img_size x img_size
+        steps.append(v2.Resize(square, antialias=True))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     return v2.Compose(steps)

@@ -2,12 +2,17 @@
 
 Frozen features of k images per class are whitened (per-feature mean/std of the k-shot set), a constant
 feature of 100 is appended as an almost unregularised bias, and an L2-regularised least-squares map onto
-{-1, 1}^K one-hot targets is solved in closed form. One eigendecomposition serves every regulariser on
-the grid: of x^T x (D x D) when N >= D, of x x^T (N x N) otherwise.
+{-1, 1}^K one-hot targets is solved in closed form: one eigendecomposition, of x^T x (D x D) when N >= D,
+of x x^T (N x N) otherwise. As in big_vision (``evaluators/fewshot_lsr.py``, ``configs/common_fewshot.py``):
 
-vitlab's choices on top of big_vision's: the L2 penalty is picked on the dataset's *validation* split (so
-the test split never selects anything), and the reported number is the mean test accuracy over
-``seeds`` draws of the k-shot set.
+- the L2 penalty is fixed, ``l2 = 2^10``;
+- the shot sets are nested: per seed, one random permutation of each class's training images, and the
+  k-shot set is its first k images (the 5-shot set lies inside the 10-shot set);
+- the reported number is the mean test accuracy over ``seeds`` = 3 such draws (seeds 0, 1, 2).
+
+vitlab's option beyond the paper, ``l2_select=val_grid``: pick the penalty on the dataset's *validation*
+split from :data:`L2_GRID` (2^-10 ... 2^19; vitlab's grid, not big_vision's), so the test split still
+selects nothing.
 
 The same :class:`FewShotEvaluator` runs standalone (``python -m vitlab.fewshot``) and periodically inside
 training as :class:`FewShotCallback`, logging ``fewshot/<data>_<k>shot``.
@@ -30,8 +35,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 log = logging.getLogger("vitlab.fewshot")
 
 BIAS_CONSTANT = 100.0
-#: big_vision's grid: 2^-10 ... 2^19
+#: the paper's fixed penalty: big_vision ``configs/common_fewshot.py`` (``config.fewshot.l2_reg = 2.0 ** 10``)
+L2_FIXED = 2.0**10
+#: vitlab's grid for ``l2_select=val_grid``: 2^-10 ... 2^19, the penalty chosen on the validation split
 L2_GRID: tuple[float, ...] = tuple(2.0**i for i in range(-10, 20))
+#: ``l2_select``: fixed (the paper / big_vision) | val_grid (vitlab's option)
+L2_SELECT = ("fixed", "val_grid")
 SHOTS: tuple[int, ...] = (1, 5, 10, 25)
 
 
@@ -94,31 +103,42 @@ def ridge_direct(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float) 
 
 
 def kshot_indices(labels: np.ndarray, shots: int, seed: int, num_classes: int | None = None) -> np.ndarray:
-    """``shots`` examples of every class, drawn without replacement with ``seed``."""
+    """``shots`` examples of every class, exactly as big_vision's ``fewshot_lsr`` draws them.
+
+    ``np.random.default_rng(seed)`` permutes each class's indices once (classes in order); the k-shot set is the
+    first k of every permutation. So for one seed the sets are nested: the 5-shot set is inside the 10-shot set.
+    """
+    labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     classes = np.unique(labels) if num_classes is None else np.arange(num_classes)
-    out = []
-    for c in classes:
-        idx = np.flatnonzero(labels == c)
-        if len(idx) < shots:
-            raise ValueError(f"class {c} has {len(idx)} training examples, fewer than {shots} shots")
-        out.append(rng.choice(idx, shots, replace=False))
-    return np.sort(np.concatenate(out))
+    perms = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    for c, perm in zip(classes, perms, strict=True):
+        if len(perm) < shots:
+            raise ValueError(f"class {c} has {len(perm)} training examples, fewer than {shots} shots")
+    return np.concatenate([perm[:shots] for perm in perms])
 
 
 def fewshot_accuracy(
-    x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+    x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor | None, y_val: torch.Tensor | None,
     x_test: torch.Tensor, y_test: torch.Tensor, num_classes: int, l2_grid: Sequence[float] = L2_GRID,
+    l2: float | None = None,
 ) -> dict[str, float]:
-    """Fit on the k-shot set, choose L2 on val, report test accuracy at that L2."""
+    """Fit on the k-shot set and report test accuracy: at the fixed ``l2`` when given (big_vision; val unused),
+    otherwise at the penalty of ``l2_grid`` that is best on val (``l2_select=val_grid``)."""
     cache = precompute(x_train, y_train, num_classes)
-    xv, xt = cache.prepare(x_val), cache.prepare(x_test)
+    xt = cache.prepare(x_test)
+    if l2 is not None:
+        test = (xt @ cache.weights(float(l2))).argmax(1).eq(y_test).double().mean().item()
+        return {"val": float("nan"), "test": test, "l2": float(l2)}
+    if x_val is None or y_val is None:
+        raise ValueError("choosing L2 on val (l2_select=val_grid) needs validation features")
+    xv = cache.prepare(x_val)
     best_l2, best_val = None, -1.0
-    for l2 in l2_grid:
-        w = cache.weights(l2)
+    for cand in l2_grid:
+        w = cache.weights(cand)
         acc = (xv @ w).argmax(1).eq(y_val).double().mean().item()
         if acc > best_val:
-            best_l2, best_val = l2, acc
+            best_l2, best_val = cand, acc
     test = (xt @ cache.weights(best_l2)).argmax(1).eq(y_test).double().mean().item()
     return {"val": best_val, "test": test, "l2": best_l2}
 
@@ -175,16 +195,26 @@ def _labels(ds: Dataset) -> np.ndarray:
 class FewShotEvaluator:
     """k-shot linear accuracy of a frozen network on one dataset, averaged over seeds."""
 
-    def __init__(self, datamodule, shots: Sequence[int] = SHOTS, seeds: int = 3, l2_grid: Sequence[float] = L2_GRID,
-                 max_eval: int | None = None, batch_size: int = 256, name: str | None = None) -> None:
+    def __init__(self, datamodule, shots: Sequence[int] = SHOTS, seeds: int = 3, l2_grid: Sequence[float] | None = None,
+                 max_eval: int | None = None, batch_size: int = 256, name: str | None = None,
+                 l2_select: str = "fixed", l2: float = L2_FIXED) -> None:
         if not shots or any(int(k) < 1 for k in shots):
             raise ValueError(f"fewshot shots={list(shots)} must be positive ints")
         if int(seeds) < 1:
             raise ValueError(f"fewshot seeds={seeds} must be >= 1")
+        if l2_select not in L2_SELECT:
+            raise ValueError(f"fewshot l2_select={l2_select!r} is not one of {list(L2_SELECT)}: fixed = big_vision's "
+                             "l2 = 2^10 (the paper), val_grid = choose on the validation split from l2_grid")
+        if l2_select == "fixed" and l2_grid:
+            raise ValueError(f"fewshot l2_grid={list(l2_grid)} is only used with l2_select=val_grid "
+                             f"(l2_select=fixed solves at l2={l2})")
+        if not float(l2) > 0:
+            raise ValueError(f"fewshot l2={l2} must be > 0")
         self.dm = datamodule
         self.shots = [int(k) for k in shots]
         self.seeds = int(seeds)
-        self.l2_grid = tuple(float(v) for v in l2_grid)
+        self.l2_select, self.l2 = l2_select, float(l2)
+        self.l2_grid = tuple(float(v) for v in (l2_grid or L2_GRID))
         self.max_eval = max_eval
         self.batch_size = int(batch_size)
         self.name = name or getattr(datamodule, "name", "data")
@@ -198,9 +228,10 @@ class FewShotEvaluator:
             draws = {(s, seed): kshot_indices(labels, s, seed, k) for s in self.shots for seed in range(self.seeds)}
             needed = np.unique(np.concatenate(list(draws.values())))
             pos = {int(i): j for j, i in enumerate(needed)}
-            val, test = _eval_view(self.dm, "val"), _eval_view(self.dm, "test")
+            val = _eval_view(self.dm, "val") if self.l2_select == "val_grid" else None
+            test = _eval_view(self.dm, "test")
             if self.max_eval:
-                val = self._cap(val, self.max_eval)
+                val = self._cap(val, self.max_eval) if val is not None else None
                 test = self._cap(test, self.max_eval)
             self._splits = {"train": Subset(train, needed.tolist()), "draws": {key: np.array([pos[int(i)] for i in v])
                                                                                 for key, v in draws.items()},
@@ -218,14 +249,15 @@ class FewShotEvaluator:
         """``{f"fewshot/{name}_{k}shot": mean test accuracy, ..._std, ..._l2}`` for every k."""
         sp = self._prepare()
         xtr, ytr = extract_features(net, sp["train"], self.batch_size)
-        xv, yv = extract_features(net, sp["val"], self.batch_size)
+        xv, yv = extract_features(net, sp["val"], self.batch_size) if sp["val"] is not None else (None, None)
         xt, yt = extract_features(net, sp["test"], self.batch_size)
+        fixed = self.l2 if self.l2_select == "fixed" else None
         out: dict[str, float] = {}
         for k in self.shots:
             accs, l2s = [], []
             for seed in range(self.seeds):
                 idx = torch.as_tensor(sp["draws"][(k, seed)])
-                r = fewshot_accuracy(xtr[idx], ytr[idx], xv, yv, xt, yt, sp["num_classes"], self.l2_grid)
+                r = fewshot_accuracy(xtr[idx], ytr[idx], xv, yv, xt, yt, sp["num_classes"], self.l2_grid, l2=fixed)
                 accs.append(r["test"])
                 l2s.append(r["l2"])
             key = f"fewshot/{self.name}_{k}shot"
@@ -252,9 +284,11 @@ class FewShotCallback(L.Callback):
     """
 
     def __init__(self, data: Any, shots: Sequence[int] = (1, 5, 10), seeds: int = 3, every_n_epochs: int = 1,
-                 max_eval: int | None = 2000, img_size: int | None = None, batch_size: int = 256) -> None:
+                 max_eval: int | None = 2000, img_size: int | None = None, batch_size: int = 256,
+                 l2_select: str = "fixed", l2: float = L2_FIXED, l2_grid: Sequence[float] | None = None) -> None:
         self.data_cfg = data
         self.shots, self.seeds = list(shots), int(seeds)
+        self.l2_select, self.l2, self.l2_grid = l2_select, float(l2), l2_grid
         self.every_n_epochs = max(1, int(every_n_epochs))
         self.max_eval, self.img_size, self.batch_size = max_eval, img_size, batch_size
         self.evaluator: FewShotEvaluator | None = None
@@ -272,8 +306,8 @@ class FewShotCallback(L.Callback):
                 if size:  # the frozen ViT only takes its own resolution
                     cfg = OmegaConf.merge(cfg, {"img_size": size, "eval_img_size": size})
                 dm = instantiate(cfg, _convert_="all")
-            self.evaluator = FewShotEvaluator(dm, self.shots, self.seeds, max_eval=self.max_eval,
-                                              batch_size=self.batch_size)
+            self.evaluator = FewShotEvaluator(dm, self.shots, self.seeds, l2_grid=self.l2_grid, max_eval=self.max_eval,
+                                              batch_size=self.batch_size, l2_select=self.l2_select, l2=self.l2)
         return self.evaluator
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

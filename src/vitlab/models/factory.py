@@ -8,6 +8,7 @@ so timm's weight loaders and position-embedding resampling apply unchanged.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
@@ -49,16 +50,25 @@ class BiTShape:
 BIT_SHAPES: dict[str, BiTShape] = {
     "micro": BiTShape(layers=(1, 1, 1, 1), width_factor=1, channels=(128, 256, 512, 512), stem_chs=32, stem_type="micro"),
     "r50x1": BiTShape(layers=(3, 4, 6, 3), width_factor=1),
+    "r50x2": BiTShape(layers=(3, 4, 6, 3), width_factor=2),
     "r50x3": BiTShape(layers=(3, 4, 6, 3), width_factor=3),
     "r101x1": BiTShape(layers=(3, 4, 23, 3), width_factor=1),
     "r101x3": BiTShape(layers=(3, 4, 23, 3), width_factor=3),
+    "r152x1": BiTShape(layers=(3, 8, 36, 3), width_factor=1),
     "r152x2": BiTShape(layers=(3, 8, 36, 3), width_factor=2),
     "r152x4": BiTShape(layers=(3, 8, 36, 3), width_factor=4),
+    "r200x3": BiTShape(layers=(3, 24, 36, 3), width_factor=3),  # ResNet-200 (He et al. 2016b), Table 6 row
 }
 
-# Hybrid backbones (paper §3.1): ResNet-50 stages feeding a ViT with patch size 1.
-# Option (ii) of the paper, used by its R50+ViT models: stage 4 removed, its blocks moved to stage 3.
-HYBRID_RESNET_LAYERS: dict[str, tuple[int, ...]] = {"r50": (3, 4, 9), "r26": (2, 2, 2), "micro": (1, 1)}
+# Hybrid backbones (paper §3.1): ResNetV2 stages feeding a ViT with patch size 1; the number after the slash
+# of a hybrid's name is its total stride (stem /4, then /2 per stage after the first). Depths: vit_jax
+# ``configs/models.py`` (get_r50_b16_config, get_r50_l32_config, get_r26_b32_config).
+HYBRID_RESNET_LAYERS: dict[str, tuple[int, ...]] = {
+    "r50": (3, 4, 9),  # option (ii): stage 4's blocks moved to stage 3, stride 16 (R50+ViT-B/16, -L/16)
+    "r50_s32": (3, 4, 6, 3),  # option (i): the regular ResNet-50's stage-4 output, stride 32 (R50+ViT-B/32, -L/32)
+    "r26": (2, 2, 2, 2),  # stride 32 (vit_jax R26+ViT-B_32)
+    "micro": (1, 1),  # vitlab's CPU hybrid, stride 8
+}
 
 FAMILIES = ("vit", "bit", "hybrid")
 CLASSIFIERS = ("token", "gap")
@@ -117,14 +127,24 @@ def build_vit(
     in_chans: int = 3,
     classifier: str = "token",
     representation_size: int | None = None,
-    drop_rate: float = 0.0,
+    head_drop_rate: float = 0.0,
     attn_drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     pos_embed: str = "learn",
     fused_attn: bool | None = None,
     hybrid: str | None = None,
     weight_init: str = "",
+    pos_drop_rate: float = 0.0,
+    proj_drop_rate: float = 0.0,
 ) -> nn.Module:
+    """A timm ``VisionTransformer`` of the paper's shapes (or an R+ViT hybrid when ``hybrid`` names a backbone).
+
+    Dropout sites (paper App. B.1, vit_jax ``models_vit.py``): ``pos_drop_rate`` right after adding the
+    position embeddings; ``proj_drop_rate`` after every dense layer except the qkv projections, i.e. after the
+    attention output projection and after both MLP layers (timm's ``proj_drop`` sites). ``attn_drop_rate`` is
+    dropout on the attention weights (0 in the paper); ``head_drop_rate`` is timm's dropout before the
+    classifier, which the paper does not use.
+    """
     from timm.models.vision_transformer import VisionTransformer
 
     shape = VIT_SHAPES[_choice("variant", variant, VIT_SHAPES)]
@@ -144,19 +164,25 @@ def build_vit(
         class_token=classifier == "token",
         fc_norm=False,  # paper: the head reads the final LayerNorm output for both classifiers
         pos_embed=pos_embed,
-        drop_rate=drop_rate,
+        drop_rate=head_drop_rate,
+        pos_drop_rate=pos_drop_rate,
+        proj_drop_rate=proj_drop_rate,
         attn_drop_rate=attn_drop_rate,
         drop_path_rate=drop_path_rate,
         weight_init=weight_init,
     )
     if hybrid is not None:
+        from timm.layers import StdConv2dSame
         from timm.models.resnetv2 import ResNetV2
         from timm.models.vision_transformer_hybrid import HybridEmbed
 
         layers = HYBRID_RESNET_LAYERS[_choice("hybrid", hybrid, HYBRID_RESNET_LAYERS)]
+        # TF "SAME" padding throughout (stem conv, stem max-pool, strided 3x3 convs), as the official hybrids
+        # were trained and as timm ports them (vision_transformer_hybrid._resnetv2, padding_same=True):
+        # symmetric padding would run an official R50+ViT checkpoint on a grid shifted by one pixel.
         backbone = ResNetV2(
             layers=layers, num_classes=0, global_pool="", in_chans=in_chans, preact=False, stem_type="same",
-            conv_layer=partial(_std_conv(), eps=1e-8),
+            conv_layer=partial(StdConv2dSame, eps=1e-8),
         )
         stride = 4 * 2 ** (len(layers) - 1)  # stem /4, then /2 per stage after the first
         _check_patch(img_size, stride * patch_size, "model.img_size (hybrid stride x patch)")
@@ -182,7 +208,7 @@ def build_bit(
     variant: str,
     num_classes: int,
     in_chans: int = 3,
-    drop_rate: float = 0.0,
+    head_drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     representation_size: int | None = None,
     zero_init_last: bool = True,
@@ -201,7 +227,7 @@ def build_bit(
         stem_chs=shape.stem_chs,
         stem_type=stem_type,
         conv_layer=conv,
-        drop_rate=drop_rate,
+        drop_rate=head_drop_rate,
         drop_path_rate=drop_path_rate,
         zero_init_last=zero_init_last,
     )
@@ -228,32 +254,67 @@ def build_model(
     in_chans: int = 3,
     classifier: str = "token",
     representation_size: int | None = None,
-    drop_rate: float = 0.0,
+    head_drop_rate: float = 0.0,
     attn_drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     pos_embed: str = "learn",
     fused_attn: bool | None = None,
     hybrid: str | None = None,
     grad_checkpointing: bool = False,
+    pos_drop_rate: float = 0.0,
+    proj_drop_rate: float = 0.0,
+    drop_rate: float | None = None,
     **ignored: Any,
 ) -> nn.Module:
     """Build a backbone + head from a ``conf/model`` entry (extra keys such as ``name`` are ignored).
 
     ``grad_checkpointing`` = timm's activation checkpointing (``set_grad_checkpointing``): blocks recompute
     their activations in the backward pass, trading ~30% more compute for memory (ViT-L/H on one GPU).
+    ``drop_rate`` is the old name of ``head_drop_rate`` (timm's dropout before the classifier, not one of the
+    paper's sites: those are ``pos_drop_rate`` and ``proj_drop_rate``); it still works, with a warning.
     """
     _choice("family", family, FAMILIES)
     if num_classes is None or int(num_classes) < 0:
         raise ModelConfigError(f"model.num_classes={num_classes!r} must be a non-negative int")
+    head_drop_rate = _head_drop_rate(head_drop_rate, drop_rate)
+    for key, rate in (("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
+                      ("attn_drop_rate", attn_drop_rate), ("head_drop_rate", head_drop_rate)):
+        if rate is not None and not 0.0 <= float(rate) < 1.0:
+            raise ModelConfigError(f"model.{key}={rate} must be in [0, 1)")
     if family == "bit":
+        if pos_drop_rate or proj_drop_rate or attn_drop_rate:
+            raise ModelConfigError(
+                f"model.pos_drop_rate={pos_drop_rate}, proj_drop_rate={proj_drop_rate}, attn_drop_rate="
+                f"{attn_drop_rate}: these are Transformer dropout sites; a BiT ResNet (model.family=bit) has none. "
+                "Set them to 0 (the paper trains its ResNets without dropout)."
+            )
         return _grad_checkpointing(
-            build_bit(variant, num_classes, in_chans, drop_rate, drop_path_rate, representation_size), grad_checkpointing)
+            build_bit(variant, num_classes, in_chans, head_drop_rate, drop_path_rate, representation_size),
+            grad_checkpointing)
     if patch_size is None:
         raise ModelConfigError(f"model.patch_size is required for family={family!r}")
     return _grad_checkpointing(build_vit(
         variant, int(patch_size), int(img_size), int(num_classes), in_chans, classifier, representation_size,
-        drop_rate, attn_drop_rate, drop_path_rate, pos_embed, fused_attn, hybrid if family == "hybrid" else None,
+        head_drop_rate, attn_drop_rate, drop_path_rate, pos_embed, fused_attn, hybrid if family == "hybrid" else None,
+        pos_drop_rate=float(pos_drop_rate), proj_drop_rate=float(proj_drop_rate),
     ), grad_checkpointing)
+
+
+def _head_drop_rate(head_drop_rate: float, drop_rate: float | None) -> float:
+    """``model.drop_rate`` (deprecated) -> ``model.head_drop_rate``; both set differently is an error."""
+    if drop_rate is None or float(drop_rate) == float(head_drop_rate or 0.0):
+        return float(head_drop_rate or 0.0)
+    if head_drop_rate:
+        raise ModelConfigError(
+            f"model.drop_rate={drop_rate} and model.head_drop_rate={head_drop_rate} both set the head dropout: "
+            "keep model.head_drop_rate only (drop_rate is its old name)"
+        )
+    warnings.warn(
+        f"model.drop_rate={drop_rate} is the old name of model.head_drop_rate (dropout before the classifier only). "
+        "The paper's dropout sites are model.pos_drop_rate and model.proj_drop_rate.",
+        FutureWarning, stacklevel=3,
+    )
+    return float(drop_rate)
 
 
 def _grad_checkpointing(model: nn.Module, enable: bool) -> nn.Module:

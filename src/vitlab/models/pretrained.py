@@ -12,7 +12,9 @@ The official ``.npz`` layouts are mapped by timm's own loaders (``vision_transfo
 ``resnetv2._load_weights``); vitlab adds what the paper's protocol asks for around them:
 
 - the pretrained head is dropped and a zero-initialised head put in (``keep_head=True`` keeps it);
-- position embeddings are resized by 2-D interpolation over the patch grid when the resolution differs;
+- position embeddings are resized by 2-D interpolation over the patch grid when the resolution differs, as
+  vit_jax does (``scipy.ndimage.zoom(order=1)``: bilinear, corners aligned; ``model.pos_embed_resize=timm`` for
+  timm's resampling);
 - a report of which weights were loaded, which are new and which were dropped is logged;
 - a checkpoint of another architecture (width, depth, heads, MLP, patch, stages) fails with the
   mismatches listed, instead of loading part of it silently;
@@ -41,8 +43,12 @@ from torch import nn
 
 log = logging.getLogger("vitlab.pretrained")
 
-#: how the position-embedding grid is interpolated; vit_jax uses scipy.ndimage.zoom(order=1), i.e. (bi)linear
-POS_EMBED_INTERPOLATION = "bilinear"
+#: how position embeddings are resized to a new grid (``model.pos_embed_resize``). ``vit_jax`` = the paper's code:
+#: ``scipy.ndimage.zoom(posemb_grid, (gs_new / gs_old, gs_new / gs_old, 1), order=1)`` (vit_jax ``checkpoint.py``),
+#: bilinear with the corner positions aligned. ``timm`` = ``timm.layers.resample_abs_pos_embed`` (bilinear with
+#: half-pixel centres, corners not aligned): on a 14 -> 24 grid the two differ by up to ~0.9 per entry.
+POS_EMBED_RESIZE = ("vit_jax", "timm")
+DEFAULT_POS_EMBED_RESIZE = "vit_jax"
 HEAD_PREFIXES = ("head.",)
 FORMATS = ("vitlab", "vit_npz", "bit_npz", "torch", "safetensors", "timm_hub")
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -417,7 +423,8 @@ def describe_bit_npz(path: str, files: set[str], shapes: dict[str, tuple[int, ..
     }
 
 
-def _vit_npz_state_dict(path: str, model: nn.Module, keep_head: bool, report: LoadReport) -> dict[str, torch.Tensor]:
+def _vit_npz_state_dict(path: str, model: nn.Module, keep_head: bool, report: LoadReport,
+                        pos_embed_resize: str = DEFAULT_POS_EMBED_RESIZE) -> dict[str, torch.Tensor]:
     from timm.models.vision_transformer import _load_weights
 
     w, files = _open_npz(path)
@@ -431,6 +438,7 @@ def _vit_npz_state_dict(path: str, model: nn.Module, keep_head: bool, report: Lo
         k_src = int(shapes[f"{p}head/bias"][-1]) if shapes.get(f"{p}head/bias") else 0
         pos = _npz_dims(path, shapes, f"{p}Transformer/posembed_input/pos_embedding", "1, tokens, width")
         want = next(model.parameters()).dtype
+        posemb = torch.from_numpy(w[f"{p}Transformer/posembed_input/pos_embedding"]).to(want)
         pre_logits = {k: torch.from_numpy(w[k]).to(want) for k in files if k.startswith(f"{p}pre_logits/")}
         head_npz = {k: torch.from_numpy(w[k]).to(want) for k in files if k.startswith(f"{p}head/")}
     src = copy.deepcopy(model)
@@ -446,8 +454,9 @@ def _vit_npz_state_dict(path: str, model: nn.Module, keep_head: bool, report: Lo
     old_grid = int(round(math.sqrt(pos[1] - n_prefix)))
     new_grid = tuple(model.patch_embed.grid_size)
     if (old_grid, old_grid) != new_grid:
-        report.resized.append(f"pos_embed: {n_prefix}+{old_grid}x{old_grid} -> {n_prefix}+{new_grid[0]}x{new_grid[1]} "
-                              "tokens (2-D bilinear, timm)")
+        # timm's loader resamples with its own convention; redo it from the file's grid as asked.
+        sd["pos_embed"] = resize_pos_embed(posemb, new_grid, n_prefix, method=pos_embed_resize).to(sd["pos_embed"].dtype)
+        report.resized.append(_resized_note(n_prefix, old_grid, new_grid, pos_embed_resize))
     if pre_logits:
         if keep_head and isinstance(model.head, nn.Sequential) and hasattr(model.head, "pre_logits"):
             sd["head.pre_logits.0.weight"] = pre_logits[f"{p}pre_logits/kernel"].T.contiguous()
@@ -485,13 +494,15 @@ def _bit_npz_state_dict(path: str, model: nn.Module, report: LoadReport) -> dict
 # ---------------------------------------------------------------------------------------------------------
 
 def resize_pos_embed(posemb: torch.Tensor, new_grid: tuple[int, int], num_prefix_tokens: int = 1,
-                     old_grid: tuple[int, int] | None = None) -> torch.Tensor:
+                     old_grid: tuple[int, int] | None = None, method: str = DEFAULT_POS_EMBED_RESIZE) -> torch.Tensor:
     """Resize a (1, prefix + H*W, D) position embedding to ``new_grid`` by 2-D interpolation (paper §3.2).
 
-    The [class] token's embedding is kept as it is. Interpolating to the same grid returns the input unchanged.
+    ``method="vit_jax"`` (default) equals vit_jax's ``scipy.ndimage.zoom(order=1)`` over the grid: bilinear
+    with corners aligned, computed in float64. ``method="timm"`` is timm's ``resample_abs_pos_embed``.
+    The prefix ([class] token) embeddings are kept as they are; the same grid returns the input unchanged.
     """
-    from timm.layers import resample_abs_pos_embed
-
+    if method not in POS_EMBED_RESIZE:
+        raise PretrainedError(f"model.pos_embed_resize={method!r} is not one of {list(POS_EMBED_RESIZE)}")
     n = posemb.shape[1] - num_prefix_tokens
     if old_grid is None:
         side = int(round(math.sqrt(n)))
@@ -501,9 +512,20 @@ def resize_pos_embed(posemb: torch.Tensor, new_grid: tuple[int, int], num_prefix
                 "grid: does the checkpoint's classifier (token vs gap) match model.classifier?"
             )
         old_grid = (side, side)
-    return resample_abs_pos_embed(posemb, new_size=list(new_grid), old_size=list(old_grid),
-                                  num_prefix_tokens=num_prefix_tokens, interpolation=POS_EMBED_INTERPOLATION,
-                                  antialias=False)
+    old_grid, new_grid = tuple(int(g) for g in old_grid), tuple(int(g) for g in new_grid)
+    if old_grid == new_grid:
+        return posemb
+    if method == "timm":
+        from timm.layers import resample_abs_pos_embed
+
+        return resample_abs_pos_embed(posemb, new_size=list(new_grid), old_size=list(old_grid),
+                                      num_prefix_tokens=num_prefix_tokens, interpolation="bilinear", antialias=False)
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+    d = grid.shape[-1]
+    g = grid.reshape(grid.shape[0], *old_grid, d).permute(0, 3, 1, 2).to(torch.float64)
+    g = torch.nn.functional.interpolate(g, size=new_grid, mode="bilinear", align_corners=True)
+    g = g.permute(0, 2, 3, 1).reshape(grid.shape[0], new_grid[0] * new_grid[1], d).to(posemb.dtype)
+    return torch.cat([prefix, g], dim=1)
 
 
 def _is_head(key: str) -> bool:
@@ -560,8 +582,13 @@ def _match_dtypes(sd: dict[str, torch.Tensor], target: dict[str, torch.Tensor], 
     report.cast += _cast_summary(casts)
 
 
+def _resized_note(n_prefix: int, old: int, new: tuple[int, int], method: str) -> str:
+    how = "bilinear, corners aligned (vit_jax)" if method == "vit_jax" else "bilinear, timm"
+    return f"pos_embed: {n_prefix}+{old}x{old} -> {n_prefix}+{new[0]}x{new[1]} tokens (2-D {how})"
+
+
 def adapt_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, source: str, keep_head: bool,
-                     report: LoadReport) -> dict[str, torch.Tensor]:
+                     report: LoadReport, pos_embed_resize: str = DEFAULT_POS_EMBED_RESIZE) -> dict[str, torch.Tensor]:
     """Fit a foreign state dict to ``model``: resize position embeddings, drop/keep the head, check every shape."""
     target = model.state_dict()
     sd = dict(sd)
@@ -573,10 +600,10 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, source: str,
         n_prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
         if sd["pos_embed"].shape[-1] == target["pos_embed"].shape[-1]:
             old = sd["pos_embed"]
-            sd["pos_embed"] = resize_pos_embed(old, tuple(model.patch_embed.grid_size), n_prefix)
-            og = int(round(math.sqrt(old.shape[1] - n_prefix)))
             g = tuple(model.patch_embed.grid_size)
-            report.resized.append(f"pos_embed: {n_prefix}+{og}x{og} -> {n_prefix}+{g[0]}x{g[1]} tokens (2-D {POS_EMBED_INTERPOLATION})")
+            sd["pos_embed"] = resize_pos_embed(old, g, n_prefix, method=pos_embed_resize)
+            og = int(round(math.sqrt(old.shape[1] - n_prefix)))
+            report.resized.append(_resized_note(n_prefix, og, g, pos_embed_resize))
     missing = sorted(k for k in target if k not in sd and (keep_head or not _is_head(k)))
     unexpected = sorted(k for k in sd if k not in target)
     wrong = sorted(k for k in sd if k in target and sd[k].shape != target[k].shape)
@@ -604,13 +631,21 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, source: str,
     return sd
 
 
-def load_pretrained(model: nn.Module, path: str | Path, keep_head: bool = False, verbose: bool = True) -> LoadReport:
-    """Load ``path`` into ``model`` in place for fine-tuning; return (and log) what was loaded, new and dropped."""
+def load_pretrained(model: nn.Module, path: str | Path, keep_head: bool = False, verbose: bool = True,
+                    pos_embed_resize: str | None = None) -> LoadReport:
+    """Load ``path`` into ``model`` in place for fine-tuning; return (and log) what was loaded, new and dropped.
+
+    ``pos_embed_resize`` (``model.pos_embed_resize``; None = the paper's ``vit_jax``) says how position
+    embeddings are resized when the checkpoint's grid differs from the model's (:func:`resize_pos_embed`).
+    """
     path = str(path)
+    pos_embed_resize = pos_embed_resize or DEFAULT_POS_EMBED_RESIZE
+    if pos_embed_resize not in POS_EMBED_RESIZE:
+        raise PretrainedError(f"model.pos_embed_resize={pos_embed_resize!r} is not one of {list(POS_EMBED_RESIZE)}")
     fmt = detect_format(path)
     report = LoadReport(source=path, format=fmt)
     if fmt == "vit_npz":
-        sd = _vit_npz_state_dict(path, model, keep_head, report)
+        sd = _vit_npz_state_dict(path, model, keep_head, report, pos_embed_resize)
     elif fmt == "bit_npz":
         sd = _bit_npz_state_dict(path, model, report)
     elif fmt == "safetensors":
@@ -624,7 +659,7 @@ def load_pretrained(model: nn.Module, path: str | Path, keep_head: bool = False,
     report.dropped += extra
     if fmt in ("vitlab", "torch", "safetensors", "timm_hub") and not sd:
         raise PretrainedError(f"model.pretrained={path} holds no backbone weights")
-    sd = adapt_state_dict(sd, model, path, keep_head, report)
+    sd = adapt_state_dict(sd, model, path, keep_head, report, pos_embed_resize)
     model.load_state_dict(sd, strict=False)
     if not keep_head:
         zero_init_head(model)
