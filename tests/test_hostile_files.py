@@ -188,6 +188,30 @@ def test_a_fifo_named_jpg_is_refused_at_once_instead_of_hanging(tmp_path):
 
 
 @linux_only
+def test_a_fifo_named_as_a_cifar_batch_is_refused_at_once(tmp_path):
+    """CIFAR's pickles go through the same regular-file check as images (then a numpy-only unpickler)."""
+    from vitlab.data.cifar import load_batch
+
+    fifo = tmp_path / "data_batch_1"
+    os.mkfifo(fifo)
+    with deadline(20), pytest.raises(RefusedImageError, match=rf"CIFAR batch {fifo} is a FIFO, not a regular file"):
+        load_batch(fifo)
+
+
+@pytest.mark.parametrize("rel", ["../outside.jpg", "/etc/passwd", "images/../../outside.jpg"])
+def test_a_list_file_naming_a_path_outside_the_dataset_is_refused(tmp_path, rel):
+    from vitlab.data.files import DatasetFormatError, read_list_file
+
+    (tmp_path / "outside.jpg").write_bytes(b"")
+    root = tmp_path / "vtab"
+    root.mkdir()
+    lst = root / "train800.txt"
+    lst.write_text(f"{rel} 0\n")
+    with pytest.raises(DatasetFormatError, match=r"train800.txt:1: image path .* leaves the dataset folder"):
+        read_list_file(lst, root, num_classes=2, check_files=False)
+
+
+@linux_only
 def test_a_link_to_dev_zero_is_refused_not_read_until_memory_runs_out(tmp_path):
     link = tmp_path / "zero.jpg"
     link.symlink_to("/dev/zero")

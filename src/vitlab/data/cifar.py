@@ -14,6 +14,7 @@ Validation follows the official ViT fine-tuning code: ``train[98%:]`` is held ou
 from __future__ import annotations
 
 import importlib
+import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,13 @@ import numpy as np
 
 from vitlab.data.base import DataConfigError
 from vitlab.data.download import fetch_archive, safe_extract
-from vitlab.data.files import DatasetFormatError, DatasetNotFoundError, FileDataModule
+from vitlab.data.files import (
+    CorruptImageError,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    FileDataModule,
+    read_image_bytes,
+)
 from vitlab.data.memory import TensorImageDataset
 
 #: the official archives (https://www.cs.toronto.edu/~kriz/cifar.html) and what they unpack to
@@ -78,9 +85,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def load_batch(path: Path) -> dict[str, Any]:
     """One official CIFAR pickle (Python 2 ``str`` keys; Python 3 ``bytes`` keys are accepted too)."""
     try:
-        with open(path, "rb") as f:
-            raw = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except FileNotFoundError:
+        # a regular file under the size cap only (a FIFO named data_batch_1 would block open() for ever)
+        data = read_image_bytes(path, what="CIFAR batch")
+        raw = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except (FileNotFoundError, DatasetNotFoundError, CorruptImageError):
         raise
     except DatasetFormatError as e:
         raise DatasetFormatError(f"{path}: {e}") from None

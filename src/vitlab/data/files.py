@@ -91,8 +91,8 @@ def _refusal_hint(key: str) -> str:
     )
 
 
-def read_image_bytes(path: str | os.PathLike, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
-    """The bytes of ``path``, if it is a regular file of at most ``max_file_bytes``.
+def read_image_bytes(path: str | os.PathLike, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, what: str = "image") -> bytes:
+    """The bytes of ``path`` (``what`` names it in errors), if it is a regular file of at most ``max_file_bytes``.
 
     Special files are refused by ``stat`` before they are opened: a FIFO named ``x.jpg`` would block ``open``
     for ever, and a link to ``/dev/zero`` would be read until memory runs out. The file is then opened
@@ -102,21 +102,21 @@ def read_image_bytes(path: str | os.PathLike, max_file_bytes: int = DEFAULT_MAX_
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise DatasetNotFoundError(f"image {path} is missing (it is listed by the dataset's index)") from None
+        raise DatasetNotFoundError(f"{what} {path} is missing (it is listed by the dataset's index)") from None
     except OSError as e:
-        raise CorruptImageError(f"cannot read image {path} ({e})") from e
+        raise CorruptImageError(f"cannot read {what} {path} ({e})") from e
 
     def check(st: os.stat_result) -> None:
         if not stat.S_ISREG(st.st_mode):
             kind = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
                     stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(st.st_mode), "not a file")
             raise RefusedImageError(
-                f"image {path} is {kind}, not a regular file ({os.path.realpath(path)}); vitlab reads only regular "
+                f"{what} {path} is {kind}, not a regular file ({os.path.realpath(path)}); vitlab reads only regular "
                 "files. Replace or delete it, or set data.skip_corrupt=true to skip such files with a warning"
             )
         if st.st_size > max_file_bytes:
             raise RefusedImageError(
-                f"image {path} is {st.st_size:,} bytes, more than data.max_file_bytes={max_file_bytes:,}. "
+                f"{what} {path} is {st.st_size:,} bytes, more than data.max_file_bytes={max_file_bytes:,}. "
                 + _refusal_hint("data.max_file_bytes")
             )
 
@@ -125,16 +125,16 @@ def read_image_bytes(path: str | os.PathLike, max_file_bytes: int = DEFAULT_MAX_
     try:
         fd = os.open(path, flags)
     except OSError as e:
-        raise CorruptImageError(f"cannot read image {path} ({e})") from e
+        raise CorruptImageError(f"cannot read {what} {path} ({e})") from e
     with open(fd, "rb") as f:
         check(os.fstat(fd))
         try:
             data = f.read(max_file_bytes + 1)
         except OSError as e:
-            raise CorruptImageError(f"cannot read image {path} ({e})") from e
+            raise CorruptImageError(f"cannot read {what} {path} ({e})") from e
     if len(data) > max_file_bytes:  # it grew after the check, or claims a size it does not have (/proc)
         raise RefusedImageError(
-            f"image {path} holds more than data.max_file_bytes={max_file_bytes:,} bytes. "
+            f"{what} {path} holds more than data.max_file_bytes={max_file_bytes:,} bytes. "
             + _refusal_hint("data.max_file_bytes")
         )
     return data
@@ -310,6 +310,11 @@ def read_list_file(path: Path, root: Path, num_classes: int | None, check_files:
                     "is data.task (or data.num_classes) right?"
                 )
             img = root / rel
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:  # a list names images inside its dataset only
+                raise DatasetFormatError(
+                    f"{path}:{n}: image path {rel!r} leaves the dataset folder {root}; list files name images by "
+                    "paths relative to it, without '..'"
+                )
             if check_files and not img.is_file():
                 raise DatasetNotFoundError(f"{path}:{n}: image {img} listed on this line does not exist")
             paths.append(str(img))
