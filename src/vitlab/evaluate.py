@@ -10,11 +10,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.config import CONF_DIR, ConfigError
-from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_results
+from vitlab.config import ConfigError
+from vitlab.tasks import hydra_app, print_metrics, scalar_metrics, task_wrapper, write_results
 
 log = logging.getLogger("vitlab.evaluate")
 
@@ -106,7 +105,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+@hydra_app("evaluate")
 def main(cfg: DictConfig) -> float | None:
     return evaluate(cfg).get("test/acc")
 

@@ -14,8 +14,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.config import CONF_DIR, ConfigError, job_config, to_plain, validate_train_cfg
-from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_results
+from vitlab.config import ConfigError, job_config, to_plain, validate_train_cfg
+from vitlab.tasks import hydra_app, print_metrics, scalar_metrics, task_wrapper, write_results
 
 log = logging.getLogger("vitlab.train")
 
@@ -102,10 +102,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from vitlab.callbacks.resume import apply_wandb_resume, resolve_resume
     from vitlab.utils.instantiate import build_callbacks, build_loggers
-    from vitlab.utils.secrets import check_no_literal_secrets, redact_hydra_dir
+    from vitlab.utils.secrets import check_no_literal_secrets
 
-    redact_hydra_dir(cfg.paths.output_dir)  # .hydra/*.yaml were written before we ran: mask secrets in them
-    check_no_literal_secrets(cfg)
+    check_no_literal_secrets(cfg)  # also here for in-process runs (the command line checks in hydra_app)
     validate_train_cfg(cfg)
     check_launch(cfg)
     plan = resolve_resume(cfg)  # ckpt_path=last / resume=auto|never: errors before anything is written
@@ -148,7 +147,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra_app("train")
 def main(cfg: DictConfig) -> float | None:
     results = train(cfg)
     metric = cfg.get("optimized_metric")
