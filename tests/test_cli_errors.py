@@ -24,7 +24,7 @@ def _cmd(module_and_args: list[str], out_dir) -> list[str]:
     return [sys.executable, "-m", module, *args, f"hydra.run.dir={out_dir}"]
 
 
-@pytest.mark.parametrize("kind", sorted(MISTAKES))
+@pytest.mark.parametrize("kind", [pytest.param("data", marks=pytest.mark.slow), "config", "missing file"])
 def test_user_mistake_prints_message_without_traceback(kind, tmp_path):
     cmd, message = MISTAKES[kind]
     res = run(_cmd(cmd, tmp_path / "out"), tmp_path, env=env(HYDRA_FULL_ERROR=""), timeout=300)

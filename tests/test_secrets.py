@@ -86,7 +86,11 @@ def test_train_masks_the_key_in_wandb_name_group_tags(trained):
     assert (wb.name, wb.group, wb.tags) == ("***", "***", ["vitlab", "***"])
 
 
-@pytest.mark.parametrize("task", ["evaluate", "fewshot", "analyze"])
+@pytest.mark.parametrize("task", [
+    pytest.param("evaluate", marks=pytest.mark.slow),  # W&B through build_loggers, as train: slow suite only
+    pytest.param("fewshot", marks=pytest.mark.slow),
+    "analyze",  # its own wandb.init
+])
 def test_eval_tasks_mask_the_key_in_their_wandb_run(task, trained, tmp_path):
     _, run_dir, _ = trained
     ckpt = run_dir / "checkpoints" / "last.ckpt"
