@@ -14,11 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from vitlab.config import CONF_DIR, ConfigError
-from vitlab.tasks import task_wrapper
+from vitlab.config import ConfigError
+from vitlab.tasks import hydra_app, task_wrapper
 
 log = logging.getLogger("vitlab.analyze")
 
@@ -105,9 +104,11 @@ def _log_wandb(cfg: DictConfig, figs: dict[str, Path], dist) -> None:
 
     from vitlab.config import wandb_offline
     from vitlab.report.wandb_dash import log_figures, log_table
+    from vitlab.utils.secrets import redact
 
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vitlab"), name=f"analyze-{Path(cfg.ckpt_path).parent.parent.name}",
-                     group=cfg.group, job_type="eval", dir=str(cfg.paths.output_dir),
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vitlab"),
+                     name=redact(f"analyze-{Path(cfg.ckpt_path).parent.parent.name}"),  # masked after interpolation
+                     group=redact(cfg.group), job_type="eval", dir=str(cfg.paths.output_dir),
                      mode="offline" if wandb_offline() else "online")
     try:
         log_figures(run, figs, prefix="analysis/")
@@ -118,7 +119,7 @@ def _log_wandb(cfg: DictConfig, figs: dict[str, Path], dist) -> None:
         run.finish()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="analyze")
+@hydra_app("analyze")
 def main(cfg: DictConfig) -> None:
     analyze(cfg)
 

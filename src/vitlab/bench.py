@@ -667,12 +667,11 @@ def write_outputs(result: dict[str, Any], out_dir: Path, name: str) -> Path:
 
 
 def _main_cli() -> None:
-    import hydra
     from omegaconf import DictConfig
 
-    from vitlab.config import CONF_DIR
+    from vitlab.tasks import hydra_app
 
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
+    @hydra_app("bench")
     def main(cfg: DictConfig) -> None:
         import signal
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from vitlab.config import CONF_DIR, ConfigError
+from vitlab.config import ConfigError
 from vitlab.runs import load_checkpoint, load_run
-from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_results
+from vitlab.tasks import hydra_app, print_metrics, scalar_metrics, task_wrapper, write_results
 
 log = logging.getLogger("vitlab.evaluate")
 
@@ -47,7 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+@hydra_app("evaluate")
 def main(cfg: DictConfig) -> float | None:
     return evaluate(cfg).get("test/acc")
 

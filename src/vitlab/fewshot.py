@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vitlab.config import CONF_DIR, ConfigError, to_plain
-from vitlab.tasks import task_wrapper, write_results
+from vitlab.config import ConfigError, to_plain
+from vitlab.tasks import hydra_app, task_wrapper, write_results
 
 log = logging.getLogger("vitlab.fewshot")
 
@@ -100,7 +99,7 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="fewshot")
+@hydra_app("fewshot")
 def main(cfg: DictConfig) -> float | None:
     res = fewshot(cfg)
     return res.get(f"fewshot/{res['data/name']}_{int(cfg.shots[-1])}shot")

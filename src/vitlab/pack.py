@@ -33,10 +33,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from vitlab.config import CONF_DIR, ConfigError, to_plain
+from vitlab.config import ConfigError, to_plain
+from vitlab.tasks import hydra_app
 
 log = logging.getLogger("vitlab.pack")
 
@@ -360,7 +360,7 @@ def pack(cfg: DictConfig) -> dict[str, Any]:
     return manifest
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pack")
+@hydra_app("pack")
 def main(cfg: DictConfig) -> None:
     pack(cfg)
 

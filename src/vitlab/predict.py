@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from vitlab.config import CONF_DIR, ConfigError
-from vitlab.tasks import task_wrapper
+from vitlab.config import ConfigError
+from vitlab.tasks import hydra_app, task_wrapper
 
 log = logging.getLogger("vitlab.predict")
 
@@ -215,7 +214,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return {"labelled": len(records), "skipped": len(skipped), "out": str(out)}
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
+@hydra_app("predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -1,4 +1,9 @@
-"""What every task shares: the run wrapper that always closes loggers, and result reporting."""
+"""What every task shares: the command-line entry point (:func:`hydra_app`), the run wrapper that owns the run
+directory and always closes loggers (:func:`task_wrapper`), and result reporting.
+
+This module imports nothing heavy (no torch, no Lightning), so that a command refused at start-up (a literal
+secret, a busy run directory, a wrong value) answers in about a second.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +11,116 @@ import functools
 import json
 import logging
 import math
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
+
 from vitlab.utils.hydra_callbacks import RESULT_FILE
-from vitlab.utils.instantiate import finish_wandb
 
 log = logging.getLogger("vitlab")
 
+_VITLAB_DIR = str(Path(__file__).resolve().parent)
+
 
 def task_wrapper(fn: Callable) -> Callable:
-    """Run a task; whatever happens, finish the W&B run (exit code 1 on failure) before returning or raising."""
+    """Run a task ``fn(cfg, ...)`` as the owner of ``cfg.paths.output_dir`` (:mod:`vitlab.utils.run_owner`: a
+    second process in the same directory is refused before it writes anything); whatever happens, finish the
+    W&B run (exit code 1 on failure) before returning or raising."""
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
+        from vitlab.utils.instantiate import finish_wandb
+        from vitlab.utils.run_owner import acquire, release
+
+        cfg = args[0] if args else kwargs.get("cfg")
+        out_dir = OmegaConf.select(cfg, "paths.output_dir", default=None) if isinstance(cfg, DictConfig) else None
+        if out_dir:
+            acquire(out_dir, key="paths.output_dir")
         try:
-            out = fn(*args, **kwargs)
-        except BaseException:
-            finish_wandb(exit_code=1)
-            raise
-        finish_wandb(exit_code=0)
+            try:
+                out = fn(*args, **kwargs)
+            except BaseException:
+                finish_wandb(exit_code=1)
+                raise
+            finish_wandb(exit_code=0)
+        finally:
+            if out_dir:
+                release(out_dir)
         return out
 
     return wrapped
+
+
+class UserError(CompactHydraException):
+    """A user's mistake (a wrong config value, a missing file, a busy run directory) on the command line: Hydra
+    prints its message alone, without a stack trace (``HYDRA_FULL_ERROR=1`` shows the full chain)."""
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user's mistake behind ``exc``, or None for a bug.
+
+    A mistake is an error class of vitlab's own that derives from ``ValueError`` (``ConfigError``,
+    ``DataConfigError``, ``ModelConfigError``, ``PretrainedError``, ...: each names the key or file and the fix),
+    or a ``FileNotFoundError`` raised by vitlab's code (a path the user gave). Hydra's ``instantiate`` wraps
+    errors raised while building an object, so the ``__cause__`` chain is searched too.
+    """
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, ValueError) and type(exc).__module__.startswith("vitlab."):
+            return exc
+        if isinstance(exc, FileNotFoundError) and _raised_in_vitlab(exc):
+            return exc
+        exc, seen = exc.__cause__, seen + 1
+    return None
+
+
+def _raised_in_vitlab(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and last.tb_frame.f_code.co_filename.startswith(_VITLAB_DIR)
+
+
+def hydra_app(config_name: str) -> Callable:
+    """``@hydra.main`` for a vitlab task (``conf/<config_name>.yaml``), plus what every command line shares.
+
+    - A literal secret in the config is refused before the task runs (``check_no_literal_secrets``); the Hydra
+      callback ``RunGuard`` has already masked it in everything Hydra saves or prints.
+    - A user's mistake (:func:`user_error`) prints ``Error: <message>`` (which names the key or file and the fix)
+      without a Python traceback, exit code 1, secrets masked; ``HYDRA_FULL_ERROR=1`` shows the full trace.
+      Anything else is a bug and keeps Hydra's stack trace.
+    """
+    import hydra
+
+    from vitlab.config import CONF_DIR
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def task(cfg: DictConfig) -> Any:
+            from vitlab.utils.secrets import check_no_literal_secrets, redact
+
+            try:
+                check_no_literal_secrets(cfg)
+                return fn(cfg)
+            except Exception as e:
+                cause = user_error(e)
+                if cause is None:
+                    raise
+                raise UserError(f"Error: {redact(str(cause))}") from e
+
+        # Hydra names the job (and its log file) after the task function's module; run as `python -m vitlab.X`
+        # that module is __main__, and Hydra would fall back to the file of this wrapper: name the real one.
+        if task.__module__ == "__main__":
+            spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+            task.__module__ = spec.name if spec is not None else Path(sys.argv[0]).stem
+        return hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
+
+    return decorate
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -15,8 +15,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.config import CONF_DIR, ConfigError, apply_global_batch, job_config, to_plain, validate_train_cfg
-from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_results
+from vitlab.config import ConfigError, apply_global_batch, job_config, to_plain, validate_train_cfg
+from vitlab.tasks import hydra_app, print_metrics, scalar_metrics, task_wrapper, write_results
 
 log = logging.getLogger("vitlab.train")
 
@@ -114,10 +114,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from vitlab.callbacks.resume import apply_wandb_resume, resolve_resume
     from vitlab.utils.extras import apply_extras
     from vitlab.utils.instantiate import build_callbacks, build_loggers
-    from vitlab.utils.secrets import check_no_literal_secrets, redact_hydra_dir
+    from vitlab.utils.secrets import check_no_literal_secrets
 
-    redact_hydra_dir(cfg.paths.output_dir)  # .hydra/*.yaml were written before we ran: mask secrets in them
-    check_no_literal_secrets(cfg)
+    check_no_literal_secrets(cfg)  # also here for in-process runs (the command line checks in hydra_app)
     validate_train_cfg(cfg)
     batch_line = apply_global_batch(cfg)  # data.global_batch_size -> per-process data.batch_size (or an error)
     if batch_line:
@@ -171,7 +170,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra_app("train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     results = train(cfg)
     metric = cfg.get("optimized_metric")

@@ -18,11 +18,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vitlab.config import CONF_DIR, ConfigError
-from vitlab.tasks import write_results
+from vitlab.config import ConfigError
+from vitlab.tasks import hydra_app, task_wrapper, write_results
 
 log = logging.getLogger("vitlab.vtab")
 
@@ -90,6 +89,7 @@ def _sub_run(run: DictConfig, out_dir: Path, lr: float, split: str, test: bool) 
     return train(sub)
 
 
+@task_wrapper
 def run_task(cfg: DictConfig) -> dict[str, Any]:
     from vitlab.data.catalog import VTAB_TASKS
 
@@ -121,7 +121,7 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="vtab")
+@hydra_app("vtab")
 def main(cfg: DictConfig) -> float | None:
     return run_task(cfg).get("test/acc")
 

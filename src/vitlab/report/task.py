@@ -13,14 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, ListConfig
 
 from vitlab import metrics as M
 from vitlab.analysis.flops import EXAFLOPS
-from vitlab.config import CONF_DIR
 from vitlab.report.collect import ReportError, collect, latest_sweep, write_csv
 from vitlab.report.figures import accuracy_key, html_page, plot_compute, plot_data_scaling
+from vitlab.tasks import hydra_app
 from vitlab.utils.hydra_callbacks import markdown_table
 
 log = logging.getLogger("vitlab.report")
@@ -99,10 +98,11 @@ def _log_wandb(rows, figs, title: str, out: Path) -> Path:
     from vitlab.config import wandb_offline
     from vitlab.report.wandb_dash import log_figures, log_table
     from vitlab.report.wandb_offline import wait_until_finished
+    from vitlab.utils.secrets import redact
 
     group = next((r.get("group") for r in rows if r.get("group")), None)
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vitlab"), name=title, group=group, job_type="report",
-                     dir=str(out), mode="offline" if wandb_offline() else "online")
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vitlab"), name=redact(title), group=redact(group),
+                     job_type="report", dir=str(out), mode="offline" if wandb_offline() else "online")
     try:
         log_figures(run, figs)
         log_table(run, "report/runs", rows, [k for _, k, _ in COLUMNS] + ["job_dir"])
@@ -129,7 +129,7 @@ def dashboard_files(wb, sweeps: list[str], out_dir: str | Path) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")
+@hydra_app("report")
 def main(cfg: DictConfig) -> dict[str, Any]:
     sweep = cfg.sweep_dir
     if sweep in (None, "", "latest"):

@@ -1,4 +1,10 @@
-"""Hydra callbacks: after a multirun, print and save one table of every job's results."""
+"""Hydra callbacks: guard a run before Hydra writes anything; after a multirun, print and save one table.
+
+Hydra calls ``on_run_start`` / ``on_multirun_start`` after composing the config and before it creates the
+output directory, saves ``.hydra/*.yaml``, configures the job's log file or launches any job
+(``hydra._internal.hydra.Hydra.run`` / ``multirun``, then ``hydra.core.utils.run_job``), so that is where
+:class:`RunGuard` masks secrets and takes the directory's lock.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 RESULT_FILE = "metrics.json"
 
@@ -50,11 +56,77 @@ def markdown_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
     return "\n".join([head, sep, *body])
 
 
-class SweepSummary(Callback):
-    """On multirun end: print a Markdown table of all jobs and write ``summary.md`` / ``summary.json``."""
+def _exit_busy(e: Exception) -> None:
+    """Stop this process before Hydra touches the directory (Hydra turns a callback's exception into a warning
+    and goes on, so a clean exit is the only way to refuse here)."""
+    from vitlab.utils.secrets import redact
+
+    raise SystemExit(f"Error: {redact(str(e))}")
+
+
+class RunGuard(Callback):
+    """Before Hydra saves ``.hydra/`` or starts a job: mask literal secrets in the config
+    (:func:`vitlab.utils.secrets.mask_hydra_config`) and own the run directory (single run) or the sweep
+    directory (multirun) for the life of the process (:mod:`vitlab.utils.run_owner`). A directory that another
+    live process owns stops this one with a message naming the directory and the owner's pid, exit code 1."""
+
+    def _own(self, config: DictConfig, key: str) -> None:
+        from vitlab.utils.run_owner import RunDirBusyError, acquire
+
+        try:
+            d = OmegaConf.select(config, key)
+        except Exception:  # noqa: BLE001 - unresolvable here: the task takes the lock on its output dir
+            return
+        if not d:
+            return
+        try:
+            acquire(d, key=key, task=f"vitlab.{config.get('task_name', 'run')}")
+        except RunDirBusyError as e:
+            _exit_busy(e)
+        self._dirs.append(str(d))
+
+    def _release(self) -> None:
+        from vitlab.utils.run_owner import release
+
+        while getattr(self, "_dirs", None):
+            release(self._dirs.pop())
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vitlab.utils.secrets import mask_hydra_config
+
+        self._dirs: list[str] = []
+        mask_hydra_config(config)
+        self._own(config, "hydra.run.dir")
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._release()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vitlab.utils.secrets import mask_hydra_config
+
+        self._dirs = []
+        mask_hydra_config(config)
+        self._own(config, "hydra.sweep.dir")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._release()  # Hydra calls end hooks in reverse order: the summaries below ran under this lock
+
+
+class SweepSummary(Callback):
+    """On multirun end: print a Markdown table of all jobs and write ``summary.md`` / ``summary.json``, as the
+    owner of the sweep directory (a second sweep writing the same directory is refused, see ``RunGuard``)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from vitlab.utils.run_owner import RunDirBusyError, own
+
         sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            with own(sweep_dir, key="hydra.sweep.dir", task="vitlab sweep summary"):
+                self._write(sweep_dir)
+        except RunDirBusyError as e:
+            print(f"[vitlab] no summary written: {e}")
+
+    def _write(self, sweep_dir: Path) -> None:
         rows = collect_results(sweep_dir)
         if not rows:
             print(f"[vitlab] no job under {sweep_dir} wrote {RESULT_FILE} (did every job fail?)")

@@ -45,13 +45,21 @@ def build_callbacks(cfg: DictConfig | None, trainer_cfg: DictConfig | None = Non
 
 
 def build_loggers(cfg: DictConfig | None) -> list:
-    """Instantiate each logger; a W&B that is missing or fails to start is skipped with a warning (CSV goes on)."""
+    """Instantiate each logger; a W&B that is missing or fails to start is skipped with a warning (CSV goes on).
+
+    Each logger's arguments are resolved first and then masked (:func:`vitlab.utils.secrets.redact`): a W&B run
+    name, group or tags such as ``${oc.env:WANDB_API_KEY}`` would otherwise carry the key into the run file.
+    """
+    from omegaconf import OmegaConf
+
+    from vitlab.utils.secrets import redact
+
     out = []
     for name, c in (cfg or {}).items():
         if c is None or "_target_" not in c:
             continue
         try:
-            lg = instantiate(c)
+            lg = instantiate(OmegaConf.create(redact(OmegaConf.to_container(c, resolve=True))))
             if "wandb" in str(c._target_).lower():
                 _ = lg.experiment  # start the run now, so a broken W&B fails here and not mid-training
             out.append(lg)

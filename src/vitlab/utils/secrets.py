@@ -1,19 +1,23 @@
-"""Keep secrets (W&B keys, tokens, passwords) out of logs, config dumps, checkpoints and W&B.
+"""Keep secrets (W&B keys, tokens, passwords) out of logs, config dumps, checkpoints, W&B and the console.
 
 - A config key that looks like a secret (``api_key``, ``token``, ``password``, ...) may only take its
-  value from the environment (``${oc.env:NAME}``): a literal value is refused (:func:`check_no_literal_secrets`),
-  because the command line is saved in ``.hydra/overrides.yaml``, W&B's run metadata and shell history.
-- Every resolved config vitlab writes (``config.yaml``, hyperparameters for CSV/W&B, the checkpoint's
-  ``vitlab_config``) goes through :func:`redact`: secret-named keys become ``***`` and the value of any
-  secret-named environment variable (``WANDB_API_KEY``, ``HF_TOKEN``, ...) is masked wherever it appears.
-- Hydra writes ``.hydra/*.yaml`` before the task starts; :func:`redact_hydra_dir` rewrites them.
+  value from the environment (``${oc.env:NAME}``): a literal value is refused (:func:`check_no_literal_secrets`,
+  run by every task), because the command line is saved in ``.hydra/overrides.yaml``, W&B's run metadata and
+  shell history.
+- :func:`redact` is the one masking function: secret-named keys become ``***``, and so does every known secret
+  value wherever it appears: the values of secret-named environment variables (``WANDB_API_KEY``,
+  ``HF_TOKEN``, ...) and the literal secrets typed on this command line (:func:`register_secret`).
+  Everything vitlab writes or shows goes through it: ``config.yaml``, hyperparameters for CSV/W&B, the
+  checkpoint's ``vitlab_config``, the W&B run's name/group/tags after interpolation, error messages.
+- Hydra saves ``.hydra/*.yaml`` before the task starts, and prints the overrides of a failed job; the Hydra
+  callback ``RunGuard`` masks the config in place first (:func:`mask_hydra_config`, on run/multirun start), so
+  what Hydra saves, logs and echoes is already masked and a refused key is never shown.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -22,12 +26,31 @@ from vitlab.config import ConfigError
 
 SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|passw(or)?d|credential|private[_-]?key|access[_-]?key)", re.I)
 MASK = "***"
+#: a Hydra override ``key=value`` (``+``/``++``/``~`` prefixes allowed)
+OVERRIDE = re.compile(r"^(\+{0,2}~?)([\w./@-]+)=(.*)$", re.S)
+
+#: literal secrets seen in this process (typed on the command line or in a config file), masked like env values
+_registered: set[str] = set()
 
 
-def secret_env_values(environ: dict[str, str] | None = None) -> list[str]:
-    """Values of secret-named environment variables (8+ characters, longest first)."""
+def register_secret(value: str) -> None:
+    """Mask ``value`` from now on wherever :func:`redact` runs (values under 8 characters are too common to mask)."""
+    if isinstance(value, str) and len(value.strip("'\"")) >= 8:
+        _registered.add(value)
+        _registered.add(value.strip("'\""))
+
+
+def is_literal_secret(key: str, value: object) -> bool:
+    """A secret-named key whose value is written out (not ``${oc.env:...}``, not empty, not already masked)."""
+    name = str(key).rsplit(".", 1)[-1]
+    return (bool(SECRET_NAME.search(name)) and isinstance(value, str) and value.strip("'\"") not in ("", MASK)
+            and not value.startswith("${"))
+
+
+def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of secret-named environment variables (8+ characters) and registered literal secrets, longest first."""
     env = os.environ if environ is None else environ
-    vals = {v for k, v in env.items() if SECRET_NAME.search(k) and v and len(v) >= 8}
+    vals = {v for k, v in env.items() if SECRET_NAME.search(k) and v and len(v) >= 8} | _registered
     return sorted(vals, key=len, reverse=True)
 
 
@@ -35,15 +58,15 @@ def _mask_str(s: str, values: list[str]) -> str:
     for v in values:
         if v in s:
             s = s.replace(v, MASK)
-    m = re.match(r"^(\+{0,2}~?)([\w./-]+)=(.*)$", s)  # a Hydra override "key=value"
-    if m and SECRET_NAME.search(m.group(2).rsplit(".", 1)[-1]) and m.group(3) and not m.group(3).startswith("${"):
+    m = OVERRIDE.match(s)  # a Hydra override "key=value"
+    if m and is_literal_secret(m.group(2), m.group(3)):
         s = f"{m.group(1)}{m.group(2)}={MASK}"
     return s
 
 
 def redact(obj: Any, values: list[str] | None = None) -> Any:
     """A copy of plain containers with secret-named keys masked and secret env values replaced."""
-    values = secret_env_values() if values is None else values
+    values = secret_values() if values is None else values
     if isinstance(obj, dict):
         return {k: (MASK if isinstance(k, str) and SECRET_NAME.search(k) and v not in (None, "") else redact(v, values))
                 for k, v in obj.items()}
@@ -66,7 +89,7 @@ def check_no_literal_secrets(cfg: DictConfig, prefix: str = "") -> None:
             check_no_literal_secrets(node, f"{key}.")
             continue
         raw = node._value()
-        if isinstance(k, str) and SECRET_NAME.search(k) and isinstance(raw, str) and raw and not raw.startswith("${"):
+        if isinstance(k, str) and isinstance(raw, str) and raw and not raw.startswith("${") and SECRET_NAME.search(k):
             raise ConfigError(
                 f"{key} holds a literal secret: put it in the environment and reference it, e.g. "
                 f"{key}='${{oc.env:MY_SECRET}}' (W&B reads WANDB_API_KEY by itself). Values typed in configs or on "
@@ -74,22 +97,53 @@ def check_no_literal_secrets(cfg: DictConfig, prefix: str = "") -> None:
             )
 
 
-def redact_hydra_dir(out_dir: str | Path) -> None:
-    """Rewrite ``<out_dir>/.hydra/*.yaml`` with secrets masked (Hydra saved them before the task started)."""
-    import yaml
+def mask_hydra_config(cfg: DictConfig) -> None:
+    """Mask literal secrets in a composed Hydra config, in place, before Hydra saves ``.hydra/`` or echoes overrides.
 
-    values = secret_env_values()
-    for p in Path(out_dir, ".hydra").glob("*.yaml"):
-        try:
-            text = p.read_text()
-            data = yaml.safe_load(text)
-        except (OSError, yaml.YAMLError):
-            continue
-        clean = redact(data, values)
-        if clean != data:
-            tmp = p.with_suffix(".yaml.tmp")
-            tmp.write_text(yaml.safe_dump(clean, sort_keys=False))
-            tmp.replace(p)
+    Called by the Hydra callback ``RunGuard`` on run/multirun start (Hydra saves the config and, for a failed
+    job, prints its overrides after that). The literal values are registered first, so every later message,
+    log line and file (:func:`redact`) masks them too; the task then refuses the masked key
+    (:func:`check_no_literal_secrets`) with a message that names the key and not the value.
+    ``${oc.env:...}`` references are left alone: they hold no secret.
+    """
+    from omegaconf import open_dict, read_write
+
+    for ov in OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []:
+        m = OVERRIDE.match(str(ov))
+        if m and is_literal_secret(m.group(2), m.group(3)):
+            register_secret(m.group(3))
+    _walk_register(cfg)
+    values = secret_values()
+
+    def walk(node: DictConfig | ListConfig) -> None:
+        with read_write(node), open_dict(node):
+            keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
+            for k in keys:
+                child = node._get_node(k)
+                if isinstance(child, (DictConfig, ListConfig)):
+                    if not (child._is_none() or child._is_missing() or child._is_interpolation()):
+                        walk(child)
+                    continue
+                raw = child._value() if child is not None else None
+                if not isinstance(raw, str):
+                    continue
+                new = MASK if isinstance(k, str) and is_literal_secret(k, raw) else _mask_str(raw, values)
+                if new != raw:
+                    node[k] = new
+
+    walk(cfg)
+
+
+def _walk_register(node: DictConfig | ListConfig) -> None:
+    """Register the literal values of secret-named keys (from config files) as secrets."""
+    keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
+    for k in keys:
+        child = node._get_node(k)
+        if isinstance(child, (DictConfig, ListConfig)):
+            if not (child._is_none() or child._is_missing() or child._is_interpolation()):
+                _walk_register(child)
+        elif child is not None and isinstance(k, str) and is_literal_secret(k, child._value()):
+            register_secret(child._value())
 
 
 def redacted_container(cfg: DictConfig) -> Any:

@@ -1,0 +1,154 @@
+"""One owner per run directory (issue 11, item 4): a second process in a live run's (or sweep's) directory stops
+before it touches anything, naming the directory and the owner's pid; the owner finishes untouched; a killed
+owner's directory is taken over, so ``resume=auto`` after SIGKILL still works."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from reliability_utils import TINY, env, metrics, run, start, train_cmd, wait_for
+from vitlab.utils.run_owner import RunDirBusyError, acquire, holder, own, owns, release
+
+TESTS = Path(__file__).resolve().parent
+
+
+class Gate(L.Callback):
+    """``+callbacks.gate._target_=test_run_owner.Gate +callbacks.gate.dir=<d>``: at global step ``at_step`` (after the
+    step-2 checkpoint) write ``<d>/reached`` and wait until ``<d>/open`` exists, so a test knows the run is live."""
+
+    def __init__(self, dir: str, at_step: int = 3, timeout: float = 300.0) -> None:
+        self.dir, self.at_step, self.timeout = Path(dir), at_step, timeout
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.at_step:
+            return
+        (self.dir / "reached").write_text(str(os.getpid()))
+        t0 = time.monotonic()
+        while not (self.dir / "open").exists() and time.monotonic() - t0 < self.timeout:
+            time.sleep(0.05)
+
+
+def _env() -> dict[str, str]:
+    return env(PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+
+
+def _gate(d: Path) -> list[str]:
+    return ["+callbacks.gate._target_=test_run_owner.Gate", f"+callbacks.gate.dir={d}"]
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+# ---- the lock itself (in-process + a tiny holder process: no training) ------------------------------------
+_HOLD = """
+import sys, time
+from pathlib import Path
+from vitlab.utils.run_owner import acquire
+acquire(sys.argv[1]); Path(sys.argv[2]).write_text("held"); time.sleep(120)
+"""
+
+
+def test_lock_is_reentrant_in_one_process_and_refused_to_another(tmp_path):
+    d = tmp_path / "run"
+    with own(d):
+        with own(d):  # the Hydra callback and the task both hold it: one lock
+            assert owns(d)
+        assert owns(d)
+        assert holder(d)["pid"] == os.getpid()
+    assert not owns(d)
+
+    ready = tmp_path / "ready"
+    p = subprocess.Popen([sys.executable, "-c", _HOLD, str(d), str(ready)], env=_env())
+    try:
+        t0 = time.monotonic()
+        while not ready.exists():
+            assert p.poll() is None and time.monotonic() - t0 < 60, "holder did not start"
+            time.sleep(0.05)
+        with pytest.raises(RunDirBusyError) as err:
+            acquire(d)
+        msg = str(err.value)
+        assert str(d.resolve()) in msg and f"pid {p.pid}" in msg and "hydra.run.dir=" in msg
+        assert not owns(d)
+    finally:
+        p.kill()
+        p.wait()
+    acquire(d)  # the kernel dropped the dead holder's lock: taken over at once
+    try:
+        assert holder(d)["pid"] == os.getpid()
+    finally:
+        release(d)
+
+
+# ---- two real training processes ----------------------------------------------------------------------------
+def test_second_run_in_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path):
+    run_dir, gate = tmp_path / "job", tmp_path / "gate"
+    gate.mkdir()
+    first = start(train_cmd(run_dir, *_gate(gate)), tmp_path, env=_env())
+    try:
+        wait_for(lambda: (gate / "reached").exists(), first, what="the first run at step 3")
+        before = _snapshot(run_dir)
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+        second = run(train_cmd(run_dir), tmp_path, env={**_env(), "HYDRA_FULL_ERROR": ""}, timeout=300)
+        assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
+        err = second.stderr
+        assert f"hydra.run.dir={run_dir.resolve()} is in use by pid {first.pid}" in err, err[-2000:]
+        assert "Traceback" not in err
+        assert "resuming" not in second.stdout + err  # it never got as far as reading last.ckpt
+        assert _snapshot(run_dir) == before, "the refused process changed the live run's files"
+    finally:
+        (gate / "open").write_text("")
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    assert metrics(run_dir)["time/wall_s"] > 0
+    rows = list(csv.reader((run_dir / "csv" / "metrics.csv").open()))
+    assert rows[0][0] != rows[1][0] and sum(r == rows[0] for r in rows) == 1  # one header, one writer
+
+
+def test_sigkill_frees_the_dir_and_resume_auto_takes_it_over(tmp_path):
+    run_dir, gate = tmp_path / "job", tmp_path / "gate"
+    gate.mkdir()
+    first = start(train_cmd(run_dir, *_gate(gate)), tmp_path, env=_env())
+    wait_for(lambda: (gate / "reached").exists(), first, what="the first run at step 3")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=120)
+    assert holder(run_dir)["pid"] == first.pid  # the dead owner's file is still there...
+    (gate / "open").write_text("")
+    again = run(train_cmd(run_dir, *_gate(gate)), tmp_path, env=_env())
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout + again.stderr  # ...and its lock went with it
+    assert metrics(run_dir)["time/wall_s"] > 0
+    assert holder(run_dir)["pid"] != first.pid
+
+
+# ---- two sweeps into one sweep directory ---------------------------------------------------------------------
+def test_second_sweep_into_a_live_sweep_dir_is_refused_and_the_first_writes_its_summary(tmp_path):
+    sweep_dir, gate = tmp_path / "sweep", tmp_path / "gate"
+    gate.mkdir()
+    cmd = [sys.executable, "-m", "vitlab.train", "--multirun", *TINY, f"hydra.sweep.dir={sweep_dir}", "seed=1"]
+    first = start([*cmd, *_gate(gate)], tmp_path, env=_env())
+    try:
+        wait_for(lambda: (gate / "reached").exists(), first, what="the first sweep's job at step 3")
+        second = run(cmd, tmp_path, env={**_env(), "HYDRA_FULL_ERROR": ""}, timeout=300)
+        assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
+        assert f"hydra.sweep.dir={sweep_dir.resolve()} is in use by pid {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert "Launching" not in second.stdout + second.stderr  # refused before any job started
+    finally:
+        (gate / "open").write_text("")
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    rows = json.loads((sweep_dir / "summary.json").read_text())
+    assert len(rows) == 1 and (sweep_dir / "summary.md").is_file()
+    assert (sweep_dir / "0" / "metrics.json").is_file()

@@ -1,0 +1,108 @@
+"""No secret leaves the process (issue 11, item 5), for every task.
+
+- A literal secret typed on the command line is refused by every task, and appears nowhere: not in what Hydra
+  saved (``.hydra/``), not in the console, Hydra's own "Error executing job with overrides" line included.
+- A W&B key that reaches the W&B run's name, group or tags through an interpolation (``${oc.env:WANDB_API_KEY}``)
+  is masked after interpolation: not in the run directory, the W&B offline run file, or the console.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from reliability_utils import env, run, train_cmd
+from vitlab.report.wandb_offline import find_offline_runs, read_offline_run
+
+KEY = "wandbkey-" + "0123456789abcdef" * 2 + "ffff"  # 40 characters, like a real W&B key
+LITERAL = "literal-secret-value-4242"
+FROM_ENV = "${oc.env:WANDB_API_KEY}"
+#: every W&B field a user may name after something: each one interpolates the key
+WANDB_NAMES = [f"logger.wandb.name={FROM_ENV}", f"group={FROM_ENV}", f"tags=[vitlab,{FROM_ENV}]"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return env(WANDB_API_KEY=KEY, WANDB_MODE="offline", **extra)
+
+
+def leaks(secret: str, out, *dirs: Path) -> list[str]:
+    """Where ``secret`` shows up: files under ``dirs`` (any byte of any file), and the console."""
+    found = [str(p) for d in dirs if d.exists() for p in d.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    if secret in out.stdout + out.stderr:
+        found.append("console")
+    return found
+
+
+def _wandb_runs(run_dir: Path) -> list:
+    runs = [read_offline_run(d) for d in find_offline_runs(run_dir)]
+    assert runs, f"no W&B offline run under {run_dir}"
+    return runs
+
+
+# ---- a literal secret: refused by every task, masked everywhere -------------------------------------------
+#: the least each task needs on its command line to start (it is refused before it does anything)
+TASKS = {
+    "train": [],
+    "evaluate": ["ckpt_path=missing.ckpt"],
+    "fewshot": ["ckpt_path=missing.ckpt"],
+    "analyze": ["ckpt_path=missing.ckpt"],
+    "vtab": ["ckpt_path=missing.npz", "data.task=dtd"],  # a multirun: Hydra's launcher lists each job's overrides
+    "bench": [],
+    "report": ["sweep_dir=missing"],
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_literal_secret_is_refused_and_never_echoed(task, tmp_path):
+    out_dir = tmp_path / "out"
+    args = [*TASKS[task], f"+hub.hf_token={LITERAL}", f"hydra.run.dir={out_dir}", f"hydra.sweep.dir={out_dir}"]
+    res = run([sys.executable, "-m", f"vitlab.{task}", *args], tmp_path, env=_env(), timeout=300)
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "hub.hf_token holds a literal secret" in res.stderr, res.stderr[-2000:]
+    assert "hub.hf_token=***" in res.stdout + res.stderr  # Hydra's own echo of the overrides, masked
+    assert not leaks(LITERAL, res, tmp_path)
+    if task != "report":  # report keeps no .hydra/
+        saved = next(out_dir.rglob("overrides.yaml")).read_text()
+        assert "hub.hf_token=***" in saved
+
+
+# ---- the key through an interpolation: masked in the W&B run of every task that makes one ------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run logging to W&B (offline) with the key in its name, group and tags."""
+    root = tmp_path_factory.mktemp("secrets")
+    run_dir = root / "train"
+    res = run(train_cmd(run_dir, "logger=default", "trainer.max_epochs=1", *WANDB_NAMES), root, env=_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    return root, run_dir, res
+
+
+def test_train_masks_the_key_in_wandb_name_group_tags(trained):
+    root, run_dir, res = trained
+    assert not leaks(KEY, res, run_dir)
+    (wb,) = _wandb_runs(run_dir)
+    assert (wb.name, wb.group, wb.tags) == ("***", "***", ["vitlab", "***"])
+
+
+@pytest.mark.parametrize("task", [
+    pytest.param("evaluate", marks=pytest.mark.slow),  # W&B through build_loggers, as train: slow suite only
+    pytest.param("fewshot", marks=pytest.mark.slow),
+    "analyze",  # its own wandb.init
+])
+def test_eval_tasks_mask_the_key_in_their_wandb_run(task, trained, tmp_path):
+    _, run_dir, _ = trained
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    out_dir = tmp_path / task
+    args = {
+        "evaluate": ["logger=default", *WANDB_NAMES],
+        "fewshot": ["logger=default", *WANDB_NAMES, "shots=[2]", "seeds=1", "max_eval=64"],
+        "analyze": ["wandb=true", f"group={FROM_ENV}", "num_images=8", "rollout_images=2"],
+    }[task]
+    res = run([sys.executable, "-m", f"vitlab.{task}", f"ckpt_path={ckpt}", f"hydra.run.dir={out_dir}", *args],
+              tmp_path, env=_env(), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not leaks(KEY, res, out_dir)
+    (wb,) = _wandb_runs(out_dir)
+    assert wb.group == "***"
