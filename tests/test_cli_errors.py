@@ -13,6 +13,9 @@ from reliability_utils import env, run, train_cmd
 MISTAKES = {
     "config": (["vitlab.train", "optim.lr=-1"], "Error: optim.lr=-1 must be > 0"),
     "data": (["vitlab.train", "data.train_size=-5"], "Error: data.train_size=-5 must be positive"),
+    # the issue's own example: a wrong class count used to die in cross_entropy after 20 lines of stack
+    "num_classes": (["vitlab.train", "data.num_classes=5"], "Error: data.num_classes=5 but the train split of digits "
+                    "has labels from 0 to 9 (10 classes): set data.num_classes=10"),
     "missing file": (["vitlab.evaluate", "ckpt_path=no/such.ckpt"], "Error: ckpt_path=no/such.ckpt: no such checkpoint"),
 }
 
@@ -24,7 +27,7 @@ def _cmd(module_and_args: list[str], out_dir) -> list[str]:
     return [sys.executable, "-m", module, *args, f"hydra.run.dir={out_dir}"]
 
 
-@pytest.mark.parametrize("kind", [pytest.param("data", marks=pytest.mark.slow), "config", "missing file"])
+@pytest.mark.parametrize("kind", [pytest.param("data", marks=pytest.mark.slow), "config", "num_classes", "missing file"])
 def test_user_mistake_prints_message_without_traceback(kind, tmp_path):
     cmd, message = MISTAKES[kind]
     res = run(_cmd(cmd, tmp_path / "out"), tmp_path, env=env(HYDRA_FULL_ERROR=""), timeout=300)

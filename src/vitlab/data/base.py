@@ -234,9 +234,28 @@ class VisionDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         train, val, test = self.build_splits()
+        self.check_labels(train=train, val=val, test=test)
         self.train_set = TransformedDataset(self.subset_train(train), self.train_transform())
         self.val_set = TransformedDataset(val, self.eval_transform())
         self.test_set = TransformedDataset(test, self.eval_transform())
+
+    def check_labels(self, **splits: Dataset) -> None:
+        """Every label must index the head: a wrong ``data.num_classes`` is named here, at start-up, instead of
+        surfacing as an index error deep inside the loss on the first batch that holds a large label."""
+        k = getattr(self, "num_classes", None)
+        if k is None:
+            return
+        for split, ds in splits.items():
+            try:
+                targets = np.asarray(dataset_targets(ds))
+            except TypeError:  # a dataset without a label list: nothing to check without decoding
+                continue
+            if targets.size and (targets.min() < 0 or targets.max() >= k):
+                raise DataConfigError(
+                    f"data.num_classes={k} but the {split} split of {self.name} has labels from {targets.min()} to "
+                    f"{targets.max()} ({len(np.unique(targets))} classes): set data.num_classes={targets.max() + 1} "
+                    "(or drop the override to use the dataset's own count)"
+                )
 
     def stats(self) -> dict[str, Any]:
         """What the loggers record about the data (scaling dashboards group by these)."""
