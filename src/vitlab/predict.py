@@ -78,8 +78,8 @@ def class_names(ckpt: dict[str, Any], data_cfg: dict[str, Any], k: int) -> list[
 def load_predictor(ckpt_path: str | Path):
     """Checkpoint -> (net in eval mode, eval transform, class names, loss kind). Only plain data is read."""
     from vitlab.data.transforms import build_transform
-    from vitlab.runs import load_checkpoint
     from vitlab.models import build_model
+    from vitlab.runs import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     hp = ckpt.get("hyper_parameters") or {}

@@ -115,35 +115,33 @@ def mask_hydra_config(cfg: DictConfig) -> None:
     _walk_register(cfg)
     values = secret_values()
 
-    def walk(node: DictConfig | ListConfig) -> None:
-        with read_write(node), open_dict(node):
-            keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
-            for k in keys:
-                child = node._get_node(k)
-                if isinstance(child, (DictConfig, ListConfig)):
-                    if not (child._is_none() or child._is_missing() or child._is_interpolation()):
-                        walk(child)
-                    continue
-                raw = child._value() if child is not None else None
-                if not isinstance(raw, str):
-                    continue
-                new = MASK if isinstance(k, str) and is_literal_secret(k, raw) else _mask_str(raw, values)
-                if new != raw:
-                    node[k] = new
-
-    walk(cfg)
+    for parent, k, raw in list(_raw_leaves(cfg)):  # listed first: masking edits the tree
+        if not isinstance(raw, str):
+            continue
+        new = MASK if isinstance(k, str) and is_literal_secret(k, raw) else _mask_str(raw, values)
+        if new != raw:
+            with read_write(parent), open_dict(parent):
+                parent[k] = new
 
 
-def _walk_register(node: DictConfig | ListConfig) -> None:
-    """Register the literal values of secret-named keys (from config files) as secrets."""
+def _raw_leaves(node: DictConfig | ListConfig):
+    """``(parent, key, raw value)`` for every leaf of a config, interpolations left unresolved (``${oc.env:..}``
+    holds no secret, and resolving it here would put one into the tree)."""
     keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
     for k in keys:
         child = node._get_node(k)
         if isinstance(child, (DictConfig, ListConfig)):
             if not (child._is_none() or child._is_missing() or child._is_interpolation()):
-                _walk_register(child)
-        elif child is not None and isinstance(k, str) and is_literal_secret(k, child._value()):
-            register_secret(child._value())
+                yield from _raw_leaves(child)
+            continue
+        yield node, k, (child._value() if child is not None else None)
+
+
+def _walk_register(node: DictConfig | ListConfig) -> None:
+    """Register the literal values of secret-named keys (from config files) as secrets."""
+    for _, k, raw in _raw_leaves(node):
+        if isinstance(k, str) and is_literal_secret(k, raw):
+            register_secret(raw)
 
 
 def redacted_container(cfg: DictConfig) -> Any:
