@@ -29,6 +29,7 @@ def _bench_cfg(*overrides: str):
         GlobalHydra.instance().clear()
 
 
+@pytest.mark.slow  # end to end through the CLI; kept out of the default suite's 20-minute budget (make test-slow)
 def test_bench_tiny_writes_json_with_the_promised_schema(cli, tmp_path):
     out = tmp_path / "bench_out"
     r = cli("vitlab.bench", "bench_preset=tiny", f"hydra.run.dir={out}", timeout=600)

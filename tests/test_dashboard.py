@@ -56,6 +56,7 @@ def test_dashboard_keys_are_what_training_logs(compose_train):
     assert set(SCALING_KEYS) <= set(stats)
 
 
+@pytest.mark.slow  # the spec itself is tested in-process above (make test-slow)
 def test_report_cli_writes_the_dashboard_spec(cli, tmp_path):
     sweep = _fake_sweep(tmp_path / "logs" / "data_scaling" / "multiruns" / "2026-01-01_00-00-00")
     r = cli("vitlab.report", f"sweep_dir={sweep}", f"out_dir={tmp_path / 'out'}", "wandb.dashboard=true",

@@ -81,6 +81,7 @@ def test_mpp_learns_and_refuses_bad_settings():
         MaskedPatchPredictionModule(MODEL, OPTIM, loss="sigmoid")
 
 
+@pytest.mark.slow  # end to end through the CLI; kept out of the default suite's 20-minute budget (make test-slow)
 def test_mpp_demo_runs_end_to_end(cli, tmp_path):
     """experiment=mpp_demo, shrunk: MPP pretraining -> fine-tune at 48 px (from its checkpoint) vs scratch."""
     r = cli("vitlab.train", "experiment=mpp_demo", "demo.pretrain_size=60", "demo.finetune_size=50", "demo.pretrain_epochs=1",

@@ -10,7 +10,8 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-@pytest.mark.parametrize("name", [pytest.param("quickstart", marks=pytest.mark.slow), "analysis"])
+@pytest.mark.parametrize("name", [pytest.param("quickstart", marks=pytest.mark.slow),
+                                  pytest.param("analysis", marks=pytest.mark.slow)])
 def test_notebook_executes(name, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

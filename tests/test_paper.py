@@ -271,6 +271,7 @@ def test_global_batch_divides_over_processes_and_accumulation():
     assert apply_global_batch(cfg) is None and cfg.data.batch_size == 64  # no global batch: per process, as before
 
 
+@pytest.mark.slow  # 2-process DDP CLI run; the division rule is tested in-process above (make test-slow)
 def test_ddp_cpu_per_process_batch_from_the_global_batch(tmp_path, cli):
     """2 processes x 2 accumulation steps: global 32 -> 8 per process; 128 images -> 4 optimizer steps per epoch."""
     r = cli("vitlab.train", "trainer=ddp_cpu", "model=vit_micro", "data=shapes", "data.train_size=128",

@@ -54,7 +54,11 @@ TASKS = {
 }
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+#: tasks whose start-up imports the heaviest libraries: run in make test-slow (the same hydra_app path as the rest)
+SLOW_TASKS = {"bench", "report"}
+
+
+@pytest.mark.parametrize("task", [pytest.param(t, marks=pytest.mark.slow) if t in SLOW_TASKS else t for t in sorted(TASKS)])
 def test_literal_secret_is_refused_and_never_echoed(task, tmp_path):
     out_dir = tmp_path / "out"
     args = [*TASKS[task], f"+hub.hf_token={LITERAL}", f"hydra.run.dir={out_dir}", f"hydra.sweep.dir={out_dir}"]

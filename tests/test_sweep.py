@@ -142,6 +142,7 @@ def test_wandb_runs_grouped_with_scaling_keys(sweep_dir):
 
 
 @pytest.mark.skipif(not _has_optuna(), reason="hydra-optuna-sweeper not installed (pip install -e '.[sweep]')")
+@pytest.mark.slow  # end to end through the CLI; kept out of the default suite's 20-minute budget (make test-slow)
 def test_optuna_two_trials_return_the_metric(tmp_path):
     sweep = tmp_path / "optuna"
     tiny = [o for o in TINY if not o.startswith("data.batch_size")]  # a CLI value would pin a searched param

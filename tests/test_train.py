@@ -106,6 +106,7 @@ def test_wandb_offline_run_records_group_tags_and_job_type(compose_train, tmp_pa
     assert run.exit_code == 0  # the run was finished
 
 
+@pytest.mark.slow  # make train runs the same; accuracy targets are slow tests too
 def test_cli_quickstart_end_to_end(cli, tmp_path):
     r = cli("vitlab.train", "experiment=quickstart", "trainer.max_epochs=1", "trainer.limit_train_batches=4",
             "logger=none", "trainer.enable_progress_bar=false", timeout=600)
