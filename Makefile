@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vitlab-installed
 PYTEST_ARGS ?=
+# make test runs the suite on TEST_WORKERS pytest-xdist processes (one core each); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: help install pip-install lock lock-check train test test-slow lint format clean bench-data bench sweep report
 
@@ -58,10 +60,10 @@ train: $(STAMP)
 	$(PY) -m vitlab.train experiment=quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "slow or not slow" --durations=15 $(PYTEST_ARGS)
 
 bench-data: $(STAMP)
 	$(PY) -m vitlab.data.bench $(BENCH_DATA_ARGS)

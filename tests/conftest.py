@@ -21,6 +21,14 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
+# Under pytest-xdist (`make test` runs `-n 2`), each worker and the CLI subprocesses it starts use one core,
+# so that two workers share the two CI cores instead of oversubscribing them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 #: overrides that make a training run take seconds: no progress bar, few batches, CSV logging only
 FAST = [
     "trainer.max_epochs=2",
