@@ -154,7 +154,8 @@ def read_job(job: str | Path) -> dict[str, Any]:
             if key in cfg and not isinstance(cfg[key], dict):
                 row.setdefault(key, cfg[key])
         flat = _flatten(cfg)
-        for key in ("optim.lr", "optim.weight_decay", "data.batch_size", "trainer.max_steps", "trainer.max_epochs"):
+        for key in ("optim.lr", "optim.weight_decay", "data.batch_size", "trainer.max_steps", "trainer.max_epochs",
+                    "paper.pretrain_data", "paper.pretrain_epochs"):  # the last two: vitlab.report.paper_points
             if key in flat:
                 row.setdefault(key, flat[key])
     ov = job / ".hydra" / "overrides.yaml"

@@ -19,6 +19,7 @@ from typing import Any
 
 from vitlab import metrics as M
 from vitlab.analysis.flops import EXAFLOPS
+from vitlab.report.paper_points import PAPER_ACC, PAPER_EXAFLOPS
 from vitlab.utils.hydra_callbacks import fmt_cell
 
 FAMILY_STYLE = {  # colour, marker; the paper's Figure 5 uses one colour per family
@@ -55,6 +56,26 @@ def _style(family: Any) -> tuple[str, str]:
 
 def _mean_band(values: list[float]) -> tuple[float, float, float]:
     return statistics.fmean(values), min(values), max(values)
+
+
+PAPER_STYLE = dict(color="0.55", marker="*", s=90, zorder=2, label="paper (same model, pretraining, fine-tuning data)")
+
+
+def paper_points(rows: Sequence[dict[str, Any]], x: str) -> list[tuple[float, float]]:
+    """The paper's (x, accuracy %) for every run it also reports (``vitlab.report.paper_points``); x is the run's own
+    ``x`` key, or the paper's compute where ``x`` is the exaFLOPs axis."""
+    pts = set()
+    for r in rows:
+        px = r.get(PAPER_EXAFLOPS) if x == EXAFLOPS else r.get(x)
+        if isinstance(r.get(PAPER_ACC), (int, float)) and isinstance(px, (int, float)) and px > 0:
+            pts.add((float(px), 100 * float(r[PAPER_ACC])))
+    return sorted(pts)
+
+
+def _draw_paper(ax, rows: Sequence[dict[str, Any]], x: str) -> None:
+    pts = paper_points(rows, x)
+    if pts:
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], **PAPER_STYLE)
 
 
 def _save_log_x(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
@@ -95,6 +116,7 @@ def plot_data_scaling(rows: Sequence[dict[str, Any]], path: Path, y: str | None 
         colour, marker = _style(family[name])
         ax.errorbar(xs, means, yerr=err, marker=marker, color=colour, capsize=3, lw=1.8,
                     ls="-" if family[name] != "bit" else "--", label=name)
+    _draw_paper(ax, rows, x)
     return _save_log_x(plt, fig, ax, path, "number of pretraining examples (data/train_size)", _label(y),
                        "Accuracy vs pretraining data (paper Fig. 3/4)")
 
@@ -123,6 +145,7 @@ def plot_compute(rows: Sequence[dict[str, Any]], path: Path, y: str | None = Non
     if len(pts) <= 16:
         for p in pts:
             ax.annotate(p[3], (p[0], p[1]), fontsize=6, xytext=(3, 3), textcoords="offset points", alpha=0.7)
+    _draw_paper(ax, rows, x)
     return _save_log_x(plt, fig, ax, path, "total pretraining compute [exaFLOPs]", _label(y),
                        "Accuracy vs pretraining compute (paper Fig. 5)")
 

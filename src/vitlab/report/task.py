@@ -19,6 +19,7 @@ from vitlab import metrics as M
 from vitlab.analysis.flops import EXAFLOPS
 from vitlab.report.collect import ReportError, collect, latest_sweep, write_csv
 from vitlab.report.figures import accuracy_key, html_page, plot_compute, plot_data_scaling
+from vitlab.report.paper_points import PAPER_ACC, PAPER_SOURCE, annotate
 from vitlab.tasks import hydra_app
 from vitlab.utils.hydra_callbacks import markdown_table
 
@@ -36,6 +37,7 @@ COLUMNS = (
     ("lr", "optim.lr", "{:g}"),
     ("val/acc (best)", M.VAL_ACC_BEST, "{:.2%}"),
     ("test/acc", M.TEST_ACC, "{:.2%}"),
+    ("paper", PAPER_ACC, "{:.2%}"),  # the paper's number for the same model, pretraining and fine-tuning data
     ("exaFLOPs", EXAFLOPS, "{:.3g}"),
     ("wall (s)", "time/wall_s", "{:.0f}"),
     ("source", "source", "{}"),
@@ -55,10 +57,11 @@ def make_report(sweep_dirs, out_dir: str | Path, title: str = "vitlab report", l
                 figures: tuple[str, ...] = ("data_scaling", "compute")) -> dict[str, Any]:
     """Collect, tabulate, plot; return ``{"rows", "files", "skipped"}``."""
     rows = sorted(collect(sweep_dirs), key=_sort_key)
+    matched = annotate(rows)  # the paper's number beside each run it also reports (vitlab.report.paper_points)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {
-        "csv": write_csv(rows, out / "report.csv", first=[k for _, k, _ in COLUMNS] + ["job_dir"]),
+        "csv": write_csv(rows, out / "report.csv", first=[k for _, k, _ in COLUMNS] + [PAPER_SOURCE, "job_dir"]),
     }
     table = markdown(rows)
     (out / "report.md").write_text(f"# {title}\n\n{table}\n")
@@ -78,7 +81,8 @@ def make_report(sweep_dirs, out_dir: str | Path, title: str = "vitlab report", l
         except ValueError as e:  # e.g. no run has train/exaflops: skip that figure, say why
             skipped[name] = str(e)
     files.update({f"png:{k}": v for k, v in figs.items()})
-    notes = f"{len(rows)} runs from {', '.join(str(d) for d in _as_list(sweep_dirs))}; y = {y}."
+    notes = f"{len(rows)} runs from {', '.join(str(d) for d in _as_list(sweep_dirs))}; y = {y}; " \
+            f"{matched} with the paper's number beside them (grey stars)."
     (out / "report.html").write_text(html_page(title, figs, rows, COLUMNS, notes))
     files["html"] = out / "report.html"
     (out / "report.json").write_text(json.dumps(rows, indent=2, default=str))
