@@ -122,7 +122,7 @@ def test_glob_over_self_sweeping_experiments_is_refused_before_any_job(cli, tmp_
     msg = r.stdout + r.stderr
     assert "sweep themselves" in msg and "Traceback" not in msg
     assert "python -m vitlab.train experiment=mpp_demo logger=none" in msg
-    assert "experiment=quickstart" in msg and "+quickstart=vit,bit" in msg
+    assert "experiment=quickstart" in msg and "+experiment/quickstart=vit,bit" in msg
     assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("*.ckpt"))
 
 
@@ -138,7 +138,7 @@ def test_only_swept_experiments_with_their_own_sweep_are_flagged():
         assert self_sweeping_experiments(["seed=1,2"]) == {}
         found = self_sweeping_experiments(["experiment=quickstart,mpp_demo"])
     GlobalHydra.instance().clear()
-    assert set(found) == {"quickstart", "mpp_demo"} and "+quickstart" in found["quickstart"]
+    assert set(found) == {"quickstart", "mpp_demo"} and "+experiment/quickstart" in found["quickstart"]
 
 
 # ---- conventions: debug ------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_transfer_demo_jobs_compose():
     got = {}
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for stage in ("pretrain", "finetune", "scratch", "mpp_pretrain"):
-            got[stage] = compose("train", overrides=["experiment=transfer_demo", f"+transfer_demo={stage}"])
+            got[stage] = compose("train", overrides=["experiment=transfer_demo", f"+experiment/transfer_demo={stage}"])
     GlobalHydra.instance().clear()
     assert got["pretrain"].data.name == "shapes" and got["pretrain"].data.img_size == 32
     assert "fewshot" in got["pretrain"].callbacks

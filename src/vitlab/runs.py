@@ -170,13 +170,15 @@ def _data_group(stored: dict[str, Any], path: Any) -> str:
     (``vtab_${.task}``) filled in with the stored values."""
     import re
 
+    from vitlab.data.base import data_config
+
     name = stored.get("name")
     groups = data_groups()
     if isinstance(name, str) and name in groups:
         return name
     if isinstance(name, str):
-        for stem, f in groups.items():
-            template = OmegaConf.to_container(OmegaConf.load(f), resolve=False).get("name")
+        for stem in groups:
+            template = OmegaConf.to_container(data_config(stem), resolve=False).get("name")
             if not isinstance(template, str) or "${" not in template:
                 continue
             filled = re.sub(r"\$\{\.(\w+)\}", lambda m: str(stored.get(m.group(1), "\0")), template)
@@ -212,10 +214,10 @@ def rebuild_data_cfg(stored: dict[str, Any] | None, cfg: DictConfig | None, path
         raise ConfigError(f"checkpoint {path} stores no data config: choose one with data=<name>")
     if not isinstance(stored, dict):
         raise _refuse(path, "vitlab_config.data", f"holds a {type(stored).__name__}, not a config")
+    from vitlab.data.base import data_config
+
     group = _data_group(stored, path)
-    base = OmegaConf.load(data_groups()[group])
-    if "defaults" in base:  # pragma: no cover - guarded by tests/test_checkpoint_trust.py
-        raise ConfigError(f"conf/data/{group}.yaml has a defaults list, which vitlab.runs does not compose")
+    base = data_config(group)  # conf/data/<group>.yaml with its bases (conf/data/base/) merged in
     # a parent gives ${paths.data_dir} & co. their values (unresolved copy: resolved once, below)
     parent = OmegaConf.create({} if cfg is None else {k: OmegaConf.to_container(v, resolve=False)
                                                       if OmegaConf.is_config(v) else v

@@ -10,20 +10,61 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vitlab.config import ConfigError, check_positive
+from vitlab.config import CONF_DIR, ConfigError, check_positive
 from vitlab.data.sampler import ResumableSampler, seeded_rng
-from vitlab.data.transforms import EVAL_RESIZE, INCEPTION_CROP_SCALE, build_transform, check_crop_scale
+from vitlab.data.transforms import EVAL_RESIZE, build_transform, check_crop_scale
 
 
 class DataConfigError(ConfigError):
     """A data config asks for something the data cannot give."""
+
+
+def data_config(name: str) -> DictConfig:
+    """``conf/data/<name>.yaml`` as ``data=<name>`` composes it, unresolved: the files its defaults list names
+    (``base/common@_here_``, ``cifar10@_here_``; relative to the file's folder, or ``/``-rooted in conf/) merged
+    under its own keys. For readers that rebuild a data config outside Hydra (vitlab.runs) and for the defaults
+    below."""
+    return _load_group_file(Path(CONF_DIR) / "data" / f"{name}.yaml")
+
+
+def _load_group_file(path: Path) -> DictConfig:
+    cfg = OmegaConf.load(path)
+    entries = cfg.pop("defaults", None) or []
+    merged, self_seen = OmegaConf.create(), False
+    for entry in list(entries) + ([] if "_self_" in entries else ["_self_"]):
+        if entry == "_self_":
+            merged, self_seen = OmegaConf.merge(merged, cfg), True
+            continue
+        if not isinstance(entry, str) or not entry.endswith("@_here_"):
+            raise ConfigError(f"{path}: defaults entry {entry!r} is not `<config>@_here_` or `_self_`, the only "
+                              "forms a data config may use (vitlab rebuilds data configs without Hydra)")
+        rel = entry[: -len("@_here_")]
+        child = Path(CONF_DIR) / f"{rel[1:]}.yaml" if rel.startswith("/") else path.parent / f"{rel}.yaml"
+        merged = OmegaConf.merge(merged, _load_group_file(child))
+    return merged if self_seen else OmegaConf.merge(merged, cfg)
+
+
+def _constructor_defaults() -> dict[str, Any]:
+    """The base's keyword defaults, from their one source: conf/data/base/common.yaml, and for the keys only
+    datasets read from files list (crop_pct, subset_seed, persistent_workers) conf/data/base/files.yaml.
+    A linked value (``eval_img_size: ${.img_size}``) is the constructor's None: "the same as the training value"."""
+    common = OmegaConf.to_container(data_config("base/common"), resolve=False)
+    files = OmegaConf.to_container(data_config("base/files"), resolve=False)
+    merged = {**{k: v for k, v in files.items() if k not in common}, **common}
+    return {k: v for k, v in merged.items() if not (isinstance(v, str) and "${" in v)}
+
+
+#: VisionDataModule's keyword defaults (read from conf/data/base/, see :func:`_constructor_defaults`)
+DEFAULTS: dict[str, Any] = _constructor_defaults()
 
 
 def check_train_size(size: Any) -> None:
@@ -137,7 +178,12 @@ def balanced_subset_indices(targets: Sequence[int], size: int | float, seed: int
 
 
 class VisionDataModule(L.LightningDataModule):
-    """Base for every dataset: subclasses implement :meth:`build_splits` and set ``num_classes``."""
+    """Base for every dataset: subclasses implement :meth:`build_splits` and set ``num_classes``.
+
+    Keyword defaults come from conf/data/base/ (:data:`DEFAULTS`), the one place they are written: a DataModule
+    built in Python and one composed by Hydra start from the same values. ``eval_img_size`` / ``eval_batch_size``
+    None = the training value (the configs' ``${.img_size}``); ``train_pipeline`` None = the class's own.
+    """
 
     name = "base"
     #: pipelines per stage; subclasses override where the paper's defaults don't suit the data
@@ -146,22 +192,22 @@ class VisionDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | None = None,
-        img_size: int = 224,
+        img_size: int = DEFAULTS["img_size"],
         eval_img_size: int | None = None,
-        batch_size: int = 64,
+        batch_size: int = DEFAULTS["batch_size"],
         eval_batch_size: int | None = None,
         global_batch_size: int | None = None,
-        num_workers: int | str = 0,
-        pin_memory: bool | str = False,
-        persistent_workers: bool = True,
-        train_size: int | float | None = None,
-        subset_seed: int = 0,
+        num_workers: int | str = DEFAULTS["num_workers"],
+        pin_memory: bool | str = DEFAULTS["pin_memory"],
+        persistent_workers: bool = DEFAULTS["persistent_workers"],
+        train_size: int | float | None = DEFAULTS["train_size"],
+        subset_seed: int = DEFAULTS["subset_seed"],
         train_pipeline: str | None = None,
-        eval_pipeline: str = "eval",
-        normalization: str | dict = "paper",
-        crop_pct: float = 0.875,
-        train_crop_scale: Sequence[float] = INCEPTION_CROP_SCALE,
-        eval_resize: str = "square",
+        eval_pipeline: str = DEFAULTS["eval_pipeline"],
+        normalization: str | dict = DEFAULTS["normalization"],
+        crop_pct: float = DEFAULTS["crop_pct"],
+        train_crop_scale: Sequence[float] = tuple(DEFAULTS["train_crop_scale"]),
+        eval_resize: str = DEFAULTS["eval_resize"],
         num_classes: int | None = None,
         drop_last: bool = False,
         name: str | None = None,
