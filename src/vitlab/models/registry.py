@@ -139,7 +139,7 @@ def get(name: Any) -> Family:
     if name not in _FAMILIES:
         raise ModelConfigError(
             f"model.family={name!r} is not one of {list(names())}: a family is a module of vitlab.models that "
-            "registers itself (vitlab.models.registry.register), e.g. src/vitlab/models/convnext.py"
+            "registers itself (vitlab.models.registry.register), as src/vitlab/models/bit.py does"
         )
     return _FAMILIES[name]
 
