@@ -13,18 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitlab.models import checkpoints as ck
 from vitlab.models import registry
-from vitlab.models.checkpoints import (
-    LoadReport,
-    PretrainedError,
-    arch_mismatch,
-    check_npz_dtypes,
-    describe_model,
-    load_with_timm,
-    npz_dims,
-    npz_shapes,
-    open_npz,
-)
 from vitlab.models.registry import choice
 
 
@@ -139,8 +129,8 @@ def describe_bit_npz(path: str, files: set[str], shapes: dict[str, tuple[int, ..
     root, norm = f"{p}root_block/standardized_conv2d/kernel", f"{p}group_norm/gamma"
     for key in (root, norm):
         if key not in files:
-            raise PretrainedError(f"model.pretrained={path} is not a BiT .npz: no '{key}' key")
-    root_shape = npz_dims(path, shapes, root, "kernel, kernel, channels, stem width")
+            raise ck.PretrainedError(f"model.pretrained={path} is not a BiT .npz: no '{key}' key")
+    root_shape = ck.npz_dims(path, shapes, root, "kernel, kernel, channels, stem width")
     stages = []
     i = 1
     while any(k.startswith(f"{p}block{i}/") for k in files):
@@ -151,20 +141,21 @@ def describe_bit_npz(path: str, files: set[str], shapes: dict[str, tuple[int, ..
         "stem_width": int(root_shape[-1]),
         "stem_kernel": int(root_shape[0]),
         "stages": tuple(stages),
-        "features": int(npz_dims(path, shapes, norm, "features")[-1]),
+        "features": int(ck.npz_dims(path, shapes, norm, "features")[-1]),
     }
 
 
-def read_bit_npz(path: str, model: nn.Module, keep_head: bool, report: LoadReport, *_: Any) -> dict[str, torch.Tensor]:
+def read_bit_npz(path: str, model: nn.Module, keep_head: bool, report: ck.LoadReport,
+                 *_: Any) -> dict[str, torch.Tensor]:
     from timm.models.resnetv2 import _load_weights
 
-    w, files = open_npz(path)
-    index, shapes = npz_shapes(path)
+    w, files = ck.open_npz(path)
+    index, shapes = ck.npz_shapes(path)
     with w:
-        check_npz_dtypes(path, index, "resnet/", model, report)
-        arch_mismatch(path, describe_model(model), describe_bit_npz(path, files, shapes))
+        ck.check_npz_dtypes(path, index, "resnet/", model, report)
+        ck.arch_mismatch(path, ck.describe_model(model), describe_bit_npz(path, files, shapes))
         k_src = int(shapes["resnet/head/conv2d/bias"][-1]) if shapes.get("resnet/head/conv2d/bias") else 0
-    return load_with_timm(path, model, _load_weights, "resnet/", k_src)
+    return ck.load_with_timm(path, model, _load_weights, "resnet/", k_src)
 
 
 FAMILY = registry.register(registry.Family(

@@ -26,25 +26,17 @@ def build_model(
     family: str,
     variant: str,
     num_classes: int,
-    img_size: int = 224,
-    patch_size: int | None = None,
-    in_chans: int = 3,
-    classifier: str = "token",
-    representation_size: int | None = None,
-    head_drop_rate: float = 0.0,
-    attn_drop_rate: float = 0.0,
-    drop_path_rate: float = 0.0,
-    pos_embed: str = "learn",
-    fused_attn: bool | None = None,
-    hybrid: str | None = None,
+    *,
     grad_checkpointing: bool = False,
+    head_drop_rate: float = 0.0,
     pos_drop_rate: float = 0.0,
     proj_drop_rate: float = 0.0,
+    attn_drop_rate: float = 0.0,
     drop_rate: float | None = None,
-    **extra: Any,
+    **keys: Any,
 ) -> nn.Module:
-    """Build a backbone + head from a ``conf/model`` entry; other keys go to the family's builder, which ignores
-    those it does not take (``name``, ``compile``, ...).
+    """Build a backbone + head from a ``conf/model`` entry. The other keys (``img_size``, ``patch_size``, ...) go to
+    the family's builder, which ignores those it does not take (``name``, ``compile``, ...).
 
     ``grad_checkpointing`` = timm's activation checkpointing (``set_grad_checkpointing``): blocks recompute
     their activations in the backward pass, trading ~30% more compute for memory (ViT-L/H on one GPU).
@@ -65,12 +57,8 @@ def build_model(
             f"{attn_drop_rate}: these are Transformer dropout sites; a {fam.label} (model.family={family}) has none. "
             "Set them to 0 (the paper trains its ResNets without dropout)."
         )
-    net = fam.build(
-        variant=variant, num_classes=int(num_classes), img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-        classifier=classifier, representation_size=representation_size, head_drop_rate=head_drop_rate,
-        attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, pos_embed=pos_embed, fused_attn=fused_attn,
-        hybrid=hybrid, pos_drop_rate=pos_drop_rate, proj_drop_rate=proj_drop_rate, **extra,
-    )
+    net = fam.build(variant=variant, num_classes=int(num_classes), head_drop_rate=head_drop_rate,
+                    pos_drop_rate=pos_drop_rate, proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate, **keys)
     return _grad_checkpointing(net, grad_checkpointing)
 
 
