@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vitlab.models import BIT_SHAPES, VIT_SHAPES, build_model, count_params
-from vitlab.models.factory import ModelConfigError
+from vitlab.models.registry import ModelConfigError
 
 # Published counts at 1000 classes, 224 px, no representation layer (timm / the paper).
 PUBLISHED_M = {"vit_b16": 86.57, "vit_l16": 304.33, "vit_h14": 632.05, "bit_r50x1": 25.55,

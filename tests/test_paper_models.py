@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from vitlab.models import build_model, count_params
-from vitlab.models.factory import HYBRID_RESNET_LAYERS, ModelConfigError
+from vitlab.models.hybrid import HYBRID_RESNET_LAYERS
 from vitlab.models.pretrained import load_pretrained, resize_pos_embed
+from vitlab.models.registry import ModelConfigError
 
 # ---------------------------------------------------------------------------------------------------
 # Row 2: dropout sites

@@ -329,3 +329,34 @@ def test_hybrid_checkpoint_fine_tunes_at_a_higher_resolution(tmp_path, compose_t
     assert net.pos_embed.shape == (1, 37, 128) and torch.count_nonzero(net.head.weight) == 0
     torch.testing.assert_close(net.patch_embed.backbone.stem.conv.weight, src.patch_embed.backbone.stem.conv.weight)
     assert net(torch.zeros(2, 3, 48, 48)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_resnetv2_checkpoint_is_refused_by_a_convnext_naming_both_families(tmp_path, fmt):
+    """Both are CNNs with ``stages`` and a ``stem``: the family is the registry's answer, not a guess from attributes."""
+    from safetensors.torch import save_file
+
+    bit = build_model("bit", "micro", 10)
+    path = tmp_path / f"BiT-micro.{fmt}"
+    if fmt == "npz":
+        np.savez(path, **bit_npz_arrays(bit))
+    else:
+        save_file(bit.state_dict(), str(path))
+    convnext = build_model("convnext", "micro", 10)
+    before = {k: v.clone() for k, v in convnext.state_dict().items()}
+    with pytest.raises(PretrainedMismatchError, match=r"family: checkpoint 'bit' vs model 'convnext'") as e:
+        load_pretrained(convnext, path)
+    assert str(path) in str(e.value)
+    assert all(torch.equal(v, convnext.state_dict()[k]) for k, v in before.items())  # nothing was loaded
+
+
+def test_convnext_fine_tunes_from_a_timm_state_dict(tmp_path):
+    """A family with no official layout still loads timm .pth / .safetensors files: new zero head, resolution free."""
+    src = randomise(build_model("convnext", "micro", 7))
+    path = tmp_path / "convnext_micro.pth"
+    torch.save(src.state_dict(), path)
+    dst = build_model("convnext", "micro", 10)
+    report = load_pretrained(dst, path)
+    assert report.format == "torch" and "head.fc.weight" in report.dropped
+    torch.testing.assert_close(dst.stages[2].blocks[1].conv_dw.weight, src.stages[2].blocks[1].conv_dw.weight)
+    assert torch.count_nonzero(dst.head.fc.weight) == 0 and dst(torch.zeros(2, 3, 48, 48)).shape == (2, 10)

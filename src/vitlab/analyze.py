@@ -45,9 +45,10 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 
     from vitlab.analysis import figures as F
     from vitlab.analysis import inspect_vit as V
+    from vitlab.models import registry
     from vitlab.runs import load_run
 
-    _, module, dm = load_run(cfg, families=("vit", "hybrid"))  # vitlab.analyze inspects ViTs
+    _, module, dm = load_run(cfg, families=registry.names(transformer=True))  # vitlab.analyze inspects ViTs
     module.eval()
     vit = V._vit(module)
     out = Path(cfg.paths.output_dir)

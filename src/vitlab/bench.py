@@ -256,7 +256,9 @@ def _timm_model(spec: dict[str, Any], model_cfg: dict[str, Any]):
         raise BenchConfigError(f"models.{spec['key']}.timm.name is missing: the timm model to compare with (way c)")
     kwargs = dict(t.get("kwargs") or {})
     kwargs.setdefault("num_classes", int(model_cfg["num_classes"]))
-    if model_cfg.get("family") != "bit":
+    from vitlab.models import registry
+
+    if registry.get(model_cfg.get("family")).timm_takes_img_size:
         kwargs.setdefault("img_size", int(model_cfg["img_size"]))
     return timm.create_model(t["name"], pretrained=False, **kwargs)
 

@@ -44,13 +44,9 @@ def wandb_offline() -> bool:
 def prelogits_width(family: str, variant: str) -> int | None:
     """``${vitlab.prelogits_width:${model.family},${model.variant}}``: the paper's pretraining pre-logits layer is
     as wide as the transformer (§3.1, vision_transformer issue #2: 768 for ViT-B); ResNets (BiT) have none."""
-    if family == "bit":
-        return None
-    from vitlab.models.factory import VIT_SHAPES
+    from vitlab.models import registry
 
-    if variant not in VIT_SHAPES:
-        raise ConfigError(f"model.variant={variant!r} is not one of {sorted(VIT_SHAPES)}")
-    return VIT_SHAPES[variant].width
+    return registry.get(family).prelogits_width(variant)
 
 
 def register_resolvers() -> None:
@@ -96,7 +92,9 @@ def check_seed(seed: Any, key: str = "seed") -> None:
 
 def _check_resolution(cfg: DictConfig) -> None:
     """A ViT's patch grid and position embeddings are built for one resolution: the one the data delivers."""
-    if cfg.model.get("family") not in ("vit", "hybrid"):
+    from vitlab.models import registry
+
+    if not registry.get(cfg.model.get("family")).transformer:
         return  # ResNets pool globally: any resolution works
     img, size, eval_size = cfg.model.get("img_size"), cfg.data.get("img_size"), cfg.data.get("eval_img_size")
     if img is not None and size is not None and img != size:
@@ -139,7 +137,9 @@ def validate_train_cfg(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.precision={cfg.trainer.precision!r} is not one of {PRECISIONS}")
     _check_resolution(cfg)
     patch, img = cfg.model.get("patch_size"), cfg.model.get("img_size")
-    if cfg.model.get("family") == "vit" and patch and img and int(img) % int(patch):
+    from vitlab.models import registry
+
+    if registry.get(cfg.model.get("family")).pixel_patches and patch and img and int(img) % int(patch):
         raise ConfigError(
             f"model.patch_size={patch} does not divide the image size {img} (model.img_size, from data.img_size): "
             f"use a multiple of {patch}, e.g. data.img_size={max(patch, img // patch * patch)}"

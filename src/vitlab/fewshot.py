@@ -53,7 +53,9 @@ def load_backbone(cfg: DictConfig):
 def fewshot_data_cfg(cfg: DictConfig, model_cfg: dict[str, Any]) -> DictConfig:
     data = OmegaConf.create(to_plain(cfg.data))
     size = model_cfg.get("img_size")
-    if model_cfg.get("family") in ("vit", "hybrid") and size:
+    from vitlab.models import registry
+
+    if registry.get(model_cfg.get("family")).transformer and size:
         with open_dict(data):  # a ViT takes only its own resolution (position embeddings are not resized here)
             data.img_size = int(size)
             data.eval_img_size = int(size)

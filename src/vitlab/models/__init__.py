@@ -1,4 +1,5 @@
-"""Backbones by paper name: ViT-{Ti,S,B,L,H}/{32,16,14}, BiT ResNetV2-{50,101,152}x{1,2,3,4}, R50+ViT hybrids."""
+"""Backbones by family (``vitlab.models.registry``): ViT-{Ti,S,B,L,H}/{32,16,14}, BiT ResNetV2-{50,101,152,200}x{1,2,3,4},
+R50+ViT hybrids, ConvNeXt-{T,S,B}; one module per family."""
 
 from vitlab.models.factory import BIT_SHAPES, VIT_SHAPES, build_model, count_params
 

@@ -23,7 +23,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 
 from vitlab import metrics as M
-from vitlab.models import build_model, count_params
+from vitlab.models import build_model, count_params, registry
 from vitlab.modules.base import VitlabModule
 
 KEEP, MASK, RANDOM = 0, 1, 2
@@ -87,7 +87,7 @@ class MaskedPatchPredictionModule(VitlabModule):
                 raise ValueError(f"module.{name}={v} must be in [0, 1]")
         if mask_frac + random_frac > 1.0:
             raise ValueError(f"module.mask_frac + module.random_frac = {mask_frac + random_frac} must be <= 1")
-        if model.get("family") != "vit":
+        if not registry.get(model.get("family")).pixel_patches:
             raise ValueError(f"masked patch prediction needs a ViT (model.family=vit), got model.family={model.get('family')!r}")
         self.save_hyperparameters(ignore=["loss", "label_smoothing", "head_bias_init"])
         self.net = build_model(**{**model, "num_classes": 0})

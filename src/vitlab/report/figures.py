@@ -19,15 +19,9 @@ from typing import Any
 
 from vitlab import metrics as M
 from vitlab.analysis.flops import EXAFLOPS
+from vitlab.models.registry import plot_style
 from vitlab.report.paper_points import PAPER_ACC, PAPER_EXAFLOPS
 from vitlab.utils.hydra_callbacks import fmt_cell
-
-FAMILY_STYLE = {  # colour, marker; the paper's Figure 5 uses one colour per family
-    "vit": ("tab:blue", "o"),
-    "bit": ("tab:orange", "s"),
-    "hybrid": ("tab:green", "^"),
-}
-FAMILY_LABEL = {"vit": "ViT", "bit": "BiT ResNet", "hybrid": "Hybrid (ResNet+ViT)"}
 
 
 def _plt():
@@ -51,7 +45,8 @@ def _label(key: str) -> str:
 
 
 def _style(family: Any) -> tuple[str, str]:
-    return FAMILY_STYLE.get(str(family), ("tab:gray", "D"))
+    """Colour and marker of a family (its module says; the paper's Figure 5 uses one colour per family)."""
+    return plot_style(family)[:2]
 
 
 def _mean_band(values: list[float]) -> tuple[float, float, float]:
@@ -115,7 +110,7 @@ def plot_data_scaling(rows: Sequence[dict[str, Any]], path: Path, y: str | None 
         err = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
         colour, marker = _style(family[name])
         ax.errorbar(xs, means, yerr=err, marker=marker, color=colour, capsize=3, lw=1.8,
-                    ls="-" if family[name] != "bit" else "--", label=name)
+                    ls=plot_style(family[name]).linestyle, label=name)
     _draw_paper(ax, rows, x)
     return _save_log_x(plt, fig, ax, path, "number of pretraining examples (data/train_size)", _label(y),
                        "Accuracy vs pretraining data (paper Fig. 3/4)")
@@ -135,7 +130,7 @@ def plot_compute(rows: Sequence[dict[str, Any]], path: Path, y: str | None = Non
         fp = sorted(p for p in pts if p[2] == fam)
         colour, marker = _style(fam)
         ax.scatter([p[0] for p in fp], [p[1] for p in fp], color=colour, marker=marker, s=36,
-                   label=FAMILY_LABEL.get(str(fam), str(fam)), zorder=3)
+                   label=plot_style(fam).label, zorder=3)
         frontier, best = [], -1.0
         for p in fp:  # best accuracy reached with at most this much compute
             if p[1] > best:

@@ -1,0 +1,245 @@
+"""What every checkpoint reader shares: its errors and report, the architecture check, official ``.npz`` access.
+
+The family modules (``vit.py``, ``bit.py``, ...) read their own official layouts with these pieces;
+``pretrained.py`` is the one entry point (``load_pretrained``) that picks the reader and adapts the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitlab.models import registry
+
+#: how position embeddings are resized to a new grid (``model.pos_embed_resize``). ``vit_jax`` = the paper's code:
+#: ``scipy.ndimage.zoom(posemb_grid, (gs_new / gs_old, gs_new / gs_old, 1), order=1)`` (vit_jax ``checkpoint.py``),
+#: bilinear with the corner positions aligned. ``timm`` = ``timm.layers.resample_abs_pos_embed`` (bilinear with
+#: half-pixel centres, corners not aligned): on a 14 -> 24 grid the two differ by up to ~0.9 per entry.
+POS_EMBED_RESIZE = ("vit_jax", "timm")
+DEFAULT_POS_EMBED_RESIZE = "vit_jax"
+
+
+class PretrainedError(ValueError):
+    """A pretrained checkpoint cannot be read, or does not fit the model; the message names the file."""
+
+
+class PretrainedMismatchError(PretrainedError):
+    """The checkpoint is of another architecture than the model (width, depth, patch, ...)."""
+
+
+@dataclass
+class LoadReport:
+    source: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+    #: dtype casts, one entry per (from, to) pair, e.g. "78 tensors float16 -> float32"
+    cast: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def short(keys: list[str], n: int = 6) -> str:
+            return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "") if keys else "-"
+
+        return (
+            f"pretrained weights from {self.source} ({self.format}): {len(self.loaded)} tensors loaded; "
+            f"new (initialised here): {short(self.new)}; dropped from the checkpoint: {short(self.dropped)}; "
+            f"resized: {'; '.join(self.resized) or '-'}; cast: {'; '.join(self.cast) or '-'}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "format": self.format, "loaded": len(self.loaded), "new": self.new,
+                "dropped": self.dropped, "resized": self.resized, "cast": self.cast}
+
+
+def describe_model(model: nn.Module) -> dict[str, Any]:
+    """The shape facts a checkpoint must agree with, from the family that built ``model``."""
+    fam = registry.of_model(model)
+    if fam is None:
+        raise PretrainedError(f"cannot load pretrained weights into a {type(model).__name__}: not a model of a "
+                              f"registered family ({', '.join(f.label for f in registry.families())})")
+    return fam.describe(model)
+
+
+def arch_mismatch(path: str, want: dict[str, Any], got: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose architecture facts differ from the model's, listing every difference."""
+    keys = [k for k in want if k in got and want[k] != got[k]]
+    if want.get("family") != got.get("family"):
+        keys = ["family", *[k for k in keys if k != "family"]]
+    if keys:
+        diffs = "; ".join(f"{k}: checkpoint {got.get(k)!r} vs model {want.get(k)!r}" for k in keys)
+        raise PretrainedMismatchError(
+            f"model.pretrained={path} is a different architecture than the model ({diffs}). "
+            f"Checkpoint: {got}. Model: {want}. Choose the model config that matches the checkpoint "
+            "(e.g. model=vit_b16 for ViT-B_16.npz) or another checkpoint."
+        )
+
+
+def open_npz(path: str):
+    import numpy as np
+
+    try:
+        w = np.load(path, allow_pickle=False)
+        files = set(w.files)
+    except Exception as e:  # noqa: BLE001 - any decode error means the file is unusable
+        raise PretrainedError(f"model.pretrained={path} is not a readable .npz archive ({type(e).__name__}: {e})") from e
+    return w, files
+
+
+def npz_index(path: str) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """``{key: (numpy dtype, shape)}`` of every array in an ``.npz``, from the ``.npy`` headers alone.
+
+    Nothing is decoded, so an object array (a pickle) or a wrong-shaped array is named before anything reads it.
+    """
+    import numpy as np
+
+    fmt = np.lib.format
+    out: dict[str, tuple[Any, tuple[int, ...]]] = {}
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            key = name[:-4] if name.endswith(".npy") else name
+            try:
+                with z.open(name) as f:
+                    version = fmt.read_magic(f)
+                    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, _, dtype = read(f)
+            except Exception as e:  # noqa: BLE001 - a broken header means the array is unusable
+                raise PretrainedError(
+                    f"model.pretrained={path}: array '{key}' is not a readable .npy entry ({type(e).__name__}: {e})"
+                ) from e
+            out[key] = (dtype, tuple(int(d) for d in shape))
+    return out
+
+
+def dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def refuse_non_float(path: str, bad: list[tuple[str, str, str]]) -> None:
+    """``bad``: (tensor, its dtype, the model's dtype). Casting integers to float would load garbage that then
+    trains silently, and an object array is a pickle: both are refused, naming the first tensor."""
+    if not bad:
+        return
+    key, got, want = bad[0]
+    more = f" (and {len(bad) - 1} more: {', '.join(f'{k} {d}' for k, d, _ in bad[1:5])}{', ...' if len(bad) > 5 else ''})"
+    if got.startswith("an object array"):
+        why = ("An object array is a pickled Python object, which vitlab never loads (np.load(allow_pickle=False)): "
+               "save the weights as plain float arrays.")
+    else:
+        why = ("Integer weights are quantised data (they need the scales and scheme that made them), not a float "
+               "checkpoint: dequantise them to float with the tool that quantised them, or use the float release "
+               "of these weights.")
+    raise PretrainedError(
+        f"model.pretrained={path}: tensor '{key}' is {got} where the model holds {want}"
+        + (more if len(bad) > 1 else "") + ". " + why
+    )
+
+
+def cast_summary(casts: Counter) -> list[str]:
+    return [f"{n} tensors {a} -> {b}" for (a, b), n in sorted(casts.items())]
+
+
+def check_npz_dtypes(path: str, index: dict[str, tuple[Any, tuple[int, ...]]], prefix: str, model: nn.Module,
+                     report: LoadReport) -> None:
+    """Refuse non-float arrays under the weights' ``prefix``; list the float arrays that will be cast (timm's
+    loaders copy them into the model's parameters, which casts)."""
+    want = dtype_name(next(model.parameters()).dtype)
+    casts: Counter = Counter()
+    bad = []
+    for key, (dtype, _) in sorted(index.items()):
+        if not key.startswith(prefix):
+            continue  # e.g. optimizer state next to opt/target/: never read
+        if dtype.kind != "f":
+            bad.append((key, "an object array (a pickle)" if dtype.hasobject else str(dtype), want))
+        elif str(dtype) != want:
+            casts[(str(dtype), want)] += 1
+    refuse_non_float(path, bad)
+    report.cast += cast_summary(casts)
+
+
+def npz_shapes(path: str) -> tuple[dict[str, tuple[Any, tuple[int, ...]]], dict[str, tuple[int, ...]]]:
+    """(``npz_index(path)``, ``{key: shape}``): what the official readers check before decoding anything."""
+    index = npz_index(path)
+    return index, {k: s for k, (_, s) in index.items()}
+
+
+def load_with_timm(path: str, model: nn.Module, loader, prefix: str, num_classes: int) -> dict[str, torch.Tensor]:
+    """The state dict of a copy of ``model`` with a ``num_classes`` head, filled by timm's ``_load_weights``
+    (``loader``) for an official layout: timm maps the file's names, vitlab then adapts the result."""
+    src = copy.deepcopy(model)
+    src.reset_classifier(num_classes)
+    with torch.no_grad():
+        try:
+            loader(src, path, prefix=prefix)
+        except (KeyError, RuntimeError, ValueError, IndexError, TypeError) as e:
+            raise PretrainedMismatchError(f"model.pretrained={path} does not fit the model: {type(e).__name__}: {e}") from e
+    return src.state_dict()
+
+
+def npz_dims(path: str, shapes: dict[str, tuple[int, ...]], key: str, layout: str) -> tuple[int, ...]:
+    """The shape of ``key``, which must have one dimension per name in ``layout`` (official layouts)."""
+    shape = shapes[key]
+    if len(shape) != len(layout.split(",")):
+        raise PretrainedError(
+            f"model.pretrained={path}: array '{key}' has shape {shape}, but the official files store it as "
+            f"({layout}). Is this .npz converted or edited by hand? Use the file as released."
+        )
+    return shape
+
+
+_NPZ_PREFIXES = ("", "opt/target/", "params/")
+
+
+def npz_prefix(files: set[str], anchor: str) -> str:
+    for p in _NPZ_PREFIXES:
+        if f"{p}{anchor}" in files:
+            return p
+    return ""
+
+
+def resize_pos_embed(posemb: torch.Tensor, new_grid: tuple[int, int], num_prefix_tokens: int = 1,
+                     old_grid: tuple[int, int] | None = None, method: str = DEFAULT_POS_EMBED_RESIZE) -> torch.Tensor:
+    """Resize a (1, prefix + H*W, D) position embedding to ``new_grid`` by 2-D interpolation (paper §3.2).
+
+    ``method="vit_jax"`` (default) equals vit_jax's ``scipy.ndimage.zoom(order=1)`` over the grid: bilinear
+    with corners aligned, computed in float64. ``method="timm"`` is timm's ``resample_abs_pos_embed``.
+    The prefix ([class] token) embeddings are kept as they are; the same grid returns the input unchanged.
+    """
+    if method not in POS_EMBED_RESIZE:
+        raise PretrainedError(f"model.pos_embed_resize={method!r} is not one of {list(POS_EMBED_RESIZE)}")
+    n = posemb.shape[1] - num_prefix_tokens
+    if old_grid is None:
+        side = int(round(math.sqrt(n)))
+        if side * side != n:
+            raise PretrainedError(
+                f"position embedding with {posemb.shape[1]} tokens and {num_prefix_tokens} prefix token(s) is not a square "
+                "grid: does the checkpoint's classifier (token vs gap) match model.classifier?"
+            )
+        old_grid = (side, side)
+    old_grid, new_grid = tuple(int(g) for g in old_grid), tuple(int(g) for g in new_grid)
+    if old_grid == new_grid:
+        return posemb
+    if method == "timm":
+        from timm.layers import resample_abs_pos_embed
+
+        return resample_abs_pos_embed(posemb, new_size=list(new_grid), old_size=list(old_grid),
+                                      num_prefix_tokens=num_prefix_tokens, interpolation="bilinear", antialias=False)
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+    d = grid.shape[-1]
+    g = grid.reshape(grid.shape[0], *old_grid, d).permute(0, 3, 1, 2).to(torch.float64)
+    g = torch.nn.functional.interpolate(g, size=new_grid, mode="bilinear", align_corners=True)
+    g = g.permute(0, 2, 3, 1).reshape(grid.shape[0], new_grid[0] * new_grid[1], d).to(posemb.dtype)
+    return torch.cat([prefix, g], dim=1)
+
+
+def resized_note(n_prefix: int, old: int, new: tuple[int, int], method: str) -> str:
+    how = "bilinear, corners aligned (vit_jax)" if method == "vit_jax" else "bilinear, timm"
+    return f"pos_embed: {n_prefix}+{old}x{old} -> {n_prefix}+{new[0]}x{new[1]} tokens (2-D {how})"
