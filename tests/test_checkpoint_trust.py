@@ -311,3 +311,20 @@ def test_read_run_called_from_python_takes_what_differs_from_the_defaults(traine
     run = read_run(trained, OmegaConf.create({"data": data}))
     assert (run.data.batch_size, run.data.img_size, run.data.eval_img_size, run.data.train_size) == (5, 16, 16, 192)
     assert read_run(trained).data.eval_batch_size == 200  # no cfg at all: the checkpoint's values
+
+
+def test_read_run_precedence_a_key_the_checkpoint_lacks_takes_the_config_default(clean, tmp_path):
+    """The last level of the rule: a checkpoint written before a data key existed (here: no eval_batch_size, no
+    img_size) gets ``conf/data/<name>.yaml``'s value; the keys it does store still win over the defaults."""
+    from omegaconf import OmegaConf
+
+    from vitlab.runs import data_groups, read_run
+
+    ckpt = copy.deepcopy(clean)
+    del ckpt["vitlab_config"]["data"]["eval_batch_size"], ckpt["vitlab_config"]["data"]["img_size"]
+    path = tmp_path / "old.ckpt"
+    torch.save(ckpt, path)
+    conf = OmegaConf.load(data_groups()["digits"])
+    run = read_run(path)
+    assert run.data.get("eval_batch_size") == conf.get("eval_batch_size") != 200  # the default, not the old 200
+    assert run.data.img_size == conf.img_size and run.data.train_size == 192  # default / stored
