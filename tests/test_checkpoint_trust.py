@@ -328,3 +328,24 @@ def test_read_run_precedence_a_key_the_checkpoint_lacks_takes_the_config_default
     run = read_run(path)
     assert run.data.get("eval_batch_size") == conf.get("eval_batch_size") != 200  # the default, not the old 200
     assert run.data.img_size == conf.img_size and run.data.train_size == 192  # default / stored
+
+
+def test_vtab_model_precedence_command_line_then_checkpoint_then_defaults(clean, tmp_path):
+    """vtab fine-tunes the checkpoint's model: its stored keys beat conf/model's, a ``model.<key>=`` given on the
+    command line beats the checkpoint's (it used to be overwritten by it), ``model=<name>`` replaces it."""
+    from vitlab.vtab import task_cfg
+
+    ckpt = copy.deepcopy(clean)
+    ckpt["hyper_parameters"]["model"].update(pos_drop_rate=0.05, drop_path_rate=0.1)  # conf/model: 0.0, 0.0
+    path = tmp_path / "stored.ckpt"
+    torch.save(ckpt, path)
+    try:
+        run = task_cfg(compose_cfg("vtab", [f"ckpt_path={path}", "data.task=dtd", "model.drop_path_rate=0.25"],
+                                   tmp_path / "a"))
+        assert run.model.pos_drop_rate == 0.05  # checkpoint > conf defaults
+        assert run.model.drop_path_rate == 0.25  # command line > checkpoint
+        assert run.model.name == "vit_micro" and run.model.pretrained == str(path)
+        run = task_cfg(compose_cfg("vtab", [f"ckpt_path={path}", "data.task=dtd", "model=vit_ti16"], tmp_path / "b"))
+        assert (run.model.name, run.model.pos_drop_rate) == ("vit_ti16", 0.0)  # another model: conf/model's values
+    finally:
+        GlobalHydra.instance().clear()

@@ -109,7 +109,7 @@ def _log_wandb(cfg: DictConfig, figs: dict[str, Path], dist) -> None:
         log_table(run, "analysis/attention_distance", rows, ["layer", "head", "mean_distance_px"])
 
 
-main = hydra_app("analyze", returns=None)(analyze)
+main = hydra_app("analyze")(analyze)
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return {"labelled": len(records), "skipped": len(skipped), "out": str(out)}
 
 
-main = hydra_app("predict", returns=None)(predict)
+main = hydra_app("predict")(predict)
 
 
 if __name__ == "__main__":

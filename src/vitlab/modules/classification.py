@@ -91,14 +91,8 @@ def init_head_bias(net: torch.nn.Module, value: float) -> None:
 class ClassificationModule(VitlabModule):
     OBJECTIVE = "classification"
 
-    def __init__(
-        self,
-        model: dict[str, Any],
-        optim: dict[str, Any],
-        loss: str = "softmax",
-        label_smoothing: float = 0.0,
-        head_bias_init: float | None = None,
-    ) -> None:
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], loss: str = "softmax",
+                 label_smoothing: float = 0.0, head_bias_init: float | None = None) -> None:
         super().__init__(optim)
         if loss not in LOSSES:
             raise ValueError(f"module.loss={loss!r} is not one of {LOSSES}")

@@ -63,16 +63,8 @@ def mean_colour_targets(images: torch.Tensor, patch_size: int, bits: int = 3,
 class MaskedPatchPredictionModule(VitlabModule):
     OBJECTIVE = "mpp"
 
-    def __init__(
-        self,
-        model: dict[str, Any],
-        optim: dict[str, Any],
-        corrupt_frac: float = 0.5,
-        mask_frac: float = 0.8,
-        random_frac: float = 0.1,
-        bits: int = 3,
-        pixel_range: tuple[float, float] = (-1.0, 1.0),
-    ) -> None:
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], corrupt_frac: float = 0.5, mask_frac: float = 0.8,
+                 random_frac: float = 0.1, bits: int = 3, pixel_range: tuple[float, float] = (-1.0, 1.0)) -> None:
         super().__init__(optim)  # its keys: conf/module/mpp.yaml (softmax cross-entropy over the 512 colours)
         for name, v in (("corrupt_frac", corrupt_frac), ("mask_frac", mask_frac), ("random_frac", random_frac)):
             if not 0.0 <= float(v) <= 1.0:
