@@ -277,6 +277,8 @@ def test_checkpoints_from_before_this_change_still_load(clean, tmp_path):
     module = run.build_module()
     assert torch.equal(module.state_dict()["net.pos_embed"], clean["state_dict"]["net.pos_embed"])
     ckpt["vitlab_config"]["module"]["_target_"] = "vitlab.modules.mpp.MaskedPatchPredictionModule"
+    for key in ("loss", "label_smoothing", "head_bias_init"):  # MPP never stored these (save_hyperparameters ignored them)
+        del ckpt["hyper_parameters"][key]
     torch.save(ckpt, tmp_path / "old_mpp.ckpt")
     assert read_run(tmp_path / "old_mpp.ckpt", with_data=False).objective == "mpp"
 
@@ -309,3 +311,41 @@ def test_read_run_called_from_python_takes_what_differs_from_the_defaults(traine
     run = read_run(trained, OmegaConf.create({"data": data}))
     assert (run.data.batch_size, run.data.img_size, run.data.eval_img_size, run.data.train_size) == (5, 16, 16, 192)
     assert read_run(trained).data.eval_batch_size == 200  # no cfg at all: the checkpoint's values
+
+
+def test_read_run_precedence_a_key_the_checkpoint_lacks_takes_the_config_default(clean, tmp_path):
+    """The last level of the rule: a checkpoint written before a data key existed (here: no eval_batch_size, no
+    img_size) gets ``conf/data/<name>.yaml``'s value; the keys it does store still win over the defaults."""
+    from omegaconf import OmegaConf
+
+    from vitlab.runs import data_groups, read_run
+
+    ckpt = copy.deepcopy(clean)
+    del ckpt["vitlab_config"]["data"]["eval_batch_size"], ckpt["vitlab_config"]["data"]["img_size"]
+    path = tmp_path / "old.ckpt"
+    torch.save(ckpt, path)
+    conf = OmegaConf.load(data_groups()["digits"])
+    run = read_run(path)
+    assert run.data.get("eval_batch_size") == conf.get("eval_batch_size") != 200  # the default, not the old 200
+    assert run.data.img_size == conf.img_size and run.data.train_size == 192  # default / stored
+
+
+def test_vtab_model_precedence_command_line_then_checkpoint_then_defaults(clean, tmp_path):
+    """vtab fine-tunes the checkpoint's model: its stored keys beat conf/model's, a ``model.<key>=`` given on the
+    command line beats the checkpoint's (it used to be overwritten by it), ``model=<name>`` replaces it."""
+    from vitlab.vtab import task_cfg
+
+    ckpt = copy.deepcopy(clean)
+    ckpt["hyper_parameters"]["model"].update(pos_drop_rate=0.05, drop_path_rate=0.1)  # conf/model: 0.0, 0.0
+    path = tmp_path / "stored.ckpt"
+    torch.save(ckpt, path)
+    try:
+        run = task_cfg(compose_cfg("vtab", [f"ckpt_path={path}", "data.task=dtd", "model.drop_path_rate=0.25"],
+                                   tmp_path / "a"))
+        assert run.model.pos_drop_rate == 0.05  # checkpoint > conf defaults
+        assert run.model.drop_path_rate == 0.25  # command line > checkpoint
+        assert run.model.name == "vit_micro" and run.model.pretrained == str(path)
+        run = task_cfg(compose_cfg("vtab", [f"ckpt_path={path}", "data.task=dtd", "model=vit_ti16"], tmp_path / "b"))
+        assert (run.model.name, run.model.pos_drop_rate) == ("vit_ti16", 0.0)  # another model: conf/model's values
+    finally:
+        GlobalHydra.instance().clear()

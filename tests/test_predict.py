@@ -100,15 +100,20 @@ def test_predict_refuses_bad_input_with_the_fix(digits_run, tmp_path, cli):
     assert r.returncode != 0 and "no image found" in r.stderr and "quoted glob" in r.stderr
 
 
-def test_predict_never_instantiates_the_stored_data_config(digits_run, tmp_path):
-    """The stored data config's `_target_` is data from a file: predict reads plain keys only."""
+def test_predict_never_instantiates_the_stored_data_config(digits_run, tmp_path, monkeypatch):
+    """The stored data config's `_target_` is data from a file: predict reads the checkpoint through the one
+    reader (``vitlab.runs.read_run``), which refuses a foreign `_target_` by its key path and runs nothing."""
+    from vitlab.config import ConfigError
     from vitlab.predict import load_predictor
 
+    monkeypatch.chdir(tmp_path)
+    net, transform, classes, loss = load_predictor(digits_run)
+    assert classes == [str(i) for i in range(10)] and loss == "softmax"
     ckpt = torch.load(digits_run, map_location="cpu", weights_only=True)
     ckpt["vitlab_config"]["data"]["_target_"] = "os.system"
     ckpt["vitlab_config"]["data"]["root"] = "echo pwned > marker"
     evil = tmp_path / "evil.ckpt"
     torch.save(ckpt, evil)
-    net, transform, classes, loss = load_predictor(evil)
-    assert classes == [str(i) for i in range(10)] and loss == "softmax"
+    with pytest.raises(ConfigError, match=r"vitlab_config\.data\._target_ = 'os.system' is not allowed"):
+        load_predictor(evil)
     assert not (tmp_path / "marker").exists()

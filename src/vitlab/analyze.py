@@ -99,30 +99,18 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _log_wandb(cfg: DictConfig, figs: dict[str, Path], dist) -> None:
-    import os
-
-    import wandb
-
-    from vitlab.config import wandb_offline
     from vitlab.report.wandb_dash import log_figures, log_table
-    from vitlab.utils.secrets import redact
+    from vitlab.runs.assemble import wandb_run
 
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vitlab"),
-                     name=redact(f"analyze-{Path(cfg.ckpt_path).parent.parent.name}"),  # masked after interpolation
-                     group=redact(cfg.group), job_type="eval", dir=str(cfg.paths.output_dir),
-                     mode="offline" if wandb_offline() else "online")
-    try:
+    # the name is masked after interpolation (wandb_run)
+    with wandb_run(f"analyze-{Path(cfg.ckpt_path).parent.parent.name}", cfg.group, "eval", cfg.paths.output_dir) as run:
         log_figures(run, figs, prefix="analysis/")
         rows = [{"layer": li + 1, "head": h + 1, "mean_distance_px": float(d)}
                 for li, row in enumerate(dist) for h, d in enumerate(row)]
         log_table(run, "analysis/attention_distance", rows, ["layer", "head", "mean_distance_px"])
-    finally:
-        run.finish()
 
 
-@hydra_app("analyze")
-def main(cfg: DictConfig) -> None:
-    analyze(cfg)
+main = hydra_app("analyze")(analyze)
 
 
 if __name__ == "__main__":

@@ -122,9 +122,9 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true",
 
 def validate_train_cfg(cfg: DictConfig) -> None:
     """Fail fast, before data or models are built, on values that would fail (or mislead) hours later."""
-    _positive(cfg, "optim.lr")
-    _positive(cfg, "optim.weight_decay", allow_zero=True)
-    _positive(cfg, "optim.grad_clip", optional=True)
+    from vitlab.optim import check_optim_cfg  # the optimiser runs the same checks when it is built
+
+    check_optim_cfg(cfg.optim)
     check_seed(cfg.get("seed"))
     from vitlab.data.base import check_data_args  # the DataModule runs the same checks when it is built
 

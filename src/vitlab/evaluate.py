@@ -11,9 +11,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from vitlab import metrics as M
 from vitlab.config import ConfigError
 from vitlab.runs import load_checkpoint, load_run
-from vitlab.tasks import hydra_app, print_metrics, scalar_metrics, task_wrapper, write_results
+from vitlab.runs.assemble import build_trainer, report
+from vitlab.tasks import hydra_app, scalar_metrics, task_wrapper
 
 log = logging.getLogger("vitlab.evaluate")
 
@@ -22,8 +24,6 @@ __all__ = ["evaluate", "load_checkpoint", "load_run", "main"]  # the loaders liv
 
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    from hydra.utils import instantiate
-
     from vitlab.utils.instantiate import build_loggers
 
     run, module, dm = load_run(cfg)
@@ -33,23 +33,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"data {data_cfg.get('name')} has {dm.num_classes} classes but the checkpoint's head has "
             f"{module.num_classes}: evaluate on the dataset it was trained on, or fine-tune first"
         )
-    loggers = build_loggers(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[], enable_checkpointing=False,
-                          default_root_dir=cfg.paths.output_dir)
+    trainer = build_trainer(cfg, loggers=build_loggers(cfg.get("logger")), enable_checkpointing=False)
     check = trainer.validate if cfg.split == "val" else trainer.test
     (metrics,) = check(module, datamodule=dm, verbose=False)
     metrics = scalar_metrics(metrics)
     results = {**metrics, "ckpt_path": str(cfg.ckpt_path), "data/name": data_cfg.get("name"),
                "model/name": run.model.get("name")}
-    write_results(cfg.paths.output_dir, results)
-    print_metrics(metrics)
+    report(cfg.paths.output_dir, results, metrics)
     return results
 
 
-@hydra_app("evaluate")
-def main(cfg: DictConfig) -> float | None:
-    return evaluate(cfg).get("test/acc")
-
+main = hydra_app("evaluate", returns=M.TEST_ACC)(evaluate)
 
 if __name__ == "__main__":
     main()

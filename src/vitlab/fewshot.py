@@ -17,7 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab.config import ConfigError, to_plain
-from vitlab.tasks import hydra_app, task_wrapper, write_results
+from vitlab.runs.assemble import build_datamodule, report
+from vitlab.tasks import hydra_app, task_wrapper
 
 log = logging.getLogger("vitlab.fewshot")
 
@@ -65,7 +66,6 @@ def fewshot_data_cfg(cfg: DictConfig, model_cfg: dict[str, Any]) -> DictConfig:
 @task_wrapper
 def fewshot(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
-    from hydra.utils import instantiate
     from lightning.pytorch.loggers import WandbLogger
 
     from vitlab.eval.fewshot import L2_FIXED, FewShotEvaluator, format_table
@@ -76,7 +76,7 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("choose the dataset to evaluate on: data=<name> (e.g. data=digits)")
     L.seed_everything(cfg.seed)
     net, model_cfg = load_backbone(cfg)
-    dm = instantiate(fewshot_data_cfg(cfg, model_cfg), _convert_="all")
+    dm = build_datamodule(fewshot_data_cfg(cfg, model_cfg))
     shots = [int(k) for k in cfg.shots]
     l2_select = cfg.get("l2_select", "fixed")
     try:
@@ -88,7 +88,7 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
     table = format_table(res, ev.name, shots)
     results = {**res, "ckpt_path": cfg.get("ckpt_path"), "model/name": model_cfg.get("name"), "data/name": ev.name,
                "fewshot/seeds": int(cfg.seeds), "fewshot/l2_select": l2_select}
-    write_results(cfg.paths.output_dir, results)
+    report(cfg.paths.output_dir, results)
     rows = [{"data": ev.name, "shots": k, "accuracy": res[f"fewshot/{ev.name}_{k}shot"],
              "std": res[f"fewshot/{ev.name}_{k}shot_std"], "l2": res[f"fewshot/{ev.name}_{k}shot_l2"]} for k in shots]
     for lg in build_loggers(cfg.get("logger")):  # task_wrapper finishes the W&B run

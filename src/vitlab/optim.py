@@ -12,6 +12,7 @@ optimiser steps; a warmup longer than the run is an error, not a silent cap.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -45,18 +46,27 @@ def kernel_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def check_optim_cfg(cfg: Mapping[str, Any]) -> None:
+    """The one check of the optimiser's numbers (lr, weight decay, clipping), in the words of every other
+    positive-number check (:func:`vitlab.config.check_positive`). Called where the optimiser is built, and by
+    the objectives and ``validate_train_cfg`` so that a wrong value fails before anything is built or written."""
+    from vitlab.config import ConfigError, check_positive
+
+    check_positive("optim.lr", cfg.get("lr"))
+    if not math.isfinite(float(cfg["lr"])):
+        raise ConfigError(f"optim.lr={cfg['lr']} must be a finite number")
+    check_positive("optim.weight_decay", cfg.get("weight_decay", 0.0), allow_zero=True)
+    check_positive("optim.grad_clip", cfg.get("grad_clip"), optional=True)
+
+
 def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     from timm.optim import create_optimizer_v2
 
     name = cfg.get("name", "adamw")
     if name not in OPTIMIZERS:
         raise OptimConfigError(f"optim.name={name!r} is not one of {sorted(OPTIMIZERS)}")
-    lr = float(cfg["lr"])
-    if not lr > 0 or not math.isfinite(lr):
-        raise OptimConfigError(f"optim.lr={cfg['lr']} must be a positive number")
-    wd = float(cfg.get("weight_decay", 0.0))
-    if wd < 0:
-        raise OptimConfigError(f"optim.weight_decay={wd} must be >= 0")
+    check_optim_cfg(cfg)
+    lr, wd = float(cfg["lr"]), float(cfg.get("weight_decay", 0.0))
     kwargs: dict[str, Any] = {}
     if name in ("adam", "adamw", "lamb"):
         kwargs["betas"] = tuple(cfg.get("betas", (0.9, 0.999)))

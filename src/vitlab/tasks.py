@@ -86,8 +86,11 @@ def _raised_in_vitlab(exc: BaseException) -> bool:
     return last is not None and last.tb_frame.f_code.co_filename.startswith(_VITLAB_DIR)
 
 
-def hydra_app(config_name: str) -> Callable:
+def hydra_app(config_name: str, returns: str | None = None) -> Callable:
     """``@hydra.main`` for a vitlab task (``conf/<config_name>.yaml``), plus what every command line shares.
+
+    ``returns``: the metric the command returns (to a sweeper) from the task's result dict; None returns the
+    task's own return value.
 
     - A literal secret in the config is refused before the task runs (``check_no_literal_secrets``); the Hydra
       callback ``RunGuard`` has already masked it in everything Hydra saves or prints.
@@ -106,7 +109,8 @@ def hydra_app(config_name: str) -> Callable:
 
             try:
                 check_no_literal_secrets(cfg)
-                return fn(cfg)
+                out = fn(cfg)
+                return out.get(returns) if returns is not None else out
             except Exception as e:
                 cause = user_error(e)
                 if cause is None:

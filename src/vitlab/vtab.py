@@ -20,18 +20,20 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vitlab import metrics as M
 from vitlab.config import ConfigError
-from vitlab.tasks import hydra_app, task_wrapper, write_results
+from vitlab.runs.assemble import fine_tune_cfg, report, train_run
+from vitlab.tasks import hydra_app, task_wrapper
 
 log = logging.getLogger("vitlab.vtab")
 
 
-def _cli_chose(prefix: str) -> bool:
+def _cli_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return False
-    return any(o.lstrip("+~").startswith(prefix) for o in HydraConfig.get().overrides.task)
+        return []
+    return [o.lstrip("+~") for o in HydraConfig.get().overrides.task]
 
 
 def checkpoint_model_cfg(ckpt_path: str) -> dict[str, Any] | None:
@@ -46,22 +48,21 @@ def checkpoint_model_cfg(ckpt_path: str) -> dict[str, Any] | None:
     return read_run(ckpt_path, with_data=False, require_model=False).model or None
 
 
-def _copy(cfg: DictConfig) -> DictConfig:
-    """An unresolved copy: paths such as ``${paths.output_dir}/checkpoints`` follow a sub-run's output_dir."""
-    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-
-
 def task_cfg(cfg: DictConfig) -> DictConfig:
-    """The fine-tuning config of this job: the checkpoint's model (unless model= was given), its resolution."""
-    run = _copy(cfg)
+    """The fine-tuning config of this job: the checkpoint's model, its resolution. Precedence as everywhere
+    (``vitlab.runs.read``): command line (``model=<name>``, or ``model.<key>=...`` for one key) > checkpoint >
+    ``conf/model``."""
+    run = fine_tune_cfg(cfg)
     ckpt = cfg.get("ckpt_path")
     if not ckpt and not cfg.model.get("pretrained"):
         raise ConfigError("vitlab.vtab fine-tunes a pretrained model: give ckpt_path=<.ckpt | .npz | .safetensors>")
     saved = checkpoint_model_cfg(str(ckpt)) if ckpt else None
     with open_dict(run):
-        if saved and not _cli_chose("model="):
+        cli = _cli_overrides()
+        if saved and not any(o.startswith("model=") for o in cli):
+            chosen = {o.split("=", 1)[0][len("model."):] for o in cli if o.startswith("model.")}
             run.model = OmegaConf.merge(run.model, {k: v for k, v in saved.items()
-                                                    if k not in ("num_classes", "img_size", "pretrained")})
+                                                    if k not in ("num_classes", "img_size", "pretrained", *chosen)})
         if ckpt:
             run.model.pretrained = str(ckpt)
         run.model.pretrained_keep_head = False
@@ -77,16 +78,9 @@ def task_cfg(cfg: DictConfig) -> DictConfig:
 
 
 def _sub_run(run: DictConfig, out_dir: Path, lr: float, split: str, test: bool) -> dict[str, Any]:
-    from vitlab.train import train
-
-    sub = _copy(run)
-    with open_dict(sub):
-        sub.optim.lr = float(lr)
-        sub.data.train_split = split
-        sub.test = test
-        sub.paths.output_dir = str(out_dir)
-        sub.run_name = f"{run.data.name}-lr{lr}-{split}"
-    return train(sub)
+    return train_run(fine_tune_cfg(run, **{"optim.lr": float(lr), "data.train_split": split, "test": test,
+                                           "paths.output_dir": str(out_dir),
+                                           "run_name": f"{run.data.name}-lr{lr}-{split}"}))
 
 
 @task_wrapper
@@ -104,27 +98,24 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     if len(grid) > 1:
         for lr in grid:
             r = _sub_run(run, out / f"select_lr{lr}", lr, "train800", test=False)
-            val[lr] = r.get("val/acc_best", r.get("val/acc", 0.0)) or 0.0
+            val[lr] = r.get(M.VAL_ACC_BEST, r.get(M.VAL_ACC, 0.0)) or 0.0
             log.info("vtab %s: lr %g -> val200 accuracy %.4f", task, lr, val[lr])
     best = max(grid, key=lambda v: val.get(v, 0.0)) if val else grid[0]
     final = _sub_run(run, out / "final", best, "train800val200", test=True)
     results = {
         "vtab/task": task, "vtab/group": VTAB_TASKS[task][0], "vtab/lr": best,
         "vtab/val_by_lr": {str(k): v for k, v in val.items()}, "vtab/steps": int(cfg.vtab.steps),
-        "test/acc": final.get("test/acc"), "model/name": run.model.get("name"),
+        M.TEST_ACC: final.get(M.TEST_ACC), "model/name": run.model.get("name"),
         "model/params_m": final.get("model/params_m"), "data/name": run.data.name,
         "data/train_size": final.get("data/train_size"), "time/wall_s": final.get("time/wall_s"),
         "output_dir": str(out), "pretrained": run.model.get("pretrained"),
     }
-    write_results(out, results)
-    print(f"vtab {task}: test accuracy {results['test/acc']:.4f} (lr {best}; val200 by lr {val or '-'})")
+    report(out, results)
+    print(f"vtab {task}: test accuracy {results[M.TEST_ACC]:.4f} (lr {best}; val200 by lr {val or '-'})")
     return results
 
 
-@hydra_app("vtab")
-def main(cfg: DictConfig) -> float | None:
-    return run_task(cfg).get("test/acc")
-
+main = hydra_app("vtab", returns=M.TEST_ACC)(run_task)
 
 if __name__ == "__main__":
     main()

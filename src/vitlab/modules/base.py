@@ -1,4 +1,5 @@
-"""What every vitlab LightningModule shares: the run config stored in checkpoints and the optimiser set-up."""
+"""What every vitlab LightningModule shares: the run config stored in checkpoints, the optimiser set-up, the
+loss/accuracy trackers and ``val/acc_best``."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ from typing import Any
 
 import lightning as L
 from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
 
-from vitlab.optim import build_optimizer, build_scheduler
+from vitlab import metrics as M
+from vitlab.models import count_params
+from vitlab.optim import build_optimizer, build_scheduler, check_optim_cfg
 
 
 class VitlabModule(L.LightningModule):
@@ -16,11 +20,28 @@ class VitlabModule(L.LightningModule):
     #: the name ``vitlab.runs.OBJECTIVES`` reads this class back by (a checkpoint names no class itself)
     OBJECTIVE: str = ""
 
-    def __init__(self) -> None:
+    def __init__(self, optim: dict[str, Any] | None = None) -> None:
         super().__init__()
+        if optim is not None:
+            check_optim_cfg(optim)  # before the network is built: a wrong lr fails now, not at fit start
         #: the run's resolved config (plain containers, no ``_target_``), stored in every checkpoint for
         #: ``vitlab.runs.read_run``
         self.run_config: dict[str, Any] | None = None
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+
+    @property
+    def num_params(self) -> int:
+        return count_params(self.net)
+
+    def on_train_start(self) -> None:
+        # Sanity-check metrics must not leak into the best-so-far tracker.
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        # every objective logs `val/acc` from a torchmetrics metric (synced across processes); the best is synced too
+        self.val_acc_best(self.val_acc.compute())
+        self.log(M.VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def optimized_module(self) -> nn.Module:
         """The module whose parameters the optimiser updates (timm's no-weight-decay list comes from it)."""

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MaxMetric, MeanMetric, Metric
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab import metrics as M
-from vitlab.models import build_model, count_params
+from vitlab.models import build_model
 from vitlab.modules.base import VitlabModule
 
 LOSSES = ("softmax", "sigmoid")
@@ -91,15 +91,9 @@ def init_head_bias(net: torch.nn.Module, value: float) -> None:
 class ClassificationModule(VitlabModule):
     OBJECTIVE = "classification"
 
-    def __init__(
-        self,
-        model: dict[str, Any],
-        optim: dict[str, Any],
-        loss: str = "softmax",
-        label_smoothing: float = 0.0,
-        head_bias_init: float | None = None,
-    ) -> None:
-        super().__init__()
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], loss: str = "softmax",
+                 label_smoothing: float = 0.0, head_bias_init: float | None = None) -> None:
+        super().__init__(optim)
         if loss not in LOSSES:
             raise ValueError(f"module.loss={loss!r} is not one of {LOSSES}")
         if not 0.0 <= label_smoothing < 1.0:
@@ -120,12 +114,6 @@ class ClassificationModule(VitlabModule):
         acc = lambda top_k=1: MulticlassAccuracy(num_classes=k, top_k=min(top_k, k), average="micro")  # noqa: E731
         self.train_acc, self.val_acc, self.test_acc, self.test_acc5 = acc(), acc(), acc(), acc(5)
         self.test_acc_real = ReaLAccuracy()  # logged only when the test set carries ReaL labels (ImageNet)
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.val_acc_best = MaxMetric()
-
-    @property
-    def num_params(self) -> int:
-        return count_params(self.net)
 
     def configure_model(self) -> None:
         compile_net(self.net, self.hparams.model.get("compile", False))  # at fit/test start, once
@@ -152,20 +140,12 @@ class ClassificationModule(VitlabModule):
         self.log(M.TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def on_train_start(self) -> None:
-        # Sanity-check metrics must not leak into the best-so-far tracker.
-        self.val_acc_best.reset()
-
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, logits, y = self._step(batch)
         self.val_loss(loss, weight=y.shape[0])
         self.val_acc(logits, y)
         self.log(M.VAL_LOSS, self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(M.VAL_ACC, self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
-
-    def on_validation_epoch_end(self) -> None:
-        self.val_acc_best(self.val_acc.compute())
-        self.log(M.VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, logits, y = self._step(batch)

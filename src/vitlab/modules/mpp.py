@@ -8,7 +8,7 @@
   like any other with ``model.pretrained=<ckpt>``: the ``net.`` weights are loaded and the [mask] token and
   the colour head are reported as dropped.
 
-Use it with ``module._target_=vitlab.modules.mpp.MaskedPatchPredictionModule`` (see ``experiment=mpp_demo``).
+Use it with ``module=mpp`` (``conf/module/mpp.yaml``; see ``experiment=mpp_demo``).
 It logs ``train/loss``, ``val/acc`` / ``test/acc`` (colour accuracy over corrupted patches) so checkpoints
 and sweeps select on it like on a supervised run.
 """
@@ -20,10 +20,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MeanMetric
 
 from vitlab import metrics as M
-from vitlab.models import build_model, count_params, registry
+from vitlab.models import build_model, registry
 from vitlab.modules.base import VitlabModule
 
 KEEP, MASK, RANDOM = 0, 1, 2
@@ -63,25 +63,9 @@ def mean_colour_targets(images: torch.Tensor, patch_size: int, bits: int = 3,
 class MaskedPatchPredictionModule(VitlabModule):
     OBJECTIVE = "mpp"
 
-    def __init__(
-        self,
-        model: dict[str, Any],
-        optim: dict[str, Any],
-        corrupt_frac: float = 0.5,
-        mask_frac: float = 0.8,
-        random_frac: float = 0.1,
-        bits: int = 3,
-        pixel_range: tuple[float, float] = (-1.0, 1.0),
-        loss: str = "softmax",
-        label_smoothing: float = 0.0,
-        head_bias_init: float | None = None,
-    ) -> None:
-        super().__init__()
-        # `loss`, `label_smoothing`, `head_bias_init` are train.yaml's classification keys: accepted so that
-        # `module._target_=...mpp...` works on the shared config, refused if set to something MPP would ignore.
-        if loss != "softmax" or label_smoothing or head_bias_init is not None:
-            raise ValueError("module.loss / label_smoothing / head_bias_init are classification settings; masked patch "
-                             "prediction always uses softmax cross-entropy over the 512 colours")
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], corrupt_frac: float = 0.5, mask_frac: float = 0.8,
+                 random_frac: float = 0.1, bits: int = 3, pixel_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+        super().__init__(optim)  # its keys: conf/module/mpp.yaml (softmax cross-entropy over the 512 colours)
         for name, v in (("corrupt_frac", corrupt_frac), ("mask_frac", mask_frac), ("random_frac", random_frac)):
             if not 0.0 <= float(v) <= 1.0:
                 raise ValueError(f"module.{name}={v} must be in [0, 1]")
@@ -89,7 +73,7 @@ class MaskedPatchPredictionModule(VitlabModule):
             raise ValueError(f"module.mask_frac + module.random_frac = {mask_frac + random_frac} must be <= 1")
         if not registry.get(model.get("family")).pixel_patches:
             raise ValueError(f"masked patch prediction needs a ViT (model.family=vit), got model.family={model.get('family')!r}")
-        self.save_hyperparameters(ignore=["loss", "label_smoothing", "head_bias_init"])
+        self.save_hyperparameters()
         self.net = build_model(**{**model, "num_classes": 0})
         width = int(self.net.embed_dim)
         self.patch_size = int(self.net.patch_embed.patch_size[0])
@@ -97,13 +81,7 @@ class MaskedPatchPredictionModule(VitlabModule):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.mpp_head = nn.Linear(width, self.num_classes)
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.train_acc, self.val_acc, self.test_acc = MeanMetric(), MeanMetric(), MeanMetric()
-        self.val_acc_best = MaxMetric()
-
-    @property
-    def num_params(self) -> int:
-        return count_params(self.net)
 
     def no_weight_decay(self) -> set[str]:
         """Names timm's optimiser factory keeps out of weight decay (tokens and position embeddings)."""
@@ -156,19 +134,12 @@ class MaskedPatchPredictionModule(VitlabModule):
     def _eval_generator(self, batch_idx: int) -> torch.Generator:
         return torch.Generator().manual_seed(1000 + batch_idx)  # the same corruption every validation
 
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()
-
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, acc, n = self._step(batch, self._eval_generator(batch_idx))
         self.val_loss(loss, weight=n)
         self.val_acc(acc, weight=n)
         self.log(M.VAL_LOSS, self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(M.VAL_ACC, self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
-
-    def on_validation_epoch_end(self) -> None:
-        self.val_acc_best(self.val_acc.compute())
-        self.log(M.VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, acc, n = self._step(batch, self._eval_generator(batch_idx))

@@ -2,7 +2,7 @@
 
 Sections: Fig. 3/4 (accuracy vs pretraining data size, runs grouped by model family), Fig. 5 (accuracy vs
 training compute in exaFLOPs), loss curves, and the run table with the scaling keys pinned. Every key is one
-``vitlab.train.run_stats`` / the W&B callbacks log, so the panels have data as soon as the runs are synced.
+``vitlab.runs.assemble.run_stats`` / the W&B callbacks log, so the panels have data as soon as the runs are synced.
 
 Building and serialising the spec needs no network (``dashboard_spec``); only ``push_dashboard`` talks to W&B:
 
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-#: run-config keys (from vitlab.train.run_stats) the run table pins and the panels group by
+#: run-config keys (from vitlab.runs.assemble.run_stats) the run table pins and the panels group by
 SCALING_KEYS = ("model/family", "model/name", "model/variant", "model/patch_size", "model/params_m",
                 "model/gflops", "data/name", "data/train_size", "data/img_size")
 #: summary metrics (best values: report/wandb_dash.SUMMARIES)

@@ -97,22 +97,16 @@ def _as_list(x) -> list:
 
 def _log_wandb(rows, figs, title: str, out: Path) -> Path:
     """One W&B run (job_type=report, group = the study) holding the figures (wandb.Image) and the table."""
-    import wandb
-
     from vitlab.config import wandb_offline
     from vitlab.report.wandb_dash import log_figures, log_table
     from vitlab.report.wandb_offline import wait_until_finished
-    from vitlab.utils.secrets import redact
+    from vitlab.runs.assemble import wandb_run
 
     group = next((r.get("group") for r in rows if r.get("group")), None)
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vitlab"), name=redact(title), group=redact(group),
-                     job_type="report", dir=str(out), mode="offline" if wandb_offline() else "online")
-    try:
+    with wandb_run(title, group, "report", out) as run:
         log_figures(run, figs)
         log_table(run, "report/runs", rows, [k for _, k, _ in COLUMNS] + ["job_dir"])
         run_dir = Path(run.dir).parent
-    finally:
-        run.finish()
     if wandb_offline():
         wait_until_finished(run_dir)
     return run_dir

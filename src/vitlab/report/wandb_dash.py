@@ -2,7 +2,7 @@
 
 Runs are grouped by study through the logger config (``group=${group}``, ``job_type``, ``tags``: the
 sweep configs in ``conf/sweep/`` set them); the scaling keys (model family/variant/patch/params/GFLOPs,
-data/train_size, resolution) reach the run config through ``vitlab.train.run_stats``.
+data/train_size, resolution) reach the run config through ``vitlab.runs.assemble.run_stats``.
 """
 
 from __future__ import annotations

@@ -24,14 +24,15 @@ log = logging.getLogger(__name__)
 PRINT_ORDER = ("data", "model", "optim", "module", "callbacks", "logger", "trainer", "paths", "extras")
 
 
-def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER):
-    """A ``rich.tree.Tree`` with one branch per top-level section (values resolved; secrets masked)."""
+def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, config: dict | None = None):
+    """A ``rich.tree.Tree`` with one branch per top-level section (values resolved; secrets masked).
+    ``config``: the job's ``job_config(cfg)`` when the caller already has it."""
     import rich.syntax
     import rich.tree
 
     from vitlab.config import job_config
 
-    plain = job_config(cfg)
+    plain = job_config(cfg) if config is None else config
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
     keys = [k for k in order if k in plain] + [k for k in plain if k not in order]
     for key in keys:
@@ -43,11 +44,11 @@ def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER):
 
 
 @rank_zero_only
-def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None) -> None:
+def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, config: dict | None = None) -> None:
     """Print the tree; with ``save_to``, also write it (no colours) to ``<save_to>/config_tree.log``."""
     import rich
 
-    tree = config_tree(cfg)
+    tree = config_tree(cfg, config=config)
     rich.print(tree)
     if save_to is not None:
         from rich.console import Console
@@ -58,8 +59,8 @@ def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None) -> Non
             Console(file=f, no_color=True, width=120).print(tree)
 
 
-def apply_extras(cfg: DictConfig) -> None:
-    """Apply ``cfg.extras`` (absent or null: nothing happens)."""
+def apply_extras(cfg: DictConfig, config: dict | None = None) -> None:
+    """Apply ``cfg.extras`` (absent or null: nothing happens); ``config``: the job's ``job_config(cfg)``."""
     extras = cfg.get("extras")
     if not extras:
         return
@@ -72,4 +73,4 @@ def apply_extras(cfg: DictConfig) -> None:
             "(or extras.enforce_tags=false)"
         )
     if extras.get("print_config"):
-        print_config_tree(cfg, save_to=cfg.paths.output_dir)
+        print_config_tree(cfg, save_to=cfg.paths.output_dir, config=config)

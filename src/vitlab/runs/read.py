@@ -1,4 +1,5 @@
-"""Read a finished run back from its checkpoint: the one reader behind evaluate, analyze, fewshot, vtab and resume.
+"""Read a finished run back from its checkpoint: the one reader behind evaluate, analyze, fewshot, vtab, predict
+and resume.
 
 A checkpoint is a file from someone else (a colleague, the Hub, a paper's release), so it is *data*, never
 instructions. Reading one must not run anything it names:
@@ -151,12 +152,15 @@ def strip_instructions(node: Any) -> Any:
     return node
 
 
-def checkpoint_config(cfg: DictConfig) -> dict[str, Any]:
-    """What a checkpoint stores as ``vitlab_config``: the job's resolved config, secrets masked, and no
-    ``_target_`` (readers rebuild everything by name from vitlab's own configs; see the module docstring)."""
-    from vitlab.config import job_config
+def checkpoint_config(cfg: DictConfig | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint stores as ``vitlab_config``: the job's resolved config (``config``, the
+    :func:`~vitlab.config.job_config` of ``cfg`` when not given), secrets masked, and no ``_target_`` (readers
+    rebuild everything by name from vitlab's own configs; see the module docstring)."""
+    if config is None:
+        from vitlab.config import job_config
 
-    return strip_instructions(job_config(cfg))
+        config = job_config(cfg)
+    return strip_instructions(config)
 
 
 # ---- the data config, by name ------------------------------------------------------------------------------

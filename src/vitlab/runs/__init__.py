@@ -1,0 +1,32 @@
+"""The run-assembly layer: every task gets its objects here, and no task imports another.
+
+- :mod:`vitlab.runs.read`: read a finished run back from its checkpoint (``read_run``, ``load_run``), with one
+  precedence for every value: command line > checkpoint > vitlab's config defaults.
+- :mod:`vitlab.runs.assemble`: build a training run from a composed config (data, objective, stats, callbacks,
+  loggers, trainer), returned by name as lightning-hydra-template's ``train()`` does; fit, test and report it.
+"""
+
+from vitlab.runs.read import (
+    CODE_KEYS,
+    CONFIG_SECTIONS,
+    HYDRA_CONTROL_KEYS,
+    OBJECTIVES,
+    Run,
+    _data_group,
+    check_checkpoint,
+    checkpoint_config,
+    data_groups,
+    load_checkpoint,
+    load_run,
+    objective_class,
+    read_run,
+    rebuild_data_cfg,
+    strip_instructions,
+    vitlab_targets,
+)
+
+__all__ = [
+    "CODE_KEYS", "CONFIG_SECTIONS", "HYDRA_CONTROL_KEYS", "OBJECTIVES", "Run", "_data_group", "check_checkpoint",
+    "checkpoint_config", "data_groups", "load_checkpoint", "load_run", "objective_class", "read_run",
+    "rebuild_data_cfg", "strip_instructions", "vitlab_targets",
+]

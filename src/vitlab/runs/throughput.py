@@ -1,0 +1,382 @@
+"""One benchmark worker: train (and evaluate) one model one way, in its own process, and time it (``vitlab.bench``).
+
+The three ways share the data, batch, optimiser and precision: ``vitlab`` is the run the assembly layer builds
+for ``vitlab.train`` (:func:`vitlab.runs.assemble.assemble`), timed by a callback inside ``Trainer.fit``;
+``plain`` and ``timm`` are a hand-written PyTorch loop on vitlab's network and on ``timm.create_model``.
+Here too: the machine facts, the matmul peak MFU divides by, and the peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+WAYS = ("vitlab", "plain", "timm")
+WAY_LABEL = {"vitlab": "(a) vitlab.train", "plain": "(b) plain PyTorch", "timm": "(c) timm defaults"}
+DEVICES = ("auto", "cpu", "cuda")
+#: trainer.precision -> the autocast dtype a plain loop uses (None: no autocast)
+PLAIN_PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": "bfloat16", "16-mixed": "float16"}
+
+log = logging.getLogger("vitlab.bench")
+
+
+class BenchConfigError(ValueError):
+    """A bench config asks for something that cannot run; the message names the key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine facts and the hardware limit
+# ---------------------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import lightning
+    import timm
+
+    info: dict[str, Any] = {
+        "device": device,
+        "cpu": _cpu_model(),
+        "cores": available_cores(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+    cpu_flags = ""
+    try:
+        cpu_flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    info["cpu_bf16"] = "avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_count=torch.cuda.device_count(), gpu_mem_gb=round(p.total_memory / 2**30, 1),
+                    gpu_capability=f"{p.major}.{p.minor}", cuda=torch.version.cuda, driver=_nvidia_driver())
+    return info
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def resolve_device(device: str) -> str:
+    if device not in DEVICES:
+        raise BenchConfigError(f"device={device!r} is not one of {DEVICES}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchConfigError("device=cuda but torch.cuda.is_available() is False (CPU-only torch build or no GPU); "
+                               "use device=cpu or device=auto")
+    return device
+
+
+def measure_peak(device: str, dtype: str, n: int, reps: int) -> dict[str, float]:
+    """FLOP/s of an n x n x n matmul: the hardware limit that MFU divides by (median of ``reps``, after warm-up)."""
+    dt = getattr(torch, dtype)
+    a = torch.randn(n, n, device=device).to(dt)
+    b = torch.randn(n, n, device=device).to(dt)
+    times = []
+    for i in range(reps + 3):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+    flops = 2.0 * n**3
+    return {"flops": flops / statistics.median(times), "best": flops / min(times), "n": n, "dtype": dtype}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: RSS high-water mark on CPU, max_memory_allocated on GPU
+# ---------------------------------------------------------------------------------------------
+def reset_peak_memory(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:  # Linux >= 4.0: "5" resets the peak RSS (VmHWM) of this process
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker: one (model, way, repeat) in its own process
+# ---------------------------------------------------------------------------------------------
+class Windows:
+    """Timestamps at the end of each train / eval batch; the timed window starts after the warm-up batches."""
+
+    def __init__(self, device: str, warmup: int, steps: int, eval_warmup: int, eval_steps: int) -> None:
+        self.device, self.warmup, self.steps = device, warmup, steps
+        self.eval_warmup, self.eval_steps = eval_warmup, eval_steps
+        self.train_t: list[float] = []
+        self.eval_t: list[float] = []
+        self.train_peak_mb: float | None = None
+
+    def _mark(self, times: list[float], warm: int, total: int) -> None:
+        k = len(times) + 1  # 1-based index of the batch that just ended
+        if k in (warm, total):  # sync only at the window's edges: per-step syncs would hide async GPU work
+            _sync(self.device)
+        times.append(time.perf_counter())
+
+    def train_batch_end(self) -> None:
+        self._mark(self.train_t, self.warmup, self.warmup + self.steps)
+        if len(self.train_t) == self.warmup + self.steps:
+            self.train_peak_mb = peak_memory_mb(self.device)
+
+    def eval_batch_end(self) -> None:
+        self._mark(self.eval_t, self.eval_warmup, self.eval_warmup + self.eval_steps)
+
+    @staticmethod
+    def _rate(times: list[float], warm: int, steps: int, batch: int) -> dict[str, Any]:
+        if len(times) < warm + steps:
+            raise RuntimeError(f"only {len(times)} batches ran, {warm} warm-up + {steps} timed were asked for")
+        window = times[warm + steps - 1] - (times[warm - 1] if warm else times[0])
+        n = steps if warm else steps - 1
+        per_step = [times[i] - times[i - 1] for i in range(max(warm, 1), warm + steps)]
+        return {"img_per_s": n * batch / window, "window_s": window, "steps": n, "step_s": per_step}
+
+    def results(self, batch: int, eval_batch: int) -> dict[str, Any]:
+        out = {"train": self._rate(self.train_t, self.warmup, self.steps, batch)}
+        if self.eval_steps:
+            out["eval"] = self._rate(self.eval_t, self.eval_warmup, self.eval_steps, eval_batch)
+        return out
+
+
+def compose_train_cfg(overrides: list[str], output_dir: Path):
+    """``conf/train.yaml`` composed exactly as ``python -m vitlab.train <overrides>`` would, output in ``output_dir``."""
+    from vitlab.config import compose_job
+
+    return compose_job("train", overrides, output_dir)
+
+
+def _timm_model(spec: dict[str, Any], model_cfg: dict[str, Any]):
+    import timm
+
+    t = spec.get("timm") or {}
+    if not t.get("name"):
+        raise BenchConfigError(f"models.{spec['key']}.timm.name is missing: the timm model to compare with (way c)")
+    kwargs = dict(t.get("kwargs") or {})
+    kwargs.setdefault("num_classes", int(model_cfg["num_classes"]))
+    from vitlab.models import registry
+
+    if registry.get(model_cfg.get("family")).timm_takes_img_size:
+        kwargs.setdefault("img_size", int(model_cfg["img_size"]))
+    return timm.create_model(t["name"], pretrained=False, **kwargs)
+
+
+def _plain_loop(net, cfg, dm, device: str, win: Windows, compile_model) -> None:
+    """What a user writes by hand: same optimiser, LR schedule, clipping, autocast and accumulation as vitlab's."""
+    import torch.nn.functional as F
+
+    from vitlab.modules.classification import classification_loss
+    from vitlab.optim import build_optimizer, build_scheduler
+
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision not in PLAIN_PRECISIONS:
+        raise BenchConfigError(f"trainer.precision={precision!r}: the plain loop supports {sorted(PLAIN_PRECISIONS)}")
+    amp = PLAIN_PRECISIONS[precision]
+    amp_dtype = getattr(torch, amp) if amp else None
+    scaler = torch.amp.GradScaler(device) if amp == "float16" else None
+    accum = int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
+    clip = cfg.trainer.get("gradient_clip_val")
+    loss_kind = str(cfg.module.get("loss", "softmax"))
+    smoothing = float(cfg.module.get("label_smoothing", 0.0))
+    channels_last = bool(cfg.model.get("channels_last", False))
+
+    net.to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    optim_cfg = dict(cfg.optim)
+    opt = build_optimizer(net, optim_cfg)
+    batches = win.warmup + win.steps
+    sched = build_scheduler(opt, optim_cfg, max(1, batches // accum))
+    fwd = compile_model(net)
+
+    def to_dev(x, y):
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(device, non_blocking=True)
+
+    net.train()
+    it = iter(dm.train_dataloader())
+    for i in range(batches):
+        x, y = to_dev(*next(it))
+        with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = classification_loss(fwd(x), y, loss_kind, smoothing) / accum
+        (scaler.scale(loss) if scaler else loss).backward()
+        if (i + 1) % accum == 0:
+            if scaler:
+                scaler.unscale_(opt)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), float(clip))
+            scaler.step(opt) if scaler else opt.step()
+            if scaler:
+                scaler.update()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+        win.train_batch_end()
+
+    if not win.eval_steps:
+        return
+    net.eval()
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    total_loss = torch.zeros((), device=device)
+    it = iter(dm.val_dataloader())
+    with torch.inference_mode():
+        for _ in range(win.eval_warmup + win.eval_steps):
+            x, y = to_dev(*next(it))
+            with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = fwd(x)
+            total_loss += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(-1) == y).sum()
+            win.eval_batch_end()
+
+
+class WindowTimer(L.Callback):
+    """Feeds :class:`Windows` from inside ``Trainer.fit`` (train batches, then the fit's validation batches)."""
+
+    def __init__(self, win: Windows) -> None:
+        self.win = win
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.win.train_batch_end()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking:
+            self.win.eval_batch_end()
+
+
+def _model_flops(net: torch.nn.Module, model_cfg: dict[str, Any]):
+    """Model FLOPs per image (vitlab.analysis.flops); activation checkpointing's recompute is not model work."""
+    from vitlab.analysis.flops import count_flops
+
+    ckpt = bool(model_cfg.get("grad_checkpointing")) and hasattr(net, "set_grad_checkpointing")
+    if ckpt:
+        net.set_grad_checkpointing(False)
+    try:
+        return count_flops(net, int(model_cfg["img_size"]), int(model_cfg.get("in_chans") or 3))
+    finally:
+        if ckpt:
+            net.set_grad_checkpointing(True)
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train (and evaluate) one model one way; return throughput, FLOPs, peak memory and the matmul peak."""
+    threads = spec.get("threads") or "auto"
+    torch.set_num_threads(available_cores() if threads == "auto" else int(threads))
+    device = spec["device"]
+    out_dir = Path(spec["output_dir"])
+    way = spec["way"]
+    if way not in WAYS:
+        raise BenchConfigError(f"way={way!r} is not one of {WAYS}")
+
+    peak = measure_peak(device, **spec["peak"])
+    cfg = compose_train_cfg(spec["overrides"], out_dir)
+    from vitlab.config import to_plain, validate_train_cfg
+    from vitlab.runs.assemble import assemble, build_datamodule
+
+    validate_train_cfg(cfg)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    win = Windows(device, spec["warmup_steps"], spec["steps"], spec["eval_warmup_steps"], spec["eval_steps"])
+    model_cfg = to_plain(cfg.model)
+    info: dict[str, Any] = {"way": way, "precision": str(cfg.trainer.precision), "overrides_extra": spec.get("extra", [])}
+
+    if way == "vitlab":  # exactly what vitlab.train builds (the run-assembly layer), plus the timer
+        from vitlab.utils.instantiate import finish_wandb
+
+        try:
+            objs = assemble(cfg, extra_callbacks=[WindowTimer(win)])
+            dm, module, trainer = objs["datamodule"], objs["module"], objs["trainer"]
+            flops = _model_flops(module.net, model_cfg)
+            info["callbacks"] = [type(c).__name__ for c in objs["callbacks"]]
+            info["loggers"] = [type(lg).__name__ for lg in objs["loggers"]]
+            reset_peak_memory(device)
+            trainer.fit(module, datamodule=dm)
+        finally:
+            finish_wandb()
+    else:
+        from vitlab.models import build_model
+        from vitlab.modules.classification import compile_net
+
+        dm = build_datamodule(cfg.data)
+        net = build_model(**model_cfg) if way == "plain" else _timm_model(spec, model_cfg)
+        if way == "timm":
+            info["timm_model"] = spec["timm"]["name"]
+        flops = _model_flops(net, model_cfg)
+        dm.setup("fit")
+        compile_opt = model_cfg.get("compile", False)
+        reset_peak_memory(device)
+        _plain_loop(net, cfg, dm, device, win, lambda m: compile_net(m, compile_opt))
+
+    res = win.results(dm.batch_size, dm.eval_batch_size)
+    train_flops = float(flops.train_flops)
+    res.update(info)
+    res.update(
+        train_flops_per_img=train_flops,
+        eval_flops_per_img=float(flops.forward_flops),
+        peak=peak,
+        peak_mem_mb=win.train_peak_mb if win.train_peak_mb is not None else peak_memory_mb(device),
+        loadavg_1m=round(os.getloadavg()[0], 2),
+        threads=torch.get_num_threads(),
+    )
+    return res
+
+
+def worker_cli(spec_path: str) -> None:
+    """``python -m vitlab.bench --worker <spec.json>``: run one worker, write its result where the spec says."""
+    spec = json.loads(Path(spec_path).read_text())
+    res = run_worker(spec)
+    Path(spec["result"]).write_text(json.dumps(res))
