@@ -40,6 +40,7 @@ import torch
 
 from vitlab.data.base import VisionDataModule
 from vitlab.data.memory import TensorImageDataset
+from vitlab.errors import BenchConfigError
 
 WAYS = ("vitlab", "plain", "timm")
 WAY_LABEL = {"vitlab": "(a) vitlab.train", "plain": "(b) plain PyTorch", "timm": "(c) timm defaults"}
@@ -48,10 +49,6 @@ DEVICES = ("auto", "cpu", "cuda")
 PLAIN_PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": "bfloat16", "16-mixed": "float16"}
 
 log = logging.getLogger("vitlab.bench")
-
-
-class BenchConfigError(ValueError):
-    """A bench config asks for something that cannot run; the message names the key."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vitlab.errors import ConfigError
+
 
 def conf_dir() -> str:
     """``conf/`` from any working directory: $VITLAB_CONF_DIR, the repo checkout, or the installed copy."""
@@ -61,10 +63,6 @@ def register_resolvers() -> None:
                      *PAPER_RESOLVERS.items(), ("vitlab.prelogits_width", prelogits_width)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the key and what was expected."""
 
 
 def check_positive(key: str, val: Any, allow_zero: bool = False, optional: bool = False) -> None:

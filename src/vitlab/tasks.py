@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
+from vitlab.errors import UserError
 from vitlab.utils.hydra_callbacks import RESULT_FILE
 
 log = logging.getLogger("vitlab")
@@ -53,11 +53,6 @@ def task_wrapper(fn: Callable) -> Callable:
         return out
 
     return wrapped
-
-
-class UserError(CompactHydraException):
-    """A user's mistake (a wrong config value, a missing file, a busy run directory) on the command line: Hydra
-    prints its message alone, without a stack trace (``HYDRA_FULL_ERROR=1`` shows the full chain)."""
 
 
 def user_error(exc: BaseException) -> BaseException | None:

@@ -18,11 +18,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from vitlab.errors import NonFiniteLossError
+
 log = logging.getLogger("vitlab.nonfinite")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or the gradients are NaN/inf; the message names the step, the batch and the last good checkpoint."""
 
 
 def last_good_checkpoint(trainer: L.Trainer) -> str | None:

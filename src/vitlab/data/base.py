@@ -17,13 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vitlab.config import ConfigError, check_positive
+from vitlab.config import check_positive
 from vitlab.data.sampler import ResumableSampler, seeded_rng
 from vitlab.data.transforms import EVAL_RESIZE, INCEPTION_CROP_SCALE, build_transform, check_crop_scale
-
-
-class DataConfigError(ConfigError):
-    """A data config asks for something the data cannot give."""
+from vitlab.errors import DataConfigError
 
 
 def check_train_size(size: Any) -> None:

@@ -24,25 +24,9 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from vitlab.data.base import DataConfigError, VisionDataModule
 from vitlab.data.tree import ancestor_keys, list_class_dirs, walk_files
+from vitlab.errors import CorruptImageError, DatasetFormatError, DatasetNotFoundError, RefusedImageError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset root (or a file the layout needs) is not there; the message shows the expected layout."""
-
-
-class DatasetFormatError(ValueError):
-    """A file of the dataset is there but does not read as the format says (the message names file and line)."""
-
-
-class CorruptImageError(RuntimeError):
-    """An image file cannot be decoded; the message names the file."""
-
-
-class RefusedImageError(CorruptImageError):
-    """An image file refused before decoding: not a regular file, or over ``data.max_file_bytes`` /
-    ``data.max_image_pixels``. A :class:`CorruptImageError`, so ``data.skip_corrupt`` skips it too."""
 
 
 #: ``data.max_image_pixels`` default: PIL's own warning threshold (2**30 // 4 // 3 = 89.5 Mpx, e.g. 9459 x 9459;

@@ -39,11 +39,11 @@ from vitlab.data.base import DataConfigError, VisionDataModule
 from vitlab.data.files import (
     DEFAULT_MAX_IMAGE_PIXELS,
     CorruptImageError,
-    DatasetFormatError,
     DatasetNotFoundError,
     decode_image_bytes,
     positive_int,
 )
+from vitlab.errors import PackedDataError
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,6 @@ MANIFEST = "vitlab_pack.json"
 SPLITS = ("train", "val", "test")
 #: env var: a folder where every process appends the (split, index) pairs it reads (sharding tests)
 TRACE_ENV = "VITLAB_PACKED_TRACE"
-
-
-class PackedDataError(DatasetFormatError):
-    """A pack folder is incomplete, damaged, or was written for something else; the message says which."""
 
 
 def is_url(root: str | os.PathLike) -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitlab.errors import ModelConfigError
+
 
 @dataclass(frozen=True)
 class ViTShape:
@@ -72,10 +74,6 @@ HYBRID_RESNET_LAYERS: dict[str, tuple[int, ...]] = {
 
 FAMILIES = ("vit", "bit", "hybrid")
 CLASSIFIERS = ("token", "gap")
-
-
-class ModelConfigError(ValueError):
-    """A model config names something that does not exist or does not fit together."""
 
 
 def _choice(name: str, value: Any, choices) -> Any:

@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitlab.errors import PretrainedError, PretrainedMismatchError
+
 log = logging.getLogger("vitlab.pretrained")
 
 #: how position embeddings are resized to a new grid (``model.pos_embed_resize``). ``vit_jax`` = the paper's code:
@@ -52,14 +54,6 @@ DEFAULT_POS_EMBED_RESIZE = "vit_jax"
 HEAD_PREFIXES = ("head.",)
 FORMATS = ("vitlab", "vit_npz", "bit_npz", "torch", "safetensors", "timm_hub")
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-class PretrainedError(ValueError):
-    """A pretrained checkpoint cannot be read, or does not fit the model; the message names the file."""
-
-
-class PretrainedMismatchError(PretrainedError):
-    """The checkpoint is of another architecture than the model (width, depth, patch, ...)."""
 
 
 @dataclass

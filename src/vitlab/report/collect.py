@@ -22,12 +22,9 @@ import yaml
 
 from vitlab import metrics as M
 from vitlab.analysis.flops import EXAFLOPS, IMAGES_SEEN
+from vitlab.errors import ReportError
 
 RESULT_FILE = "metrics.json"
-
-
-class ReportError(ValueError):
-    """Nothing to report, or a run that cannot be read; the message names the path and what was expected."""
 
 
 def _num(v: Any) -> Any:

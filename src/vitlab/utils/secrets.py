@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vitlab.config import ConfigError
+from vitlab.errors import ConfigError
 
 SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|passw(or)?d|credential|private[_-]?key|access[_-]?key)", re.I)
 MASK = "***"

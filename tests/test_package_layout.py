@@ -1,0 +1,130 @@
+"""Where things live in the package: one errors module, no import cycles, callbacks in ``callbacks/``,
+metric names in ``metrics.py``. Read from the source with ``ast`` (nothing is imported to check it)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "vitlab"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in SRC.rglob("*.py"):
+        name = ".".join(("vitlab", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
+        out[name] = p
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, module_level_only: bool) -> set[str]:
+    """The vitlab modules ``name`` imports (at module level, or anywhere in the file)."""
+    tree = ast.parse(MODULES[name].read_text())
+    nodes = tree.body if module_level_only else ast.walk(tree)
+    out: set[str] = set()
+    for n in nodes:
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("vitlab"):
+            for a in n.names:
+                sub = f"{n.module}.{a.name}"
+                out.add(sub if sub in MODULES else n.module)
+        elif isinstance(n, ast.Import):
+            out |= {a.name for a in n.names if a.name.startswith("vitlab")}
+    return {m for m in out if m in MODULES and m != name}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10 * len(graph)))
+    try:
+        for m in graph:
+            if m not in index:
+                visit(m)
+    finally:
+        sys.setrecursionlimit(limit)
+    return out
+
+
+def test_no_module_level_import_cycle():
+    graph = {m: _imports(m, module_level_only=True) for m in MODULES}
+    assert _cycles(graph) == []
+
+
+def test_config_and_secrets_do_not_import_each_other_even_lazily():
+    """The old cycle: config -> utils.secrets (redact) and utils.secrets -> config (ConfigError)."""
+    graph = {m: _imports(m, module_level_only=False) for m in MODULES}
+    for comp in _cycles(graph):
+        assert "vitlab.utils.secrets" not in comp, comp
+
+
+def test_errors_module_imports_nothing_of_vitlab():
+    assert _imports("vitlab.errors", module_level_only=False) == set()
+
+
+def test_every_error_class_is_defined_in_errors():
+    strays = [f"{name}.{n.name}" for name, path in MODULES.items() if name != "vitlab.errors"
+              for n in ast.walk(ast.parse(path.read_text()))
+              if isinstance(n, ast.ClassDef) and n.name.endswith("Error")]
+    assert strays == []
+
+
+@pytest.mark.parametrize("where, name", [
+    ("vitlab.config", "ConfigError"), ("vitlab.data.base", "DataConfigError"),
+    ("vitlab.models.factory", "ModelConfigError"), ("vitlab.models.pretrained", "PretrainedError"),
+    ("vitlab.models.pretrained", "PretrainedMismatchError"), ("vitlab.optim", "OptimConfigError"),
+    ("vitlab.data.files", "DatasetFormatError"), ("vitlab.data.files", "DatasetNotFoundError"),
+    ("vitlab.callbacks.resume", "ResumeError"), ("vitlab.utils.run_owner", "RunDirBusyError"),
+    ("vitlab.tasks", "UserError"),
+])
+def test_old_import_locations_export_the_same_class(where, name):
+    import importlib
+
+    import vitlab.errors
+
+    assert getattr(importlib.import_module(where), name) is getattr(vitlab.errors, name)
+
+
+@pytest.mark.parametrize("name", ["ConfigError", "DataConfigError", "ModelConfigError", "PretrainedError",
+                                  "PretrainedMismatchError", "BenchConfigError", "OptimConfigError",
+                                  "DatasetFormatError", "ReportError", "RunDirBusyError"])
+def test_command_line_treats_each_config_error_as_a_users_mistake(name):
+    import vitlab.errors
+    from vitlab.tasks import user_error
+
+    err = getattr(vitlab.errors, name)("data.batch_size=0 must be positive")
+    wrapped = RuntimeError("while instantiating")
+    wrapped.__cause__ = err
+    assert user_error(wrapped) is err
