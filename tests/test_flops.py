@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
+from vitlab import metrics as M
 from vitlab.analysis.flops import (
-    EXAFLOPS,
-    IMAGES_SEEN,
     ComputeTracker,
     count_flops,
     flops_stats,
@@ -78,9 +77,9 @@ def test_train_run_logs_exaflops_and_gflops(compose_train, tmp_path):
     res = train(cfg)
     out = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert out["model/gmacs"] == res["model/gmacs"] > 0
-    assert out[IMAGES_SEEN] == 3 * 16
+    assert out[M.TRAIN_IMAGES_SEEN] == 3 * 16
     expected = 48 * out["model/train_gflops"] * 1e9 / 1e18
-    assert out[EXAFLOPS] == pytest.approx(expected, rel=1e-3)
+    assert out[M.TRAIN_EXAFLOPS] == pytest.approx(expected, rel=1e-3)
     hparams = (tmp_path / "run" / "csv" / "hparams.yaml").read_text()
     assert "model/gflops" in hparams and "model/params" in hparams
 

@@ -4,6 +4,7 @@ metric names in ``metrics.py``. Read from the source with ``ast`` (nothing is im
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -128,3 +129,34 @@ def test_command_line_treats_each_config_error_as_a_users_mistake(name):
     wrapped = RuntimeError("while instantiating")
     wrapped.__cause__ = err
     assert user_error(wrapped) is err
+
+
+METRIC_LITERAL = re.compile(r"^(train|val|test|fewshot|vtab|time|model|data)/[a-z0-9_]+$")
+
+
+def _string_literals(tree: ast.AST):
+    """String constants that are not docstrings (f-string pieces included)."""
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings:
+            yield n
+
+
+def test_metric_names_are_spelled_only_in_metrics_py():
+    """A key one module writes and another reads (``val/acc_best``, ``fewshot/<data>_<k>shot``, ``data/name``)
+    is a constant of ``vitlab.metrics``: a typo is then an AttributeError, not an empty report column."""
+    found = [f"{name}:{n.lineno}: {n.value!r}" for name, path in MODULES.items() if name != "vitlab.metrics"
+             for n in _string_literals(ast.parse(path.read_text())) if METRIC_LITERAL.match(n.value)]
+    assert found == []
+
+
+def test_both_objectives_log_best_val_acc_synced_across_processes():
+    for name in ("vitlab.modules.classification", "vitlab.modules.mpp"):
+        calls = [n for n in ast.walk(ast.parse(MODULES[name].read_text())) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Attribute) and n.func.attr == "log" and n.args
+                 and ast.unparse(n.args[0]) == "M.VAL_ACC_BEST"]
+        assert len(calls) == 1, name
+        kw = {k.arg: ast.unparse(k.value) for k in calls[0].keywords}
+        assert kw.get("sync_dist") == "True", (name, kw)

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from vitlab import metrics as M
 from vitlab.config import ConfigError
 from vitlab.runs import load_checkpoint, load_run
 from vitlab.tasks import hydra_app, print_metrics, scalar_metrics, task_wrapper, write_results
@@ -39,8 +40,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check = trainer.validate if cfg.split == "val" else trainer.test
     (metrics,) = check(module, datamodule=dm, verbose=False)
     metrics = scalar_metrics(metrics)
-    results = {**metrics, "ckpt_path": str(cfg.ckpt_path), "data/name": data_cfg.get("name"),
-               "model/name": run.model.get("name")}
+    results = {**metrics, "ckpt_path": str(cfg.ckpt_path), M.DATA_NAME: data_cfg.get("name"),
+               M.MODEL_NAME: run.model.get("name")}
     write_results(cfg.paths.output_dir, results)
     print_metrics(metrics)
     return results
@@ -48,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra_app("evaluate")
 def main(cfg: DictConfig) -> float | None:
-    return evaluate(cfg).get("test/acc")
+    return evaluate(cfg).get(M.TEST_ACC)
 
 
 if __name__ == "__main__":

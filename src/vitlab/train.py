@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from vitlab import metrics as M
 from vitlab.config import ConfigError, apply_global_batch, job_config, to_plain, validate_train_cfg
 from vitlab.tasks import hydra_app, print_metrics, scalar_metrics, task_wrapper, write_results
 
@@ -73,13 +74,13 @@ def run_stats(module, dm, cfg: DictConfig) -> dict[str, Any]:
 
     params = module.num_params
     return {
-        "model/name": cfg.model.name,
-        "model/family": cfg.model.family,
-        "model/variant": cfg.model.variant,
-        "model/params": params,
-        "model/params_m": round(params / 1e6, 3),
-        "model/img_size": int(cfg.model.img_size),
-        "model/patch_size": cfg.model.get("patch_size"),
+        M.MODEL_NAME: cfg.model.name,
+        M.MODEL_FAMILY: cfg.model.family,
+        M.MODEL_VARIANT: cfg.model.variant,
+        M.MODEL_PARAMS: params,
+        M.MODEL_PARAMS_M: round(params / 1e6, 3),
+        M.MODEL_IMG_SIZE: int(cfg.model.img_size),
+        M.MODEL_PATCH_SIZE: cfg.model.get("patch_size"),
         **flops_stats(to_plain(cfg.model)),  # model/gmacs, model/gflops, model/train_gflops per image
         **dm.stats(),
     }
@@ -139,8 +140,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg)
     stats = run_stats(module, dm, cfg)
-    log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats["model/params_m"],
-             cfg.data.name, stats["data/train_size"])
+    log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats[M.MODEL_PARAMS_M],
+             cfg.data.name, stats[M.DATA_TRAIN_SIZE])
 
     loggers = build_loggers(cfg.get("logger"))
     callbacks = build_callbacks(cfg.get("callbacks"), cfg.trainer, has_logger=bool(loggers))
@@ -161,12 +162,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(scalar_metrics(test_metrics))
     wall = time.perf_counter() - t0
 
-    results = {**stats, **metrics, "time/wall_s": round(wall, 2), "seed": cfg.seed, "output_dir": str(out_dir),
-               "test/ckpt": best}
+    results = {**stats, **metrics, M.TIME_WALL_S: round(wall, 2), "seed": cfg.seed, "output_dir": str(out_dir),
+               M.TEST_CKPT: best}
     if trainer.is_global_zero:
         write_results(out_dir, results)
         print_metrics(metrics)
-        print(f"  {'time/wall_s':<12}  {wall:.1f}\noutputs: {out_dir}")
+        print(f"  {M.TIME_WALL_S:<12}  {wall:.1f}\noutputs: {out_dir}")
     return results
 
 

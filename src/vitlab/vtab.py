@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vitlab import metrics as M
 from vitlab.config import ConfigError
 from vitlab.tasks import hydra_app, task_wrapper, write_results
 
@@ -104,26 +105,26 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     if len(grid) > 1:
         for lr in grid:
             r = _sub_run(run, out / f"select_lr{lr}", lr, "train800", test=False)
-            val[lr] = r.get("val/acc_best", r.get("val/acc", 0.0)) or 0.0
+            val[lr] = r.get(M.VAL_ACC_BEST, r.get(M.VAL_ACC, 0.0)) or 0.0
             log.info("vtab %s: lr %g -> val200 accuracy %.4f", task, lr, val[lr])
     best = max(grid, key=lambda v: val.get(v, 0.0)) if val else grid[0]
     final = _sub_run(run, out / "final", best, "train800val200", test=True)
     results = {
-        "vtab/task": task, "vtab/group": VTAB_TASKS[task][0], "vtab/lr": best,
-        "vtab/val_by_lr": {str(k): v for k, v in val.items()}, "vtab/steps": int(cfg.vtab.steps),
-        "test/acc": final.get("test/acc"), "model/name": run.model.get("name"),
-        "model/params_m": final.get("model/params_m"), "data/name": run.data.name,
-        "data/train_size": final.get("data/train_size"), "time/wall_s": final.get("time/wall_s"),
+        M.VTAB_TASK: task, M.VTAB_GROUP: VTAB_TASKS[task][0], M.VTAB_LR: best,
+        M.VTAB_VAL_BY_LR: {str(k): v for k, v in val.items()}, M.VTAB_STEPS: int(cfg.vtab.steps),
+        M.TEST_ACC: final.get(M.TEST_ACC), M.MODEL_NAME: run.model.get("name"),
+        M.MODEL_PARAMS_M: final.get(M.MODEL_PARAMS_M), M.DATA_NAME: run.data.name,
+        M.DATA_TRAIN_SIZE: final.get(M.DATA_TRAIN_SIZE), M.TIME_WALL_S: final.get(M.TIME_WALL_S),
         "output_dir": str(out), "pretrained": run.model.get("pretrained"),
     }
     write_results(out, results)
-    print(f"vtab {task}: test accuracy {results['test/acc']:.4f} (lr {best}; val200 by lr {val or '-'})")
+    print(f"vtab {task}: test accuracy {results[M.TEST_ACC]:.4f} (lr {best}; val200 by lr {val or '-'})")
     return results
 
 
 @hydra_app("vtab")
 def main(cfg: DictConfig) -> float | None:
-    return run_task(cfg).get("test/acc")
+    return run_task(cfg).get(M.TEST_ACC)
 
 
 if __name__ == "__main__":

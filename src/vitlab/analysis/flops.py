@@ -33,13 +33,10 @@ from lightning.pytorch import Callback
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from vitlab import metrics as M
+
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
-
-#: metric names (one place each)
-EXAFLOPS = "train/exaflops"
-IMAGES_SEEN = "train/images_seen"
-
 
 def _numel(shape) -> int:
     return math.prod(shape) if shape is not None else 0
@@ -176,9 +173,9 @@ def flops_stats(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
                     model_cfg.get("name"), type(e).__name__, e)
         return {}
     return {
-        "model/gmacs": round(fc.gmacs, 4),
-        "model/gflops": round(fc.gflops, 4),
-        "model/train_gflops": round(fc.train_gflops, 4),
+        M.MODEL_GMACS: round(fc.gmacs, 4),
+        M.MODEL_GFLOPS: round(fc.gflops, 4),
+        M.MODEL_TRAIN_GFLOPS: round(fc.train_gflops, 4),
     }
 
 
@@ -216,8 +213,8 @@ class ComputeTracker(Callback):
         if not self.train_flops_per_image:
             return
         self.images_seen += int(x.shape[0]) * max(int(trainer.world_size), 1)
-        pl_module.log(IMAGES_SEEN, float(self.images_seen), on_step=True, on_epoch=False, reduce_fx="max")
-        pl_module.log(EXAFLOPS, self.images_seen * self.train_flops_per_image / 1e18, on_step=True, on_epoch=False,
+        pl_module.log(M.TRAIN_IMAGES_SEEN, float(self.images_seen), on_step=True, on_epoch=False, reduce_fx="max")
+        pl_module.log(M.TRAIN_EXAFLOPS, self.images_seen * self.train_flops_per_image / 1e18, on_step=True, on_epoch=False,
                       reduce_fx="max")
 
     def state_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from vitlab import metrics as M
 from vitlab.errors import NonFiniteLossError
 
 log = logging.getLogger("vitlab.nonfinite")
@@ -77,7 +78,7 @@ class NonFiniteGuard(L.Callback):
             self.skipped += 1
             log.warning("non-finite %s at %s: step skipped (trainer.skip_nonfinite=true; %d skipped so far)",
                         what, where, self.skipped)
-            pl_module.log("train/skipped_nonfinite", float(self.skipped), on_step=True, on_epoch=False, reduce_fx="max")
+            pl_module.log(M.TRAIN_SKIPPED_NONFINITE, float(self.skipped), on_step=True, on_epoch=False, reduce_fx="max")
             return
         ckpt = last_good_checkpoint(trainer)
         raise NonFiniteLossError(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vitlab import metrics as M
 from vitlab.config import check_positive
 from vitlab.data.sampler import ResumableSampler, seeded_rng
 from vitlab.data.transforms import EVAL_RESIZE, INCEPTION_CROP_SCALE, build_transform, check_crop_scale
@@ -258,13 +259,13 @@ class VisionDataModule(L.LightningDataModule):
         """What the loggers record about the data (scaling dashboards group by these)."""
         self.setup()
         return {
-            "data/name": self.name,
-            "data/train_size": len(self.train_set),
-            "data/val_size": len(self.val_set),
-            "data/test_size": len(self.test_set),
-            "data/num_classes": self.num_classes,
-            "data/img_size": self.img_size,
-            "data/eval_img_size": self.eval_img_size,
+            M.DATA_NAME: self.name,
+            M.DATA_TRAIN_SIZE: len(self.train_set),
+            M.DATA_VAL_SIZE: len(self.val_set),
+            M.DATA_TEST_SIZE: len(self.test_set),
+            M.DATA_NUM_CLASSES: self.num_classes,
+            M.DATA_IMG_SIZE: self.img_size,
+            M.DATA_EVAL_IMG_SIZE: self.eval_img_size,
         }
 
     # The training sampler's position (seed, epoch, batches consumed) travels in every checkpoint, so a

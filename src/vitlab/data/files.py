@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from vitlab import metrics as M
 from vitlab.data.base import DataConfigError, VisionDataModule
 from vitlab.data.tree import ancestor_keys, list_class_dirs, walk_files
 from vitlab.errors import CorruptImageError, DatasetFormatError, DatasetNotFoundError, RefusedImageError
@@ -411,7 +412,7 @@ class FileDataModule(VisionDataModule):
         )
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "data/root": str(self.root)}
+        return {**super().stats(), M.DATA_ROOT: str(self.root)}
 
 
 def class_counts(targets: Sequence[int], num_classes: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vitlab import metrics as M
 from vitlab.data.files import (
     IMG_EXTENSIONS,
     DatasetFormatError,
@@ -240,5 +241,5 @@ class ImageNetDataModule(FolderDataModule):
 
     def stats(self):
         s = super().stats()
-        s["data/real_labels"] = bool(self.test_set is not None and getattr(self.test_set.base, "extras", None))
+        s[M.DATA_REAL_LABELS] = bool(self.test_set is not None and getattr(self.test_set.base, "extras", None))
         return s

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vitlab import metrics as M
 from vitlab.data.base import DataConfigError, VisionDataModule
 from vitlab.data.files import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -356,7 +357,7 @@ class PackedDataModule(VisionDataModule):
         return train, val, test
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "data/root": str(self.root), "data/source": self.meta.get("source", {}).get("name")}
+        return {**super().stats(), M.DATA_ROOT: str(self.root), M.DATA_SOURCE: self.meta.get("source", {}).get("name")}
 
 
 def packed_manifest_value(root: str, key: str) -> Any:

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vitlab import metrics as M
+
 log = logging.getLogger("vitlab.fewshot")
 
 BIAS_CONSTANT = 100.0
@@ -260,7 +262,7 @@ class FewShotEvaluator:
                 r = fewshot_accuracy(xtr[idx], ytr[idx], xv, yv, xt, yt, sp["num_classes"], self.l2_grid, l2=fixed)
                 accs.append(r["test"])
                 l2s.append(r["l2"])
-            key = f"fewshot/{self.name}_{k}shot"
+            key = M.fewshot_key(self.name, k)
             out[key] = float(np.mean(accs))
             out[f"{key}_std"] = float(np.std(accs))
             out[f"{key}_l2"] = float(math.exp(np.mean(np.log(l2s))))
@@ -270,7 +272,7 @@ class FewShotEvaluator:
 def format_table(results: dict[str, float], name: str, shots: Sequence[int]) -> str:
     rows = ["| data | shots | accuracy (mean over seeds) | std | L2 (geo. mean) |", "|---|---|---|---|---|"]
     for k in shots:
-        key = f"fewshot/{name}_{k}shot"
+        key = M.fewshot_key(name, k)
         rows.append(f"| {name} | {k} | {results[key]:.2%} | {results[key + '_std']:.2%} | {results[key + '_l2']:.3g} |")
     return "\n".join(rows)
 

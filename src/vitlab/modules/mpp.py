@@ -168,7 +168,7 @@ class MaskedPatchPredictionModule(VitlabModule):
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self.val_acc.compute())
-        self.log(M.VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True)
+        self.log(M.VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, acc, n = self._step(batch, self._eval_generator(batch_idx))

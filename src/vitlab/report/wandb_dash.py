@@ -24,7 +24,7 @@ SUMMARIES: tuple[tuple[str, str], ...] = (
     (M.VAL_ACC_BEST, "max"),
     (M.VAL_LOSS, "min"),
     (M.TRAIN_LOSS, "min"),
-    ("train/exaflops", "max"),
+    (M.TRAIN_EXAFLOPS, "max"),
 )
 
 
