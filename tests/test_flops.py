@@ -9,11 +9,11 @@ import torch
 
 from vitlab import metrics as M
 from vitlab.analysis.flops import (
-    ComputeTracker,
     count_flops,
     flops_stats,
     model_config_flops,
 )
+from vitlab.callbacks.compute import ComputeTracker
 from vitlab.models import build_model
 
 

@@ -167,7 +167,7 @@ def test_fewshot_during_training_evaluates_the_ema_weights(tmp_path, monkeypatch
         return real_evaluate(self, net)
 
     monkeypatch.setattr(FewShotEvaluator, "evaluate", spy)
-    fewshot = ["+callbacks.fewshot._target_=vitlab.eval.fewshot.FewShotCallback", "+callbacks.fewshot._recursive_=false",
+    fewshot = ["+callbacks.fewshot._target_=vitlab.callbacks.fewshot.FewShotCallback", "+callbacks.fewshot._recursive_=false",
                "+callbacks.fewshot.data._target_=vitlab.data.digits.DigitsDataModule", "+callbacks.fewshot.shots=[1]",
                "+callbacks.fewshot.seeds=1", "+callbacks.fewshot.max_eval=50"]
     cfg = compose_cfg("train", [*FAST, "callbacks=ema", "callbacks.ema.decay=0.9", "data.train_size=100",

@@ -92,7 +92,7 @@ def hydra_app(config_name: str) -> Callable:
     """
     import hydra
 
-    from vitlab.config import CONF_DIR
+    from vitlab.config import CONF_DIR, rewrite_moved_overrides
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -113,7 +113,14 @@ def hydra_app(config_name: str) -> Callable:
         if task.__module__ == "__main__":
             spec = getattr(sys.modules.get("__main__"), "__spec__", None)
             task.__module__ = spec.name if spec is not None else Path(sys.argv[0]).stem
-        return hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
+        hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
+
+        @functools.wraps(hydra_main)
+        def entry(*args, **kwargs):
+            sys.argv[1:] = rewrite_moved_overrides(sys.argv[1:])  # an old key's spelling: warn, read the new one
+            return hydra_main(*args, **kwargs)
+
+        return entry
 
     return decorate
 

@@ -20,7 +20,7 @@ from vitlab import metrics as M
 #: run-config keys (from vitlab.train.run_stats) the run table pins and the panels group by
 SCALING_KEYS = (M.MODEL_FAMILY, M.MODEL_NAME, M.MODEL_VARIANT, M.MODEL_PATCH_SIZE, M.MODEL_PARAMS_M,
                 M.MODEL_GFLOPS, M.DATA_NAME, M.DATA_TRAIN_SIZE, M.DATA_IMG_SIZE)
-#: summary metrics (best values: report/wandb_dash.SUMMARIES)
+#: summary metrics (best values: callbacks/wandb_summary.SUMMARIES)
 ACCURACY, COMPUTE = M.VAL_ACC_BEST, M.TRAIN_EXAFLOPS
 LOSSES = (M.TRAIN_LOSS, M.VAL_LOSS)
 
