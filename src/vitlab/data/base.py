@@ -321,14 +321,3 @@ def resolve_num_workers(num_workers: int | str) -> int:
     if n < 0:
         raise DataConfigError(f"data.num_workers={n} must be >= 0 or 'auto'")
     return n
-
-
-def as_uint8_chw(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W[, C]) uint8 array -> (N, C, H, W) uint8 tensor with 3 channels."""
-    t = torch.from_numpy(np.ascontiguousarray(images))
-    if t.ndim == 3:
-        t = t.unsqueeze(-1)
-    t = t.permute(0, 3, 1, 2).contiguous()
-    if t.shape[1] == 1:
-        t = t.expand(-1, 3, -1, -1).contiguous()
-    return t

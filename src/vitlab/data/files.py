@@ -413,7 +413,3 @@ class FileDataModule(VisionDataModule):
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), M.DATA_ROOT: str(self.root)}
-
-
-def class_counts(targets: Sequence[int], num_classes: int) -> torch.Tensor:
-    return torch.bincount(torch.as_tensor(list(targets), dtype=torch.long), minlength=num_classes)

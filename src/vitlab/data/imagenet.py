@@ -37,7 +37,6 @@ from vitlab.data.files import (
 )
 from vitlab.data.folder import FolderDataModule
 
-IMAGENET_STATS = {"num_classes": 1000, "train": 1_281_167, "val": 50_000, "real_labelled": 46_837}
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})")
 DEVKIT = "ILSVRC2012_devkit_t12"
 GT_FILE = "ILSVRC2012_validation_ground_truth.txt"

@@ -142,7 +142,3 @@ def _walk_register(node: DictConfig | ListConfig) -> None:
     for _, k, raw in _raw_leaves(node):
         if isinstance(k, str) and is_literal_secret(k, raw):
             register_secret(raw)
-
-
-def redacted_container(cfg: DictConfig) -> Any:
-    return redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
