@@ -9,8 +9,8 @@ import torch
 from hydra.utils import instantiate
 from torchvision.transforms import v2
 
+import dataset_writers as fx
 from vitlab.config import CONF_DIR
-from vitlab.data import fixtures as fx
 from vitlab.data.files import load_image
 
 REAL_DATASETS = ["cifar10", "cifar100", "imagenet", "imagenet21k", "folder", "pets", "flowers102", "vtab"]

@@ -49,7 +49,7 @@ def write_vitlab_checkpoint(path):
 
 
 def _run_suite(tmp_path, cli, tasks, lr_grid):
-    from vitlab.data.fixtures import write_vtab_task
+    from dataset_writers import write_vtab_task
 
     root = tmp_path / "vtab-1k"
     for task in tasks:
