@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from vitlab import metrics as M
-from vitlab.analysis.flops import (
+from vitlab.callbacks.compute import ComputeTracker
+from vitlab.inspection.flops import (
     count_flops,
     flops_stats,
     model_config_flops,
 )
-from vitlab.callbacks.compute import ComputeTracker
 from vitlab.models import build_model
 
 
@@ -147,7 +147,7 @@ def test_table6_exaflops_resnet_rows_within_2_percent(row):
 def test_weight_standardisation_is_a_per_step_cost_not_per_image():
     """BiT standardises its conv weights once per step: the per-image training FLOPs are the marginal cost of an
     image in a batch, so a batch of n costs n x train_flops + the per-step weight work."""
-    from vitlab.analysis.flops import _to_meta, _train_step_flops
+    from vitlab.inspection.flops import _to_meta, _train_step_flops
 
     model = _to_meta(build_model("bit", "micro", num_classes=10)).train()
     x = torch.empty(1, 3, 32, 32, device="meta")

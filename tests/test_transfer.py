@@ -156,7 +156,7 @@ def test_fewshot_during_training_evaluates_the_ema_weights(tmp_path, monkeypatch
     """With `callbacks=ema` and a few-shot callback, fewshot/* is measured on the averaged weights (the ones
     validated and checkpointed), even when the config lists EMA first."""
     from conftest import FAST, compose_cfg
-    from vitlab.eval.fewshot import FewShotEvaluator
+    from vitlab.protocols.fewshot import FewShotEvaluator
     from vitlab.train import train
 
     seen = []

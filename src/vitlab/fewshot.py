@@ -67,7 +67,7 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import WandbLogger
 
-    from vitlab.eval.fewshot import L2_FIXED, FewShotEvaluator, format_table
+    from vitlab.protocols.fewshot import L2_FIXED, FewShotEvaluator, format_table
     from vitlab.report.wandb_dash import log_table
     from vitlab.utils.instantiate import build_loggers
 

@@ -70,7 +70,7 @@ def build_module(cfg: DictConfig):
 
 def run_stats(module, dm, cfg: DictConfig) -> dict[str, Any]:
     """What every logger records about a run, so dashboards can group runs by scale."""
-    from vitlab.analysis.flops import flops_stats
+    from vitlab.inspection.flops import flops_stats
 
     params = module.num_params
     return {

@@ -2,7 +2,7 @@
 ``train/images_seen``, every training step.
 
 How a model's FLOPs are counted (the convention, the norm layers, the marginal cost of one image) is
-:mod:`vitlab.analysis.flops`'s; this callback only counts once and accumulates.
+:mod:`vitlab.inspection.flops`'s; this callback only counts once and accumulates.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import Callback
 
 from vitlab import metrics as M
-from vitlab.analysis.flops import count_flops, model_config_flops
+from vitlab.inspection.flops import count_flops, model_config_flops
 
 log = logging.getLogger(__name__)
 

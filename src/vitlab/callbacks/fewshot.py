@@ -1,7 +1,7 @@
 """Few-shot linear evaluation inside training, as big_vision lists ``fewshot_lsr`` under ``evals``.
 
 The evaluator (whitening, closed-form ridge, nested shot sets, the paper's fixed L2) is
-:class:`vitlab.eval.fewshot.FewShotEvaluator`, the same one ``python -m vitlab.fewshot`` runs standalone.
+:class:`vitlab.protocols.fewshot.FewShotEvaluator`, the same one ``python -m vitlab.fewshot`` runs standalone.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 
-from vitlab.eval.fewshot import L2_FIXED, FewShotEvaluator
+from vitlab.protocols.fewshot import L2_FIXED, FewShotEvaluator
 
 
 class FewShotCallback(L.Callback):
