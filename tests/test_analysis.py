@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from vitlab.analysis import inspect_vit as V
 from vitlab.config import ConfigError
+from vitlab.inspection import inspect_vit as V
 from vitlab.models import build_model
 
 

@@ -31,7 +31,7 @@ def test_nan_loss_stops_naming_step_batch_and_last_good_checkpoint(compose_train
     with pytest.raises(NonFiniteLossError) as err:
         train(cfg)
     msg = str(err.value)
-    assert "global step 3" in msg and "batch index 3" in msg and "trainer.skip_nonfinite=true" in msg
+    assert "global step 3" in msg and "batch index 3" in msg and "callbacks.nonfinite.skip=true" in msg
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert str(last) in msg
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
@@ -40,13 +40,33 @@ def test_nan_loss_stops_naming_step_batch_and_last_good_checkpoint(compose_train
 
 
 def test_skip_nonfinite_skips_exactly_that_step(compose_train, tmp_path):
-    res = train(compose_train(*TINY, *NAN, "trainer.skip_nonfinite=true"))
+    res = train(compose_train(*TINY, *NAN, "callbacks.nonfinite.skip=true"))
     assert res["train/skipped_nonfinite"] == 1
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     # The optimizer took every step but the poisoned one: Adam's per-parameter step count is one short.
     adam_steps = {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
     assert adam_steps == {ckpt["global_step"] - 1}
+
+
+@pytest.mark.parametrize("old", ["trainer.skip_nonfinite=true", "+trainer.skip_nonfinite=true"])
+def test_old_skip_nonfinite_key_still_works_with_one_warning_line(compose_train, capsys, old):
+    """``trainer.skip_nonfinite`` was a vitlab key inside Lightning's section; it moved to its callback."""
+    cfg = compose_train(*TINY, old)
+    assert cfg.callbacks.nonfinite.skip is True and "skip_nonfinite" not in cfg.trainer
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "skip_nonfinite" in ln]
+    assert "deprecated" in line and "callbacks.nonfinite.skip=true" in line
+
+
+def test_old_skip_nonfinite_key_on_the_command_line(cli):
+    """The command a user typed before the key moved: one warning line, and the callback reads it."""
+    res = cli("vitlab.train", "trainer.skip_nonfinite=true", "--cfg", "job", timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [ln for ln in res.stderr.splitlines() if "skip_nonfinite" in ln] == [
+        "vitlab: trainer.skip_nonfinite is deprecated, use callbacks.nonfinite.skip=true "
+        "(read as callbacks.nonfinite.skip this time)"]
+    nonfinite = res.stdout.split("  nonfinite:\n", 1)[1]
+    assert nonfinite.splitlines()[1].strip() == "skip: true" and "skip_nonfinite" not in res.stdout
 
 
 def test_inf_gradient_after_a_finite_loss_is_caught_as_gradients(compose_train):

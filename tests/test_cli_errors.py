@@ -40,5 +40,5 @@ def test_hydra_full_error_still_shows_the_stack(tmp_path):
     cmd, message = MISTAKES["config"]
     res = run(_cmd(cmd, tmp_path / "out"), tmp_path, env=env(HYDRA_FULL_ERROR="1"), timeout=300)
     assert res.returncode == 1
-    assert "Traceback" in res.stderr and "vitlab.config.ConfigError: optim.lr=-1 must be > 0" in res.stderr
+    assert "Traceback" in res.stderr and "vitlab.errors.ConfigError: optim.lr=-1 must be > 0" in res.stderr
     assert "in validate_train_cfg" in res.stderr  # where it was raised

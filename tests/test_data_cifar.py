@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from dataset_writers import label_from_pixels, tar_folder, write_cifar10, write_cifar100
 from vitlab.data import cifar as cifar_mod
 from vitlab.data.base import DataConfigError
 from vitlab.data.cifar import CIFARDataModule, load_batch
 from vitlab.data.download import UnsafeArchiveError, md5sum, safe_extract
 from vitlab.data.files import DatasetFormatError, DatasetNotFoundError
-from vitlab.data.fixtures import label_from_pixels, tar_folder, write_cifar10, write_cifar100
 from vitlab.train import train
 
 
@@ -178,7 +178,7 @@ def test_corrupt_or_hostile_batches_name_the_file(tmp_path):
     write_cifar10(tmp_path, per_batch=4, n_test=4)
     b = load_batch(folder / "test_batch")
     b["labels"][2] = 10
-    from vitlab.data.fixtures import py2_pickle
+    from dataset_writers import py2_pickle
 
     py2_pickle(b, folder / "test_batch")
     with pytest.raises(DatasetFormatError, match=r"test_batch: label 10 of image 2 is outside \[0, 10\)"):

@@ -9,8 +9,8 @@ import torch
 from hydra.utils import instantiate
 from torchvision.transforms import v2
 
+import dataset_writers as fx
 from vitlab.config import CONF_DIR
-from vitlab.data import fixtures as fx
 from vitlab.data.files import load_image
 
 REAL_DATASETS = ["cifar10", "cifar100", "imagenet", "imagenet21k", "folder", "pets", "flowers102", "vtab"]
@@ -128,7 +128,7 @@ def test_both_decoders_read_the_same_pixels(tmp_path):
 
 
 def test_bench_data_prints_ratios_and_writes_json(tmp_path, capsys):
-    from vitlab.data.bench import main
+    from vitlab.data.throughput import main
 
     rows = main(["--images", "12", "--img-size", "32", "--batch", "4", "--workers", "0", "--repeats", "1",
                  "--out", str(tmp_path)])

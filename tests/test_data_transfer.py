@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy.io import loadmat, savemat
 
+from dataset_writers import label_from_pixels, write_flowers102, write_pets, write_vtab_task
 from vitlab.data.base import DataConfigError
 from vitlab.data.catalog import VTAB_GROUPS, VTAB_TASKS
 from vitlab.data.files import DatasetFormatError, DatasetNotFoundError
-from vitlab.data.fixtures import label_from_pixels, write_flowers102, write_pets, write_vtab_task
 from vitlab.data.flowers102 import Flowers102DataModule
 from vitlab.data.pets import PetsDataModule
 from vitlab.data.vtab import VTABDataModule
@@ -80,7 +80,7 @@ def test_flowers_mat_files_give_official_splits(tmp_path):
 
 def test_flowers_validates_on_a_dev_split_of_train_by_default(tmp_path):
     """Paper App. B.1.1: the lr is chosen on 10% of train, not on the official val split (issue 13 row 8)."""
-    from vitlab.data.fixtures import write_flowers102
+    from dataset_writers import write_flowers102
 
     info = write_flowers102(tmp_path, num_classes=4, per_split=(10, 2, 2))
     tr, va, te = Flowers102DataModule(root=str(tmp_path), num_classes=4).build_splits()

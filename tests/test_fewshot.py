@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitlab.eval.fewshot import (
+from vitlab.protocols.fewshot import (
     L2_GRID,
     FewShotEvaluator,
     fewshot_accuracy,
@@ -166,7 +166,7 @@ class _Projection(torch.nn.Module):
 def test_evaluator_defaults_to_fixed_l2_and_averages_three_nested_draws():
     from vitlab.data.base import TransformedDataset
     from vitlab.data.digits import DigitsDataModule
-    from vitlab.eval.fewshot import L2_FIXED, extract_features
+    from vitlab.protocols.fewshot import L2_FIXED, extract_features
 
     assert L2_FIXED == 2.0**10  # big_vision configs/common_fewshot.py
     torch.manual_seed(0)

@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
-from vitlab.analysis.flops import (
-    EXAFLOPS,
-    IMAGES_SEEN,
-    ComputeTracker,
+from vitlab import metrics as M
+from vitlab.callbacks.compute import ComputeTracker
+from vitlab.inspection.flops import (
     count_flops,
     flops_stats,
     model_config_flops,
@@ -78,9 +77,9 @@ def test_train_run_logs_exaflops_and_gflops(compose_train, tmp_path):
     res = train(cfg)
     out = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert out["model/gmacs"] == res["model/gmacs"] > 0
-    assert out[IMAGES_SEEN] == 3 * 16
+    assert out[M.TRAIN_IMAGES_SEEN] == 3 * 16
     expected = 48 * out["model/train_gflops"] * 1e9 / 1e18
-    assert out[EXAFLOPS] == pytest.approx(expected, rel=1e-3)
+    assert out[M.TRAIN_EXAFLOPS] == pytest.approx(expected, rel=1e-3)
     hparams = (tmp_path / "run" / "csv" / "hparams.yaml").read_text()
     assert "model/gflops" in hparams and "model/params" in hparams
 
@@ -148,7 +147,7 @@ def test_table6_exaflops_resnet_rows_within_2_percent(row):
 def test_weight_standardisation_is_a_per_step_cost_not_per_image():
     """BiT standardises its conv weights once per step: the per-image training FLOPs are the marginal cost of an
     image in a batch, so a batch of n costs n x train_flops + the per-step weight work."""
-    from vitlab.analysis.flops import _to_meta, _train_step_flops
+    from vitlab.inspection.flops import _to_meta, _train_step_flops
 
     model = _to_meta(build_model("bit", "micro", num_classes=10)).train()
     x = torch.empty(1, 3, 32, 32, device="meta")

@@ -25,6 +25,7 @@ import torch
 import yaml
 from PIL import Image
 
+from dataset_writers import write_class_folders, write_image
 from vitlab.data.base import DataConfigError
 from vitlab.data.catalog import folder_num_classes
 from vitlab.data.download import UnsafeArchiveError, safe_extract
@@ -35,7 +36,6 @@ from vitlab.data.files import (
     load_image,
     scan_class_folders,
 )
-from vitlab.data.fixtures import write_class_folders, write_image
 from vitlab.data.folder import FolderDataModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from PIL import Image
 from torchvision.transforms import v2
 
-from vitlab.data import fixtures as fx
+import dataset_writers as fx
 from vitlab.data.base import DataConfigError
 from vitlab.data.transforms import INCEPTION_CROP_SCALE, build_transform
 

@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from vitlab import paper
-from vitlab.analysis.flops import EXAFLOPS
+from vitlab.metrics import PAPER_ACC, PAPER_EXAFLOPS, PAPER_SOURCE
+from vitlab.metrics import TRAIN_EXAFLOPS as EXAFLOPS
 from vitlab.report.figures import paper_points
-from vitlab.report.paper_points import PAPER_ACC, PAPER_EXAFLOPS, PAPER_SOURCE, annotate, paper_match
+from vitlab.report.paper_points import annotate, paper_match
 from vitlab.report.task import make_report
 
 

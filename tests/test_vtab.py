@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from vitlab.data.catalog import VTAB_GROUPS, VTAB_TASKS
-from vitlab.eval.vtab import format_vtab_table, vtab_table
+from vitlab.protocols.vtab import format_vtab_table, vtab_table
 
 
 def test_task_table_has_19_tasks_in_3_groups():
@@ -49,7 +49,7 @@ def write_vitlab_checkpoint(path):
 
 
 def _run_suite(tmp_path, cli, tasks, lr_grid):
-    from vitlab.data.fixtures import write_vtab_task
+    from dataset_writers import write_vtab_task
 
     root = tmp_path / "vtab-1k"
     for task in tasks:

@@ -43,8 +43,8 @@ def sample_images(dm, split: str, n: int):
 def analyze(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
-    from vitlab.analysis import figures as F
-    from vitlab.analysis import inspect_vit as V
+    from vitlab.inspection import inspect_vit as V
+    from vitlab.inspection import plots as F
     from vitlab.models import registry
     from vitlab.runs import load_run
 

@@ -16,7 +16,7 @@ For every model, three ways train on the same in-memory data, batch, optimiser a
 Each (model, way, repeat) runs in its own worker process, interleaved (a, b, c, a, b, c, ...), so that
 peak memory is per run and a drifting machine load hits all three ways alike. Warm-up steps are
 excluded; each figure is the median over repeats, printed with its min-max spread. Utilisation (MFU)
-= model FLOPs per second (``vitlab.analysis.flops``) / the machine's measured matmul peak (fp32 on CPU,
+= model FLOPs per second (``vitlab.inspection.flops``) / the machine's measured matmul peak (fp32 on CPU,
 bf16 on GPU), measured in every worker; the best of those is the peak. Results go to a Markdown table
 and a JSON file whose path is the last line printed: ``wrote <path>.json``.
 """
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitlab.runs.throughput import (  # the worker: one (model, way, repeat) in its own process
+from vitlab.runs.bench_worker import (  # the worker: one (model, way, repeat) in its own process
     WAY_LABEL,
     WAYS,
     BenchConfigError,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numbers
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from vitlab.errors import ConfigError
 
 
 def conf_dir() -> str:
@@ -57,10 +60,6 @@ def register_resolvers() -> None:
                      *PAPER_RESOLVERS.items(), ("vitlab.prelogits_width", prelogits_width)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the key and what was expected."""
 
 
 def check_positive(key: str, val: Any, allow_zero: bool = False, optional: bool = False) -> None:
@@ -204,6 +203,27 @@ def apply_global_batch(cfg: DictConfig) -> str | None:
             f"{accum} accumulation steps")
 
 
+#: keys that moved, old spelling -> new: on the command line the old one still works, with a one-line warning
+MOVED_KEYS: dict[str, str] = {
+    "trainer.skip_nonfinite": "callbacks.nonfinite.skip",  # a vitlab key in Lightning's section; now its callback's
+}
+
+
+def rewrite_moved_overrides(overrides: list[str]) -> list[str]:
+    """``trainer.skip_nonfinite=true`` -> ``callbacks.nonfinite.skip=true`` (a ``++``/``~`` prefix kept, ``+`` read as ``++``),
+    saying so once on stderr, so a command line or sweep written before a key moved keeps working."""
+    out = []
+    for o in overrides:
+        prefix = o[: len(o) - len(o.lstrip("+~"))]
+        key, sep, value = o[len(prefix):].partition("=")
+        if key in MOVED_KEYS:
+            new = MOVED_KEYS[key]
+            print(f"vitlab: {key} is deprecated, use {new}={value or '...'} (read as {new} this time)", file=sys.stderr)
+            o = f"{'++' if prefix == '+' else prefix}{new}{sep}{value}"  # `+`: the new key always exists
+        out.append(o)
+    return out
+
+
 def to_plain(cfg: Any) -> Any:
     """A resolved, plain-container copy (safe for ``torch.load(weights_only=True)`` and JSON)."""
     if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
@@ -229,7 +249,8 @@ def compose_job(config_name: str, overrides: list[str], output_dir: str | Path) 
     output_dir = Path(output_dir)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name=config_name, overrides=rewrite_moved_overrides(list(overrides)),
+                      return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0

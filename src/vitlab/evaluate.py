@@ -37,8 +37,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check = trainer.validate if cfg.split == "val" else trainer.test
     (metrics,) = check(module, datamodule=dm, verbose=False)
     metrics = scalar_metrics(metrics)
-    results = {**metrics, "ckpt_path": str(cfg.ckpt_path), "data/name": data_cfg.get("name"),
-               "model/name": run.model.get("name")}
+    results = {**metrics, "ckpt_path": str(cfg.ckpt_path), M.DATA_NAME: data_cfg.get("name"),
+               M.MODEL_NAME: run.model.get("name")}
     report(cfg.paths.output_dir, results, metrics)
     return results
 

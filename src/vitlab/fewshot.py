@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vitlab import metrics as M
 from vitlab.config import ConfigError, to_plain
 from vitlab.runs.assemble import build_datamodule, report
 from vitlab.tasks import hydra_app, task_wrapper
@@ -68,7 +69,7 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
     from lightning.pytorch.loggers import WandbLogger
 
-    from vitlab.eval.fewshot import L2_FIXED, FewShotEvaluator, format_table
+    from vitlab.protocols.fewshot import L2_FIXED, FewShotEvaluator, format_table
     from vitlab.report.wandb_dash import log_table
     from vitlab.utils.instantiate import build_loggers
 
@@ -86,15 +87,15 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(str(e)) from None
     res = ev.evaluate(net)
     table = format_table(res, ev.name, shots)
-    results = {**res, "ckpt_path": cfg.get("ckpt_path"), "model/name": model_cfg.get("name"), "data/name": ev.name,
-               "fewshot/seeds": int(cfg.seeds), "fewshot/l2_select": l2_select}
+    results = {**res, "ckpt_path": cfg.get("ckpt_path"), M.MODEL_NAME: model_cfg.get("name"), M.DATA_NAME: ev.name,
+               M.FEWSHOT_SEEDS: int(cfg.seeds), M.FEWSHOT_L2_SELECT: l2_select}
     report(cfg.paths.output_dir, results)
-    rows = [{"data": ev.name, "shots": k, "accuracy": res[f"fewshot/{ev.name}_{k}shot"],
-             "std": res[f"fewshot/{ev.name}_{k}shot_std"], "l2": res[f"fewshot/{ev.name}_{k}shot_l2"]} for k in shots]
+    rows = [{"data": ev.name, "shots": k, "accuracy": res[M.fewshot_key(ev.name, k)],
+             "std": res[M.fewshot_key(ev.name, k) + "_std"], "l2": res[M.fewshot_key(ev.name, k) + "_l2"]} for k in shots]
     for lg in build_loggers(cfg.get("logger")):  # task_wrapper finishes the W&B run
         lg.log_metrics({k: v for k, v in res.items() if isinstance(v, float)})
         if isinstance(lg, WandbLogger):  # the table as a wandb.Table, next to the scalars
-            log_table(lg.experiment, "fewshot/table", rows, ["data", "shots", "accuracy", "std", "l2"])
+            log_table(lg.experiment, M.FEWSHOT_TABLE, rows, ["data", "shots", "accuracy", "std", "l2"])
         lg.finalize("success")
     how = f"fixed L2 = {ev.l2:g}, nested shot sets" if l2_select == "fixed" else "L2 chosen on val from l2_grid"
     print(f"\nfew-shot linear accuracy ({cfg.seeds} seeds, {how}):\n{table}\noutputs: {cfg.paths.output_dir}")
@@ -104,7 +105,7 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
 @hydra_app("fewshot")
 def main(cfg: DictConfig) -> float | None:
     res = fewshot(cfg)
-    return res.get(f"fewshot/{res['data/name']}_{int(cfg.shots[-1])}shot")
+    return res.get(M.fewshot_key(res[M.DATA_NAME], cfg.shots[-1]))
 
 
 if __name__ == "__main__":

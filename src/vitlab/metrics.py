@@ -1,5 +1,13 @@
-"""Metric names: one constant each, used by the modules, callbacks, tasks and reports."""
+"""Metric and result names: one constant each, used by the modules, callbacks, protocols, tasks and reports.
 
+A name written twice drifts (a report that reads ``val/acc_bset`` shows an empty column and no error), so every
+key that one module writes and another reads is spelled here once. ``tests/test_package_layout.py`` checks that
+no other source file spells one as a literal.
+"""
+
+from __future__ import annotations
+
+# ---- logged by the objectives (modules/) ---------------------------------------------------------------
 TRAIN_LOSS = "train/loss"
 TRAIN_LOSS_EPOCH = "train/loss_epoch"
 TRAIN_ACC = "train/acc"
@@ -11,6 +19,56 @@ TEST_ACC = "test/acc"
 TEST_ACC5 = "test/acc5"
 TEST_ACC_REAL = "test/acc_real"  # ImageNet ReaL (real.json), when the data provides it
 
-#: the metric checkpoints and sweeps select on, and its direction
-MONITOR = VAL_ACC
-MONITOR_MODE = "max"
+# ---- logged by callbacks -----------------------------------------------------------------------------------
+TRAIN_EXAFLOPS = "train/exaflops"  # cumulative training compute (paper Fig. 5 x-axis, Table 6)
+TRAIN_IMAGES_SEEN = "train/images_seen"
+TRAIN_SKIPPED_NONFINITE = "train/skipped_nonfinite"
+
+# ---- a run's result file (metrics.json) and logger config: what the run was -----------------------------------
+TIME_WALL_S = "time/wall_s"
+TEST_CKPT = "test/ckpt"  # the checkpoint the test metrics come from
+MODEL_NAME = "model/name"
+MODEL_FAMILY = "model/family"
+MODEL_VARIANT = "model/variant"
+MODEL_PARAMS = "model/params"
+MODEL_PARAMS_M = "model/params_m"
+MODEL_IMG_SIZE = "model/img_size"
+MODEL_PATCH_SIZE = "model/patch_size"
+MODEL_GMACS = "model/gmacs"
+MODEL_GFLOPS = "model/gflops"
+MODEL_TRAIN_GFLOPS = "model/train_gflops"
+DATA_NAME = "data/name"
+DATA_TRAIN_SIZE = "data/train_size"
+DATA_VAL_SIZE = "data/val_size"
+DATA_TEST_SIZE = "data/test_size"
+DATA_NUM_CLASSES = "data/num_classes"
+DATA_IMG_SIZE = "data/img_size"
+DATA_EVAL_IMG_SIZE = "data/eval_img_size"
+DATA_ROOT = "data/root"
+DATA_SOURCE = "data/source"
+DATA_REAL_LABELS = "data/real_labels"
+DATA_VTAB_TASK = "data/vtab_task"
+DATA_VTAB_GROUP = "data/vtab_group"
+
+# ---- protocols: few-shot linear evaluation and VTAB-1k ---------------------------------------------------------
+FEWSHOT_PREFIX = "fewshot/"
+FEWSHOT_SEEDS = "fewshot/seeds"
+FEWSHOT_L2_SELECT = "fewshot/l2_select"
+FEWSHOT_TABLE = "fewshot/table"  # the W&B table of a standalone few-shot run
+VTAB_TASK = "vtab/task"
+VTAB_GROUP = "vtab/group"
+VTAB_LR = "vtab/lr"
+VTAB_VAL_BY_LR = "vtab/val_by_lr"
+VTAB_STEPS = "vtab/steps"
+
+
+def fewshot_key(data: str, shots: int) -> str:
+    """``fewshot/<data>_<k>shot``: the mean test accuracy of k-shot linear evaluation on ``data``
+    (``..._std`` and ``..._l2`` are its spread over seeds and its penalty)."""
+    return f"{FEWSHOT_PREFIX}{data}_{int(shots)}shot"
+
+# the paper's number beside a run (vitlab.report.paper_points): its accuracy as a fraction, its table/row, and the
+# paper's pretraining compute for that row (Table 6 only)
+PAPER_ACC = "paper/acc"
+PAPER_SOURCE = "paper/source"
+PAPER_EXAFLOPS = "paper/exaflops"

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitlab.errors import OptimConfigError
+
 # vitlab name -> timm opt name.  timm's "sgd" is Nesterov; the paper's fine-tuning SGD is plain momentum.
 # ``adam`` is torch.optim.Adam: L2 added to the gradient, *not* the paper's decay (use ``adam_decoupled``).
 OPTIMIZERS = {"adam": "adam", "adamw": "adamw", "sgd": "momentum", "nesterov": "sgd", "lamb": "lamb",
@@ -25,10 +27,6 @@ OPTIMIZERS = {"adam": "adam", "adamw": "adamw", "sgd": "momentum", "nesterov": "
 #: the layers whose ``weight`` is a "kernel" in flax/big_vision terms (the only tensors ``adam_decoupled`` decays)
 KERNEL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 DECAYS = ("cosine", "linear", "constant")
-
-
-class OptimConfigError(ValueError):
-    pass
 
 
 def kernel_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -35,7 +35,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from vitlab.config import ConfigError, to_plain
+from vitlab.config import to_plain
+from vitlab.errors import PackError
 from vitlab.tasks import hydra_app
 
 log = logging.getLogger("vitlab.pack")
@@ -43,10 +44,6 @@ log = logging.getLogger("vitlab.pack")
 STATE = ".pack_state.json"
 #: the source settings ``data=packed`` defaults to (same pipelines and sizes as the dataset it came from)
 SOURCE_KEYS = ("name", "img_size", "eval_img_size", "train_pipeline", "eval_pipeline", "crop_pct", "normalization")
-
-
-class PackError(ConfigError):
-    """A pack command that must not run as given (where it would write, what it would overwrite)."""
 
 
 # ---- what goes into a shard ---------------------------------------------------------------------------

@@ -17,13 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-
-class PaperKeyError(KeyError):
-    """A lookup the paper has no number for; the message lists what the table does have."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
-
+from vitlab.errors import PaperKeyError
 
 # ---- Table 3: pretraining ------------------------------------------------------------------------
 #: App. B.1 / Table 3 caption: what every pretraining row shares.

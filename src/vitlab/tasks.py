@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
+from vitlab.errors import UserError
 from vitlab.utils.hydra_callbacks import RESULT_FILE
 
 log = logging.getLogger("vitlab")
@@ -53,11 +53,6 @@ def task_wrapper(fn: Callable) -> Callable:
         return out
 
     return wrapped
-
-
-class UserError(CompactHydraException):
-    """A user's mistake (a wrong config value, a missing file, a busy run directory) on the command line: Hydra
-    prints its message alone, without a stack trace (``HYDRA_FULL_ERROR=1`` shows the full chain)."""
 
 
 def user_error(exc: BaseException) -> BaseException | None:
@@ -100,7 +95,7 @@ def hydra_app(config_name: str, returns: str | None = None) -> Callable:
     """
     import hydra
 
-    from vitlab.config import CONF_DIR
+    from vitlab.config import CONF_DIR, rewrite_moved_overrides
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -122,7 +117,14 @@ def hydra_app(config_name: str, returns: str | None = None) -> Callable:
         if task.__module__ == "__main__":
             spec = getattr(sys.modules.get("__main__"), "__spec__", None)
             task.__module__ = spec.name if spec is not None else Path(sys.argv[0]).stem
-        return hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
+        hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
+
+        @functools.wraps(hydra_main)
+        def entry(*args, **kwargs):
+            sys.argv[1:] = rewrite_moved_overrides(sys.argv[1:])  # an old key's spelling: warn, read the new one
+            return hydra_main(*args, **kwargs)
+
+        return entry
 
     return decorate
 

@@ -103,11 +103,11 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     best = max(grid, key=lambda v: val.get(v, 0.0)) if val else grid[0]
     final = _sub_run(run, out / "final", best, "train800val200", test=True)
     results = {
-        "vtab/task": task, "vtab/group": VTAB_TASKS[task][0], "vtab/lr": best,
-        "vtab/val_by_lr": {str(k): v for k, v in val.items()}, "vtab/steps": int(cfg.vtab.steps),
-        M.TEST_ACC: final.get(M.TEST_ACC), "model/name": run.model.get("name"),
-        "model/params_m": final.get("model/params_m"), "data/name": run.data.name,
-        "data/train_size": final.get("data/train_size"), "time/wall_s": final.get("time/wall_s"),
+        M.VTAB_TASK: task, M.VTAB_GROUP: VTAB_TASKS[task][0], M.VTAB_LR: best,
+        M.VTAB_VAL_BY_LR: {str(k): v for k, v in val.items()}, M.VTAB_STEPS: int(cfg.vtab.steps),
+        M.TEST_ACC: final.get(M.TEST_ACC), M.MODEL_NAME: run.model.get("name"),
+        M.MODEL_PARAMS_M: final.get(M.MODEL_PARAMS_M), M.DATA_NAME: run.data.name,
+        M.DATA_TRAIN_SIZE: final.get(M.DATA_TRAIN_SIZE), M.TIME_WALL_S: final.get(M.TIME_WALL_S),
         "output_dir": str(out), "pretrained": run.model.get("pretrained"),
     }
     report(out, results)

@@ -1,1 +1,1 @@
-"""Analysis of models and runs: compute accounting (FLOPs) and the paper's inspection figures (§4.5)."""
+"""Deprecated name of :mod:`vitlab.inspection` (kept so ``python -m vitlab.analysis.flops`` still runs)."""

@@ -19,13 +19,11 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from vitlab.errors import CheckpointWriteError
+
 log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written; the previous checkpoints are untouched."""
 
 
 def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""A NaN or inf loss never trains on silently: stop (default) or skip the step (``trainer.skip_nonfinite=true``).
+"""A NaN or inf loss never trains on silently: stop (default) or skip the step (``callbacks.nonfinite.skip=true``).
 
 The check runs after backward and before the optimizer step, on the loss and on the gradients (after
 DDP's all-reduce, so every process takes the same decision). Stopping raises :class:`NonFiniteLossError`
@@ -18,11 +18,10 @@ from typing import Any
 import lightning as L
 import torch
 
+from vitlab import metrics as M
+from vitlab.errors import NonFiniteLossError
+
 log = logging.getLogger("vitlab.nonfinite")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or the gradients are NaN/inf; the message names the step, the batch and the last good checkpoint."""
 
 
 def last_good_checkpoint(trainer: L.Trainer) -> str | None:
@@ -77,15 +76,15 @@ class NonFiniteGuard(L.Callback):
                 for p in group["params"]:
                     p.grad = None
             self.skipped += 1
-            log.warning("non-finite %s at %s: step skipped (trainer.skip_nonfinite=true; %d skipped so far)",
+            log.warning("non-finite %s at %s: step skipped (callbacks.nonfinite.skip=true; %d skipped so far)",
                         what, where, self.skipped)
-            pl_module.log("train/skipped_nonfinite", float(self.skipped), on_step=True, on_epoch=False, reduce_fx="max")
+            pl_module.log(M.TRAIN_SKIPPED_NONFINITE, float(self.skipped), on_step=True, on_epoch=False, reduce_fx="max")
             return
         ckpt = last_good_checkpoint(trainer)
         raise NonFiniteLossError(
             f"non-finite {what} at {where}. The weights were not updated with it. Last good checkpoint: "
             f"{ckpt or 'none saved yet'}. Lower optim.lr, check the data of that batch, or set "
-            "trainer.skip_nonfinite=true to skip such steps (each is logged as train/skipped_nonfinite)."
+            "callbacks.nonfinite.skip=true to skip such steps (each is logged as train/skipped_nonfinite)."
         )
 
     def state_dict(self) -> dict[str, Any]:

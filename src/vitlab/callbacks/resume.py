@@ -36,16 +36,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab.callbacks.checkpoint import TMP_SUFFIX
 from vitlab.config import ConfigError
+from vitlab.errors import ResumeError
 
 log = logging.getLogger("vitlab.resume")
 
 RESUME_KEY = "vitlab_resume"
 RESUME_MODES = ("auto", "never")
 LAST = "last.ckpt"
-
-
-class ResumeError(ConfigError):
-    """A resume was asked for and cannot be done as asked."""
 
 
 @dataclass

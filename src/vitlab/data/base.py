@@ -19,13 +19,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vitlab.config import CONF_DIR, ConfigError, check_positive
+from vitlab import metrics as M
+from vitlab.config import CONF_DIR, check_positive
 from vitlab.data.sampler import ResumableSampler, seeded_rng
 from vitlab.data.transforms import EVAL_RESIZE, build_transform, check_crop_scale
-
-
-class DataConfigError(ConfigError):
-    """A data config asks for something the data cannot give."""
+from vitlab.errors import ConfigError, DataConfigError
 
 
 def data_config(name: str) -> DictConfig:
@@ -307,13 +305,13 @@ class VisionDataModule(L.LightningDataModule):
         """What the loggers record about the data (scaling dashboards group by these)."""
         self.setup()
         return {
-            "data/name": self.name,
-            "data/train_size": len(self.train_set),
-            "data/val_size": len(self.val_set),
-            "data/test_size": len(self.test_set),
-            "data/num_classes": self.num_classes,
-            "data/img_size": self.img_size,
-            "data/eval_img_size": self.eval_img_size,
+            M.DATA_NAME: self.name,
+            M.DATA_TRAIN_SIZE: len(self.train_set),
+            M.DATA_VAL_SIZE: len(self.val_set),
+            M.DATA_TEST_SIZE: len(self.test_set),
+            M.DATA_NUM_CLASSES: self.num_classes,
+            M.DATA_IMG_SIZE: self.img_size,
+            M.DATA_EVAL_IMG_SIZE: self.eval_img_size,
         }
 
     # The training sampler's position (seed, epoch, batches consumed) travels in every checkpoint, so a
@@ -369,14 +367,3 @@ def resolve_num_workers(num_workers: int | str) -> int:
     if n < 0:
         raise DataConfigError(f"data.num_workers={n} must be >= 0 or 'auto'")
     return n
-
-
-def as_uint8_chw(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W[, C]) uint8 array -> (N, C, H, W) uint8 tensor with 3 channels."""
-    t = torch.from_numpy(np.ascontiguousarray(images))
-    if t.ndim == 3:
-        t = t.unsqueeze(-1)
-    t = t.permute(0, 3, 1, 2).contiguous()
-    if t.shape[1] == 1:
-        t = t.expand(-1, 3, -1, -1).contiguous()
-    return t

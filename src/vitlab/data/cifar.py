@@ -54,11 +54,6 @@ ARCHIVES = {
     },
 }
 
-CIFAR_STATS = {
-    "cifar10": {"num_classes": 10, "train": 50_000, "test": 10_000, "size": 32},
-    "cifar100": {"num_classes": 100, "coarse_classes": 20, "train": 50_000, "test": 10_000, "size": 32},
-}
-
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),

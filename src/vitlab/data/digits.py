@@ -14,14 +14,15 @@ import torch.nn.functional as F
 from vitlab.data.base import VisionDataModule
 from vitlab.data.memory import TensorImageDataset
 
-DIGITS_STATS = {"num_examples": 1797, "num_classes": 10, "native_size": 8, "max_value": 16}
+#: scikit-learn's digits are 8x8 counts of set pixels in a 4x4 block: 0 ... 16
+DIGITS_MAX_VALUE = 16
 
 
 def load_digits_uint8(img_size: int) -> tuple[torch.Tensor, np.ndarray]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / DIGITS_STATS["max_value"]).unsqueeze(1)
+    x = torch.from_numpy(d.images.astype(np.float32) / DIGITS_MAX_VALUE).unsqueeze(1)
     x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     return x, d.target.astype(np.int64)

@@ -18,10 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from vitlab.data.files import DatasetFormatError, DatasetNotFoundError
-
-
-class UnsafeArchiveError(DatasetFormatError):
-    """An archive member would be written outside the extraction folder."""
+from vitlab.errors import UnsafeArchiveError
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:

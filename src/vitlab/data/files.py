@@ -22,27 +22,12 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from vitlab import metrics as M
 from vitlab.data.base import DataConfigError, VisionDataModule
 from vitlab.data.tree import ancestor_keys, list_class_dirs, walk_files
+from vitlab.errors import CorruptImageError, DatasetFormatError, DatasetNotFoundError, RefusedImageError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset root (or a file the layout needs) is not there; the message shows the expected layout."""
-
-
-class DatasetFormatError(ValueError):
-    """A file of the dataset is there but does not read as the format says (the message names file and line)."""
-
-
-class CorruptImageError(RuntimeError):
-    """An image file cannot be decoded; the message names the file."""
-
-
-class RefusedImageError(CorruptImageError):
-    """An image file refused before decoding: not a regular file, or over ``data.max_file_bytes`` /
-    ``data.max_image_pixels``. A :class:`CorruptImageError`, so ``data.skip_corrupt`` skips it too."""
 
 
 #: ``data.max_image_pixels`` default: PIL's own warning threshold (2**30 // 4 // 3 = 89.5 Mpx, e.g. 9459 x 9459;
@@ -157,7 +142,7 @@ def load_image(
     """Decode ``path`` to RGB; a missing, oversized or undecodable file raises an error naming it.
 
     ``auto`` decodes JPEGs with torchvision's libjpeg-turbo straight into a contiguous uint8 CHW
-    tensor (measurably faster through the pipelines than PIL + conversion; see ``vitlab.data.bench``)
+    tensor (measurably faster through the pipelines than PIL + conversion; see ``vitlab.data.throughput``)
     and everything else, or a JPEG libjpeg refuses, with PIL. ``pil`` always uses PIL.
 
     Whatever the decoder, the file is first opened lazily by PIL, which reads only the header, and the
@@ -427,8 +412,4 @@ class FileDataModule(VisionDataModule):
         )
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "data/root": str(self.root)}
-
-
-def class_counts(targets: Sequence[int], num_classes: int) -> torch.Tensor:
-    return torch.bincount(torch.as_tensor(list(targets), dtype=torch.long), minlength=num_classes)
+        return {**super().stats(), M.DATA_ROOT: str(self.root)}

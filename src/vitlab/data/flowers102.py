@@ -25,8 +25,6 @@ from vitlab.data.files import (
     require_file,
 )
 
-FLOWERS_STATS = {"num_classes": 102, "train": 1020, "val": 1020, "test": 6149}
-
 
 def load_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     from scipy.io import loadmat

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vitlab import metrics as M
 from vitlab.data.files import (
     IMG_EXTENSIONS,
     DatasetFormatError,
@@ -36,7 +37,6 @@ from vitlab.data.files import (
 )
 from vitlab.data.folder import FolderDataModule
 
-IMAGENET_STATS = {"num_classes": 1000, "train": 1_281_167, "val": 50_000, "real_labelled": 46_837}
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})")
 DEVKIT = "ILSVRC2012_devkit_t12"
 GT_FILE = "ILSVRC2012_validation_ground_truth.txt"
@@ -240,5 +240,5 @@ class ImageNetDataModule(FolderDataModule):
 
     def stats(self):
         s = super().stats()
-        s["data/real_labels"] = bool(self.test_set is not None and getattr(self.test_set.base, "extras", None))
+        s[M.DATA_REAL_LABELS] = bool(self.test_set is not None and getattr(self.test_set.base, "extras", None))
         return s

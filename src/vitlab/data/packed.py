@@ -35,15 +35,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vitlab import metrics as M
 from vitlab.data.base import DataConfigError, VisionDataModule
 from vitlab.data.files import (
     DEFAULT_MAX_IMAGE_PIXELS,
     CorruptImageError,
-    DatasetFormatError,
     DatasetNotFoundError,
     decode_image_bytes,
     positive_int,
 )
+from vitlab.errors import PackedDataError
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ MANIFEST = "vitlab_pack.json"
 SPLITS = ("train", "val", "test")
 #: env var: a folder where every process appends the (split, index) pairs it reads (sharding tests)
 TRACE_ENV = "VITLAB_PACKED_TRACE"
-
-
-class PackedDataError(DatasetFormatError):
-    """A pack folder is incomplete, damaged, or was written for something else; the message says which."""
 
 
 def is_url(root: str | os.PathLike) -> bool:
@@ -360,7 +357,7 @@ class PackedDataModule(VisionDataModule):
         return train, val, test
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "data/root": str(self.root), "data/source": self.meta.get("source", {}).get("name")}
+        return {**super().stats(), M.DATA_ROOT: str(self.root), M.DATA_SOURCE: self.meta.get("source", {}).get("name")}
 
 
 def packed_manifest_value(root: str, key: str) -> Any:

@@ -15,8 +15,6 @@ from pathlib import Path
 from vitlab.data.base import DataConfigError
 from vitlab.data.files import DatasetFormatError, DatasetNotFoundError, FileDataModule, holdout_mask
 
-PETS_STATS = {"num_classes": 37, "trainval": 3680, "test": 3669}
-
 
 def read_pets_list(path: Path, images: Path, num_classes: int, check_files: bool = True):
     """(paths, labels, {label: breed}) from trainval.txt / test.txt; errors name the file and line."""

@@ -12,6 +12,7 @@ paper's protocol: choose the lr training on ``train800`` and validating on ``val
 
 from __future__ import annotations
 
+from vitlab import metrics as M
 from vitlab.data.base import DataConfigError
 from vitlab.data.catalog import VTAB_GROUPS, VTAB_TASKS, vtab_num_classes
 from vitlab.data.files import DatasetNotFoundError, FileDataModule, list_class_dirs, read_list_file
@@ -55,4 +56,4 @@ class VTABDataModule(FileDataModule):
         return train, val, test
 
     def stats(self):
-        return {**super().stats(), "data/vtab_task": self.task, "data/vtab_group": self.group}
+        return {**super().stats(), M.DATA_VTAB_TASK: self.task, M.DATA_VTAB_GROUP: self.group}

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitlab.errors import PretrainedError, PretrainedMismatchError
 from vitlab.models import registry
 
 #: how position embeddings are resized to a new grid (``model.pos_embed_resize``). ``vit_jax`` = the paper's code:
@@ -26,12 +27,6 @@ POS_EMBED_RESIZE = ("vit_jax", "timm")
 DEFAULT_POS_EMBED_RESIZE = "vit_jax"
 
 
-class PretrainedError(ValueError):
-    """A pretrained checkpoint cannot be read, or does not fit the model; the message names the file."""
-
-
-class PretrainedMismatchError(PretrainedError):
-    """The checkpoint is of another architecture than the model (width, depth, patch, ...)."""
 
 
 @dataclass

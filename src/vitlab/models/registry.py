@@ -16,13 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from vitlab.errors import ModelConfigError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 
-class ModelConfigError(ValueError):
-    """A model config names something that does not exist or does not fit together."""
 
 
 def choice(name: str, value: Any, choices) -> Any:

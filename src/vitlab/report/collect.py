@@ -21,13 +21,9 @@ from typing import Any
 import yaml
 
 from vitlab import metrics as M
-from vitlab.analysis.flops import EXAFLOPS, IMAGES_SEEN
+from vitlab.errors import ReportError
 
 RESULT_FILE = "metrics.json"
-
-
-class ReportError(ValueError):
-    """Nothing to report, or a run that cannot be read; the message names the path and what was expected."""
 
 
 def _num(v: Any) -> Any:
@@ -162,8 +158,8 @@ def read_job(job: str | Path) -> dict[str, Any]:
     if ov.is_file():
         row["overrides"] = " ".join(str(o) for o in (_read_yaml(ov) or []))
     # older runs without the compute tracker: images seen x training FLOPs per image
-    if row.get(EXAFLOPS) is None and row.get(IMAGES_SEEN) and row.get("model/train_gflops"):
-        row[EXAFLOPS] = row[IMAGES_SEEN] * row["model/train_gflops"] * 1e9 / 1e18
+    if row.get(M.TRAIN_EXAFLOPS) is None and row.get(M.TRAIN_IMAGES_SEEN) and row.get(M.MODEL_TRAIN_GFLOPS):
+        row[M.TRAIN_EXAFLOPS] = row[M.TRAIN_IMAGES_SEEN] * row[M.MODEL_TRAIN_GFLOPS] * 1e9 / 1e18
     row["job_dir"] = str(job)
     row["source"] = source
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}

@@ -15,12 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vitlab import metrics as M
+
 #: run-config keys (from vitlab.runs.assemble.run_stats) the run table pins and the panels group by
-SCALING_KEYS = ("model/family", "model/name", "model/variant", "model/patch_size", "model/params_m",
-                "model/gflops", "data/name", "data/train_size", "data/img_size")
-#: summary metrics (best values: report/wandb_dash.SUMMARIES)
-ACCURACY, COMPUTE = "val/acc_best", "train/exaflops"
-LOSSES = ("train/loss", "val/loss")
+SCALING_KEYS = (M.MODEL_FAMILY, M.MODEL_NAME, M.MODEL_VARIANT, M.MODEL_PATCH_SIZE, M.MODEL_PARAMS_M,
+                M.MODEL_GFLOPS, M.DATA_NAME, M.DATA_TRAIN_SIZE, M.DATA_IMG_SIZE)
+#: summary metrics (best values: callbacks/wandb_summary.SUMMARIES)
+ACCURACY, COMPUTE = M.VAL_ACC_BEST, M.TRAIN_EXAFLOPS
+LOSSES = (M.TRAIN_LOSS, M.VAL_LOSS)
 
 
 def build_workspace(entity: str, project: str, group: str):
@@ -30,17 +32,17 @@ def build_workspace(entity: str, project: str, group: str):
 
     fig34 = [
         wr.ScatterPlot(title=f"Fig. 3/4: {ACCURACY} vs pretraining images (per family)",
-                       x=wr.Config("data/train_size"), y=wr.SummaryMetric(ACCURACY), log_x=True),
+                       x=wr.Config(M.DATA_TRAIN_SIZE), y=wr.SummaryMetric(ACCURACY), log_x=True),
         wr.ScatterPlot(title="Fig. 3/4: test/acc vs pretraining images (per family)",
-                       x=wr.Config("data/train_size"), y=wr.SummaryMetric("test/acc"), log_x=True),
+                       x=wr.Config(M.DATA_TRAIN_SIZE), y=wr.SummaryMetric(M.TEST_ACC), log_x=True),
     ]
     fig5 = [
         wr.ScatterPlot(title=f"Fig. 5: {ACCURACY} vs training exaFLOPs", x=wr.SummaryMetric(COMPUTE),
                        y=wr.SummaryMetric(ACCURACY), log_x=True),
-        wr.LinePlot(title=f"Fig. 5 (curves): {ACCURACY} vs exaFLOPs", x=COMPUTE, y=["val/acc"], log_x=True,
-                    groupby=wr.Config("model/name")),
+        wr.LinePlot(title=f"Fig. 5 (curves): {ACCURACY} vs exaFLOPs", x=COMPUTE, y=[M.VAL_ACC], log_x=True,
+                    groupby=wr.Config(M.MODEL_NAME)),
     ]
-    curves = [wr.LinePlot(title=f"{k} per model", x="Step", y=[k], groupby=wr.Config("model/name"),
+    curves = [wr.LinePlot(title=f"{k} per model", x="Step", y=[k], groupby=wr.Config(M.MODEL_NAME),
                           groupby_aggfunc="mean", groupby_rangefunc="minmax") for k in LOSSES]
     table = [wr.RunComparer()]
     return ws.Workspace(
@@ -51,7 +53,7 @@ def build_workspace(entity: str, project: str, group: str):
                   ws.Section(name="Runs", panels=table, is_open=False)],
         runset_settings=ws.RunsetSettings(
             filters=[ws.Metric("Group") == group],
-            groupby=[ws.Config("model/family")],
+            groupby=[ws.Config(M.MODEL_FAMILY)],
             pinned_columns=[f"config:{k}" for k in SCALING_KEYS] + [f"summary:{ACCURACY}", "summary:test/acc",
                                                                     f"summary:{COMPUTE}"],
         ),

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from vitlab import metrics as M
-from vitlab.analysis.flops import EXAFLOPS
 from vitlab.models.registry import plot_style
 from vitlab.report.paper_points import PAPER_ACC, PAPER_EXAFLOPS
 from vitlab.utils.hydra_callbacks import fmt_cell
@@ -61,7 +60,7 @@ def paper_points(rows: Sequence[dict[str, Any]], x: str) -> list[tuple[float, fl
     ``x`` key, or the paper's compute where ``x`` is the exaFLOPs axis."""
     pts = set()
     for r in rows:
-        px = r.get(PAPER_EXAFLOPS) if x == EXAFLOPS else r.get(x)
+        px = r.get(PAPER_EXAFLOPS) if x == M.TRAIN_EXAFLOPS else r.get(x)
         if isinstance(r.get(PAPER_ACC), (int, float)) and isinstance(px, (int, float)) and px > 0:
             pts.add((float(px), 100 * float(r[PAPER_ACC])))
     return sorted(pts)
@@ -88,7 +87,7 @@ def _save_log_x(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) 
 
 
 def plot_data_scaling(rows: Sequence[dict[str, Any]], path: Path, y: str | None = None,
-                      x: str = "data/train_size") -> Path:
+                      x: str = M.DATA_TRAIN_SIZE) -> Path:
     """Figure 3/4: accuracy vs number of pretraining examples, one line per model."""
     plt = _plt()
     y = y or accuracy_key(rows)
@@ -96,9 +95,9 @@ def plot_data_scaling(rows: Sequence[dict[str, Any]], path: Path, y: str | None 
     family: dict[str, Any] = {}
     for r in rows:
         if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float)):
-            name = str(r.get("model/name", "?"))
+            name = str(r.get(M.MODEL_NAME, "?"))
             series[name][float(r[x])].append(100 * float(r[y]))
-            family[name] = r.get("model/family")
+            family[name] = r.get(M.MODEL_FAMILY)
     if not series:
         raise ValueError(f"no run has both {x} and {y}: cannot draw the data-scaling figure")
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
@@ -116,11 +115,11 @@ def plot_data_scaling(rows: Sequence[dict[str, Any]], path: Path, y: str | None 
                        "Accuracy vs pretraining data (paper Fig. 3/4)")
 
 
-def plot_compute(rows: Sequence[dict[str, Any]], path: Path, y: str | None = None, x: str = EXAFLOPS) -> Path:
+def plot_compute(rows: Sequence[dict[str, Any]], path: Path, y: str | None = None, x: str = M.TRAIN_EXAFLOPS) -> Path:
     """Figure 5: accuracy vs total pretraining compute (exaFLOPs), ViT vs ResNet vs hybrid, with each family's frontier."""
     plt = _plt()
     y = y or accuracy_key(rows)
-    pts = [(float(r[x]), 100 * float(r[y]), r.get("model/family"), str(r.get("model/name", "?")))
+    pts = [(float(r[x]), 100 * float(r[y]), r.get(M.MODEL_FAMILY), str(r.get(M.MODEL_NAME, "?")))
            for r in rows if isinstance(r.get(x), (int, float)) and r[x] > 0 and isinstance(r.get(y), (int, float))]
     if not pts:
         raise ValueError(f"no run has both {x} and {y}: cannot draw the compute figure (train/exaflops comes from "

@@ -14,20 +14,20 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from vitlab import metrics as M
 from vitlab import paper
+from vitlab.metrics import PAPER_ACC, PAPER_EXAFLOPS, PAPER_SOURCE
 
 log = logging.getLogger("vitlab.report")
 
 PRETRAIN_DATA_KEY = "paper.pretrain_data"
 PRETRAIN_EPOCHS_KEY = "paper.pretrain_epochs"
-PAPER_ACC = "paper/acc"          # the paper's accuracy as a fraction, like the run's test/acc
-PAPER_SOURCE = "paper/source"    # "Table 6 row 2" ...
-PAPER_EXAFLOPS = "paper/exaflops"  # the paper's pretraining compute for that row (Table 6 only)
+__all__ = ["PAPER_ACC", "PAPER_EXAFLOPS", "PAPER_SOURCE", "annotate", "paper_match"]
 
 
 def paper_match(row: dict[str, Any]) -> dict[str, Any] | None:
     """``{paper/acc, paper/source[, paper/exaflops]}`` for a run the paper also reports, else None."""
-    model, pre, data = row.get("model/name"), row.get(PRETRAIN_DATA_KEY), row.get("data/name")
+    model, pre, data = row.get(M.MODEL_NAME), row.get(PRETRAIN_DATA_KEY), row.get(M.DATA_NAME)
     if not (model and pre and data):
         return None
     epochs = row.get(PRETRAIN_EPOCHS_KEY)

@@ -16,7 +16,6 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from vitlab import metrics as M
-from vitlab.analysis.flops import EXAFLOPS
 from vitlab.report.collect import ReportError, collect, latest_sweep, write_csv
 from vitlab.report.figures import accuracy_key, html_page, plot_compute, plot_data_scaling
 from vitlab.report.paper_points import PAPER_ACC, PAPER_SOURCE, annotate
@@ -27,22 +26,22 @@ log = logging.getLogger("vitlab.report")
 
 # (header, key, format): the Markdown/HTML table; the CSV has every key
 COLUMNS = (
-    ("model", "model/name", "{}"),
-    ("family", "model/family", "{}"),
-    ("params (M)", "model/params_m", "{:.2f}"),
-    ("GFLOPs/img", "model/gflops", "{:.3g}"),
-    ("res", "model/img_size", "{}"),
-    ("data", "data/name", "{}"),
-    ("train size", "data/train_size", "{:,}"),
+    ("model", M.MODEL_NAME, "{}"),
+    ("family", M.MODEL_FAMILY, "{}"),
+    ("params (M)", M.MODEL_PARAMS_M, "{:.2f}"),
+    ("GFLOPs/img", M.MODEL_GFLOPS, "{:.3g}"),
+    ("res", M.MODEL_IMG_SIZE, "{}"),
+    ("data", M.DATA_NAME, "{}"),
+    ("train size", M.DATA_TRAIN_SIZE, "{:,}"),
     ("lr", "optim.lr", "{:g}"),
     ("val/acc (best)", M.VAL_ACC_BEST, "{:.2%}"),
-    ("test/acc", M.TEST_ACC, "{:.2%}"),
+    (M.TEST_ACC, M.TEST_ACC, "{:.2%}"),
     ("paper", PAPER_ACC, "{:.2%}"),  # the paper's number for the same model, pretraining and fine-tuning data
-    ("exaFLOPs", EXAFLOPS, "{:.3g}"),
-    ("wall (s)", "time/wall_s", "{:.0f}"),
+    ("exaFLOPs", M.TRAIN_EXAFLOPS, "{:.3g}"),
+    ("wall (s)", M.TIME_WALL_S, "{:.0f}"),
     ("source", "source", "{}"),
 )
-SORT_KEYS = ("model/family", "model/name", "data/train_size", "optim.lr", "seed")
+SORT_KEYS = (M.MODEL_FAMILY, M.MODEL_NAME, M.DATA_TRAIN_SIZE, "optim.lr", "seed")
 
 
 def _sort_key(r: dict[str, Any]) -> tuple:

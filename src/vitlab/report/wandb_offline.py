@@ -17,15 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitlab.errors import WandbFileError
+
 HEADER = struct.Struct("<4sHB")
 RECORD = struct.Struct("<IHB")
 IDENT, MAGIC, VERSION = b":W&B", 0xBEE1, 0
 BLOCK = 32768
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-
-
-class WandbFileError(ValueError):
-    """A ``.wandb`` file is not a W&B transaction log, or is truncated/corrupt; the message names the file."""
 
 
 def iter_record_bytes(path: str | Path) -> Iterator[bytes]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vitlab import metrics as M
 from vitlab.config import ConfigError, apply_global_batch, job_config, to_plain, validate_train_cfg
 from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_results
 
@@ -110,17 +111,17 @@ def build_module(cfg: DictConfig, config: dict[str, Any] | None = None):
 
 def run_stats(module, dm, cfg: DictConfig) -> dict[str, Any]:
     """What every logger records about a run, so dashboards can group runs by scale."""
-    from vitlab.analysis.flops import flops_stats
+    from vitlab.inspection.flops import flops_stats
 
     params = module.num_params
     return {
-        "model/name": cfg.model.name,
-        "model/family": cfg.model.family,
-        "model/variant": cfg.model.variant,
-        "model/params": params,
-        "model/params_m": round(params / 1e6, 3),
-        "model/img_size": int(cfg.model.img_size),
-        "model/patch_size": cfg.model.get("patch_size"),
+        M.MODEL_NAME: cfg.model.name,
+        M.MODEL_FAMILY: cfg.model.family,
+        M.MODEL_VARIANT: cfg.model.variant,
+        M.MODEL_PARAMS: params,
+        M.MODEL_PARAMS_M: round(params / 1e6, 3),
+        M.MODEL_IMG_SIZE: int(cfg.model.img_size),
+        M.MODEL_PATCH_SIZE: cfg.model.get("patch_size"),
         **flops_stats(to_plain(cfg.model)),  # model/gmacs, model/gflops, model/train_gflops per image
         **dm.stats(),
     }
@@ -144,8 +145,8 @@ def assemble(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), config: dict[
     dm = build_datamodule(cfg.data)
     module = build_module(cfg, config)
     stats = run_stats(module, dm, cfg)
-    log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats["model/params_m"],
-             cfg.data.name, stats["data/train_size"])
+    log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats[M.MODEL_PARAMS_M],
+             cfg.data.name, stats[M.DATA_TRAIN_SIZE])
     loggers = build_loggers(cfg.get("logger"))
     callbacks = build_callbacks(cfg.get("callbacks"), cfg.trainer, has_logger=bool(loggers))
     trainer = build_trainer(cfg, [*callbacks, *extra_callbacks], loggers)
@@ -219,11 +220,11 @@ def train_run(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(scalar_metrics(test_metrics))
     wall = time.perf_counter() - t0
 
-    results = {**objs["stats"], **metrics, "time/wall_s": round(wall, 2), "seed": cfg.seed,
-               "output_dir": str(out_dir), "test/ckpt": best}
+    results = {**objs["stats"], **metrics, M.TIME_WALL_S: round(wall, 2), "seed": cfg.seed,
+               "output_dir": str(out_dir), M.TEST_CKPT: best}
     if trainer.is_global_zero:
         report(out_dir, results, metrics)
-        print(f"  {'time/wall_s':<12}  {wall:.1f}\noutputs: {out_dir}")
+        print(f"  {M.TIME_WALL_S:<12}  {wall:.1f}\noutputs: {out_dir}")
     return results
 
 

@@ -53,6 +53,14 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 }
 #: checkpoints from before ``vitlab_objective`` was stored name their objective by ``module._target_``
 _LEGACY_OBJECTIVE_TARGETS = {f"{mod}.{cls}": name for name, (mod, cls) in OBJECTIVES.items()}
+#: ``_target_``s that vitlab's ``conf/`` named before a class moved: an older checkpoint's ``vitlab_config`` holds them
+#: (accepted and dropped like any of vitlab's own targets, never instantiated)
+_MOVED_TARGETS = frozenset({
+    "vitlab.analysis.flops.ComputeTracker",          # now vitlab.callbacks.compute
+    "vitlab.report.wandb_dash.WandbDashboard",       # now vitlab.callbacks.wandb_summary
+    "vitlab.eval.fewshot.FewShotCallback",           # now vitlab.callbacks.fewshot
+    "vitlab.utils.trainer.make_trainer",             # now lightning.pytorch.Trainer (skip_nonfinite moved to callbacks)
+})
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -75,10 +83,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 # ---- checkpoints are data ---------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def vitlab_targets() -> frozenset[str]:
-    """Every ``_target_`` that vitlab's own ``conf/`` names, and the objective classes (old checkpoints stored them)."""
+    """Every ``_target_`` that vitlab's own ``conf/`` names, the objective classes, and the old paths of moved classes
+    (old checkpoints stored them)."""
     import yaml
 
-    found: set[str] = set(_LEGACY_OBJECTIVE_TARGETS)
+    found: set[str] = set(_LEGACY_OBJECTIVE_TARGETS) | _MOVED_TARGETS
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):

@@ -15,17 +15,19 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from vitlab import metrics as M
+
 RESULT_FILE = "metrics.json"
 
 # (header, result key, format)
 COLUMNS = (
-    ("model", "model/name", "{}"),
-    ("params (M)", "model/params_m", "{:.2f}"),
-    ("data", "data/name", "{}"),
-    ("train size", "data/train_size", "{:,}"),
-    ("val/acc (best)", "val/acc_best", "{:.2%}"),
-    ("test/acc", "test/acc", "{:.2%}"),
-    ("wall (s)", "time/wall_s", "{:.1f}"),
+    ("model", M.MODEL_NAME, "{}"),
+    ("params (M)", M.MODEL_PARAMS_M, "{:.2f}"),
+    ("data", M.DATA_NAME, "{}"),
+    ("train size", M.DATA_TRAIN_SIZE, "{:,}"),
+    ("val/acc (best)", M.VAL_ACC_BEST, "{:.2%}"),
+    (M.TEST_ACC, M.TEST_ACC, "{:.2%}"),
+    ("wall (s)", M.TIME_WALL_S, "{:.1f}"),
 )
 
 
@@ -134,7 +136,7 @@ class SweepSummary(Callback):
         table = markdown_table(rows)
         (sweep_dir / "summary.md").write_text(table + "\n")
         (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2))
-        total = sum(r.get("time/wall_s") or 0 for r in rows)
+        total = sum(r.get(M.TIME_WALL_S) or 0 for r in rows)
         print(f"\n{table}\n\n{len(rows)} runs, {total:.0f} s of training in total; table saved to {sweep_dir / 'summary.md'}")
 
 

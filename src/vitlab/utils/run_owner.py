@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vitlab.config import ConfigError
+from vitlab.errors import RunDirBusyError
 
 try:
     import fcntl
@@ -44,10 +44,6 @@ RANK_VARS = ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "LOCAL_RANK", "NODE_R
 
 _held: dict[str, list] = {}  # real path of the directory -> [fd or None, re-entry count]
 _mutex = threading.Lock()
-
-
-class RunDirBusyError(ConfigError):
-    """Another live process owns this run (or sweep) directory."""
 
 
 def is_secondary_rank(environ: dict[str, str] | None = None) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vitlab.config import ConfigError
+from vitlab.errors import ConfigError
 
 SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|passw(or)?d|credential|private[_-]?key|access[_-]?key)", re.I)
 MASK = "***"
@@ -142,7 +142,3 @@ def _walk_register(node: DictConfig | ListConfig) -> None:
     for _, k, raw in _raw_leaves(node):
         if isinstance(k, str) and is_literal_secret(k, raw):
             register_secret(raw)
-
-
-def redacted_container(cfg: DictConfig) -> Any:
-    return redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))

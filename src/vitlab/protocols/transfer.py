@@ -14,6 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from vitlab import metrics as M
 from vitlab.utils.hydra_callbacks import collect_results
 
 
@@ -34,10 +35,10 @@ def transfer_summary(rows: list[dict[str, Any]], stage_key: str) -> dict[str, An
     ft, sc = by_stage.get("finetune") or {}, by_stage.get("scratch") or {}
     out = {
         "pretrain_stage": "mpp_pretrain" if "mpp_pretrain" in by_stage else "pretrain",
-        "pretrain_data": pre.get("data/name"), "pretrain_test_acc": pre.get("test/acc"),
-        "finetune_data": ft.get("data/name"), "finetune_test_acc": ft.get("test/acc"),
-        "scratch_test_acc": sc.get("test/acc"),
-        "pretrain_fewshot": {k: v for k, v in pre.items() if k.startswith("fewshot/") and isinstance(v, float)},
+        "pretrain_data": pre.get(M.DATA_NAME), "pretrain_test_acc": pre.get(M.TEST_ACC),
+        "finetune_data": ft.get(M.DATA_NAME), "finetune_test_acc": ft.get(M.TEST_ACC),
+        "scratch_test_acc": sc.get(M.TEST_ACC),
+        "pretrain_fewshot": {k: v for k, v in pre.items() if k.startswith(M.FEWSHOT_PREFIX) and isinstance(v, float)},
     }
     if out["finetune_test_acc"] is not None and out["scratch_test_acc"] is not None:
         out["gain"] = out["finetune_test_acc"] - out["scratch_test_acc"]

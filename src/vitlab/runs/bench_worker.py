@@ -21,6 +21,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from vitlab.callbacks.timing import WindowTimer
+from vitlab.errors import BenchConfigError
+
 WAYS = ("vitlab", "plain", "timm")
 WAY_LABEL = {"vitlab": "(a) vitlab.train", "plain": "(b) plain PyTorch", "timm": "(c) timm defaults"}
 DEVICES = ("auto", "cpu", "cuda")
@@ -30,8 +33,6 @@ PLAIN_PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": "bfloat16", "16-m
 log = logging.getLogger("vitlab.bench")
 
 
-class BenchConfigError(ValueError):
-    """A bench config asks for something that cannot run; the message names the key."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,23 +286,9 @@ def _plain_loop(net, cfg, dm, device: str, win: Windows, compile_model) -> None:
             win.eval_batch_end()
 
 
-class WindowTimer(L.Callback):
-    """Feeds :class:`Windows` from inside ``Trainer.fit`` (train batches, then the fit's validation batches)."""
-
-    def __init__(self, win: Windows) -> None:
-        self.win = win
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.win.train_batch_end()
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not trainer.sanity_checking:
-            self.win.eval_batch_end()
-
-
 def _model_flops(net: torch.nn.Module, model_cfg: dict[str, Any]):
-    """Model FLOPs per image (vitlab.analysis.flops); activation checkpointing's recompute is not model work."""
-    from vitlab.analysis.flops import count_flops
+    """Model FLOPs per image (vitlab.inspection.flops); activation checkpointing's recompute is not model work."""
+    from vitlab.inspection.flops import count_flops
 
     ckpt = bool(model_cfg.get("grad_checkpointing")) and hasattr(net, "set_grad_checkpointing")
     if ckpt:

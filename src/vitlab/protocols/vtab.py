@@ -14,6 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from vitlab import metrics as M
 from vitlab.data.catalog import VTAB_GROUPS, VTAB_TASKS
 from vitlab.utils.hydra_callbacks import collect_results
 
@@ -46,7 +47,7 @@ def format_vtab_table(summary: dict[str, Any], extra: dict[str, dict[str, Any]] 
     lines = ["| group | task | classes | test acc (%) | lr |", "|---|---|---|---|---|"]
     for g, tasks in VTAB_GROUPS.items():
         for t in tasks:
-            lr = extra.get(t, {}).get("vtab/lr")
+            lr = extra.get(t, {}).get(M.VTAB_LR)
             lines.append(f"| {GROUP_NAMES[g]} | {t} | {VTAB_TASKS[t][1]} | {pct(summary['tasks'].get(t))} | "
                          f"{'-' if lr is None else lr} |")
     lines.append("")
@@ -59,12 +60,12 @@ def format_vtab_table(summary: dict[str, Any], extra: dict[str, dict[str, Any]] 
 
 
 def summarise_sweep(sweep_dir: str | Path) -> tuple[dict[str, Any], str] | None:
-    rows = [r for r in collect_results(sweep_dir) if r.get("vtab/task")]
+    rows = [r for r in collect_results(sweep_dir) if r.get(M.VTAB_TASK)]
     if not rows:
         return None
-    acc = {r["vtab/task"]: float(r["test/acc"]) for r in rows if r.get("test/acc") is not None}
+    acc = {r[M.VTAB_TASK]: float(r[M.TEST_ACC]) for r in rows if r.get(M.TEST_ACC) is not None}
     summary = vtab_table(acc)
-    table = format_vtab_table(summary, {r["vtab/task"]: r for r in rows})
+    table = format_vtab_table(summary, {r[M.VTAB_TASK]: r for r in rows})
     return summary, table
 
 

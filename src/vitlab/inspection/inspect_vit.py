@@ -17,9 +17,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-
-class NotAViTError(ValueError):
-    """The model has no ViT parts to inspect (e.g. a BiT ResNet); the message says which part is missing."""
+from vitlab.errors import NotAViTError
 
 
 def _vit(model: nn.Module) -> nn.Module:

@@ -1,6 +1,7 @@
 """Tiny copies of each dataset's official release, written byte-for-byte in the real format.
 
-Tests, benchmarks and demos use these instead of stand-ins: the same file names, the same folder
+Only the tests use them, so they live here and not in the installed package (they were
+``vitlab.data.fixtures``). The tests use these instead of stand-ins: the same file names, the same folder
 structure, Python 2 pickles for CIFAR, MATLAB files for Flowers and the ImageNet devkit, JPEG/PNG
 encodings through PIL. Every image is filled with its class's colour (:func:`class_colour`) plus
 noise, so a test can check from the pixels that each image got the right label.

@@ -1,0 +1,224 @@
+"""Compute accounting: forward and training FLOPs per image, and cumulative training compute.
+
+Counts come from ``torch.utils.flop_counter`` run on a *meta-device* copy of the model, so counting
+ViT-H/14 costs no memory and well under a second. Convention (the one behind the published numbers
+the paper's models are quoted with, timm/fvcore): 1 MAC = 1 multiply-add of a matmul or convolution,
+plus normalisation layers at 5 MACs per element with an affine transform (4 without), weight
+standardisation included, and 1 per element for global average pooling; FLOPs = 2 x MACs. With it,
+ViT-B/16 at 224 px counts 17.58 GMACs and BiT-R50x1 4.23 GMACs (``tests/test_flops.py``). Matmuls
+and convolutions alone give 17.56 and 4.09.
+
+Training FLOPs per image are counted on a real forward + backward pass (the backward of a matmul
+costs twice its forward, which the counter measures rather than assumes), so ``train/exaflops`` =
+images seen x training FLOPs per image / 1e18: the x-axis of the paper's Figure 5 and Table 6's
+exaFLOPs column. They are the *marginal* cost of one image in a batch (a batch of two minus a batch of
+one): BiT's weight standardisation (and its backward) runs once per step on the weights, not once per
+image, and counting it per image over-counted a ResNet's training compute by ~2.5%. ``forward_flops``
+stays the cost of one image alone, the convention of the published GMACs above.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from vitlab import metrics as M
+
+log = logging.getLogger(__name__)
+aten = torch.ops.aten
+
+def _numel(shape) -> int:
+    return math.prod(shape) if shape is not None else 0
+
+
+def _norm_macs(numel: int, affine: bool) -> int:
+    return numel * (5 if affine else 4)
+
+
+# Each formula receives shapes (tensors replaced by their shapes) and returns FLOPs (= 2 x MACs).
+def _layer_norm(x, normalized_shape, weight=None, bias=None, *a, out_shape=None, **k) -> int:
+    return 2 * _norm_macs(_numel(x), weight is not None)
+
+
+def _group_norm(x, weight=None, bias=None, *a, out_shape=None, **k) -> int:
+    return 2 * _norm_macs(_numel(x), weight is not None)
+
+
+def _batch_norm(x, weight=None, bias=None, *args, out_shape=None, **k) -> int:
+    training = next((a for a in args if isinstance(a, bool)), k.get("training", False))
+    if training:  # statistics computed from the input (BiT's weight standardisation runs here)
+        return 2 * _norm_macs(_numel(x), weight is not None)
+    return 2 * _numel(x) * (2 if weight is not None else 1)
+
+
+def _mean(x, *a, out_shape=None, **k) -> int:
+    return 2 * _numel(x)
+
+
+def _norm_backward(grad_out, x, *a, out_shape=None, **k) -> int:
+    return 2 * 2 * _norm_macs(_numel(x), True)  # backward ~ 2 x forward, as for matmuls
+
+
+NORM_FORMULAS: dict[Any, Any] = {
+    aten.native_layer_norm: _layer_norm,
+    aten.native_group_norm: _group_norm,
+    aten.native_batch_norm: _batch_norm,
+    aten._native_batch_norm_legit: _batch_norm,
+    aten._native_batch_norm_legit_functional: _batch_norm,
+    aten.mean: _mean,
+    aten.native_layer_norm_backward: _norm_backward,
+    aten.native_group_norm_backward: _norm_backward,
+    aten.native_batch_norm_backward: _norm_backward,
+}
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """Per-image compute of one model at one resolution."""
+
+    forward_flops: int
+    train_flops: int  # forward + backward
+    img_size: int
+    by_op: dict[str, int]  # forward FLOPs per aten op
+
+    @property
+    def gmacs(self) -> float:
+        return self.forward_flops / 2e9
+
+    @property
+    def gflops(self) -> float:
+        return self.forward_flops / 1e9
+
+    @property
+    def train_gflops(self) -> float:
+        return self.train_flops / 1e9
+
+
+def _to_meta(model: nn.Module) -> nn.Module:
+    return model if _is_meta(model) else copy.deepcopy(model).to("meta")
+
+
+def _is_meta(model: nn.Module) -> bool:
+    p = next(iter(model.parameters()), None)
+    return p is not None and p.is_meta
+
+
+def count_flops(model: nn.Module, img_size: int, in_chans: int = 3, train: bool = True) -> FlopCount:
+    """FLOPs per image of ``model`` on an ``in_chans x img_size x img_size`` input (counted on the meta device)."""
+    model = _to_meta(model)
+    was_training = model.training
+    x = torch.empty(1, in_chans, int(img_size), int(img_size), device="meta")
+    try:
+        model.eval()
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=NORM_FORMULAS) as fc:
+            model(x)
+        fwd = fc.get_total_flops()
+        by_op = {str(k): int(v) for k, v in fc.get_flop_counts()["Global"].items()}
+        tr = 0
+        if train:  # marginal cost of one image: per-step work on the weights (weight standardisation) drops out
+            model.train()
+            tr = _train_step_flops(model, x.expand(2, -1, -1, -1)) - _train_step_flops(model, x)
+    finally:
+        model.train(was_training)
+    if fwd <= 0:
+        raise RuntimeError(f"FLOP counter saw no matmul/conv in {type(model).__name__}: is its forward empty?")
+    return FlopCount(forward_flops=int(fwd), train_flops=int(tr), img_size=int(img_size), by_op=by_op)
+
+
+def _train_step_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward + backward pass on the batch ``x`` (meta device)."""
+    with FlopCounterMode(display=False, custom_mapping=NORM_FORMULAS) as fc:
+        out = model(x)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        out.float().sum().backward()
+    return fc.get_total_flops()
+
+
+@functools.lru_cache(maxsize=64)
+def _config_flops(model_json: str) -> FlopCount:
+    from vitlab.models import build_model
+
+    cfg = json.loads(model_json)
+    with torch.device("meta"):
+        model = build_model(**cfg)
+    return count_flops(model, int(cfg.get("img_size") or 224), int(cfg.get("in_chans") or 3))
+
+
+def model_config_flops(model_cfg: Mapping[str, Any], img_size: int | None = None) -> FlopCount:
+    """FLOPs of the model a ``conf/model`` entry builds, at ``img_size`` (default: ``model.img_size``)."""
+    cfg = dict(model_cfg)
+    if img_size is not None:
+        cfg["img_size"] = int(img_size)
+    cfg["img_size"] = int(cfg.get("img_size") or 224)
+    return _config_flops(json.dumps(cfg, sort_keys=True, default=str))
+
+
+def flops_stats(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The compute keys every logger records next to the parameter count (empty, with a warning, if counting fails)."""
+    try:
+        fc = model_config_flops(model_cfg)
+    except Exception as e:  # noqa: BLE001 - accounting must never stop a training run
+        log.warning("FLOP counting failed for model %s (%s: %s); compute keys are not logged",
+                    model_cfg.get("name"), type(e).__name__, e)
+        return {}
+    return {
+        M.MODEL_GMACS: round(fc.gmacs, 4),
+        M.MODEL_GFLOPS: round(fc.gflops, 4),
+        M.MODEL_TRAIN_GFLOPS: round(fc.train_gflops, 4),
+    }
+
+
+__all__ = ["FlopCount", "count_flops", "flops_stats", "model_config_flops"]
+
+
+def flops_table(models: list[str] | None = None, img_size: int = 224, num_classes: int = 1000) -> list[dict[str, Any]]:
+    """Params and per-image compute of every ``conf/model`` entry (or ``models``) at one resolution."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from vitlab.config import CONF_DIR, register_resolvers
+    from vitlab.models import build_model, count_params
+
+    register_resolvers()
+    names = models or sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+    rows = []
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for name in names:
+            cfg = compose("train", [f"model={name}", f"data.img_size={img_size}"])
+            m = OmegaConf.to_container(cfg.model, resolve=True)
+            m.update(num_classes=num_classes, img_size=img_size)
+            with torch.device("meta"):
+                params = count_params(build_model(**m))
+            fc = model_config_flops(m)
+            rows.append({"model": name, "params_m": params / 1e6, "gmacs": fc.gmacs, "train_gflops": fc.train_gflops})
+    GlobalHydra.instance().clear()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vitlab.inspection.flops [img_size]``: the params and GMACs table of every model config."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    size = int(argv[0]) if argv else 224
+    print(f"| model | params (M) | GMACs fwd @{size} | train GFLOPs/img |\n|---|---|---|---|")
+    for r in flops_table(img_size=size):
+        print(f"| {r['model']} | {r['params_m']:.2f} | {r['gmacs']:.2f} | {r['train_gflops']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
