@@ -153,19 +153,16 @@ TABLE5: dict[tuple[str, str], dict[str, Any]] = {
 
 #: Table 2 (state of the art; ImageNet fine-tuned at 512/518 px with Polyak averaging): (model, pretraining
 #: data) -> accuracy (%), and TPUv3-core-days.  Noisy Student is not a vitlab model and is left out.
+_T2 = [  # model, pretraining data, ImageNet, ReaL, CIFAR-10, CIFAR-100, Pets, Flowers, VTAB, TPUv3-core-days, column
+    ("vit_h14", "jft300m", 88.55, 90.72, 99.50, 94.55, 97.56, 99.68, 77.63, 2500, "ViT-H/14 (JFT)"),
+    ("vit_l16", "jft300m", 87.76, 90.54, 99.42, 93.90, 97.32, 99.74, 76.28, 680, "ViT-L/16 (JFT)"),
+    ("vit_l16", "imagenet21k", 85.30, 88.62, 99.15, 93.25, 94.67, 99.61, 72.72, 230, "ViT-L/16 (I21k)"),
+    ("bit_r152x4", "jft300m", 87.54, 90.54, 99.37, 93.51, 96.62, 99.63, 76.29, 9900, "BiT-L (ResNet152x4)"),
+]
 TABLE2: dict[tuple[str, str], dict[str, Any]] = {
-    ("vit_h14", "jft300m"): {"imagenet": 88.55, "imagenet_real": 90.72, "cifar10": 99.50, "cifar100": 94.55,
-                             "pets": 97.56, "flowers102": 99.68, "vtab": 77.63, "tpu_core_days": 2500,
-                             "source": "Table 2, column ViT-H/14 (JFT)"},
-    ("vit_l16", "jft300m"): {"imagenet": 87.76, "imagenet_real": 90.54, "cifar10": 99.42, "cifar100": 93.90,
-                             "pets": 97.32, "flowers102": 99.74, "vtab": 76.28, "tpu_core_days": 680,
-                             "source": "Table 2, column ViT-L/16 (JFT)"},
-    ("vit_l16", "imagenet21k"): {"imagenet": 85.30, "imagenet_real": 88.62, "cifar10": 99.15, "cifar100": 93.25,
-                                 "pets": 94.67, "flowers102": 99.61, "vtab": 72.72, "tpu_core_days": 230,
-                                 "source": "Table 2, column ViT-L/16 (I21k)"},
-    ("bit_r152x4", "jft300m"): {"imagenet": 87.54, "imagenet_real": 90.54, "cifar10": 99.37, "cifar100": 93.51,
-                                "pets": 96.62, "flowers102": 99.63, "vtab": 76.29, "tpu_core_days": 9900,
-                                "source": "Table 2, column BiT-L (ResNet152x4)"},
+    (m, data): {**dict(zip((*TRANSFER_DATA, "vtab"), accs, strict=True)), "tpu_core_days": days,
+                "source": f"Table 2, column {column}"}
+    for m, data, *accs, days, column in _T2
 }
 
 

@@ -92,6 +92,13 @@ def check_train_size(size: Any) -> None:
     )
 
 
+def check_val_fraction(val_fraction: Any) -> float:
+    """``data.val_fraction``: the share of train held out as the dev split (paper Table 4), in [0, 1)."""
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise DataConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+    return float(val_fraction)
+
+
 def check_data_args(batch_size: Any = 1, eval_batch_size: Any = None, img_size: Any = 1,
                     eval_img_size: Any = None, train_size: Any = None) -> None:
     """The checks every DataModule runs when built; ``validate_train_cfg`` runs them at start-up, before any file

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vitlab.data.base import DataConfigError
+from vitlab.data.base import DataConfigError, check_val_fraction
 from vitlab.data.download import fetch_archive, safe_extract
 from vitlab.data.files import (
     CorruptImageError,
@@ -139,8 +139,7 @@ class CIFARDataModule(FileDataModule):
             raise DataConfigError(f"data.variant={variant!r} is not one of {sorted(ARCHIVES)}")
         if label_mode not in ("fine", "coarse") or (variant == "cifar10" and label_mode != "fine"):
             raise DataConfigError(f"data.label_mode={label_mode!r}: CIFAR-100 takes 'fine' or 'coarse', CIFAR-10 only 'fine'")
-        if not 0.0 <= float(val_fraction) < 1.0:
-            raise DataConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+        val_fraction = check_val_fraction(val_fraction)
         kwargs.setdefault("name", variant)
         kwargs.setdefault("img_size", 32)
         kwargs.setdefault("num_workers", 0)

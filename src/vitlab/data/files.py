@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from vitlab import metrics as M
-from vitlab.data.base import DataConfigError, VisionDataModule
+from vitlab.data.base import DataConfigError, VisionDataModule, check_val_fraction
 from vitlab.data.tree import ancestor_keys, list_class_dirs, walk_files
 from vitlab.errors import CorruptImageError, DatasetFormatError, DatasetNotFoundError, RefusedImageError
 
@@ -413,3 +413,11 @@ class FileDataModule(VisionDataModule):
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), M.DATA_ROOT: str(self.root)}
+
+
+class HeldOutFileDataModule(FileDataModule):
+    """A file dataset whose dev split is a seeded, stable share of train (``data.val_fraction``, paper Table 4)."""
+
+    def __init__(self, val_fraction: float = 0.1, split_seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.val_fraction, self.split_seed = check_val_fraction(val_fraction), int(split_seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitlab.data.base import DataConfigError
+from vitlab.data.base import DataConfigError, check_val_fraction
 from vitlab.data.files import (
     DatasetFormatError,
     DatasetNotFoundError,
@@ -49,10 +49,9 @@ class Flowers102DataModule(FileDataModule):
         super().__init__(**kwargs)
         if train_split not in ("train", "trainval"):
             raise DataConfigError(f"data.train_split={train_split!r} is not one of ['train', 'trainval']")
-        if not 0.0 <= float(val_fraction) < 1.0:
-            raise DataConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+        val_fraction = check_val_fraction(val_fraction)
         self.train_split = train_split
-        self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
+        self.val_fraction, self.split_seed = val_fraction, int(split_seed)
 
     def build_splits(self):
         root = self.root_dir()

@@ -19,24 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from vitlab.data.base import DataConfigError
-from vitlab.data.files import FileDataModule, holdout_mask, scan_class_folders
+from vitlab.data.files import HeldOutFileDataModule, holdout_mask, scan_class_folders
 
 VAL_DIRS = ("val", "valid", "validation")
 
 
-class FolderDataModule(FileDataModule):
+class FolderDataModule(HeldOutFileDataModule):
     name = "folder"
     default_train_pipeline = "pretrain"
     layout = (
         "  <root>/train/<class>/<image>  (+ optional <root>/val/<class>/..., <root>/test/<class>/...)\n"
         "  or <root>/<class>/<image>"
     )
-
-    def __init__(self, val_fraction: float = 0.1, split_seed: int = 0, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if not 0.0 <= float(val_fraction) < 1.0:
-            raise DataConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
-        self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
 
     def train_dir(self, root: Path) -> Path:
         return root / "train" if (root / "train").is_dir() else root

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitlab.data.base import DataConfigError
-from vitlab.data.files import DatasetFormatError, DatasetNotFoundError, FileDataModule, holdout_mask
+from vitlab.data.files import DatasetFormatError, DatasetNotFoundError, HeldOutFileDataModule, holdout_mask
 
 
 def read_pets_list(path: Path, images: Path, num_classes: int, check_files: bool = True):
@@ -42,7 +42,7 @@ def read_pets_list(path: Path, images: Path, num_classes: int, check_files: bool
     return paths, labels, names
 
 
-class PetsDataModule(FileDataModule):
+class PetsDataModule(HeldOutFileDataModule):
     name = "pets"
     num_classes = 37
     default_train_pipeline = "finetune"
@@ -50,12 +50,6 @@ class PetsDataModule(FileDataModule):
         "  <root>/images/<Breed>_<n>.jpg\n"
         "  <root>/annotations/trainval.txt and test.txt  (Oxford-IIIT Pet's images.tar.gz + annotations.tar.gz)"
     )
-
-    def __init__(self, val_fraction: float = 0.1, split_seed: int = 0, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if not 0.0 <= float(val_fraction) < 1.0:
-            raise DataConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
-        self.val_fraction, self.split_seed = float(val_fraction), int(split_seed)
 
     def build_splits(self):
         root = self.root_dir()

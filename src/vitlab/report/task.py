@@ -18,29 +18,16 @@ from omegaconf import DictConfig, ListConfig
 from vitlab import metrics as M
 from vitlab.report.collect import ReportError, collect, latest_sweep, write_csv
 from vitlab.report.figures import accuracy_key, html_page, plot_compute, plot_data_scaling
-from vitlab.report.paper_points import PAPER_ACC, PAPER_SOURCE, annotate
+from vitlab.report.paper_points import PAPER_SOURCE, annotate
 from vitlab.tasks import hydra_app
-from vitlab.utils.hydra_callbacks import markdown_table
+from vitlab.utils.hydra_callbacks import columns, markdown_table
 
 log = logging.getLogger("vitlab.report")
 
-# (header, key, format): the Markdown/HTML table; the CSV has every key
-COLUMNS = (
-    ("model", M.MODEL_NAME, "{}"),
-    ("family", M.MODEL_FAMILY, "{}"),
-    ("params (M)", M.MODEL_PARAMS_M, "{:.2f}"),
-    ("GFLOPs/img", M.MODEL_GFLOPS, "{:.3g}"),
-    ("res", M.MODEL_IMG_SIZE, "{}"),
-    ("data", M.DATA_NAME, "{}"),
-    ("train size", M.DATA_TRAIN_SIZE, "{:,}"),
-    ("lr", "optim.lr", "{:g}"),
-    ("val/acc (best)", M.VAL_ACC_BEST, "{:.2%}"),
-    (M.TEST_ACC, M.TEST_ACC, "{:.2%}"),
-    ("paper", PAPER_ACC, "{:.2%}"),  # the paper's number for the same model, pretraining and fine-tuning data
-    ("exaFLOPs", M.TRAIN_EXAFLOPS, "{:.3g}"),
-    ("wall (s)", M.TIME_WALL_S, "{:.0f}"),
-    ("source", "source", "{}"),
-)
+# the Markdown/HTML table (formats: utils/hydra_callbacks.COLUMN_SPECS); the CSV has every key
+COLUMNS = columns(M.MODEL_NAME, M.MODEL_FAMILY, M.MODEL_PARAMS_M, M.MODEL_GFLOPS, M.MODEL_IMG_SIZE, M.DATA_NAME,
+                  M.DATA_TRAIN_SIZE, "optim.lr", M.VAL_ACC_BEST, M.TEST_ACC, M.PAPER_ACC, M.TRAIN_EXAFLOPS,
+                  M.TIME_WALL_S, "source")
 SORT_KEYS = (M.MODEL_FAMILY, M.MODEL_NAME, M.DATA_TRAIN_SIZE, "optim.lr", "seed")
 
 

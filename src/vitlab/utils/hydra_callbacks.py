@@ -19,16 +19,25 @@ from vitlab import metrics as M
 
 RESULT_FILE = "metrics.json"
 
-# (header, result key, format)
-COLUMNS = (
-    ("model", M.MODEL_NAME, "{}"),
-    ("params (M)", M.MODEL_PARAMS_M, "{:.2f}"),
-    ("data", M.DATA_NAME, "{}"),
-    ("train size", M.DATA_TRAIN_SIZE, "{:,}"),
-    ("val/acc (best)", M.VAL_ACC_BEST, "{:.2%}"),
-    (M.TEST_ACC, M.TEST_ACC, "{:.2%}"),
-    ("wall (s)", M.TIME_WALL_S, "{:.1f}"),
-)
+#: how a result key is shown in the summary and report tables: key -> (header, format)
+COLUMN_SPECS: dict[str, tuple[str, str]] = {
+    M.MODEL_NAME: ("model", "{}"), M.MODEL_FAMILY: ("family", "{}"), M.MODEL_PARAMS_M: ("params (M)", "{:.2f}"),
+    M.MODEL_GFLOPS: ("GFLOPs/img", "{:.3g}"), M.MODEL_IMG_SIZE: ("res", "{}"), M.DATA_NAME: ("data", "{}"),
+    M.DATA_TRAIN_SIZE: ("train size", "{:,}"), "optim.lr": ("lr", "{:g}"),
+    M.VAL_ACC_BEST: ("val/acc (best)", "{:.2%}"), M.TEST_ACC: (M.TEST_ACC, "{:.2%}"),
+    M.PAPER_ACC: ("paper", "{:.2%}"),  # the paper's number for the same model, pretraining and fine-tuning data
+    M.TRAIN_EXAFLOPS: ("exaFLOPs", "{:.3g}"), M.TIME_WALL_S: ("wall (s)", "{:.1f}"), "source": ("source", "{}"),
+}
+
+
+def columns(*keys: str) -> tuple[tuple[str, str, str], ...]:
+    """``(header, key, format)`` for each key, from :data:`COLUMN_SPECS`."""
+    return tuple((COLUMN_SPECS[k][0], k, COLUMN_SPECS[k][1]) for k in keys)
+
+
+#: the sweep summary's table
+COLUMNS = columns(M.MODEL_NAME, M.MODEL_PARAMS_M, M.DATA_NAME, M.DATA_TRAIN_SIZE, M.VAL_ACC_BEST, M.TEST_ACC,
+                  M.TIME_WALL_S)
 
 
 def collect_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
