@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from dataset_writers import write_class_folders, write_image
@@ -253,8 +252,10 @@ def test_skip_corrupt_skips_every_hostile_file_by_name_through_the_config_keys(t
 
 
 def test_file_dataset_configs_list_both_limits_with_the_code_defaults():
+    from vitlab.data.base import data_config
+
     for name in FILE_DATASETS:
-        cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
+        cfg = data_config(name)  # the data yaml with its bases (conf/data/base/files.yaml holds the limits)
         assert (cfg["max_image_pixels"], cfg["max_file_bytes"]) == (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_FILE_BYTES), name
     assert DEFAULT_MAX_IMAGE_PIXELS < BOMB_SIDE**2 / 4  # a 20000^2 bomb is well over the default
 
