@@ -32,7 +32,7 @@ def _bench_cfg(*overrides: str):
 @pytest.mark.slow  # end to end through the CLI; kept out of the default suite's 20-minute budget (make test-slow)
 def test_bench_tiny_writes_json_with_the_promised_schema(cli, tmp_path):
     out = tmp_path / "bench_out"
-    r = cli("vitlab.bench", "bench_preset=tiny", f"hydra.run.dir={out}", timeout=600)
+    r = cli("vitlab.bench", "experiment=bench/tiny", f"hydra.run.dir={out}", timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     lines = [ln for ln in r.stdout.strip().splitlines() if ln.strip()]
     assert lines[-1].startswith("wrote ") and lines[-1].endswith(".json"), lines[-3:]
@@ -147,3 +147,19 @@ def test_aggregate_pairs_repeats_and_reports_lever_speedups():
                    "config": {"warmup_steps": 2, "steps": 5, "eval_warmup_steps": 1, "eval_steps": 3, "repeats": 3},
                    "loadavg_end": 1.0, "models": {"vit_ti16_p4": e}})
     assert "| vit_ti16_p4 | (a) + bf16 (x2.00 vs a) |" in md and "1.000 (0.900-1.250)" in md
+
+
+def test_old_bench_preset_spelling_still_composes_the_tiny_preset(tmp_path, capsys):
+    """Issue 12: the private top-level group ``bench_preset/`` moved to ``experiment/bench/``; the README-era
+    spelling keeps working with one deprecation line naming the new one."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vitlab.config import compose_job
+
+    try:
+        new = compose_job("bench", ["experiment=bench/tiny"], tmp_path / "a")
+        old = compose_job("bench", ["bench_preset=tiny"], tmp_path / "b")
+    finally:
+        GlobalHydra.instance().clear()
+    assert "bench_preset=tiny is deprecated, use experiment=bench/tiny" in capsys.readouterr().err
+    assert (old.repeats, old.steps, old.models.vit_micro.img_size) == (new.repeats, new.steps, 16) == (1, 2, 16)

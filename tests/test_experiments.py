@@ -51,8 +51,7 @@ def test_no_private_top_level_config_groups():
             key = next(iter(entry)) if isinstance(entry, dict) else str(entry)
             selected.add(key.removeprefix("optional ").removeprefix("override ").split("@")[0].split("/")[0])
     groups = {p.name for p in CONF.iterdir() if p.is_dir()}
-    pending = {"model_base"}  # issue 12: models' shared bases move with the model-family registry (another branch)
-    assert groups - selected - pending == set()
+    assert groups - selected == set()
     assert not (CONF / "quickstart").exists() and not (CONF / "transfer_demo").exists() and not (CONF / "paper").exists()
 
 

@@ -232,3 +232,20 @@ def test_old_module_names_still_run_with_a_deprecation_line(cli):
     assert res.returncode == 0 and "--images" in res.stdout, res.stderr[-2000:]
     assert res.stderr.strip().splitlines() == [
         "vitlab: python -m vitlab.data.bench is deprecated, use python -m vitlab.data.throughput"]
+
+
+def test_architecture_doc_matches_the_tree():
+    """docs/architecture.md is the map: every path it cites exists, and every package and task is on it."""
+    repo = Path(__file__).resolve().parents[1]
+    doc = (repo / "docs" / "architecture.md").read_text()
+    cited = set(re.findall(r"`((?:src/vitlab|conf|tests|docs)/[\w./<>-]*)", doc))
+    missing = sorted(p for p in cited if "<" not in p and not (repo / p.rstrip("/")).exists())
+    assert missing == [], f"docs/architecture.md cites paths that do not exist: {missing}"
+    for f in (repo / "docs" / "architecture.md",):
+        for exp in re.findall(r"experiment=([\w/]+)", f.read_text()):
+            assert (repo / "conf" / "experiment" / f"{exp}.yaml").is_file(), exp
+    src = repo / "src" / "vitlab"
+    packages = sorted(p.name for p in src.iterdir() if (p / "__init__.py").is_file() and p.name != "analysis")
+    assert [p for p in packages if f"src/vitlab/{p}/" not in doc] == []
+    tasks = ("train", "evaluate", "predict", "fewshot", "vtab", "analyze", "report", "bench", "pack")
+    assert all(f"`{t}`" in doc for t in tasks)

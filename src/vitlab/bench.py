@@ -2,7 +2,7 @@
 
     python -m vitlab.bench                                   # CPU: ViT-Ti/4 @32 and BiT-R50x1 @64; GPU: + ViT-S/16, B/16 @224
     python -m vitlab.bench 'train_overrides=["trainer.precision=bf16-mixed"]'   # any vitlab.train override, on all three ways
-    python -m vitlab.bench bench_preset=tiny                       # seconds: the smoke test's settings
+    python -m vitlab.bench experiment=bench/tiny                   # seconds: the smoke test's settings
 
 For every model, three ways train on the same in-memory data, batch, optimiser and precision:
 

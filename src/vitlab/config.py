@@ -209,6 +209,12 @@ MOVED_KEYS: dict[str, str] = {
 }
 
 
+#: config groups that moved: ``<old>=<name>`` is read as ``<new group>/<name>`` (same warning)
+MOVED_GROUPS: dict[str, str] = {
+    "bench_preset": "experiment=bench",  # a private top-level group; the bench's presets are experiments now
+}
+
+
 def rewrite_moved_overrides(overrides: list[str]) -> list[str]:
     """``trainer.skip_nonfinite=true`` -> ``callbacks.nonfinite.skip=true`` (a ``++``/``~`` prefix kept, ``+`` read as ``++``),
     saying so once on stderr, so a command line or sweep written before a key moved keeps working."""
@@ -216,7 +222,11 @@ def rewrite_moved_overrides(overrides: list[str]) -> list[str]:
     for o in overrides:
         prefix = o[: len(o) - len(o.lstrip("+~"))]
         key, sep, value = o[len(prefix):].partition("=")
-        if key in MOVED_KEYS:
+        if key in MOVED_GROUPS and sep and not prefix:
+            new = f"{MOVED_GROUPS[key]}/{value}"
+            print(f"vitlab: {key}={value} is deprecated, use {new} (read as {new} this time)", file=sys.stderr)
+            o = new
+        elif key in MOVED_KEYS:
             new = MOVED_KEYS[key]
             print(f"vitlab: {key} is deprecated, use {new}={value or '...'} (read as {new} this time)", file=sys.stderr)
             o = f"{'++' if prefix == '+' else prefix}{new}{sep}{value}"  # `+`: the new key always exists
