@@ -35,11 +35,22 @@ def test_every_finetune_spelling_is_the_one_recipe(compose_train, data):
 @pytest.mark.parametrize("recipe", [f"finetune_{d}" for d in FINETUNE] + ["pretrain_imagenet", "pretrain_imagenet21k",
                                                                            "pretrain_jft300m"])
 def test_per_dataset_recipes_hold_only_their_differences(recipe):
-    """The body is written once: a per-dataset recipe only picks its data (and jft300m says where JFT lives)."""
+    """The body is written once: a per-dataset recipe only picks its data (and jft300m says where JFT lives); a
+    pretraining recipe also names its Table 3 rows (paper.data), which a run shrunk to other data keeps."""
     raw = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / "paper" / f"{recipe}.yaml"), resolve=False)
     body = "finetune" if recipe.startswith("finetune") else "pretrain"
     assert raw["defaults"][0] == f"/experiment/paper/{body}@_here_"
-    assert set(raw) - {"defaults"} <= {"data", "module"}, sorted(raw)
+    assert set(raw) - {"defaults"} <= {"data", "module", *(["paper"] if body == "pretrain" else [])}, sorted(raw)
+    if body == "pretrain":
+        assert raw["paper"] == {"data": recipe.removeprefix("pretrain_")}
+
+
+def test_a_pretraining_recipe_shrunk_to_other_data_keeps_its_table3_rows(compose_train):
+    """docs/protocols.md's CPU shrink: the I21k recipe's numbers on vit_micro / shapes (paper.row picks the model)."""
+    cfg = compose_train("experiment=paper/pretrain_imagenet21k", "model=vit_micro", "paper.row=vit_b16", "data=shapes",
+                        "data.img_size=32", "data.global_batch_size=64", "optim.warmup=20")
+    assert cfg.paper.data == "imagenet21k" and cfg.data.name == "shapes"
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.module.head_bias_init) == (1e-3, 0.03, -10.0)
 
 
 def test_no_private_top_level_config_groups():
