@@ -68,6 +68,19 @@ def test_packed_digits_are_the_same_data_as_digits(digits_pack):
     assert meta["source"]["name"] == "digits" and meta["source"]["img_size"] == 32
 
 
+def test_packed_config_follows_img_size_and_crop_settings_like_its_source(digits_pack, compose_train):
+    """digits evaluates at ``data.img_size``; so does its pack, and the source's crop settings come along."""
+    from hydra.utils import instantiate
+
+    cfg = compose_train("data=packed", f"data.root={digits_pack}", "data.img_size=16")
+    assert cfg.data.img_size == cfg.data.eval_img_size == cfg.model.img_size == 16
+    assert compose_train("data=packed", f"data.root={digits_pack}").data.eval_img_size == 32
+    dm = instantiate(cfg.data, _convert_="all", num_workers=0)
+    assert (dm.train_crop_scale, dm.eval_resize) == ((0.05, 1.0), "square")
+    dm = _packed(digits_pack, train_crop_scale=[0.3, 1.0], eval_resize="center_crop")
+    assert (dm.train_crop_scale, dm.eval_resize) == ((0.3, 1.0), "center_crop")
+
+
 def test_imagenet_pack_keeps_bytes_real_labels_and_skips_corrupt_images(tmp_path):
     src = tmp_path / "imagenet"
     info = write_imagenet(src, train_per_class=4, real=True)

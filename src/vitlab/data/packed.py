@@ -309,6 +309,7 @@ class PackedDataModule(VisionDataModule):
                  timeout: float = 30.0, draft: bool = False, classes: list[str] | None = None,
                  num_classes: int | None = None, train_pipeline: str | None = None,
                  eval_pipeline: str | None = None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 train_crop_scale: list[float] | None = None, eval_resize: str | None = None,
                  **kwargs: Any) -> None:
         self.meta = read_manifest(root, timeout)
         src = self.meta.get("source", {})
@@ -321,6 +322,10 @@ class PackedDataModule(VisionDataModule):
                                   f"({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}): set "
                                   f"data.num_classes={len(found)} or point data.root at the right pack")
         kwargs.setdefault("num_workers", "auto")
+        src_data = src.get("data") or {}  # the source's whole data config: what the pipelines were built with
+        for key, value in (("train_crop_scale", train_crop_scale), ("eval_resize", eval_resize)):
+            if value is not None or src_data.get(key) is not None:
+                kwargs[key] = value if value is not None else src_data[key]
         super().__init__(root=str(root), num_classes=len(found),
                          train_pipeline=train_pipeline or src.get("train_pipeline"),
                          eval_pipeline=eval_pipeline or src.get("eval_pipeline") or "eval", **kwargs)
@@ -363,12 +368,19 @@ class PackedDataModule(VisionDataModule):
         return {**super().stats(), "data/root": str(self.root), "data/source": self.meta.get("source", {}).get("name")}
 
 
-def packed_manifest_value(root: str, key: str) -> Any:
-    """Config resolver ``${vitlab.packed:<root>,<key>}``: ``num_classes`` or a source data setting (img_size ...)."""
+def packed_manifest_value(root: str, key: str, img_size: Any = None) -> Any:
+    """Config resolver ``${vitlab.packed:<root>,<key>}``: ``num_classes`` or a source data setting (img_size ...).
+
+    ``${vitlab.packed:<root>,eval_img_size,${.img_size}}``: where the source evaluated at its training resolution
+    (``eval_img_size: ${.img_size}``, e.g. digits, CIFAR), the packed one follows ``data.img_size`` as well, so
+    ``data=packed data.img_size=16`` evaluates at 16 px, as ``data=digits data.img_size=16`` does.
+    """
     meta = read_manifest(root)
     if key == "num_classes":
         return len(meta["classes"])
     src = meta.get("source", {})
+    if key == "eval_img_size" and img_size is not None and src.get("eval_img_size") == src.get("img_size"):
+        return int(img_size)
     if key not in src:
         raise DataConfigError(f"the pack in {root} does not record {key!r}; set data.{key} explicitly")
     return src[key]
