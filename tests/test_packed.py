@@ -81,6 +81,15 @@ def test_packed_config_follows_img_size_and_crop_settings_like_its_source(digits
     assert (dm.train_crop_scale, dm.eval_resize) == ((0.3, 1.0), "center_crop")
 
 
+def test_a_ddp_rank_reads_any_image_of_the_split_by_global_index(digits_pack, monkeypatch):
+    """The ResumableSampler shards by rank; litdata must not shard again (its len is per rank under DDP)."""
+    from litdata.utilities.env import _DistributedEnv
+
+    monkeypatch.setattr(_DistributedEnv, "detect", classmethod(lambda cls: cls(world_size=2, global_rank=1, num_nodes=1)))
+    split = _packed(digits_pack).open_split("train")
+    assert len(split) == 1257 and split[1256][1] == split.targets[1256]
+
+
 def test_imagenet_pack_keeps_bytes_real_labels_and_skips_corrupt_images(tmp_path):
     src = tmp_path / "imagenet"
     info = write_imagenet(src, train_per_class=4, real=True)
@@ -279,4 +288,43 @@ def test_ddp_ranks_and_workers_read_disjoint_parts_covering_the_epoch(tmp_path, 
     subset.setup()
     expected = sorted(subset.train_set.base.indices)
     counts = np.bincount(all_reads, minlength=1257)
+    assert sorted(np.flatnonzero(counts)) == expected and set(counts[expected]) == {2}  # 2 epochs, once each
+
+
+def _train_reads(trace: Path) -> dict[str, list[int]]:
+    reads = {f.name: [int(line.split()[1]) for line in f.read_text().splitlines() if line.startswith("train ")]
+             for f in trace.glob("*.txt")}
+    return {k: v for k, v in reads.items() if v}
+
+
+@pytest.mark.slow
+def test_two_node_torchrun_on_packed_data_reads_each_image_once_per_epoch(tmp_path, digits_pack):
+    """The reliability tests' 2-node localhost torchrun (tests/test_ddp.py), on packed data: one run, one lock,
+    each node reads its own part, and together they cover the seeded subset once per epoch."""
+    from reliability_utils import env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    trace, run_dir = tmp_path / "trace", tmp_path / "shared_run"
+    args = [a for a in TINY if not a.startswith(("trainer.max_epochs", "callbacks.model_checkpoint"))]
+    nodes = []
+    for rank in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
+               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "vitlab.train", *args, "data=packed",
+               f"data.root={digits_pack}", "data.num_workers=1", "trainer=ddp_cpu", "trainer.devices=1",
+               "trainer.num_nodes=2", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"]
+        nodes.append(start(cmd, tmp_path, env=env(VITLAB_PACKED_TRACE=str(trace))))
+    outs = [p.communicate(timeout=900)[0] for p in nodes]
+    for p, out in zip(nodes, outs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 * 3  # 2 epochs x 3 global batches of 2 x 32
+    readers = _train_reads(trace)
+    by_rank = {r: np.concatenate([v for k, v in readers.items() if k.startswith(f"rank{r}-")]) for r in (0, 1)}
+    assert len(by_rank[0]) == len(by_rank[1]) == 2 * 96  # each node reads its half of each epoch
+    subset = _packed(digits_pack, train_size=192)
+    subset.setup()
+    expected = sorted(subset.train_set.base.indices)
+    counts = np.bincount(np.concatenate(list(by_rank.values())), minlength=1257)
     assert sorted(np.flatnonzero(counts)) == expected and set(counts[expected]) == {2}  # 2 epochs, once each

@@ -250,8 +250,10 @@ class PackedSplit(Dataset):
             else:
                 url = str(Path(url).resolve())
             self._ds = StreamingDataset(url, batch_decode=0, **kw)
-            if len(self._ds) != len(self.targets):
-                raise PackedDataError(f"{url}: litdata's index lists {len(self._ds)} images, the pack's manifest "
+            # len(StreamingDataset) is this rank's share under DDP; an int index is global: count the whole split
+            total = sum(int(end) - int(start) for start, end in self._ds.region_of_interest)
+            if total != len(self.targets):
+                raise PackedDataError(f"{url}: litdata's index lists {total} images, the pack's manifest "
                                       f"{len(self.targets)}: the split folder was changed after packing; re-pack")
         return self._ds
 
