@@ -121,6 +121,20 @@ def test_max_side_and_quality_re_encode_and_are_recorded(tmp_path):
     assert tuple(img.shape) == (3, 20, 30)
 
 
+def test_max_side_alone_shrinks_large_jpegs_and_keeps_small_ones(tmp_path):
+    src = tmp_path / "imagenet"
+    write_imagenet(src, train_per_class=2, size=(60, 40))
+    big = _pack(tmp_path, "data=imagenet", f"data.root={src}", "data.num_classes=4", f"out={tmp_path / 'a'}",
+                "pack.max_side=30")
+    assert big["options"]["max_side"] == 30 and big["options"]["quality"] is None
+    assert tuple(_packed(tmp_path / "a", img_size=32).build_splits()[0][0][0].shape) == (3, 20, 30)
+    _pack(tmp_path, "data=imagenet", f"data.root={src}", "data.num_classes=4", f"out={tmp_path / 'b'}",
+          "pack.max_side=60")
+    item = _packed(tmp_path / "b", img_size=32).build_splits()[0]._reader()[0]
+    assert bytes(item["image"]) == Path(ImageNetDataModule(root=str(src), num_classes=4).build_splits()[0].paths[0]
+                                        ).read_bytes()  # not over the limit: the original bytes
+
+
 class _Killed(Exception):
     pass
 

@@ -66,18 +66,20 @@ def _to_pil(img):
     return Image.fromarray(img)
 
 
-def _check_decodes(raw: bytes, name: str):
-    """Decode ``raw`` (JPEGs at 1/8 scale: every DCT block is still read, so truncation shows) or raise naming it."""
+def _check_decodes(raw: bytes, name: str) -> tuple[int, int]:
+    """Decode ``raw`` (JPEGs at 1/8 scale: every DCT block is still read, so truncation shows) or raise naming it;
+    the image's full size (``draft`` shrinks ``im.size``: the size that ``pack.max_side`` compares is this one)."""
     from PIL import Image
 
     from vitlab.data.files import CorruptImageError
 
     try:
         im = Image.open(io.BytesIO(raw))
+        size = im.size
         if im.format == "JPEG":
             im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
         im.load()
-        return im
+        return size
     except Exception as e:
         raise CorruptImageError(f"cannot decode {name} ({type(e).__name__}: {e})") from e
 
@@ -112,8 +114,7 @@ def encode_item(ds, i: int, opts: dict[str, Any]) -> tuple[bytes, int, Any, str]
                 raw = f.read()
         except OSError as e:
             raise CorruptImageError(f"cannot read {name} ({e})") from e
-        im = _check_decodes(raw, name)
-        if _needs_reencode(im.size, opts):
+        if _needs_reencode(_check_decodes(raw, name), opts):
             from PIL import Image
 
             raw = _reencode(Image.open(io.BytesIO(raw)), opts)
