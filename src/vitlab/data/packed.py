@@ -262,6 +262,22 @@ class DraftInceptionCrop:
         return F.resized_crop(small, top, left, height, width, size=[self.size, self.size], antialias=True)
 
 
+class FlipNormalize:
+    """The rest of the pretrain pipeline after :class:`DraftInceptionCrop`: ``RandomHorizontalFlip`` (the same one
+    RNG draw) + ``ToDtype(scale=True)`` + ``Normalize`` fused into one multiply-add, without v2's per-call dispatch
+    (equal to the v2 steps up to float rounding, ~1e-7)."""
+
+    def __init__(self, mean, std) -> None:
+        std_t = torch.tensor([float(v) for v in std]).view(3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = torch.tensor([float(v) for v in mean]).view(3, 1, 1) / std_t
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if torch.rand(1) < 0.5:  # v2.RandomHorizontalFlip(p=0.5): flips unless rand >= p
+            img = img.flip(-1)
+        return img.to(torch.float32).mul_(self.scale).sub_(self.shift)
+
+
 class PackedSplit(Dataset):
     """One split of a pack, by index: ``(image, label[, extra])`` like every other vitlab dataset."""
 
@@ -406,13 +422,9 @@ class PackedDataModule(VisionDataModule):
         (:class:`DraftInceptionCrop`); flip and normalisation stay here, after it, as in ``build_transform``."""
         if not (self.draft and self.train_pipeline == "pretrain"):
             return super().train_transform()
-        from torchvision.transforms import v2
-
         from vitlab.data.transforms import resolve_normalization
 
-        mean, std = resolve_normalization(self.normalization)
-        return v2.Compose([v2.ToImage(), v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(mean=list(mean), std=list(std))])
+        return FlipNormalize(*resolve_normalization(self.normalization))
 
     def build_splits(self):
         train, val, test = (self.open_split(s) for s in SPLITS)
