@@ -45,13 +45,13 @@ KEYS = {
     "flowers102": _FILES | {"train_split", "split_seed", "check_files"},
     "folder": _FILES | {"split_seed"},
     "imagenet": _FILES | {"val_labels", "real_labels", "split_seed", "check_files"},
-    "imagenet21k": _FILES | {"split_seed"},
+    "imagenet21k": _FILES | {"split_seed", "index_cache", "cache_dir"},  # the file-index cache (issue 15)
     "pets": _FILES | {"split_seed", "check_files"},
     "vtab": (_FILES - {"val_fraction"}) | {"task", "train_split", "check_files"},
     "packed": {"_target_", "name", "root", "num_classes", "img_size", "eval_img_size", "batch_size", "eval_batch_size",
                "global_batch_size", "num_workers", "pin_memory", "persistent_workers", "train_size", "subset_seed",
                "train_pipeline", "eval_pipeline", "crop_pct", "normalization", "classes", "verify", "cache_dir",
-               "timeout", "draft", "max_image_pixels"},
+               "timeout", "draft", "max_image_pixels", "train_crop_scale", "eval_resize"},  # crop settings: the source's
     "bench": {"_target_", "name", "num_classes", "img_size", "eval_img_size", "batch_size", "eval_batch_size",
               "global_batch_size", "num_workers", "pin_memory", "train_images", "val_images", "seed", "train_pipeline",
               "eval_pipeline", "train_crop_scale", "eval_resize", "normalization"},

@@ -1,6 +1,5 @@
 """What every on-disk dataset shares: configs, pipelines by stage, the subset knob, loader defaults, decoders, bench."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -125,17 +124,3 @@ def test_both_decoders_read_the_same_pixels(tmp_path):
     g = tmp_path / "gray.jpg"
     fx.make_image(0, (20, 10)).convert("L").save(g)
     assert load_image(g, "auto").shape == (3, 10, 20)  # grayscale JPEGs come out RGB like PIL's convert
-
-
-def test_bench_data_prints_ratios_and_writes_json(tmp_path, capsys):
-    from vitlab.data.throughput import main
-
-    rows = main(["--images", "12", "--img-size", "32", "--batch", "4", "--workers", "0", "--repeats", "1",
-                 "--out", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert "ratio vitlab/baseline (pretrain):" in out and "ratio vitlab/baseline (eval):" in out
-    path = Path(out.strip().splitlines()[-1].removeprefix("wrote "))
-    data = json.loads(path.read_text())
-    assert len(data["rows"]) == len(rows) == 6
-    assert all(r["images"] == 12 and r["img_per_s"] > 0 for r in data["rows"])
-    assert {r["loader"] for r in rows} >= {"torchvision ImageFolder (baseline)", "vitlab (decoder=auto)"}

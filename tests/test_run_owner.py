@@ -90,6 +90,29 @@ def test_lock_is_reentrant_in_one_process_and_refused_to_another(tmp_path):
         release(d)
 
 
+def test_a_forked_worker_does_not_keep_a_killed_owners_lock(tmp_path):
+    """A DataLoader worker is a fork of the run: once the run is gone, its dir must be free although the worker lives."""
+    d, ready = tmp_path / "run", tmp_path / "ready"
+    child = os.fork() if hasattr(os, "fork") else pytest.skip("no fork")
+    if child == 0:  # pragma: no cover - the owner: lock, fork a long-lived "worker", then exit at once
+        try:
+            acquire(d)
+            if os.fork() == 0:
+                assert not owns(d)
+                time.sleep(10)
+                os._exit(0)
+            ready.write_text("")
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert ready.exists()
+    acquire(d)  # with the worker's copy of the lock open, this was refused for as long as the worker lived
+    try:
+        assert holder(d)["pid"] == os.getpid()
+    finally:
+        release(d)
+
+
 # ---- two real training processes ----------------------------------------------------------------------------
 def test_second_run_in_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path):
     run_dir, gate = tmp_path / "job", tmp_path / "gate"

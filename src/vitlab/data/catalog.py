@@ -71,11 +71,11 @@ def folder_num_classes(root: str, dataset: str | None = None) -> int:
     return n
 
 
-def packed_value(root: str, key: str):
-    """``${vitlab.packed:<root>,<key>}``: the class count or a source setting recorded by ``vitlab.pack``."""
+def packed_value(root: str, key: str, *args):
+    """``${vitlab.packed:<root>,<key>[,<img_size>]}``: the class count or a source setting recorded by ``vitlab.pack``."""
     from vitlab.data.packed import packed_manifest_value  # lazy: this module stays importable without torch
 
-    return packed_manifest_value(root, key)
+    return packed_manifest_value(root, key, *args)
 
 
 RESOLVERS = {"vitlab.vtab_classes": vtab_num_classes, "vitlab.folder_classes": folder_num_classes,

@@ -43,18 +43,22 @@ class FolderDataModule(HeldOutFileDataModule):
     def build_splits(self):
         root = self.root_dir()
         tdir = self.train_dir(root)
-        paths, targets, classes = scan_class_folders(tdir, root=root)
+        paths, targets, classes = self.scan(tdir, root=root)
         self.classes = classes
         self.check_num_classes(len(classes), tdir)
         vdir = self.split_dir(root, VAL_DIRS)
         if vdir is not None:
             train = self.images(paths, targets)
-            val = self.images(*scan_class_folders(vdir, classes, root=root)[:2])
+            val = self.images(*self.scan(vdir, classes, root=root)[:2])
         else:
             train, val = self.holdout(paths, targets, tdir)
         sdir = self.split_dir(root, ("test",))
-        test = self.images(*scan_class_folders(sdir, classes, root=root)[:2]) if sdir is not None else val
+        test = self.images(*self.scan(sdir, classes, root=root)[:2]) if sdir is not None else val
         return train, val, test
+
+    def scan(self, directory: Path, classes: list[str] | None = None, root: Path | None = None):
+        """``(paths, targets, classes)`` of a class-folder tree (imagenet21k caches this index)."""
+        return scan_class_folders(directory, classes, root=root)
 
     def holdout(self, paths: list[str], targets: list[int], base: Path):
         if self.val_fraction == 0.0:

@@ -41,6 +41,7 @@ from vitlab.data.files import (
     DEFAULT_MAX_IMAGE_PIXELS,
     CorruptImageError,
     DatasetNotFoundError,
+    check_declared_pixels,
     decode_image_bytes,
     positive_int,
 )
@@ -216,6 +217,64 @@ def decode(data: bytes | memoryview, draft_min_side: int | None = None, where: s
     return decode_image_bytes(bytes(data), where, "torchvision", max_image_pixels, draft_min_side)
 
 
+class DraftInceptionCrop:
+    """The ``pretrain`` pipeline's inception crop, decoded at the smallest DCT scale that still covers it.
+
+    The crop (top, left, height, width) is drawn on the full-size geometry read from the JPEG header, with the
+    same RNG calls as ``v2.RandomResizedCrop`` (so the same per-sample seed gives the same crop). The image is
+    then decoded at 1/r (r = 8, 4, 2) only if the crop still has >= ``size`` pixels on each side at that scale,
+    so the final resize stays a downsample; otherwise at full size, and the result is then the standard
+    pipeline's, bit for bit. The difference is resampling error only
+    (``tests/test_packed.py::test_drafted_inception_crop_differs_only_by_resampling_error``).
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float], margin: float = 2.0) -> None:
+        from torchvision.transforms import v2
+
+        self.size, self.margin = int(size), float(margin)
+        self.rrc = v2.RandomResizedCrop(self.size, scale=tuple(scale), antialias=True)
+
+    def __call__(self, data: bytes, where: str, max_image_pixels: int) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        im = Image.open(io.BytesIO(data))  # lazy: the header only
+        w_full, h_full = im.size
+        check_declared_pixels(w_full, h_full, where, max_image_pixels)
+        p = self.rrc.make_params([torch.empty(1, 1, 1).expand(3, h_full, w_full)])
+        r = 1
+        if im.format == "JPEG":
+            while r < 8 and min(p["height"], p["width"]) // (2 * r) >= self.margin * self.size:
+                r *= 2
+        if r == 1:
+            img = decode(data, None, where, max_image_pixels)
+            if isinstance(img, Image.Image):
+                img = F.pil_to_tensor(img)
+            return F.resized_crop(img, **p, size=[self.size, self.size], antialias=True)
+        im.draft("RGB", (w_full // r, h_full // r))  # libjpeg DCT scaling: decodes at 1/r of each side
+        small = F.pil_to_tensor(im.convert("RGB"))
+        sy, sx = small.shape[1] / h_full, small.shape[2] / w_full
+        top, left = round(p["top"] * sy), round(p["left"] * sx)
+        height = max(1, min(round(p["height"] * sy), small.shape[1] - top))
+        width = max(1, min(round(p["width"] * sx), small.shape[2] - left))
+        return F.resized_crop(small, top, left, height, width, size=[self.size, self.size], antialias=True)
+
+
+class FlipNormalize:
+    """The rest of the pretrain pipeline after :class:`DraftInceptionCrop`: ``RandomHorizontalFlip`` (the same one
+    RNG draw) + ``ToDtype(scale=True)`` + ``Normalize`` fused into one multiply-add, without v2's per-call dispatch
+    (equal to the v2 steps up to float rounding, ~1e-7)."""
+
+    def __init__(self, mean, std) -> None:
+        std_t = torch.tensor([float(v) for v in std]).view(3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = torch.tensor([float(v) for v in mean]).view(3, 1, 1) / std_t
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if torch.rand(1) < 0.5:  # v2.RandomHorizontalFlip(p=0.5): flips unless rand >= p
+            img = img.flip(-1)
+        return img.to(torch.float32).mul_(self.scale).sub_(self.shift)
+
+
 class PackedSplit(Dataset):
     """One split of a pack, by index: ``(image, label[, extra])`` like every other vitlab dataset."""
 
@@ -226,6 +285,7 @@ class PackedSplit(Dataset):
         self.cache_dir, self.timeout = cache_dir, timeout
         self.draft_min_side: int | None = None  # set by the DataModule from the stage's pipeline
         self.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS  # set by the DataModule (data.max_image_pixels)
+        self.crop: DraftInceptionCrop | None = None  # set for pretrain + data.draft: the crop happens at decode
         self._ds = None
         self._trace = None
 
@@ -247,8 +307,10 @@ class PackedSplit(Dataset):
             else:
                 url = str(Path(url).resolve())
             self._ds = StreamingDataset(url, batch_decode=0, **kw)
-            if len(self._ds) != len(self.targets):
-                raise PackedDataError(f"{url}: litdata's index lists {len(self._ds)} images, the pack's manifest "
+            # len(StreamingDataset) is this rank's share under DDP; an int index is global: count the whole split
+            total = sum(int(end) - int(start) for start, end in self._ds.region_of_interest)
+            if total != len(self.targets):
+                raise PackedDataError(f"{url}: litdata's index lists {total} images, the pack's manifest "
                                       f"{len(self.targets)}: the split folder was changed after packing; re-pack")
         return self._ds
 
@@ -262,13 +324,16 @@ class PackedSplit(Dataset):
                                   f"{self.targets[i]} in labels.npy; the pack is damaged: re-pack")
         if os.environ.get(TRACE_ENV):
             self._log_read(i)
+        where = f"image {i} of {self.root}/{self.split}"
         try:
-            img = decode(item["image"], self.draft_min_side, f"image {i} of {self.root}/{self.split}",
-                         self.max_image_pixels)
+            if self.crop is not None:
+                img = self.crop(bytes(item["image"]), where, self.max_image_pixels)
+            else:
+                img = decode(item["image"], self.draft_min_side, where, self.max_image_pixels)
         except CorruptImageError:
             raise
         except Exception as e:
-            raise CorruptImageError(f"image {i} of {self.root}/{self.split} does not decode ({e})") from e
+            raise CorruptImageError(f"{where} does not decode ({e})") from e
         if "extra" in item:
             return img, self.targets[i], torch.as_tensor(np.asarray(item["extra"]))
         return img, self.targets[i]
@@ -288,8 +353,8 @@ def min_side_for(pipeline: str, img_size: int, crop_pct: float) -> int | None:
     eval/finetune/none resize the short side to ``img_size / crop_pct`` (or ``img_size``) first, so a smaller
     decode covers the same region; the factor 2 keeps that resize a >= 2x downsample, where antialiasing
     makes the result match full-size decoding up to ~0.015 mean abs in [-1, 1] units (tests/test_packed.py).
-    pretrain's inception crop draws integer offsets over the decoded size, so a smaller decode would move
-    the crop: not drafted (it would need crop parameters drawn on the full-size geometry).
+    pretrain's inception crop is drafted differently: :class:`DraftInceptionCrop` draws the crop on the full-size
+    geometry first, then picks the scale from the crop's size (``PackedDataModule.train_transform``).
     """
     if pipeline == "pretrain":
         return None
@@ -306,6 +371,7 @@ class PackedDataModule(VisionDataModule):
                  timeout: float = 30.0, draft: bool = False, classes: list[str] | None = None,
                  num_classes: int | None = None, train_pipeline: str | None = None,
                  eval_pipeline: str | None = None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 train_crop_scale: list[float] | None = None, eval_resize: str | None = None,
                  **kwargs: Any) -> None:
         self.meta = read_manifest(root, timeout)
         src = self.meta.get("source", {})
@@ -318,6 +384,10 @@ class PackedDataModule(VisionDataModule):
                                   f"({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}): set "
                                   f"data.num_classes={len(found)} or point data.root at the right pack")
         kwargs.setdefault("num_workers", "auto")
+        src_data = src.get("data") or {}  # the source's whole data config: what the pipelines were built with
+        for key, value in (("train_crop_scale", train_crop_scale), ("eval_resize", eval_resize)):
+            if value is not None or src_data.get(key) is not None:
+                kwargs[key] = value if value is not None else src_data[key]
         super().__init__(root=str(root), num_classes=len(found),
                          train_pipeline=train_pipeline or src.get("train_pipeline"),
                          eval_pipeline=eval_pipeline or src.get("eval_pipeline") or "eval", **kwargs)
@@ -344,10 +414,22 @@ class PackedDataModule(VisionDataModule):
         split_ds.max_image_pixels = self.max_image_pixels
         return split_ds
 
+    def train_transform(self):
+        """With ``data.draft`` and the pretrain pipeline, the inception crop runs at decode time
+        (:class:`DraftInceptionCrop`); flip and normalisation stay here, after it, as in ``build_transform``."""
+        if not (self.draft and self.train_pipeline == "pretrain"):
+            return super().train_transform()
+        from vitlab.data.transforms import resolve_normalization
+
+        return FlipNormalize(*resolve_normalization(self.normalization))
+
     def build_splits(self):
         train, val, test = (self.open_split(s) for s in SPLITS)
-        if self.draft:
+        if self.draft and self.train_pipeline == "pretrain":
+            train.crop = DraftInceptionCrop(self.img_size, self.train_crop_scale)
+        elif self.draft:
             train.draft_min_side = min_side_for(self.train_pipeline, self.img_size, self.crop_pct)
+        if self.draft:
             for s in (val, test):
                 s.draft_min_side = min_side_for(self.eval_pipeline, self.eval_img_size, self.crop_pct)
         skipped = sum(int(s.get("skipped", 0)) for s in self.meta["splits"].values())
@@ -360,12 +442,19 @@ class PackedDataModule(VisionDataModule):
         return {**super().stats(), M.DATA_ROOT: str(self.root), M.DATA_SOURCE: self.meta.get("source", {}).get("name")}
 
 
-def packed_manifest_value(root: str, key: str) -> Any:
-    """Config resolver ``${vitlab.packed:<root>,<key>}``: ``num_classes`` or a source data setting (img_size ...)."""
+def packed_manifest_value(root: str, key: str, img_size: Any = None) -> Any:
+    """Config resolver ``${vitlab.packed:<root>,<key>}``: ``num_classes`` or a source data setting (img_size ...).
+
+    ``${vitlab.packed:<root>,eval_img_size,${.img_size}}``: where the source evaluated at its training resolution
+    (``eval_img_size: ${.img_size}``, e.g. digits, CIFAR), the packed one follows ``data.img_size`` as well, so
+    ``data=packed data.img_size=16`` evaluates at 16 px, as ``data=digits data.img_size=16`` does.
+    """
     meta = read_manifest(root)
     if key == "num_classes":
         return len(meta["classes"])
     src = meta.get("source", {})
+    if key == "eval_img_size" and img_size is not None and src.get("eval_img_size") == src.get("img_size"):
+        return int(img_size)
     if key not in src:
         raise DataConfigError(f"the pack in {root} does not record {key!r}; set data.{key} explicitly")
     return src[key]

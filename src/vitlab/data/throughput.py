@@ -1,23 +1,34 @@
-"""Input-pipeline throughput: vitlab's ImageNet loader against plain torchvision ImageFolder + DataLoader.
+"""Input-pipeline throughput: torchvision ImageFolder vs vitlab's folder loader vs ``data=packed`` shards.
 
-    python -m vitlab.data.throughput                 # writes JPEGs to a temp dir, prints a table + ratios
-    python -m vitlab.data.throughput --root /datasets/imagenet --images 2000 --workers 4
+    python -m vitlab.data.throughput                      # 2,000 ImageNet-shaped JPEGs, 4 pipelines, a table + ratios
+    python -m vitlab.data.throughput --images 2000 --workers 1 --configs pretrain:224 --max-side 320
+    python -m vitlab.data.throughput --listing 100000     # list/index a 100k-file tree vs open its packed copy
     make bench-data
 
-Both sides run the same pipeline (``vitlab.data.transforms.build_transform``: inception crop + flip
-for ``pretrain``, resize + central crop for ``eval``), the same batch size, worker count and
-persistent workers, over the same files. What differs is the loading: vitlab decodes JPEGs with
-torchvision's libjpeg-turbo straight into uint8 CHW tensors (``data.decoder=auto``); the baseline is
-ImageFolder's PIL loader. ``vitlab (decoder=pil)`` isolates the decoder's share. Each figure is the
-median over ``--repeats`` full passes after one warm-up pass; per-worker = images/s / workers.
-The table goes to stdout and a JSON file whose path is the last line printed.
+Every loader reads the same JPEGs (written by the bench: ~500x375, quality 90, ImageNet's typical size;
+or ``--root``), through the same pipeline (``vitlab.data.transforms.build_transform``), with the same
+batch size, workers, persistent workers and seeded shuffled order:
+
+- ``torchvision ImageFolder``: the baseline, PIL decoding;
+- ``vitlab folder``: ``data=folder`` (libjpeg-turbo into uint8 CHW tensors, ``data.decoder=auto``);
+- ``packed``: the same files packed by ``vitlab.data.packing`` (original bytes), read as ``data=packed``;
+- ``packed, data.draft=true``: reduced-size JPEG decoding where the crop allows it (pretrain: the inception crop
+  is drawn on the full-size geometry first; eval/finetune: a >= 2x downsample after the draft);
+- with ``--max-side N``: ``packed, pack.max_side=N`` (FFCV's ``max_resolution``: images re-encoded at most N px
+  on the long side, quality 90) with ``data.draft=true``. This changes the stored pixels: the table says so.
+
+Each figure is the median over ``--repeats`` passes after one warm-up pass, the loaders taking turns so load
+from other processes hits them alike; per worker = img/s / max(1, workers). The table goes to stdout, then
+the packed/torchvision ratios, then the path of a JSON file with every number.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -27,18 +38,42 @@ import numpy as np
 import torch
 from PIL import Image
 
+BASELINE = "torchvision ImageFolder"
+DEFAULT_CONFIGS = "pretrain:224,finetune:384,pretrain:64,pretrain:32"
 
-def write_jpegs(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
-    """``n`` photo-like JPEGs at ImageNet's typical sizes (~400-500 x 330-400, quality 90) in ``train/<wnid>/``."""
+
+def write_jpegs(root: Path, n: int, classes: int = 10, seed: int = 0, size: tuple[int, int] = (500, 375)) -> Path:
+    """``n`` photo-like JPEGs of about ``size`` (+-4%, quality 90) in ``train/<wnid>/``; one per class in ``val/``."""
     rng = np.random.default_rng(seed)
-    for i in range(n):
-        w, h = int(rng.integers(400, 520)), int(rng.integers(330, 400))
-        coarse = rng.normal(128, 45, size=(h // 16 + 1, w // 16 + 1, 3))
-        img = np.kron(coarse, np.ones((16, 16, 1)))[:h, :w] + rng.normal(0, 14, size=(h, w, 3))
-        d = root / "train" / f"n{i % classes:08d}"
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"img_{i:06d}.JPEG", quality=90)
+    for split, count in (("train", n), ("val", classes)):
+        for i in range(count):
+            w = int(size[0] * rng.uniform(0.96, 1.04))
+            h = int(size[1] * rng.uniform(0.96, 1.04))
+            coarse = rng.normal(128, 45, size=(h // 16 + 1, w // 16 + 1, 3))
+            img = np.kron(coarse, np.ones((16, 16, 1)))[:h, :w] + rng.normal(0, 14, size=(h, w, 3))
+            d = root / split / f"n{i % classes:08d}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"img_{i:06d}.JPEG", quality=90)
     return root
+
+
+def pack_tree(root: Path, out: Path, workers: int, max_side: int | None = None, splits: str = "[train,val]") -> float:
+    """Pack ``root`` (a folder tree) into ``out`` with vitlab's packer; the seconds it took."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vitlab.config import compose_job
+    from vitlab.data.packing import pack
+
+    overrides = ["data=folder", f"data.root={root}", f"out={out}", f"pack.splits={splits}",
+                 f"pack.num_workers={workers}", "pack.part_size=2000"]
+    if max_side:
+        overrides.append(f"pack.max_side={max_side}")
+    t0 = time.perf_counter()
+    try:
+        pack(compose_job("pack", overrides, out.parent / f".{out.name}-job"))
+    finally:
+        GlobalHydra.instance().clear()
+    return time.perf_counter() - t0
 
 
 def _one_pass(loader) -> tuple[int, float]:
@@ -48,77 +83,167 @@ def _one_pass(loader) -> tuple[int, float]:
     return seen, time.perf_counter() - t0
 
 
-def run(root: Path, pipeline: str, img_size: int, batch: int, workers: int, repeats: int) -> list[dict]:
-    """Loaders are timed round-robin (one pass each per repeat), so load from other processes hits all alike."""
+def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int, batch: int, workers: int) -> dict:
+    """The loaders to compare for one (pipeline, resolution); the same transform object serves the plain ones."""
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
+    from vitlab.data.base import TransformedDataset
     from vitlab.data.folder import FolderDataModule
+    from vitlab.data.packed import PackedDataModule
     from vitlab.data.transforms import build_transform
 
     tf = build_transform(pipeline, img_size, "paper")
-    common = dict(batch_size=batch, num_workers=workers, persistent_workers=workers > 0, shuffle=False)
-    loaders = {"torchvision ImageFolder (baseline)": DataLoader(ImageFolder(str(root / "train"), transform=tf), **common)}
-    for d in ("pil", "auto"):
-        loaders[f"vitlab (decoder={d})"] = _vitlab_loader(FolderDataModule, root, tf, d, common)
-    n = {name: _one_pass(loader)[0] for name, loader in loaders.items()}  # warm-up: workers, page cache
+
+    def loader(ds):
+        g = torch.Generator().manual_seed(0)  # the same shuffled order on every side
+        return DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
+                          shuffle=True, generator=g)
+
+    out = {BASELINE: loader(ImageFolder(str(root / "train"), transform=tf))}
+    folder = FolderDataModule(root=str(root), num_workers=workers)
+    out["vitlab folder"] = loader(TransformedDataset(folder.build_splits()[0], tf))
+    for name, pack in packs.items():
+        for draft in (False, True):
+            if name != "packed" and not draft:
+                continue  # a re-encoded pack is shown with its best reader only
+            dm = PackedDataModule(root=str(pack), img_size=img_size, eval_img_size=img_size, train_pipeline=pipeline,
+                                  normalization="paper", num_workers=workers, draft=draft)
+            train = dm.build_splits()[0]
+            label = f"{name}, data.draft=true" if draft else name
+            out[label] = loader(TransformedDataset(train, dm.train_transform() if draft else tf))
+    return out
+
+
+def run(root: Path, packs: dict[str, Path], pipeline: str, img_size: int, batch: int, workers: int,
+        repeats: int) -> list[dict]:
+    """Loaders are timed round-robin (one pass each per repeat), so load from other processes hits all alike."""
+    loaders = loaders_for(root, packs, pipeline, img_size, batch, workers)
+    n = {name: _one_pass(ld)[0] for name, ld in loaders.items()}  # warm-up: workers, page cache
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     for _ in range(repeats):
-        for name, loader in loaders.items():
-            seen, dt = _one_pass(loader)
+        for name, ld in loaders.items():
+            seen, dt = _one_pass(ld)
             rates[name].append(seen / dt)
     rows = []
     for name, rs in rates.items():
         rate = statistics.median(rs)
-        rows.append({"pipeline": pipeline, "loader": name, "img_per_s": rate, "spread": (max(rs) - min(rs)) / 2,
-                     "img_per_s_per_worker": rate / max(1, workers), "images": n[name], "repeats": rs})
+        rows.append({"pipeline": pipeline, "img_size": img_size, "loader": name, "img_per_s": rate,
+                     "spread": (max(rs) - min(rs)) / 2, "img_per_s_per_worker": rate / max(1, workers),
+                     "images": n[name], "repeats": rs})
     for r in rows:
         r["ratio_vs_baseline"] = r["img_per_s"] / rows[0]["img_per_s"]
     return rows
 
 
-def _vitlab_loader(cls, root: Path, tf, decoder: str, common: dict):
-    from torch.utils.data import DataLoader
+# ---- listing a big tree vs opening its packed copy ------------------------------------------------------------
+def write_tree(root: Path, n: int, per_class: int = 500) -> Path:
+    """``n`` tiny (but valid) JPEGs in ``<root>/<class>/`` folders of ``per_class``: one encoded image, n hard copies."""
+    import io
 
-    from vitlab.data.base import TransformedDataset
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (120, 30, 200)).save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    for i in range(n):
+        d = root / f"n{i // per_class:08d}"
+        if i % per_class == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        with open(d / f"img_{i:07d}.JPEG", "wb") as f:
+            f.write(data)
+    return root
 
-    dm = cls(root=str(root), decoder=decoder, val_fraction=0.5, num_workers=common["num_workers"])
+
+def listing(n: int, workers: int, tmp: Path) -> dict:
+    """Seconds to list + index an ``n``-file tree (``data=folder`` / ``data=imagenet21k``: walk, sort, hash the
+    hold-out), the same with vitlab's index cache warm, and to open its packed copy (manifest, labels, chunk sizes)."""
+    from vitlab.data.imagenet21k import ImageNet21kDataModule
+    from vitlab.data.packed import PackedDataModule
+
+    root = tmp / "tree"
+    t0 = time.perf_counter()
+    write_tree(root, n)
+    written = time.perf_counter() - t0
+    classes = len(os.listdir(root))
+    res = {"files": n, "classes": classes, "write_s": written}
+
+    def index(cache_dir: Path | None) -> float:
+        t = time.perf_counter()
+        dm = ImageNet21kDataModule(root=str(root), num_classes=classes, num_workers=0,
+                                   index_cache=cache_dir is not None, cache_dir=str(cache_dir) if cache_dir else None)
+        train, val, _ = dm.build_splits()
+        assert len(train) + len(val) == n
+        return time.perf_counter() - t
+
+    res["list_index_s"] = index(None)
+    cache = tmp / "index_cache"
+    res["list_index_cold_cache_s"] = index(cache)
+    res["list_index_warm_cache_s"] = index(cache)
+    res["pack_s"] = pack_tree(root, tmp / "tree_packed", workers)
+    t = time.perf_counter()
+    dm = PackedDataModule(root=str(tmp / "tree_packed"), num_workers=0)
     train, val, _ = dm.build_splits()
-    ds = dm.images(train.paths + val.paths, train.targets + val.targets)  # every file, as the baseline reads
-    return DataLoader(TransformedDataset(ds, tf), **common)
+    res["open_packed_s"] = time.perf_counter() - t
+    assert len(train) + len(val) == n
+    return res
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, default=None, help="an ImageFolder tree with train/<class>/ (default: write JPEGs)")
-    p.add_argument("--images", type=int, default=256, help="JPEGs to write when --root is not given")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--images", type=int, default=2000, help="JPEGs to write when --root is not given")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS, help="pipeline:img_size,... (pretrain, finetune, eval, none)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (0 = in the main process)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--pipelines", default="pretrain,eval")
+    p.add_argument("--max-side", type=int, default=None, help="also pack with pack.max_side=N (FFCV's max_resolution)")
+    p.add_argument("--pack-workers", type=int, default=None, help="processes for packing (default: all cores)")
+    p.add_argument("--listing", type=int, default=0, help="also time listing an N-file tree vs opening its pack")
     p.add_argument("--out", type=Path, default=Path("bench_results"), help="folder for the JSON file")
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # one core per loader worker, as in training
+    pack_workers = a.pack_workers or len(os.sched_getaffinity(0))
+    result: dict = {"rows": [], "packs": {}}
     with tempfile.TemporaryDirectory(prefix="vitlab_bench_data_") as tmp:
-        root = a.root or write_jpegs(Path(tmp), a.images)
-        rows = [r for pl in a.pipelines.split(",") for r in run(root, pl, a.img_size, a.batch, a.workers, a.repeats)]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), " \
-              f"torch {torch.__version__}, {a.workers} worker(s), batch {a.batch}, {a.img_size} px"
+        tmp = Path(tmp)
+        root = a.root or write_jpegs(tmp / "jpegs", a.images)
+        packs = {"packed": tmp / "packed"}
+        result["packs"]["packed"] = {"options": "original bytes", "pack_s": pack_tree(root, packs["packed"], pack_workers)}
+        if a.max_side:
+            name = f"packed, pack.max_side={a.max_side}"
+            packs[name] = tmp / "packed_small"
+            result["packs"][name] = {"options": f"pack.max_side={a.max_side} pack.quality=90 (re-encoded: other pixels)",
+                                     "pack_s": pack_tree(root, packs[name], pack_workers, a.max_side)}
+        for cfg in a.configs.split(","):
+            pipeline, size = cfg.split(":")
+            result["rows"] += run(root, packs, pipeline, int(size), a.batch, a.workers, a.repeats)
+        if a.listing:
+            result["listing"] = listing(a.listing, pack_workers, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} core(s), torch {torch.__version__}, " \
+              f"{a.workers} worker(s), batch {a.batch}"
     print(f"\nInput pipeline throughput ({machine})\n")
-    print("| pipeline | loader | img/s | ± | img/s per worker | vs baseline |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['pipeline']} | {r['loader']} | {r['img_per_s']:.1f} | {r['spread']:.1f} | "
+    for name, info in result["packs"].items():
+        print(f"- {name}: {info['options']}, packed in {info['pack_s']:.1f}s with {pack_workers} process(es)")
+    print("\n| pipeline | px | loader | img/s | ± | img/s per worker | vs torchvision |")
+    print("|---|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        print(f"| {r['pipeline']} | {r['img_size']} | {r['loader']} | {r['img_per_s']:.1f} | {r['spread']:.1f} | "
               f"{r['img_per_s_per_worker']:.1f} | {r['ratio_vs_baseline']:.2f}x |")
-    for pl in dict.fromkeys(r["pipeline"] for r in rows):
-        best = [r for r in rows if r["pipeline"] == pl and r["loader"].endswith("auto)")][0]
-        print(f"ratio vitlab/baseline ({pl}): {best['ratio_vs_baseline']:.2f}")
+    print()
+    for r in result["rows"]:
+        if r["loader"].startswith("packed"):
+            print(f"ratio {r['loader']}/torchvision ({r['pipeline']} {r['img_size']} px): {r['ratio_vs_baseline']:.2f}")
+    if "listing" in result:
+        li = result["listing"]
+        print(f"\nlisting {li['files']:,} files in {li['classes']} class folders: list + index {li['list_index_s']:.2f}s "
+              f"(index cache: {li['list_index_cold_cache_s']:.2f}s cold, {li['list_index_warm_cache_s']:.2f}s warm); "
+              f"open the packed copy {li['open_packed_s']:.3f}s (packing took {li['pack_s']:.1f}s)")
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / f"bench_data_{time.strftime('%Y%m%d_%H%M%S')}.json"
-    path.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(a).items()}, "rows": rows}, indent=2))
+    path.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(a).items()}, **result},
+                               indent=2))
     print(f"wrote {path}")
-    return rows
+    return result
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ task into that file, so that a second process can say who owns the directory.
   notebooks and ``vitlab.vtab`` go through the task only).
 - Only global rank 0 of a distributed job owns the directory: the DDP ranks that Lightning re-launches with
   the same ``hydra.run.dir`` (and the SLURM tasks of one job) work under their rank 0's lock.
+- A forked child (a DataLoader worker) closes its copies of the lock descriptors at once: otherwise an orphaned
+  worker of a SIGKILLed run would keep the flock for seconds, and ``resume=auto`` would be refused meanwhile.
 - A file system without flock support (some network mounts) gets a warning and no lock, never a refused run.
 """
 
@@ -132,6 +134,24 @@ def release(run_dir: str | Path) -> None:
         del _held[real]
         if entry[0] is not None:
             os.close(entry[0])  # closing the only descriptor drops the flock
+
+
+def _forget_in_child() -> None:
+    """After ``fork``: the child does not own the parent's run. Closing its copies leaves the parent's lock held
+    (a flock goes with the last descriptor of the open file) but lets it go the moment the parent dies."""
+    global _mutex
+    _mutex = threading.Lock()  # another thread may have held it at fork time
+    for fd, _ in _held.values():
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def owns(run_dir: str | Path) -> bool:

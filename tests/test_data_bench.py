@@ -1,0 +1,76 @@
+"""``make bench-data`` (issue 15): packed shards vs torchvision ImageFolder vs vitlab's folder loader on the same
+JPEGs, the listing timer, and the imagenet21k index cache that spares a second run the listing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import vitlab.data.imagenet21k as i21k
+from vitlab.data.imagenet21k import ImageNet21kDataModule
+from vitlab.data.throughput import BASELINE, main, write_tree
+
+
+def test_bench_data_compares_packed_with_torchvision_and_writes_json(tmp_path, capsys):
+    result = main(["--images", "12", "--configs", "pretrain:32,finetune:32", "--batch", "4", "--workers", "0",
+                   "--repeats", "1", "--max-side", "64", "--pack-workers", "1", "--listing", "40",
+                   "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "ratio packed/torchvision (pretrain 32 px):" in out and "ratio packed, data.draft=true/torchvision" in out
+    assert "pack.max_side=64 pack.quality=90 (re-encoded: other pixels)" in out
+    assert "listing 40 files" in out and "open the packed copy" in out
+    data = json.loads(Path(out.strip().splitlines()[-1].removeprefix("wrote ")).read_text())
+    loaders = {r["loader"] for r in data["rows"]}
+    assert loaders == {BASELINE, "vitlab folder", "packed", "packed, data.draft=true",
+                       "packed, pack.max_side=64, data.draft=true"}
+    assert len(data["rows"]) == len(result["rows"]) == 2 * 5
+    assert all(r["images"] == 12 and r["img_per_s"] > 0 for r in data["rows"])  # every loader read every image
+    assert data["listing"]["files"] == 40 and data["listing"]["open_packed_s"] > 0
+
+
+def _count_listings(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = i21k.scan_class_folders
+
+    def counting(directory, *a, **kw):
+        calls.append(str(directory))
+        return real(directory, *a, **kw)
+
+    monkeypatch.setattr(i21k, "scan_class_folders", counting)
+    return calls
+
+
+def test_imagenet21k_index_is_cached_and_listed_again_when_the_tree_changes(tmp_path, monkeypatch):
+    root = write_tree(tmp_path / "i21k", 30, per_class=10)
+    calls = _count_listings(monkeypatch)
+
+    def splits():
+        dm = ImageNet21kDataModule(root=str(root), num_classes=3, val_fraction=0.2, num_workers=0, index_cache=True,
+                                   cache_dir=str(tmp_path / "cache"))
+        train, val, _ = dm.build_splits()
+        return sorted(train.paths + val.paths), train.paths, dm.classes
+
+    first = splits()
+    assert len(calls) == 1 and len(first[0]) == 30
+    assert splits() == first and len(calls) == 1  # the second run reads the cache: no listing
+    assert not list(root.rglob("*.gz"))  # nothing written into the dataset
+    new = root / "n00000001" / "img_new.JPEG"
+    new.write_bytes((root / "n00000001" / "img_0000010.JPEG").read_bytes())
+    changed = splits()
+    assert len(calls) == 2 and str(new) in changed[0]  # a changed class folder: listed again
+    os.remove(new)
+    os.rename(root / "n00000002", root / "n00000009")
+    assert splits()[2] == ["n00000000", "n00000001", "n00000009"] and len(calls) == 3
+
+
+def test_imagenet21k_index_cache_replays_the_listing_warnings(tmp_path):
+    root = write_tree(tmp_path / "i21k", 20, per_class=10)
+    (root / "n00000000" / "loop").symlink_to(root, target_is_directory=True)
+    kw = dict(root=str(root), num_classes=2, val_fraction=0.2, num_workers=0, index_cache=True,
+              cache_dir=str(tmp_path / "cache"))
+    for _ in range(2):  # listed, then from the cache: the same warning both times
+        with pytest.warns(UserWarning, match="loop"):
+            ImageNet21kDataModule(**kw).build_splits()
