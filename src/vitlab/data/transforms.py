@@ -17,9 +17,11 @@ Every pipeline takes a PIL image or a uint8 CHW tensor and returns a normalised 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 # Normalisation presets: the paper maps pixels to [-1, 1]; timm's ImageNet weights expect mean/std.
@@ -92,3 +94,64 @@ def build_transform(
         steps.append(v2.Resize(square, antialias=True))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     return v2.Compose(steps)
+
+
+# ---- the packed reader's fused pretrain pipeline (data=packed data.draft=true) ----------------------------
+class DraftInceptionCrop:
+    """The ``pretrain`` pipeline's inception crop, decoded at the smallest DCT scale that still covers it.
+
+    The crop (top, left, height, width) is drawn on the full-size geometry read from the JPEG header, with the
+    same RNG calls as ``v2.RandomResizedCrop`` (so the same per-sample seed gives the same crop). The image is
+    then decoded at 1/r (r = 8, 4, 2) only if the crop still has >= ``size`` pixels on each side at that scale,
+    so the final resize stays a downsample; otherwise at full size, and the result is then the standard
+    pipeline's, bit for bit. The difference is resampling error only
+    (``data.draft`` of ``data=packed``; ``tests/test_packed.py::test_drafted_inception_crop_differs_only_by_resampling_error``).
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float], margin: float = 2.0) -> None:
+        from torchvision.transforms import v2
+
+        self.size, self.margin = int(size), float(margin)
+        self.rrc = v2.RandomResizedCrop(self.size, scale=tuple(scale), antialias=True)
+
+    def __call__(self, data: bytes, where: str, max_image_pixels: int) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        from vitlab.data.files import check_declared_pixels, decode_image_bytes
+
+        im = Image.open(io.BytesIO(data))  # lazy: the header only
+        w_full, h_full = im.size
+        check_declared_pixels(w_full, h_full, where, max_image_pixels)
+        p = self.rrc.make_params([torch.empty(1, 1, 1).expand(3, h_full, w_full)])
+        r = 1
+        if im.format == "JPEG":
+            while r < 8 and min(p["height"], p["width"]) // (2 * r) >= self.margin * self.size:
+                r *= 2
+        if r == 1:
+            img = decode_image_bytes(bytes(data), where, "torchvision", max_image_pixels, None)
+            if isinstance(img, Image.Image):
+                img = F.pil_to_tensor(img)
+            return F.resized_crop(img, **p, size=[self.size, self.size], antialias=True)
+        im.draft("RGB", (w_full // r, h_full // r))  # libjpeg DCT scaling: decodes at 1/r of each side
+        small = F.pil_to_tensor(im.convert("RGB"))
+        sy, sx = small.shape[1] / h_full, small.shape[2] / w_full
+        top, left = round(p["top"] * sy), round(p["left"] * sx)
+        height = max(1, min(round(p["height"] * sy), small.shape[1] - top))
+        width = max(1, min(round(p["width"] * sx), small.shape[2] - left))
+        return F.resized_crop(small, top, left, height, width, size=[self.size, self.size], antialias=True)
+
+
+class FlipNormalize:
+    """The rest of the pretrain pipeline after :class:`DraftInceptionCrop`: ``RandomHorizontalFlip`` (the same one
+    RNG draw) + ``ToDtype(scale=True)`` + ``Normalize`` fused into one multiply-add, without v2's per-call dispatch
+    (equal to the v2 steps up to float rounding, ~1e-7)."""
+
+    def __init__(self, mean, std) -> None:
+        std_t = torch.tensor([float(v) for v in std]).view(3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = torch.tensor([float(v) for v in mean]).view(3, 1, 1) / std_t
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if torch.rand(1) < 0.5:  # v2.RandomHorizontalFlip(p=0.5): flips unless rand >= p
+            img = img.flip(-1)
+        return img.to(torch.float32).mul_(self.scale).sub_(self.shift)
