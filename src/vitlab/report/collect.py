@@ -24,6 +24,9 @@ from vitlab import metrics as M
 from vitlab.errors import ReportError
 
 RESULT_FILE = "metrics.json"
+#: what a fine-tune run's checkpoint was pretrained on (and for how many epochs): read from its config for
+#: vitlab.report.paper_points, which matches the run to the paper's tables
+PRETRAIN_DATA_KEY, PRETRAIN_EPOCHS_KEY = "paper.pretrain_data", "paper.pretrain_epochs"
 
 
 def _num(v: Any) -> Any:
@@ -151,7 +154,7 @@ def read_job(job: str | Path) -> dict[str, Any]:
                 row.setdefault(key, cfg[key])
         flat = _flatten(cfg)
         for key in ("optim.lr", "optim.weight_decay", "data.batch_size", "trainer.max_steps", "trainer.max_epochs",
-                    "paper.pretrain_data", "paper.pretrain_epochs"):  # the last two: vitlab.report.paper_points
+                    PRETRAIN_DATA_KEY, PRETRAIN_EPOCHS_KEY):
             if key in flat:
                 row.setdefault(key, flat[key])
     ov = job / ".hydra" / "overrides.yaml"

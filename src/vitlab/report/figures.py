@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from vitlab import metrics as M
+from vitlab.metrics import PAPER_ACC, PAPER_EXAFLOPS
 from vitlab.models.registry import plot_style
-from vitlab.report.paper_points import PAPER_ACC, PAPER_EXAFLOPS
 from vitlab.utils.hydra_callbacks import fmt_cell
 
 

@@ -17,12 +17,10 @@ from typing import Any
 from vitlab import metrics as M
 from vitlab import paper
 from vitlab.metrics import PAPER_ACC, PAPER_EXAFLOPS, PAPER_SOURCE
+from vitlab.report.collect import PRETRAIN_DATA_KEY, PRETRAIN_EPOCHS_KEY
 
 log = logging.getLogger("vitlab.report")
 
-PRETRAIN_DATA_KEY = "paper.pretrain_data"
-PRETRAIN_EPOCHS_KEY = "paper.pretrain_epochs"
-__all__ = ["PAPER_ACC", "PAPER_EXAFLOPS", "PAPER_SOURCE", "annotate", "paper_match"]
 
 
 def paper_match(row: dict[str, Any]) -> dict[str, Any] | None:
@@ -31,11 +29,11 @@ def paper_match(row: dict[str, Any]) -> dict[str, Any] | None:
     if not (model and pre and data):
         return None
     epochs = row.get(PRETRAIN_EPOCHS_KEY)
-    found = paper.paper_results(str(model), str(pre), int(epochs) if isinstance(epochs, (int, float)) else None)
-    if not (found and isinstance(found.get(str(data)), (int, float))):
-        found = paper.TABLE2.get((str(model), str(pre)))
-        if not (found and isinstance(found.get(str(data)), (int, float))):
-            return None
+    candidates = (paper.paper_results(str(model), str(pre), int(epochs) if isinstance(epochs, (int, float)) else None),
+                  paper.TABLE2.get((str(model), str(pre))))  # Table 6 / Table 5 first, Table 2 only for what they lack
+    found = next((c for c in candidates if c and isinstance(c.get(str(data)), (int, float))), None)
+    if found is None:
+        return None
     out = {PAPER_ACC: found[str(data)] / 100, PAPER_SOURCE: found["source"]}
     if isinstance(found.get("exaflops"), (int, float)):
         out[PAPER_EXAFLOPS] = float(found["exaflops"])

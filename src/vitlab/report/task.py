@@ -16,9 +16,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from vitlab import metrics as M
+from vitlab.metrics import PAPER_SOURCE
 from vitlab.report.collect import ReportError, collect, latest_sweep, write_csv
 from vitlab.report.figures import accuracy_key, html_page, plot_compute, plot_data_scaling
-from vitlab.report.paper_points import PAPER_SOURCE, annotate
+from vitlab.report.paper_points import annotate
 from vitlab.tasks import hydra_app
 from vitlab.utils.hydra_callbacks import columns, markdown_table
 
