@@ -24,10 +24,13 @@ def test_bench_data_compares_packed_with_torchvision_and_writes_json(tmp_path, c
     assert "listing 40 files" in out and "open the packed copy" in out
     data = json.loads(Path(out.strip().splitlines()[-1].removeprefix("wrote ")).read_text())
     loaders = {r["loader"] for r in data["rows"]}
-    assert loaders == {BASELINE, "vitlab folder", "packed", "packed, data.draft=true",
-                       "packed, pack.max_side=64, data.draft=true"}
-    assert len(data["rows"]) == len(result["rows"]) == 2 * 5
+    on_device = "data.draft=true, data.normalize_on_device=true"
+    assert loaders == {BASELINE, "vitlab folder", "packed", "packed, data.draft=true", f"packed, {on_device}",
+                       f"packed, pack.max_side=64, {on_device}"}
+    assert len(data["rows"]) == len(result["rows"]) == 2 * 6
     assert all(r["images"] == 12 and r["img_per_s"] > 0 for r in data["rows"])  # every loader read every image
+    assert all(r["img_per_cpu_s"] > 0 for r in data["rows"])  # the per-core figure: CPU seconds were counted
+    assert f"ratio packed, {on_device}/torchvision (pretrain 32 px):" in out and "img per CPU-second" in out
     assert data["listing"]["files"] == 40 and data["listing"]["open_packed_s"] > 0
 
 

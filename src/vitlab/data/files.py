@@ -167,18 +167,30 @@ def check_declared_pixels(w: int, h: int, path: str | os.PathLike, max_image_pix
         )
 
 
+def dct_reduction(side: int, min_side: float) -> int:
+    """The largest JPEG DCT scaling 1/r (r in 1, 2, 4, 8) that keeps ``side`` >= ``min_side`` pixels."""
+    r = 1
+    while r < 8 and side // (2 * r) >= min_side:
+        r *= 2
+    return r
+
+
 def decode_image_bytes(
     data: bytes,
     path: str | os.PathLike,
     decoder: str = "auto",
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     draft_min_side: int | None = None,
+    reduce: Callable[[int, int], int] | None = None,
 ) -> Image.Image | torch.Tensor:
     """Decode an image file's bytes (``path`` names it in errors) after checking the pixel count its
     header declares against ``max_image_pixels``: every decoder of vitlab goes through here.
 
     With ``draft_min_side``, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's
-    ``draft``) as long as its short side stays >= ``draft_min_side`` (the packed reader's ``data.draft``)."""
+    ``draft``) as long as its short side stays >= ``draft_min_side`` (the packed reader's ``data.draft``).
+    ``reduce(width, height)``, called once with the size the header declares (after the check), returns that
+    factor (1, 2, 4 or 8) itself: the drafted inception crop draws its crop there, from the one header parse.
+    A factor > 1 applies to JPEGs only; other formats decode at full size."""
     _let_pil_open(max_image_pixels)
     try:
         with warnings.catch_warnings():
@@ -186,14 +198,14 @@ def decode_image_bytes(
             im = Image.open(io.BytesIO(data))  # lazy: parses the header, decodes nothing
         with im:
             check_declared_pixels(*im.size, path, max_image_pixels)
-            if draft_min_side and data[:3] == b"\xff\xd8\xff":
-                w, h = im.size
-                r = 1
-                while r < 8 and min(w, h) // (2 * r) >= draft_min_side:
-                    r *= 2
-                if r > 1:
-                    im.draft("RGB", (w // r, h // r))  # PIL picks the largest scale whose output is >= this
-                    return im.convert("RGB")
+            w, h = im.size
+            if reduce is None and draft_min_side:
+                def reduce(w: int, h: int) -> int:
+                    return dct_reduction(min(w, h), draft_min_side)
+            r = reduce(w, h) if reduce is not None else 1
+            if r > 1 and data[:3] == b"\xff\xd8\xff":
+                im.draft("RGB", (w // r, h // r))  # PIL picks the largest scale whose output is >= this
+                return im.convert("RGB")
             if decoder == "auto" and data[:3] == b"\xff\xd8\xff":
                 try:  # libjpeg-turbo reads the same (single, else it errors) SOF header PIL just checked
                     return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)

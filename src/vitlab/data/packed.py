@@ -363,6 +363,8 @@ class PackedDataModule(VisionDataModule):
             return super().train_transform()
         from vitlab.data.transforms import resolve_normalization
 
+        if self.normalize_on_device:
+            return FlipNormalize(None, None)
         return FlipNormalize(*resolve_normalization(self.normalization))
 
     def build_splits(self):

@@ -12,12 +12,14 @@
 - ``none``: only resize (the whole image to ``img_size x img_size``) + normalise: every pixel of the field of
   view stays (VTAB's counting and distance tasks need the whole image).
 
-Every pipeline takes a PIL image or a uint8 CHW tensor and returns a normalised float tensor.
+Every pipeline takes a PIL image or a uint8 CHW tensor and returns a normalised float tensor, or, with
+``normalize=False`` (``data.normalize_on_device``), the uint8 CHW tensor before the last two steps:
+:func:`normalize_batch` then runs them on the whole batch once it is on the device, with the same ops, so the
+values are the same (bit for bit on CPU).
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import torch
@@ -67,6 +69,7 @@ def build_transform(
     flip: bool = True,
     pad: int = 2,
     eval_resize: str = "square",
+    normalize: bool = True,
 ) -> v2.Compose:
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {PIPELINES}")
@@ -92,8 +95,20 @@ def build_transform(
         steps += [v2.Resize(square, antialias=True), v2.RandomCrop(img_size, padding=pad, padding_mode="edge")]
     else:  # eval (square) and none: the whole field of view, resized to img_size x img_size
         steps.append(v2.Resize(square, antialias=True))
+    if not normalize:  # uint8 out; normalize_batch finishes the pipeline on the device
+        return v2.Compose([*steps, v2.ToPureTensor()])
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     return v2.Compose(steps)
+
+
+def normalize_batch(x: torch.Tensor, normalization: str | dict = "paper") -> torch.Tensor:
+    """The last two steps of every pipeline (``ToDtype(scale=True)`` + ``Normalize``) on a uint8 batch (N, C, H, W),
+    wherever it is: the same functional ops as :func:`build_transform`, so the same values as per-image
+    normalisation in the loader (elementwise, so batching changes nothing)."""
+    from torchvision.transforms.v2 import functional as F
+
+    mean, std = resolve_normalization(normalization)
+    return F.normalize(F.to_dtype(x, torch.float32, scale=True), mean=list(mean), std=list(std))
 
 
 # ---- the packed reader's fused pretrain pipeline (data=packed data.draft=true) ----------------------------
@@ -115,43 +130,46 @@ class DraftInceptionCrop:
         self.rrc = v2.RandomResizedCrop(self.size, scale=tuple(scale), antialias=True)
 
     def __call__(self, data: bytes, where: str, max_image_pixels: int) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
+        from torchvision.transforms.v2.functional import pil_to_tensor, resize_image
 
-        from vitlab.data.files import check_declared_pixels, decode_image_bytes
+        from vitlab.data.files import dct_reduction, decode_image_bytes
 
-        im = Image.open(io.BytesIO(data))  # lazy: the header only
-        w_full, h_full = im.size
-        check_declared_pixels(w_full, h_full, where, max_image_pixels)
-        p = self.rrc.make_params([torch.empty(1, 1, 1).expand(3, h_full, w_full)])
-        r = 1
-        if im.format == "JPEG":
-            while r < 8 and min(p["height"], p["width"]) // (2 * r) >= self.margin * self.size:
-                r *= 2
-        if r == 1:
-            img = decode_image_bytes(bytes(data), where, "torchvision", max_image_pixels, None)
-            if isinstance(img, Image.Image):
-                img = F.pil_to_tensor(img)
-            return F.resized_crop(img, **p, size=[self.size, self.size], antialias=True)
-        im.draft("RGB", (w_full // r, h_full // r))  # libjpeg DCT scaling: decodes at 1/r of each side
-        small = F.pil_to_tensor(im.convert("RGB"))
-        sy, sx = small.shape[1] / h_full, small.shape[2] / w_full
-        top, left = round(p["top"] * sy), round(p["left"] * sx)
-        height = max(1, min(round(p["height"] * sy), small.shape[1] - top))
-        width = max(1, min(round(p["width"] * sx), small.shape[2] - left))
-        return F.resized_crop(small, top, left, height, width, size=[self.size, self.size], antialias=True)
+        box: dict = {}
+
+        def plan(w: int, h: int) -> int:  # called once, from the header decode_image_bytes parses and checks
+            box.update(self.rrc.make_params([torch.empty(1, 1, 1).expand(3, h, w)]), full=(h, w))
+            return dct_reduction(min(box["height"], box["width"]), self.margin * self.size)
+
+        img = decode_image_bytes(data, where, "torchvision", max_image_pixels, reduce=plan)
+        if isinstance(img, Image.Image):
+            img = pil_to_tensor(img)
+        (h_full, w_full), (h_img, w_img) = box["full"], img.shape[-2:]
+        top, left, height, width = box["top"], box["left"], box["height"], box["width"]
+        if (h_img, w_img) != (h_full, w_full):  # drafted: the same region on the smaller grid
+            sy, sx = h_img / h_full, w_img / w_full
+            top, left = round(top * sy), round(left * sx)
+            height = max(1, min(round(height * sy), h_img - top))
+            width = max(1, min(round(width * sx), w_img - left))
+        # v2's resized_crop = this slice + this kernel (the crop lies inside the image), without the dispatch
+        return resize_image(img[..., top:top + height, left:left + width], [self.size, self.size], antialias=True)
 
 
 class FlipNormalize:
     """The rest of the pretrain pipeline after :class:`DraftInceptionCrop`: ``RandomHorizontalFlip`` (the same one
     RNG draw) + ``ToDtype(scale=True)`` + ``Normalize`` fused into one multiply-add, without v2's per-call dispatch
-    (equal to the v2 steps up to float rounding, ~1e-7)."""
+    (equal to the v2 steps up to float rounding, ~1e-7). ``mean=None``: flip only, uint8 out
+    (``data.normalize_on_device``: :func:`normalize_batch` runs on the device)."""
 
     def __init__(self, mean, std) -> None:
-        std_t = torch.tensor([float(v) for v in std]).view(3, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = torch.tensor([float(v) for v in mean]).view(3, 1, 1) / std_t
+        self.scale = self.shift = None
+        if mean is not None:
+            std_t = torch.tensor([float(v) for v in std]).view(3, 1, 1)
+            self.scale = 1.0 / (255.0 * std_t)
+            self.shift = torch.tensor([float(v) for v in mean]).view(3, 1, 1) / std_t
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         if torch.rand(1) < 0.5:  # v2.RandomHorizontalFlip(p=0.5): flips unless rand >= p
             img = img.flip(-1)
+        if self.scale is None:
+            return img.contiguous()
         return img.to(torch.float32).mul_(self.scale).sub_(self.shift)

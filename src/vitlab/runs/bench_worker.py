@@ -247,6 +247,7 @@ def _plain_loop(net, cfg, dm, device: str, win: Windows, compile_model) -> None:
 
     def to_dev(x, y):
         x = x.to(device, non_blocking=True)
+        x = dm.on_after_batch_transfer((x,), 0)[0]  # data.normalize_on_device: uint8 -> normalised float, here
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(device, non_blocking=True)
