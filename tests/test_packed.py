@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import socket
 import sys
@@ -231,6 +232,55 @@ def test_unreachable_url_is_named_within_the_timeout(monkeypatch):
     with pytest.raises(DatasetNotFoundError, match=r"cannot read s3://no-bucket/pack/vitlab_pack.json .*timeout=2"):
         PackedDataModule(root="s3://no-bucket/pack", timeout=2)
     assert time.monotonic() - t0 < 20
+
+
+@pytest.fixture(scope="module")
+def s3_pack(digits_pack):
+    """The digits pack uploaded to a local S3-compatible server (moto's, in a thread of this process): the URL and
+    the environment a job needs to reach it (AWS_ENDPOINT_URL, which boto3 and litdata's S3 client both read)."""
+    server_mod = pytest.importorskip("moto.server", reason="the S3 test needs moto's server: pip install -e '.[dev]'")
+    import boto3
+
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.get_host_and_port()[1]}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    client.create_bucket(Bucket="vitlab-packs")
+    for f in sorted(digits_pack.rglob("*")):
+        if f.is_file():
+            client.upload_file(str(f), "vitlab-packs", f"digits/{f.relative_to(digits_pack)}")
+    yield "s3://vitlab-packs/digits", env
+    server.stop()
+
+
+def test_packed_reads_from_a_local_s3_server_the_same_samples_as_from_disk(s3_pack, digits_pack, tmp_path,
+                                                                          monkeypatch):
+    url, env = s3_pack
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    remote, local = _packed(url, cache_dir=str(tmp_path / "cache"), timeout=10, img_size=16), \
+        _packed(digits_pack, img_size=16)
+    remote.setup(), local.setup()
+    assert (len(remote.train_set), len(remote.val_set), len(remote.test_set)) == (1257, 180, 360)
+    for i in range(0, 180, 17):
+        assert torch.equal(remote.val_set[i][0], local.val_set[i][0]) and remote.val_set[i][1] == local.val_set[i][1]
+    for i in range(0, 1257, 131):  # a training sample: the same seeded augmentation of the same image
+        assert torch.equal(remote.train_set[(i, 5)][0], local.train_set[(i, 5)][0])
+    assert len(list((tmp_path / "cache").rglob("index.json"))) >= 2  # litdata's S3 client fetched each split read
+
+
+@pytest.mark.slow  # ~40 s: a real job, DataLoader workers reading the chunks from the server
+def test_train_on_a_pack_in_s3_from_the_command_line(s3_pack, tmp_path):
+    url, env = s3_pack
+    out = tmp_path / "run"
+    res = run([sys.executable, "-m", "vitlab.train", "data=packed", f"data.root={url}", *TINY,
+               f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=1", f"hydra.run.dir={out}"],
+              cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline", **env})
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data/train_size"] == 192 and metrics["data/root"] == url and "val/acc" in metrics
 
 
 def _photo(w: int = 500, h: int = 375) -> bytes:
