@@ -11,7 +11,7 @@ import pytest
 
 import vitlab.data.imagenet21k as i21k
 from vitlab.data.imagenet21k import ImageNet21kDataModule
-from vitlab.data.throughput import BASELINE, main, write_tree
+from vitlab.data.throughput import BASELINE, WDS_ROW, main, write_tree
 
 
 def test_bench_data_compares_packed_with_torchvision_and_writes_json(tmp_path, capsys):
@@ -25,9 +25,9 @@ def test_bench_data_compares_packed_with_torchvision_and_writes_json(tmp_path, c
     data = json.loads(Path(out.strip().splitlines()[-1].removeprefix("wrote ")).read_text())
     loaders = {r["loader"] for r in data["rows"]}
     on_device = "data.draft=true, data.normalize_on_device=true"
-    assert loaders == {BASELINE, "vitlab folder", "packed", "packed, data.draft=true", f"packed, {on_device}",
+    assert loaders == {BASELINE, "vitlab folder", WDS_ROW, "packed", "packed, data.draft=true", f"packed, {on_device}",
                        f"packed, pack.max_side=64, {on_device}"}
-    assert len(data["rows"]) == len(result["rows"]) == 2 * 6
+    assert len(data["rows"]) == len(result["rows"]) == 2 * 7
     assert all(r["images"] == 12 and r["img_per_s"] > 0 for r in data["rows"])  # every loader read every image
     assert all(r["img_per_cpu_s"] > 0 for r in data["rows"])  # the per-core figure: CPU seconds were counted
     assert f"ratio packed, {on_device}/torchvision (pretrain 32 px):" in out and "img per CPU-second" in out

@@ -11,12 +11,14 @@ batch size, workers, persistent workers and seeded shuffled order:
 
 - ``torchvision ImageFolder``: the baseline, PIL decoding;
 - ``vitlab folder``: ``data=folder`` (libjpeg-turbo into uint8 CHW tensors, ``data.decoder=auto``);
+- ``webdataset tar shards``: the same files in WebDataset tars (500 per shard), read by webdataset with the
+  same decoder and pipeline as ``packed``: the engine litdata is measured against (skipped if not installed);
 - ``packed``: the same files packed by ``vitlab.data.packing`` (original bytes), read as ``data=packed``;
 - ``packed, data.draft=true``: reduced-size JPEG decoding where the crop allows it (pretrain: the inception crop
   is drawn on the full-size geometry first; eval/finetune: a >= 2x downsample after the draft);
 - ``packed, data.draft=true, data.normalize_on_device=true``: the loader yields uint8 batches and the
   normalisation runs on the device after transfer (timm's prefetcher, FFCV): the same values, 4x fewer bytes;
-- with ``--max-side N``: ``packed, pack.max_side=N`` (FFCV's ``max_resolution``: images re-encoded at most N px
+- ``--max-side N`` (default 320, 0 = skip): ``packed, pack.max_side=N`` (FFCV's ``max_resolution``: images re-encoded at most N px
   on the long side, quality 90) with both reader options. This changes the stored pixels: the table says so.
 
 Each figure is the median over ``--repeats`` passes after one warm-up pass, the loaders taking turns so load
@@ -104,7 +106,42 @@ def _one_pass(loader) -> tuple[int, float, float]:
     return seen, time.perf_counter() - t0, _cpu_seconds(pids) - c0
 
 
-def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int, batch: int, workers: int) -> dict:
+WDS_ROW = "webdataset tar shards"
+
+
+def write_wds(root: Path, out: Path, per_shard: int = 500) -> list[str] | None:
+    """The train images of ``root`` as WebDataset tar shards (``<key>.jpg`` + ``<key>.cls``, the format timm and
+    OpenCLIP read): the shard paths, or None when webdataset is not installed."""
+    try:
+        import webdataset as wds
+    except ImportError:
+        return None
+    from torchvision.datasets import ImageFolder
+
+    out.mkdir(parents=True, exist_ok=True)
+    folder = ImageFolder(str(root / "train"))
+    with wds.ShardWriter(str(out / "train-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
+        for i, (path, label) in enumerate(folder.samples):
+            sink.write({"__key__": f"{i:08d}", "jpg": Path(path).read_bytes(), "cls": label})
+    return sorted(str(f) for f in out.glob("train-*.tar"))
+
+
+def wds_dataset(shards: list[str], tf):
+    """WebDataset's reader on ``shards``: shards split over DataLoader workers, a 1,000-sample shuffle buffer, and
+    the same decoder (``decode_image_bytes``, libjpeg-turbo) and pipeline as the packed reader's plain row."""
+    import webdataset as wds
+
+    from vitlab.data.files import decode_image_bytes
+
+    def sample(s):
+        return tf(decode_image_bytes(s["jpg"], s["__key__"], "torchvision")), int(s["cls"])
+
+    return (wds.WebDataset(shards, shardshuffle=False, workersplitter=wds.split_by_worker, empty_check=False)
+            .shuffle(1000, rng=__import__("random").Random(0)).map(sample))
+
+
+def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int, batch: int, workers: int,
+                wds_shards: list[str] | None = None) -> dict:
     """The loaders to compare for one (pipeline, resolution); the same transform object serves the plain ones."""
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
@@ -124,6 +161,9 @@ def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int
     out = {BASELINE: loader(ImageFolder(str(root / "train"), transform=tf))}
     folder = FolderDataModule(root=str(root), num_workers=workers)
     out["vitlab folder"] = loader(TransformedDataset(folder.build_splits()[0], tf))
+    if wds_shards:
+        out[WDS_ROW] = DataLoader(wds_dataset(wds_shards, tf), batch_size=batch, num_workers=workers,
+                                  persistent_workers=workers > 0)
     for name, pack in packs.items():
         # (data.draft, data.normalize_on_device): a re-encoded pack is shown with its best reader only
         for draft, on_device in ((False, False), (True, False), (True, True)) if name == "packed" else ((True, True),):
@@ -138,9 +178,9 @@ def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int
 
 
 def run(root: Path, packs: dict[str, Path], pipeline: str, img_size: int, batch: int, workers: int,
-        repeats: int) -> list[dict]:
+        repeats: int, wds_shards: list[str] | None = None) -> list[dict]:
     """Loaders are timed round-robin (one pass each per repeat), so load from other processes hits all alike."""
-    loaders = loaders_for(root, packs, pipeline, img_size, batch, workers)
+    loaders = loaders_for(root, packs, pipeline, img_size, batch, workers, wds_shards)
     n = {name: _one_pass(ld)[0] for name, ld in loaders.items()}  # warm-up: workers, page cache
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     per_cpu: dict[str, list[float]] = {name: [] for name in loaders}
@@ -221,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (0 = in the main process)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--max-side", type=int, default=None, help="also pack with pack.max_side=N (FFCV's max_resolution)")
+    p.add_argument("--max-side", type=int, default=320,
+                   help="also pack with pack.max_side=N (FFCV's max_resolution; re-encoded: other pixels); 0 = skip")
     p.add_argument("--pack-workers", type=int, default=None, help="processes for packing (default: all cores)")
     p.add_argument("--listing", type=int, default=0, help="also time listing an N-file tree vs opening its pack")
     p.add_argument("--out", type=Path, default=Path("bench_results"), help="folder for the JSON file")
@@ -239,9 +280,12 @@ def main(argv: list[str] | None = None) -> dict:
             packs[name] = tmp / "packed_small"
             result["packs"][name] = {"options": f"pack.max_side={a.max_side} pack.quality=90 (re-encoded: other pixels)",
                                      "pack_s": pack_tree(root, packs[name], pack_workers, a.max_side)}
+        shards = write_wds(root, tmp / "wds")
+        result["packs"][WDS_ROW] = {"options": "original bytes, 500 images per tar" if shards else
+                                    "skipped: pip install webdataset (the dev extra) to add its row", "pack_s": 0.0}
         for cfg in a.configs.split(","):
             pipeline, size = cfg.split(":")
-            result["rows"] += run(root, packs, pipeline, int(size), a.batch, a.workers, a.repeats)
+            result["rows"] += run(root, packs, pipeline, int(size), a.batch, a.workers, a.repeats, shards)
         if a.listing:
             result["listing"] = listing(a.listing, pack_workers, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -249,7 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{a.workers} worker(s), batch {a.batch}"
     print(f"\nInput pipeline throughput ({machine})\n")
     for name, info in result["packs"].items():
-        print(f"- {name}: {info['options']}, packed in {info['pack_s']:.1f}s with {pack_workers} process(es)")
+        print(f"- {name}: {info['options']}" + (f", packed in {info['pack_s']:.1f}s with {pack_workers} process(es)"
+                                                 if info["pack_s"] else ""))
     print("\n| pipeline | px | loader | img/s | ± | img/s per worker | vs torchvision | img per CPU-s | vs torchvision |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
