@@ -136,6 +136,9 @@ _T6 = [  # model, epochs, ImageNet, ReaL, CIFAR-10, CIFAR-100, Pets, Flowers, ex
     ("r50_vit_l16", 7, 86.60, 89.72, 99.18, 93.64, 97.03, 99.40, 859),
     ("r50_vit_l16", 14, 87.12, 89.76, 99.31, 93.89, 97.36, 99.11, 1668),
 ]
+#: images in one epoch of JFT-300M (§4.1: "JFT-300M ... with 18k classes and 303M high-resolution images"):
+#: Table 6's exaFLOPs = training FLOPs per image x JFT_IMAGES x epochs (tests/test_flops.py)
+JFT_IMAGES = 303_000_000
 #: Table 6 (JFT-300M pretraining, fine-tuned at 384 px): (model, epochs) -> accuracies (%) and exaFLOPs
 TABLE6: dict[tuple[str, int], dict[str, Any]] = {
     (m, ep): {"pretrain_data": "jft300m", **dict(zip(TRANSFER_DATA, accs, strict=True)), "exaflops": ef,
