@@ -46,7 +46,7 @@ def test_per_dataset_recipes_hold_only_their_differences(recipe):
 
 
 def test_a_pretraining_recipe_shrunk_to_other_data_keeps_its_table3_rows(compose_train):
-    """docs/protocols.md's CPU shrink: the I21k recipe's numbers on vit_micro / shapes (paper.row picks the model)."""
+    """The I21k recipe's numbers on vit_micro / shapes (paper.row picks the model), as +experiment/paper/shrink=cpu does."""
     cfg = compose_train("experiment=paper/pretrain_imagenet21k", "model=vit_micro", "paper.row=vit_b16", "data=shapes",
                         "data.img_size=32", "data.global_batch_size=64", "optim.warmup=20")
     assert cfg.paper.data == "imagenet21k" and cfg.data.name == "shapes"

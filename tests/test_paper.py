@@ -288,32 +288,48 @@ def test_ddp_cpu_per_process_batch_from_the_global_batch(tmp_path, cli):
 
 
 # ---- the recipe, shrunk to this CPU, learns ------------------------------------------------------
+#: the summed sigmoid loss of a head that predicts the class prior 1/K everywhere (K = 10): 10 x H(0.1) = 3.251
+PRIOR_LOSS = -(math.log(0.1) + 9 * math.log(0.9))
+
+
 def _shrink(*extra: str) -> list[str]:
+    """The I21k recipe shrunk to this CPU: conf/experiment/paper/shrink/cpu.yaml, the one place it is written."""
     from vitlab.data.base import VisionDataModule
 
     drop = [] if "train_crop_scale" in inspect.signature(VisionDataModule.__init__).parameters else [
         "~data.train_crop_scale"]  # the data key lands with the pipeline fixes (issue 13, row 6)
-    return ["experiment=paper/pretrain_imagenet21k", "model=vit_micro", "paper.row=vit_b16", "data=shapes",
-            "data.img_size=32", "data.train_size=2000", "data.val_size=300", "data.test_size=500",
-            "data.global_batch_size=64", "optim.warmup=20", "optim.lr=3e-4", "trainer=cpu", "trainer.max_epochs=4",
-            *drop, *extra]
+    return ["experiment=paper/pretrain_imagenet21k", "+experiment/paper/shrink=cpu", *drop, *extra]
 
 
-@pytest.mark.slow  # ~2 min of CPU time (4 epochs of 32 steps); far longer on a loaded machine
+def test_the_cpu_shrink_keeps_the_recipe_mechanisms(compose_train):
+    """The shrink changes sizes, lr, warmup and the head bias (to this data's class prior); every mechanism stays."""
+    recipe = compose_train("experiment=paper/pretrain_imagenet21k", fast=False)
+    cfg = compose_train(*_shrink(), fast=False)
+    assert (cfg.model.name, cfg.data.name, cfg.trainer.accelerator, cfg.paper.data) == (
+        "vit_micro", "shapes", "cpu", "imagenet21k")
+    assert cfg.optim.name == "adam_decoupled" and cfg.optim.decay == "linear" and cfg.optim.end_lr_factor == 0.0
+    assert (cfg.optim.weight_decay, cfg.optim.grad_clip, cfg.optim.betas) == (
+        recipe.optim.weight_decay, recipe.optim.grad_clip, recipe.optim.betas)
+    assert cfg.module.loss == "sigmoid" and cfg.module.head_bias_init is None  # -> -log(K-1): the class prior
+    assert cfg.model.representation_size == 128 and cfg.model.pos_drop_rate == cfg.model.proj_drop_rate == 0.1
+    assert cfg.data.train_pipeline == "pretrain" and list(cfg.data.train_crop_scale) == [0.05, 1.0]
+    assert (cfg.data.global_batch_size, cfg.optim.lr, cfg.optim.warmup) == (64, 3e-4, 30)
+    assert cfg.data.train_size // cfg.data.global_batch_size * cfg.trainer.max_epochs == 1000
+
+
+@pytest.mark.slow  # 1,000 steps of batch 64: ~3.5 min on a loaded 2-core machine (docs/protocols.md)
 def test_paper_recipe_shrunk_to_cpu_learns(compose_train):
-    """The I21k recipe (decoupled Adam, sigmoid head at -10, pre-logits, global batch, warmup + linear decay) on
-    vit_micro / shapes. lr 3e-4: at batch 64, 1e-3 leaves vit_micro at chance on shapes (experiment=transfer_demo)."""
+    """The I21k recipe (decoupled Adam, sigmoid head at the class prior, tanh pre-logits, dropout, inception crop,
+    global batch, warmup + linear decay) on vit_micro / shapes learns: well above chance, below the prior's loss."""
     from vitlab.train import train
 
     cfg = compose_train(*_shrink("logger=none", "trainer.enable_progress_bar=false",
                                  "trainer.enable_model_summary=false"), fast=False)
-    assert cfg.optim.name == "adam_decoupled" and cfg.optim.weight_decay == 0.03 and cfg.module.head_bias_init == -10
-    # at init every logit sits at the head bias -10: summed sigmoid loss = log(1 + e^10) + 9 log(1 + e^-10) ~ 10.0
-    start = math.log1p(math.exp(10.0)) + 9 * math.log1p(math.exp(-10.0))
     res = train(cfg)
-    # measured on a 2-core machine at load 12: train/loss 9.54 -> 7.41 in 59 steps, val/loss 8.41 after 31 steps
-    assert res["val/loss"] < 0.85 * start, res
-    assert res["test/acc"] >= 0.1, res  # 10 classes: not below chance
+    # measured (docs/protocols.md): test acc 0.364 / 0.374, val loss 2.65 / 2.63 (seed 42 / 1); the recipe's -10
+    # head bias instead leaves the run at chance, 0.100 and 3.25, for all 1,000 steps
+    assert res["val/loss"] < 0.9 * PRIOR_LOSS, res
+    assert res["test/acc"] >= 0.25, res  # 10 classes: chance is 0.1
 
 
 # ---- docs/protocols.md keeps in step with the tables ---------------------------------------------
