@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help="pipeline:img_size,... (pretrain, finetune, eval, none)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers (0 = in the main process)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--max-side", type=int, default=320,
                    help="also pack with pack.max_side=N (FFCV's max_resolution; re-encoded: other pixels); 0 = skip")
     p.add_argument("--pack-workers", type=int, default=None, help="processes for packing (default: all cores)")
