@@ -33,7 +33,7 @@ FIELDS = ("img_size", "eval_img_size", "batch_size", "eval_batch_size", "num_cla
 #: the key set of every data option (a key that appears or vanishes changes --cfg job, checkpoints and W&B)
 _MEMORY = {"_target_", "name", "num_classes", "img_size", "eval_img_size", "batch_size", "eval_batch_size",
            "global_batch_size", "num_workers", "pin_memory", "train_size", "train_pipeline", "eval_pipeline",
-           "train_crop_scale", "eval_resize", "normalization"}
+           "train_crop_scale", "eval_resize", "normalization", "normalize_on_device"}
 _FILES = _MEMORY | {"root", "val_fraction", "persistent_workers", "subset_seed", "crop_pct", "skip_corrupt",
                     "max_image_pixels", "max_file_bytes"}
 _CIFAR = _MEMORY | {"variant", "root", "download", "download_url", "val_fraction", "subset_seed", "crop_pct"}
@@ -51,7 +51,8 @@ KEYS = {
     "packed": {"_target_", "name", "root", "num_classes", "img_size", "eval_img_size", "batch_size", "eval_batch_size",
                "global_batch_size", "num_workers", "pin_memory", "persistent_workers", "train_size", "subset_seed",
                "train_pipeline", "eval_pipeline", "crop_pct", "normalization", "classes", "verify", "cache_dir",
-               "timeout", "draft", "max_image_pixels", "train_crop_scale", "eval_resize"},  # crop settings: the source's
+               "timeout", "draft", "max_image_pixels", "train_crop_scale", "eval_resize",  # crop settings: the source's
+               "normalize_on_device"},
     "bench": {"_target_", "name", "num_classes", "img_size", "eval_img_size", "batch_size", "eval_batch_size",
               "global_batch_size", "num_workers", "pin_memory", "train_images", "val_images", "seed", "train_pipeline",
               "eval_pipeline", "train_crop_scale", "eval_resize", "normalization"},
