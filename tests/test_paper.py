@@ -3,7 +3,6 @@ against vitlab.paper (issue 13). Compose-only tests are cheap; the CPU shrink an
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 
@@ -294,11 +293,7 @@ PRIOR_LOSS = -(math.log(0.1) + 9 * math.log(0.9))
 
 def _shrink(*extra: str) -> list[str]:
     """The I21k recipe shrunk to this CPU: conf/experiment/paper/shrink/cpu.yaml, the one place it is written."""
-    from vitlab.data.base import VisionDataModule
-
-    drop = [] if "train_crop_scale" in inspect.signature(VisionDataModule.__init__).parameters else [
-        "~data.train_crop_scale"]  # the data key lands with the pipeline fixes (issue 13, row 6)
-    return ["experiment=paper/pretrain_imagenet21k", "+experiment/paper/shrink=cpu", *drop, *extra]
+    return ["experiment=paper/pretrain_imagenet21k", "+experiment/paper/shrink=cpu", *extra]
 
 
 def test_the_cpu_shrink_keeps_the_recipe_mechanisms(compose_train):
@@ -311,8 +306,9 @@ def test_the_cpu_shrink_keeps_the_recipe_mechanisms(compose_train):
     assert (cfg.optim.weight_decay, cfg.optim.grad_clip, cfg.optim.betas) == (
         recipe.optim.weight_decay, recipe.optim.grad_clip, recipe.optim.betas)
     assert cfg.module.loss == "sigmoid" and cfg.module.head_bias_init is None  # -> -log(K-1): the class prior
-    assert cfg.model.representation_size == 128 and cfg.model.pos_drop_rate == cfg.model.proj_drop_rate == 0.1
-    assert cfg.data.train_pipeline == "pretrain" and list(cfg.data.train_crop_scale) == [0.05, 1.0]
+    assert cfg.model.representation_size == 128  # tanh pre-logits at vit_micro's width
+    assert cfg.model.pos_drop_rate == cfg.model.proj_drop_rate == recipe.model.pos_drop_rate == 0.1
+    assert cfg.data.train_pipeline == "pretrain" and cfg.data.train_crop_scale == recipe.data.train_crop_scale
     assert (cfg.data.global_batch_size, cfg.optim.lr, cfg.optim.warmup) == (64, 3e-4, 30)
     assert cfg.data.train_size // cfg.data.global_batch_size * cfg.trainer.max_epochs == 1000
 

@@ -180,17 +180,15 @@ def decode_image_bytes(
     path: str | os.PathLike,
     decoder: str = "auto",
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    draft_min_side: int | None = None,
     reduce: Callable[[int, int], int] | None = None,
 ) -> Image.Image | torch.Tensor:
     """Decode an image file's bytes (``path`` names it in errors) after checking the pixel count its
     header declares against ``max_image_pixels``: every decoder of vitlab goes through here.
 
-    With ``draft_min_side``, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's
-    ``draft``) as long as its short side stays >= ``draft_min_side`` (the packed reader's ``data.draft``).
-    ``reduce(width, height)``, called once with the size the header declares (after the check), returns that
-    factor (1, 2, 4 or 8) itself: the drafted inception crop draws its crop there, from the one header parse.
-    A factor > 1 applies to JPEGs only; other formats decode at full size."""
+    ``reduce(width, height)``, called once with the size the header declares (after the check), returns a
+    factor r (1, 2, 4 or 8, see :func:`dct_reduction`): a JPEG is then decoded at 1/r scale (libjpeg's DCT
+    scaling, PIL's ``draft``; the packed reader's ``data.draft``). Other formats decode at full size. The drafted
+    inception crop draws its crop inside ``reduce``, from this one header parse."""
     _let_pil_open(max_image_pixels)
     try:
         with warnings.catch_warnings():
@@ -199,9 +197,6 @@ def decode_image_bytes(
         with im:
             check_declared_pixels(*im.size, path, max_image_pixels)
             w, h = im.size
-            if reduce is None and draft_min_side:
-                def reduce(w: int, h: int) -> int:
-                    return dct_reduction(min(w, h), draft_min_side)
             r = reduce(w, h) if reduce is not None else 1
             if r > 1 and data[:3] == b"\xff\xd8\xff":
                 im.draft("RGB", (w // r, h // r))  # PIL picks the largest scale whose output is >= this

@@ -41,6 +41,7 @@ from vitlab.data.files import (
     DEFAULT_MAX_IMAGE_PIXELS,
     CorruptImageError,
     DatasetNotFoundError,
+    dct_reduction,
     decode_image_bytes,
     positive_int,
 )
@@ -214,7 +215,8 @@ def decode(data: bytes | memoryview, draft_min_side: int | None = None, where: s
     With ``draft_min_side``, a JPEG is decoded at reduced scale (DCT scaling): the pipeline's crop and resize
     then start from fewer pixels and cover the same image region, up to resampling error.
     """
-    return decode_image_bytes(bytes(data), where, "torchvision", max_image_pixels, draft_min_side)
+    reduce = None if not draft_min_side else lambda w, h: dct_reduction(min(w, h), draft_min_side)
+    return decode_image_bytes(bytes(data), where, "torchvision", max_image_pixels, reduce)
 
 
 class PackedSplit(Dataset):

@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import tempfile
@@ -137,7 +138,7 @@ def wds_dataset(shards: list[str], tf):
         return tf(decode_image_bytes(s["jpg"], s["__key__"], "torchvision")), int(s["cls"])
 
     return (wds.WebDataset(shards, shardshuffle=False, workersplitter=wds.split_by_worker, empty_check=False)
-            .shuffle(1000, rng=__import__("random").Random(0)).map(sample))
+            .shuffle(1000, rng=random.Random(0)).map(sample))
 
 
 def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int, batch: int, workers: int,
