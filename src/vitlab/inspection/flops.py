@@ -14,8 +14,7 @@ where the kernel tap lands inside the input (``HloCostAnalysis::HandleConvolutio
 tensorflow/compiler/xla/service/hlo_cost_analysis.cc: "Skip if input index is not in bound"), so the
 zeros of a padded border cost nothing. A ViT's patch embedding has no padding and both conventions
 agree; a ResNet's 3x3 and 7x7 convolutions pad, and counting those taps put every BiT row of Table 6
-3-4% high (R50x1 52.1 exaFLOPs against the paper's 50, R200x3 3428 against 3306). Skipping them lands
-every ResNet row within 1%. Padding added by an explicit ``F.pad`` (timm's ``StdConv2dSame``, used by
+3-4% high. Skipping them lands every ResNet row within 1% (``python -m vitlab.inspection.flops table6``). Padding added by an explicit ``F.pad`` (timm's ``StdConv2dSame``, used by
 the hybrids) is input to the convolution and is counted; the hybrid rows are within 2% either way.
 
 Training FLOPs per image are counted on a real forward + backward pass (the backward of a matmul
@@ -224,7 +223,7 @@ def flops_stats(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["FlopCount", "count_flops", "flops_stats", "model_config_flops"]
+__all__ = ["FlopCount", "count_flops", "flops_stats", "model_config_flops", "table6_rows"]
 
 
 def flops_table(models: list[str] | None = None, img_size: int = 224, num_classes: int = 1000) -> list[dict[str, Any]]:
@@ -255,11 +254,31 @@ def flops_table(models: list[str] | None = None, img_size: int = 224, num_classe
     return rows
 
 
+def table6_rows(keys: list[tuple[str, int]] | None = None) -> list[dict[str, Any]]:
+    """Table 6's exaFLOPs beside vitlab's count for the same run: training FLOPs per image of the model as its
+    ``conf/model`` entry builds it (224 px, 1000 classes) x JFT-300M's images (``vitlab.paper.JFT_IMAGES``) x epochs."""
+    from vitlab import paper
+
+    rows = []
+    for model, epochs in keys or list(paper.TABLE6):
+        (r,) = flops_table([model], img_size=224, num_classes=1000)
+        ours = r["train_gflops"] * 1e9 * paper.JFT_IMAGES * epochs / 1e18
+        ref = paper.TABLE6[(model, epochs)]["exaflops"]
+        rows.append({"model": model, "epochs": epochs, "exaflops": ours, "paper": ref, "ratio": ours / ref})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m vitlab.inspection.flops [img_size]``: the params and GMACs table of every model config."""
+    """``python -m vitlab.inspection.flops [img_size]``: the params and GMACs table of every model config;
+    ``python -m vitlab.inspection.flops table6``: Table 6's exaFLOPs beside vitlab's count (about 2 minutes)."""
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "table6":
+        print("| model | epochs | exaFLOPs (vitlab) | Table 6 | vitlab / paper |\n|---|---|---|---|---|")
+        for r in table6_rows():
+            print(f"| {r['model']} | {r['epochs']} | {r['exaflops']:.1f} | {r['paper']} | {r['ratio']:.3f} |")
+        return
     size = int(argv[0]) if argv else 224
     print(f"| model | params (M) | GMACs fwd @{size} | train GFLOPs/img |\n|---|---|---|---|")
     for r in flops_table(img_size=size):
