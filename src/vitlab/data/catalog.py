@@ -72,7 +72,7 @@ def folder_num_classes(root: str, dataset: str | None = None) -> int:
 
 
 def packed_value(root: str, key: str, *args):
-    """``${vitlab.packed:<root>,<key>[,<img_size>]}``: the class count or a source setting recorded by ``vitlab.pack``."""
+    """``${vitlab.packed:<root>,<key>,<timeout>[,<img_size>]}``: the class count or a source setting recorded by ``vitlab.pack``."""
     from vitlab.data.packed import packed_manifest_value  # lazy: this module stays importable without torch
 
     return packed_manifest_value(root, key, *args)
