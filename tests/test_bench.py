@@ -149,17 +149,3 @@ def test_aggregate_pairs_repeats_and_reports_lever_speedups():
     assert "| vit_ti16_p4 | (a) + bf16 (x2.00 vs a) |" in md and "1.000 (0.900-1.250)" in md
 
 
-def test_old_bench_preset_spelling_still_composes_the_tiny_preset(tmp_path, capsys):
-    """Issue 12: the private top-level group ``bench_preset/`` moved to ``experiment/bench/``; the README-era
-    spelling keeps working with one deprecation line naming the new one."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from vitlab.config import compose_job
-
-    try:
-        new = compose_job("bench", ["experiment=bench/tiny"], tmp_path / "a")
-        old = compose_job("bench", ["bench_preset=tiny"], tmp_path / "b")
-    finally:
-        GlobalHydra.instance().clear()
-    assert "bench_preset=tiny is deprecated, use experiment=bench/tiny" in capsys.readouterr().err
-    assert (old.repeats, old.steps, old.models.vit_micro.img_size) == (new.repeats, new.steps, 16) == (1, 2, 16)

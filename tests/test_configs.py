@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from vitlab.config import CONF_DIR, ConfigError, validate_train_cfg
+from vitlab.config import CONF_DIR, validate_train_cfg
+from vitlab.errors import ConfigError
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in ("model", "data", "optim", "trainer")}
 

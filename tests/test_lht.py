@@ -14,7 +14,8 @@ import pytest
 from omegaconf import open_dict, read_write
 
 from conftest import REPO
-from vitlab.config import CONF_DIR, PRECISIONS, ConfigError, validate_train_cfg
+from vitlab.config import CONF_DIR, PRECISIONS, validate_train_cfg
+from vitlab.errors import ConfigError
 from vitlab.train import train
 
 #: a training run of a few seconds: 100 digits, one epoch
@@ -59,7 +60,7 @@ def _as_multirun(cfg):
 
 
 def test_multirun_allows_ddp_spawn_but_not_ddp(compose_train):
-    from vitlab.train import check_launch
+    from vitlab.runs.assemble import check_launch
 
     check_launch(_as_multirun(compose_train("trainer=ddp_sim")))  # workers are spawned: sys.argv is not re-run
     with pytest.raises(ConfigError, match="re-launch the whole sweep"):

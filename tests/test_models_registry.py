@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from vitlab.errors import ModelConfigError
 from vitlab.models import build_model, count_params, registry
-from vitlab.models.registry import ModelConfigError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vitlab"
 MODELS = SRC / "models"

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from vitlab import paper
-from vitlab.config import CONF_DIR, ConfigError, apply_global_batch
-from vitlab.models.factory import VIT_SHAPES
+from vitlab.config import CONF_DIR, apply_global_batch
+from vitlab.errors import ConfigError
+from vitlab.models.vit import VIT_SHAPES
 
 MODELS = {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")}
 
@@ -245,7 +246,8 @@ def test_adam_is_still_l2_and_named_apart():
 
 # ---- row 10: a schedule that fits the run -------------------------------------------------------
 def test_warmup_longer_than_the_run_is_an_error():
-    from vitlab.optim import OptimConfigError, build_scheduler, lr_factor
+    from vitlab.errors import OptimConfigError
+    from vitlab.optim import build_scheduler, lr_factor
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(OptimConfigError, match=r"optim.warmup=10000 steps is longer than the whole run \(5480"):

@@ -9,10 +9,7 @@
 from __future__ import annotations
 
 import ast
-import warnings
 from pathlib import Path
-
-import pytest
 
 from conftest import REPO
 
@@ -120,21 +117,6 @@ def test_mpp_takes_no_classification_keys():
 
     params = set(inspect.signature(MaskedPatchPredictionModule.__init__).parameters)
     assert not params & {"loss", "label_smoothing", "head_bias_init"}
-
-
-def test_old_objective_spelling_still_works_with_a_deprecation(compose_train):
-    from vitlab.config import ConfigError
-    from vitlab.runs.assemble import build_module
-
-    target = "module._target_=vitlab.modules.mpp.MaskedPatchPredictionModule"
-    with pytest.warns(DeprecationWarning, match=r"module=mpp"):
-        module = build_module(compose_train(target))
-    assert type(module).__name__ == "MaskedPatchPredictionModule"
-    with pytest.raises(ConfigError, match=r"module.loss='sigmoid' is a classification setting"):
-        build_module(compose_train(target, "module.loss=sigmoid"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)
-        build_module(compose_train("module=mpp"))  # the new spelling: no warning
 
 
 def test_objective_yaml_states_the_module_defaults():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 import os
 import secrets
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,37 +202,6 @@ def apply_global_batch(cfg: DictConfig) -> str | None:
             f"{accum} accumulation steps")
 
 
-#: keys that moved, old spelling -> new: on the command line the old one still works, with a one-line warning
-MOVED_KEYS: dict[str, str] = {
-    "trainer.skip_nonfinite": "callbacks.nonfinite.skip",  # a vitlab key in Lightning's section; now its callback's
-}
-
-
-#: config groups that moved: ``<old>=<name>`` is read as ``<new group>/<name>`` (same warning)
-MOVED_GROUPS: dict[str, str] = {
-    "bench_preset": "experiment=bench",  # a private top-level group; the bench's presets are experiments now
-}
-
-
-def rewrite_moved_overrides(overrides: list[str]) -> list[str]:
-    """``trainer.skip_nonfinite=true`` -> ``callbacks.nonfinite.skip=true`` (a ``++``/``~`` prefix kept, ``+`` read as ``++``),
-    saying so once on stderr, so a command line or sweep written before a key moved keeps working."""
-    out = []
-    for o in overrides:
-        prefix = o[: len(o) - len(o.lstrip("+~"))]
-        key, sep, value = o[len(prefix):].partition("=")
-        if key in MOVED_GROUPS and sep and not prefix:
-            new = f"{MOVED_GROUPS[key]}/{value}"
-            print(f"vitlab: {key}={value} is deprecated, use {new} (read as {new} this time)", file=sys.stderr)
-            o = new
-        elif key in MOVED_KEYS:
-            new = MOVED_KEYS[key]
-            print(f"vitlab: {key} is deprecated, use {new}={value or '...'} (read as {new} this time)", file=sys.stderr)
-            o = f"{'++' if prefix == '+' else prefix}{new}{sep}{value}"  # `+`: the new key always exists
-        out.append(o)
-    return out
-
-
 def to_plain(cfg: Any) -> Any:
     """A resolved, plain-container copy (safe for ``torch.load(weights_only=True)`` and JSON)."""
     if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
@@ -259,7 +227,7 @@ def compose_job(config_name: str, overrides: list[str], output_dir: str | Path) 
     output_dir = Path(output_dir)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=rewrite_moved_overrides(list(overrides)),
+        cfg = compose(config_name=config_name, overrides=list(overrides),
                       return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)

@@ -12,14 +12,12 @@ from typing import Any
 from omegaconf import DictConfig
 
 from vitlab import metrics as M
-from vitlab.config import ConfigError
-from vitlab.runs import load_checkpoint, load_run
+from vitlab.errors import ConfigError
+from vitlab.runs import load_run
 from vitlab.runs.assemble import build_trainer, report
 from vitlab.tasks import hydra_app, scalar_metrics, task_wrapper
 
 log = logging.getLogger("vitlab.evaluate")
-
-__all__ = ["evaluate", "load_checkpoint", "load_run", "main"]  # the loaders live in vitlab.runs
 
 
 @task_wrapper

@@ -48,7 +48,8 @@ def check_optim_cfg(cfg: Mapping[str, Any]) -> None:
     """The one check of the optimiser's numbers (lr, weight decay, clipping), in the words of every other
     positive-number check (:func:`vitlab.config.check_positive`). Called where the optimiser is built, and by
     the objectives and ``validate_train_cfg`` so that a wrong value fails before anything is built or written."""
-    from vitlab.config import ConfigError, check_positive
+    from vitlab.config import check_positive
+    from vitlab.errors import ConfigError
 
     check_positive("optim.lr", cfg.get("lr"))
     if not math.isfinite(float(cfg["lr"])):

@@ -95,7 +95,7 @@ def hydra_app(config_name: str, returns: str | None = None) -> Callable:
     """
     import hydra
 
-    from vitlab.config import CONF_DIR, rewrite_moved_overrides
+    from vitlab.config import CONF_DIR
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -117,14 +117,7 @@ def hydra_app(config_name: str, returns: str | None = None) -> Callable:
         if task.__module__ == "__main__":
             spec = getattr(sys.modules.get("__main__"), "__spec__", None)
             task.__module__ = spec.name if spec is not None else Path(sys.argv[0]).stem
-        hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
-
-        @functools.wraps(hydra_main)
-        def entry(*args, **kwargs):
-            sys.argv[1:] = rewrite_moved_overrides(sys.argv[1:])  # an old key's spelling: warn, read the new one
-            return hydra_main(*args, **kwargs)
-
-        return entry
+        return hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
 
     return decorate
 

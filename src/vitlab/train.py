@@ -14,18 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from vitlab.runs.assemble import (
-    SPAWNING_DDP,
-    build_module,
-    check_launch,
-    run_stats,
-    save_resolved_config,
-    train_run,
-)
+from vitlab.runs.assemble import train_run
 from vitlab.tasks import hydra_app
-
-__all__ = ["SPAWNING_DDP", "build_module", "check_launch", "main", "resolve_printed_config", "run_stats",
-           "save_resolved_config", "train"]
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

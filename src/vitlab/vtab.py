@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
-from vitlab.config import ConfigError
+from vitlab.errors import ConfigError
 from vitlab.runs.assemble import fine_tune_cfg, report, train_run
 from vitlab.tasks import hydra_app, task_wrapper
 

@@ -23,9 +23,15 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from vitlab import metrics as M
-from vitlab.data.base import DataConfigError, VisionDataModule, check_val_fraction
+from vitlab.data.base import VisionDataModule, check_val_fraction
 from vitlab.data.tree import ancestor_keys, list_class_dirs, walk_files
-from vitlab.errors import CorruptImageError, DatasetFormatError, DatasetNotFoundError, RefusedImageError
+from vitlab.errors import (
+    CorruptImageError,
+    DataConfigError,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    RefusedImageError,
+)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitlab.data.base import DataConfigError
 from vitlab.data.files import HeldOutFileDataModule, holdout_mask, scan_class_folders
+from vitlab.errors import DataConfigError
 
 VAL_DIRS = ("val", "valid", "validation")
 

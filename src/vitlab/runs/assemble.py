@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
-from vitlab.config import ConfigError, apply_global_batch, job_config, to_plain, validate_train_cfg
+from vitlab.config import apply_global_batch, job_config, to_plain, validate_train_cfg
+from vitlab.errors import ConfigError
 from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_results
 
 log = logging.getLogger("vitlab.train")
@@ -65,31 +65,12 @@ def build_datamodule(data_cfg: DictConfig):
 
 
 def module_kwargs(cfg: DictConfig) -> tuple[type, dict[str, Any]]:
-    """The objective's class and its own keys (``conf/module/<objective>.yaml``).
-
-    The old spelling, ``module._target_=<another objective>`` on top of the classification group, still works:
-    the classification keys left at their defaults are dropped with a deprecation message naming ``module=<name>``;
-    one set to something else is an error, since that objective would ignore it.
-    """
+    """The objective's class and its own keys (``conf/module/<objective>.yaml``)."""
     import hydra
-
-    from vitlab.runs.read import OBJECTIVES
 
     kwargs = to_plain(cfg.module) or {}
     target = kwargs.pop("_target_", DEFAULT_OBJECTIVE)
-    cls = hydra.utils.get_class(target)
-    legacy = {"loss": "softmax", "label_smoothing": 0.0, "head_bias_init": None}  # conf/module/classification.yaml
-    foreign = [k for k in legacy if k in kwargs and target != DEFAULT_OBJECTIVE]
-    if foreign:
-        name = next((n for n, (mod, c) in OBJECTIVES.items() if f"{mod}.{c}" == target), None)
-        changed = [k for k in foreign if kwargs[k] != legacy[k]]
-        if changed:
-            raise ConfigError(f"module.{changed[0]}={kwargs[changed[0]]!r} is a classification setting; {target} "
-                              f"does not take it (its keys: conf/module/{name or '<objective>'}.yaml)")
-        warnings.warn(f"module._target_={target} on the classification group is deprecated: select the objective "
-                      f"with module={name} (conf/module/{name}.yaml)", DeprecationWarning, stacklevel=2)
-        kwargs = {k: v for k, v in kwargs.items() if k not in foreign}
-    return cls, kwargs
+    return hydra.utils.get_class(target), kwargs
 
 
 def build_module(cfg: DictConfig, config: dict[str, Any] | None = None):

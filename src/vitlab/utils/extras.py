@@ -16,7 +16,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.config import ConfigError
+from vitlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

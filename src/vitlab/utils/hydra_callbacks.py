@@ -82,7 +82,8 @@ class RunGuard(Callback):
     live process owns stops this one with a message naming the directory and the owner's pid, exit code 1."""
 
     def _own(self, config: DictConfig, key: str) -> None:
-        from vitlab.utils.run_owner import RunDirBusyError, acquire
+        from vitlab.errors import RunDirBusyError
+        from vitlab.utils.run_owner import acquire
 
         try:
             d = OmegaConf.select(config, key)
@@ -128,7 +129,8 @@ class SweepSummary(Callback):
     owner of the sweep directory (a second sweep writing the same directory is refused, see ``RunGuard``)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from vitlab.utils.run_owner import RunDirBusyError, own
+        from vitlab.errors import RunDirBusyError
+        from vitlab.utils.run_owner import own
 
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
