@@ -78,7 +78,7 @@ def test_evaluator_on_digits_beats_chance_with_a_random_backbone():
 
 def test_fewshot_task_and_training_callback(compose_train, tmp_path, capsys):
     from conftest import compose_cfg
-    from vitlab.probe import probe
+    from vitlab.runs.probe import probe
     from vitlab.train import train
 
     cfg = compose_train("trainer.max_epochs=1", "data.train_size=200", "callbacks=fewshot",
@@ -101,7 +101,7 @@ def test_fewshot_task_and_training_callback(compose_train, tmp_path, capsys):
 def test_fewshot_without_a_checkpoint_says_what_to_give(tmp_path):
     from conftest import compose_cfg
     from vitlab.config import ConfigError
-    from vitlab.probe import probe
+    from vitlab.runs.probe import probe
 
     cfg = compose_cfg("fewshot", ["data=digits"], tmp_path / "fs")
     with pytest.raises(ConfigError, match="ckpt_path=<vitlab .ckpt>, or model=<name> model.pretrained="):
@@ -111,7 +111,7 @@ def test_fewshot_without_a_checkpoint_says_what_to_give(tmp_path):
 def test_random_init_baseline_is_seeded_and_beats_chance(tmp_path):
     """`python -m vitlab.fewshot model=vit_micro random_init=true`: the number a pretrained representation must beat."""
     from conftest import compose_cfg
-    from vitlab.probe import probe
+    from vitlab.runs.probe import probe
 
     args = ["model=vit_micro", "random_init=true", "data=digits", "protocol.shots=[5]", "protocol.seeds=2",
             "protocol.max_eval=200"]
@@ -126,8 +126,8 @@ def test_random_init_baseline_is_seeded_and_beats_chance(tmp_path):
 def test_fewshot_task_logs_scalars_and_a_wandb_table_offline(tmp_path, monkeypatch):
     """`python -m vitlab.fewshot ... logger=wandb`: the scalars and the table land in the offline run file."""
     from conftest import compose_cfg
-    from vitlab.probe import probe
     from vitlab.report.wandb_offline import find_offline_runs, read_offline_run
+    from vitlab.runs.probe import probe
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     args = ["model=vit_micro", "random_init=true", "data=digits", "protocol.shots=[1,5]", "protocol.seeds=1",

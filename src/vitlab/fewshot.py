@@ -9,7 +9,7 @@
 The protocol: :mod:`vitlab.protocols.fewshot`; its options: ``conf/protocol/fewshot.yaml``.
 """
 
-from vitlab.probe import SCORE, probe
+from vitlab.runs.probe import SCORE, probe
 from vitlab.tasks import hydra_app
 
 main = hydra_app("fewshot", returns=SCORE)(probe)

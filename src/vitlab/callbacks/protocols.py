@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from vitlab import protocols
+from vitlab.errors import ConfigError
 
 
 class ProtocolCallback(L.Callback):
@@ -33,7 +34,7 @@ class ProtocolCallback(L.Callback):
                  **options: Any) -> None:
         self.module = protocols.find(name)
         if int(every_n_epochs) < 1:
-            raise protocols.ProtocolError(f"callbacks.{name}.every_n_epochs={every_n_epochs} must be >= 1")
+            raise ConfigError(f"callbacks.{name}.every_n_epochs={every_n_epochs} must be >= 1")
         self.name, self.data_cfg, self.img_size = name, data, img_size
         self.every_n_epochs = int(every_n_epochs)
         self.options = options

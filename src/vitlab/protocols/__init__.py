@@ -32,14 +32,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vitlab.data.base import TransformedDataset, dataset_targets
+from vitlab.errors import ConfigError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 #: keys of ``conf/protocol/<name>.yaml`` that are the callback's (Hydra's and ``ProtocolCallback``'s), not options
 NOT_OPTIONS = ("_target_", "_recursive_", "name", "every_n_epochs", "data", "img_size")
-
-
-class ProtocolError(ValueError):
-    """An unknown protocol name or a bad protocol option."""
 
 
 def available() -> list[str]:
@@ -54,17 +51,17 @@ def find(name: str) -> ModuleType:
     if isinstance(name, str) and _NAME.match(name) and any(m.name == name for m in pkgutil.iter_modules(__path__)):
         module = importlib.import_module(f"{__name__}.{name}")
     if module is None or not hasattr(module, "Evaluator"):
-        raise ProtocolError(f"protocol name={name!r} is not an evaluation protocol; choose from {available()} "
+        raise ConfigError(f"protocol name={name!r} is not an evaluation protocol; choose from {available()} "
                             "(a new one is vitlab/protocols/<name>.py with an Evaluator + conf/protocol/<name>.yaml)")
     return module
 
 
 def build(name: str, datamodule: Any, **options: Any):
-    """``vitlab.protocols.<name>.Evaluator(datamodule, **options)``; its own checks raise :class:`ProtocolError`."""
+    """``vitlab.protocols.<name>.Evaluator(datamodule, **options)``; its own checks raise :class:`vitlab.errors.ConfigError`."""
     try:
         return find(name).Evaluator(datamodule, **options)
     except TypeError as e:  # an option the protocol does not have
-        raise ProtocolError(f"protocol {name}: {e}; its options are the keys of conf/protocol/{name}.yaml") from None
+        raise ConfigError(f"protocol {name}: {e}; its options are the keys of conf/protocol/{name}.yaml") from None
 
 
 def options(cfg: Any) -> dict[str, Any]:

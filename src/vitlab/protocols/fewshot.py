@@ -32,7 +32,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 from vitlab import metrics as M
-from vitlab.protocols import ProtocolError, cap, eval_view, extract_features, labels
+from vitlab.errors import ConfigError
+from vitlab.protocols import cap, eval_view, extract_features, labels
 
 BIAS_CONSTANT = 100.0
 #: the paper's fixed penalty: big_vision ``configs/common_fewshot.py`` (``config.fewshot.l2_reg = 2.0 ** 10``)
@@ -155,17 +156,17 @@ class Evaluator:
     def __init__(self, datamodule, *, shots: Sequence[int], seeds: int, l2_select: str, l2: float,
                  l2_grid: Sequence[float] | None, max_eval: int | None, batch_size: int, name: str | None = None) -> None:
         if not shots or any(int(k) < 1 for k in shots):
-            raise ProtocolError(f"fewshot shots={list(shots)} must be positive ints")
+            raise ConfigError(f"fewshot shots={list(shots)} must be positive ints")
         if int(seeds) < 1:
-            raise ProtocolError(f"fewshot seeds={seeds} must be >= 1")
+            raise ConfigError(f"fewshot seeds={seeds} must be >= 1")
         if l2_select not in L2_SELECT:
-            raise ProtocolError(f"fewshot l2_select={l2_select!r} is not one of {list(L2_SELECT)}: fixed = big_vision's "
+            raise ConfigError(f"fewshot l2_select={l2_select!r} is not one of {list(L2_SELECT)}: fixed = big_vision's "
                                 "l2 = 2^10 (the paper), val_grid = choose on the validation split from l2_grid")
         if l2_select == "fixed" and l2_grid:
-            raise ProtocolError(f"fewshot l2_grid={list(l2_grid)} is only used with l2_select=val_grid "
+            raise ConfigError(f"fewshot l2_grid={list(l2_grid)} is only used with l2_select=val_grid "
                                 f"(l2_select=fixed solves at l2={l2})")
         if not float(l2) > 0:
-            raise ProtocolError(f"fewshot l2={l2} must be > 0")
+            raise ConfigError(f"fewshot l2={l2} must be > 0")
         self.dm = datamodule
         self.shots = [int(k) for k in shots]
         self.seeds = int(seeds)
