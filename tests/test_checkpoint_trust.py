@@ -99,7 +99,7 @@ def poisoned(clean, tmp_path_factory):
 TASK_ARGS = {
     "evaluate": ("evaluate", []),
     "analyze": ("analyze", ["num_images=4", "rollout_images=1"]),
-    "fewshot": ("fewshot", ["data=digits", "shots=[1]", "seeds=1"]),
+    "fewshot": ("fewshot", ["data=digits", "protocol.shots=[1]", "protocol.seeds=1"]),
     "vtab": ("vtab", ["data.task=dtd", "vtab.lr_grid=[0.01]", "vtab.steps=1"]),
     "resume": ("train", ["model=vit_micro", "data=digits", *TINY]),  # train with ckpt_path=<file> resumes from it
 }
@@ -127,9 +127,9 @@ def run_task(task: str, cfg) -> dict:
 
         return analyze(cfg)
     if task == "fewshot":
-        from vitlab.fewshot import fewshot
+        from vitlab.runs.probe import probe
 
-        return fewshot(cfg)
+        return probe(cfg)
     if task == "vtab":
         from vitlab.vtab import run_task as vtab_task
 

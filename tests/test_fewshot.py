@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from vitlab import protocols
 from vitlab.protocols.fewshot import (
     L2_GRID,
-    FewShotEvaluator,
     fewshot_accuracy,
     kshot_indices,
     precompute,
     ridge_direct,
 )
+
+PROTOCOL_YAML = Path(__file__).resolve().parents[1] / "conf" / "protocol" / "fewshot.yaml"
+
+
+def evaluator(dm, **options):
+    """The few-shot evaluator with the defaults of conf/protocol/fewshot.yaml (what the task and callback compose)."""
+    return protocols.build("fewshot", dm, **{**protocols.options(OmegaConf.load(PROTOCOL_YAML)), **options})
 
 
 @pytest.mark.parametrize("n,d", [(60, 12), (12, 60)])  # x^T x branch and x x^T branch
@@ -59,7 +68,7 @@ def test_evaluator_on_digits_beats_chance_with_a_random_backbone():
 
     torch.manual_seed(0)
     net = build_model("vit", "micro", 10, img_size=32, patch_size=8)
-    ev = FewShotEvaluator(DigitsDataModule(), shots=(1, 10), seeds=3, max_eval=300)
+    ev = evaluator(DigitsDataModule(), shots=(1, 10), seeds=3, max_eval=300)
     res = ev.evaluate(net)
     assert set(res) >= {"fewshot/digits_1shot", "fewshot/digits_10shot", "fewshot/digits_10shot_std"}
     # random ViT features still carry the image: 10-shot clearly above chance (10%; 0.35 measured at the
@@ -69,7 +78,7 @@ def test_evaluator_on_digits_beats_chance_with_a_random_backbone():
 
 def test_fewshot_task_and_training_callback(compose_train, tmp_path, capsys):
     from conftest import compose_cfg
-    from vitlab.fewshot import fewshot
+    from vitlab.runs.probe import probe
     from vitlab.train import train
 
     cfg = compose_train("trainer.max_epochs=1", "data.train_size=200", "callbacks=fewshot",
@@ -78,11 +87,11 @@ def test_fewshot_task_and_training_callback(compose_train, tmp_path, capsys):
     assert 0.0 <= results["fewshot/digits_5shot"] <= 1.0 and "fewshot/digits_1shot" in results
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
-    # `python -m vitlab.fewshot ckpt_path=... data=digits shots=[1,5] seeds=2`, composed as the CLI does
-    fs = compose_cfg("fewshot", [f"ckpt_path={ckpt}", "data=digits", "shots=[1,5]", "seeds=2", "max_eval=200"],
-                     tmp_path / "fs")
+    # `python -m vitlab.fewshot ckpt_path=... data=digits protocol.shots=[1,5] protocol.seeds=2`, as the CLI composes
+    fs = compose_cfg("fewshot", [f"ckpt_path={ckpt}", "data=digits", "protocol.shots=[1,5]", "protocol.seeds=2",
+                                 "protocol.max_eval=200"], tmp_path / "fs")
     capsys.readouterr()
-    res = fewshot(fs)
+    res = probe(fs)
     out = capsys.readouterr().out
     assert "| digits | 5 |" in out and "few-shot linear accuracy (2 seeds" in out
     saved = json.loads((tmp_path / "fs" / "metrics.json").read_text())
@@ -92,22 +101,23 @@ def test_fewshot_task_and_training_callback(compose_train, tmp_path, capsys):
 def test_fewshot_without_a_checkpoint_says_what_to_give(tmp_path):
     from conftest import compose_cfg
     from vitlab.errors import ConfigError
-    from vitlab.fewshot import fewshot
+    from vitlab.runs.probe import probe
 
     cfg = compose_cfg("fewshot", ["data=digits"], tmp_path / "fs")
     with pytest.raises(ConfigError, match="ckpt_path=<vitlab .ckpt>, or model=<name> model.pretrained="):
-        fewshot(cfg)
+        probe(cfg)
 
 
 def test_random_init_baseline_is_seeded_and_beats_chance(tmp_path):
     """`python -m vitlab.fewshot model=vit_micro random_init=true`: the number a pretrained representation must beat."""
     from conftest import compose_cfg
-    from vitlab.fewshot import fewshot
+    from vitlab.runs.probe import probe
 
-    args = ["model=vit_micro", "random_init=true", "data=digits", "shots=[5]", "seeds=2", "max_eval=200"]
-    a = fewshot(compose_cfg("fewshot", args, tmp_path / "a"))
-    b = fewshot(compose_cfg("fewshot", args, tmp_path / "b"))
-    c = fewshot(compose_cfg("fewshot", [*args, "seed=1"], tmp_path / "c"))
+    args = ["model=vit_micro", "random_init=true", "data=digits", "protocol.shots=[5]", "protocol.seeds=2",
+            "protocol.max_eval=200"]
+    a = probe(compose_cfg("fewshot", args, tmp_path / "a"))
+    b = probe(compose_cfg("fewshot", args, tmp_path / "b"))
+    c = probe(compose_cfg("fewshot", [*args, "seed=1"], tmp_path / "c"))
     assert a["fewshot/digits_5shot"] == b["fewshot/digits_5shot"]  # same seed, same random network
     assert a["fewshot/digits_5shot"] != c["fewshot/digits_5shot"]
     assert a["fewshot/digits_5shot"] > 0.2  # 10 classes: chance is 10%
@@ -116,12 +126,13 @@ def test_random_init_baseline_is_seeded_and_beats_chance(tmp_path):
 def test_fewshot_task_logs_scalars_and_a_wandb_table_offline(tmp_path, monkeypatch):
     """`python -m vitlab.fewshot ... logger=wandb`: the scalars and the table land in the offline run file."""
     from conftest import compose_cfg
-    from vitlab.fewshot import fewshot
     from vitlab.report.wandb_offline import find_offline_runs, read_offline_run
+    from vitlab.runs.probe import probe
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    args = ["model=vit_micro", "random_init=true", "data=digits", "shots=[1,5]", "seeds=1", "max_eval=100", "logger=wandb"]
-    res = fewshot(compose_cfg("fewshot", args, tmp_path / "fs"))
+    args = ["model=vit_micro", "random_init=true", "data=digits", "protocol.shots=[1,5]", "protocol.seeds=1",
+            "protocol.max_eval=100", "logger=wandb"]
+    res = probe(compose_cfg("fewshot", args, tmp_path / "fs"))
     run = read_offline_run(find_offline_runs(tmp_path / "fs")[0])
     assert run.summary["fewshot/digits_5shot"] == pytest.approx(res["fewshot/digits_5shot"])
     assert run.summary["fewshot/table/_type"] == "table-file" and run.summary["fewshot/table/nrows"] == 2
@@ -166,12 +177,13 @@ class _Projection(torch.nn.Module):
 def test_evaluator_defaults_to_fixed_l2_and_averages_three_nested_draws():
     from vitlab.data.base import TransformedDataset
     from vitlab.data.digits import DigitsDataModule
-    from vitlab.protocols.fewshot import L2_FIXED, extract_features
+    from vitlab.protocols import extract_features
+    from vitlab.protocols.fewshot import L2_FIXED
 
     assert L2_FIXED == 2.0**10  # big_vision configs/common_fewshot.py
     torch.manual_seed(0)
     net, dm = _Projection(), DigitsDataModule(img_size=8)
-    ev = FewShotEvaluator(dm, shots=(1, 5), max_eval=None)
+    ev = evaluator(dm, shots=(1, 5), max_eval=None)
     assert (ev.l2_select, ev.l2, ev.seeds) == ("fixed", 1024.0, 3)
     res = ev.evaluate(net)
     assert ev._prepare()["val"] is None  # the fixed penalty selects nothing: val is never read
@@ -195,20 +207,22 @@ def test_val_grid_is_an_option_and_misuse_is_named():
 
     torch.manual_seed(0)
     dm = DigitsDataModule(img_size=8)
-    ev = FewShotEvaluator(dm, shots=(5,), seeds=1, l2_select="val_grid", max_eval=200)
+    ev = evaluator(dm, shots=(5,), seeds=1, l2_select="val_grid", max_eval=200)
     res = ev.evaluate(_Projection())
     assert any(res["fewshot/digits_5shot_l2"] == pytest.approx(v) for v in L2_GRID)  # chosen on val from the grid
     assert ev._prepare()["val"] is not None
     with pytest.raises(ValueError, match="l2_select='best' is not one of"):
-        FewShotEvaluator(dm, l2_select="best")
+        evaluator(dm, l2_select="best")
     with pytest.raises(ValueError, match="l2_grid=.* only used with l2_select=val_grid"):
-        FewShotEvaluator(dm, l2_grid=[1.0, 2.0])
+        evaluator(dm, l2_grid=[1.0, 2.0])
 
 
 def test_fewshot_task_config_is_the_papers(tmp_path):
     from conftest import compose_cfg
+    from vitlab.protocols.fewshot import L2_FIXED
 
-    cfg = compose_cfg("fewshot", ["data=digits"], tmp_path / "fs")
-    assert (cfg.l2_select, cfg.l2, cfg.seeds, cfg.l2_grid) == ("fixed", 2.0**10, 3, None)
+    cfg = compose_cfg("fewshot", ["data=digits"], tmp_path / "fs").protocol
+    assert (cfg.l2_select, cfg.l2, cfg.seeds, cfg.l2_grid) == ("fixed", L2_FIXED, 3, None)
+    assert L2_FIXED == 2.0**10  # big_vision configs/common_fewshot.py
     cb = compose_cfg("train", ["callbacks=fewshot"], tmp_path / "tr").callbacks.fewshot
     assert (cb.l2_select, cb.l2, cb.seeds) == ("fixed", 2.0**10, 3)

@@ -105,9 +105,9 @@ def test_mpp_checkpoint_is_a_backbone_for_fewshot_and_finetuning(tmp_path):
     from omegaconf import OmegaConf
     from torch.utils.data import DataLoader, TensorDataset
 
-    from vitlab.fewshot import load_backbone
     from vitlab.models import build_model
     from vitlab.models.pretrained import load_pretrained
+    from vitlab.runs.probe import load_backbone
 
     m = MaskedPatchPredictionModule(MODEL, OPTIM)
     dl = DataLoader(TensorDataset(torch.rand(4, 3, 32, 32) * 2 - 1, torch.arange(4)), batch_size=4)

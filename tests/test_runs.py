@@ -15,7 +15,7 @@ from conftest import REPO
 
 SRC = REPO / "src" / "vitlab"
 #: the task modules: Hydra apps with a command line; nothing else may import them
-TASKS = ("train", "evaluate", "fewshot", "vtab", "analyze", "predict", "bench", "pack", "report.task")
+TASKS = ("train", "evaluate", "fewshot", "probe", "vtab", "analyze", "predict", "bench", "pack", "report.task")
 
 
 def _module_name(path: Path) -> str:

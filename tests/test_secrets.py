@@ -101,7 +101,7 @@ def test_eval_tasks_mask_the_key_in_their_wandb_run(task, trained, tmp_path):
     out_dir = tmp_path / task
     args = {
         "evaluate": ["logger=default", *WANDB_NAMES],
-        "fewshot": ["logger=default", *WANDB_NAMES, "shots=[2]", "seeds=1", "max_eval=64"],
+        "fewshot": ["logger=default", *WANDB_NAMES, "protocol.shots=[2]", "protocol.seeds=1", "protocol.max_eval=64"],
         "analyze": ["wandb=true", f"group={FROM_ENV}", "num_images=8", "rollout_images=2"],
     }[task]
     res = run([sys.executable, "-m", f"vitlab.{task}", f"ckpt_path={ckpt}", f"hydra.run.dir={out_dir}", *args],

@@ -157,7 +157,7 @@ def test_fewshot_during_training_evaluates_the_ema_weights(tmp_path, monkeypatch
     """With `callbacks=ema` and a few-shot callback, fewshot/* is measured on the averaged weights (the ones
     validated and checkpointed), even when the config lists EMA first."""
     from conftest import FAST, compose_cfg
-    from vitlab.protocols.fewshot import FewShotEvaluator
+    from vitlab.protocols.fewshot import Evaluator as FewShotEvaluator
     from vitlab.train import train
 
     seen = []
@@ -168,9 +168,9 @@ def test_fewshot_during_training_evaluates_the_ema_weights(tmp_path, monkeypatch
         return real_evaluate(self, net)
 
     monkeypatch.setattr(FewShotEvaluator, "evaluate", spy)
-    fewshot = ["+callbacks.fewshot._target_=vitlab.callbacks.fewshot.FewShotCallback", "+callbacks.fewshot._recursive_=false",
-               "+callbacks.fewshot.data._target_=vitlab.data.digits.DigitsDataModule", "+callbacks.fewshot.shots=[1]",
-               "+callbacks.fewshot.seeds=1", "+callbacks.fewshot.max_eval=50"]
+    fewshot = ["+protocol@callbacks.fewshot=fewshot", "+callbacks.fewshot._recursive_=false",
+               "+callbacks.fewshot.data._target_=vitlab.data.digits.DigitsDataModule", "callbacks.fewshot.shots=[1]",
+               "callbacks.fewshot.seeds=1", "callbacks.fewshot.max_eval=50"]
     cfg = compose_cfg("train", [*FAST, "callbacks=ema", "callbacks.ema.decay=0.9", "data.train_size=100",
                                 "trainer.max_epochs=1", "test=false", *fewshot], tmp_path / "run")
     assert list(cfg.callbacks).index("ema") < list(cfg.callbacks).index("fewshot")  # the order that used to break

@@ -14,13 +14,13 @@ vitlab's option beyond the paper, ``l2_select=val_grid``: pick the penalty on th
 split from :data:`L2_GRID` (2^-10 ... 2^19; vitlab's grid, not big_vision's), so the test split still
 selects nothing.
 
-The same :class:`FewShotEvaluator` runs standalone (``python -m vitlab.fewshot``) and periodically inside
-training as :class:`vitlab.callbacks.fewshot.FewShotCallback`, logging ``fewshot/<data>_<k>shot``.
+Options and their defaults: ``conf/protocol/fewshot.yaml``. The same :class:`Evaluator` runs standalone
+(``python -m vitlab.fewshot``) and periodically inside training (``callbacks=fewshot``, the generic
+:class:`vitlab.callbacks.protocols.ProtocolCallback`), logging ``fewshot/<data>_<k>shot``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Subset
 
 from vitlab import metrics as M
-
-log = logging.getLogger("vitlab.fewshot")
+from vitlab.errors import ConfigError
+from vitlab.protocols import cap, eval_view, extract_features, labels
 
 BIAS_CONSTANT = 100.0
 #: the paper's fixed penalty: big_vision ``configs/common_fewshot.py`` (``config.fewshot.l2_reg = 2.0 ** 10``)
@@ -42,7 +42,6 @@ L2_FIXED = 2.0**10
 L2_GRID: tuple[float, ...] = tuple(2.0**i for i in range(-10, 20))
 #: ``l2_select``: fixed (the paper / big_vision) | val_grid (vitlab's option)
 L2_SELECT = ("fixed", "val_grid")
-SHOTS: tuple[int, ...] = (1, 5, 10, 25)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -145,72 +144,29 @@ def fewshot_accuracy(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Features from a frozen model
+# The evaluator: a DataModule + shots + seeds (options: conf/protocol/fewshot.yaml)
 # ---------------------------------------------------------------------------------------------------------
 
-def representation(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The pre-logits representation: pooled features, through the pretraining tanh layer if there is one."""
-    feats = net.forward_features(x)
-    pooled = net.forward_head(feats, pre_logits=True)
-    head = getattr(net, "head", None)
-    if isinstance(head, nn.Sequential) and hasattr(head, "pre_logits"):
-        pooled = head.pre_logits(pooled)
-    return pooled.flatten(1)
+class Evaluator:
+    """k-shot linear accuracy of a frozen network on one dataset, averaged over seeds.
 
+    Every option is given (its default is stated once, in ``conf/protocol/fewshot.yaml``) and checked here.
+    """
 
-@torch.no_grad()
-def extract_features(net: nn.Module, ds: Dataset, batch_size: int = 256, device: torch.device | str | None = None,
-                     num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    was_training = net.training
-    net.eval()
-    device = device or next(net.parameters()).device
-    xs, ys = [], []
-    for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-        xs.append(representation(net, x.to(device)).float().cpu())
-        ys.append(torch.as_tensor(y))
-    net.train(was_training)
-    return torch.cat(xs), torch.cat(ys).long()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The evaluator: a DataModule + shots + seeds
-# ---------------------------------------------------------------------------------------------------------
-
-def _eval_view(dm, split: str) -> Dataset:
-    """A split with the *eval* pipeline (no augmentation), also for the training images."""
-    from vitlab.data.base import TransformedDataset
-
-    dm.setup()
-    ds = getattr(dm, f"{split}_set")
-    if split == "train":
-        return TransformedDataset(ds.base, dm.eval_transform())
-    return ds
-
-
-def _labels(ds: Dataset) -> np.ndarray:
-    from vitlab.data.base import dataset_targets
-
-    return np.asarray(dataset_targets(ds))
-
-
-class FewShotEvaluator:
-    """k-shot linear accuracy of a frozen network on one dataset, averaged over seeds."""
-
-    def __init__(self, datamodule, shots: Sequence[int] = SHOTS, seeds: int = 3, l2_grid: Sequence[float] | None = None,
-                 max_eval: int | None = None, batch_size: int = 256, name: str | None = None,
-                 l2_select: str = "fixed", l2: float = L2_FIXED) -> None:
+    def __init__(self, datamodule, *, shots: Sequence[int], seeds: int, l2_select: str, l2: float,
+                 l2_grid: Sequence[float] | None, max_eval: int | None, batch_size: int, name: str | None = None) -> None:
         if not shots or any(int(k) < 1 for k in shots):
-            raise ValueError(f"fewshot shots={list(shots)} must be positive ints")
+            raise ConfigError(f"fewshot shots={list(shots)} must be positive ints")
         if int(seeds) < 1:
-            raise ValueError(f"fewshot seeds={seeds} must be >= 1")
+            raise ConfigError(f"fewshot seeds={seeds} must be >= 1")
         if l2_select not in L2_SELECT:
-            raise ValueError(f"fewshot l2_select={l2_select!r} is not one of {list(L2_SELECT)}: fixed = big_vision's "
-                             "l2 = 2^10 (the paper), val_grid = choose on the validation split from l2_grid")
+            raise ConfigError(f"fewshot l2_select={l2_select!r} is not one of {list(L2_SELECT)}: fixed = big_vision's "
+                                "l2 = 2^10 (the paper), val_grid = choose on the validation split from l2_grid")
         if l2_select == "fixed" and l2_grid:
-            raise ValueError(f"fewshot l2_grid={list(l2_grid)} is only used with l2_select=val_grid "
-                             f"(l2_select=fixed solves at l2={l2})")
+            raise ConfigError(f"fewshot l2_grid={list(l2_grid)} is only used with l2_select=val_grid "
+                                f"(l2_select=fixed solves at l2={l2})")
         if not float(l2) > 0:
-            raise ValueError(f"fewshot l2={l2} must be > 0")
+            raise ConfigError(f"fewshot l2={l2} must be > 0")
         self.dm = datamodule
         self.shots = [int(k) for k in shots]
         self.seeds = int(seeds)
@@ -223,28 +179,17 @@ class FewShotEvaluator:
 
     def _prepare(self) -> dict[str, Any]:
         if self._splits is None:
-            train = _eval_view(self.dm, "train")
-            labels = _labels(train)
+            train = eval_view(self.dm, "train")
             k = int(self.dm.num_classes)
-            draws = {(s, seed): kshot_indices(labels, s, seed, k) for s in self.shots for seed in range(self.seeds)}
+            draws = {(s, seed): kshot_indices(labels(train), s, seed, k) for s in self.shots for seed in range(self.seeds)}
             needed = np.unique(np.concatenate(list(draws.values())))
             pos = {int(i): j for j, i in enumerate(needed)}
-            val = _eval_view(self.dm, "val") if self.l2_select == "val_grid" else None
-            test = _eval_view(self.dm, "test")
-            if self.max_eval:
-                val = self._cap(val, self.max_eval) if val is not None else None
-                test = self._cap(test, self.max_eval)
+            val = cap(eval_view(self.dm, "val"), self.max_eval) if self.l2_select == "val_grid" else None
+            test = cap(eval_view(self.dm, "test"), self.max_eval)
             self._splits = {"train": Subset(train, needed.tolist()), "draws": {key: np.array([pos[int(i)] for i in v])
                                                                                 for key, v in draws.items()},
                             "val": val, "test": test, "num_classes": k}
         return self._splits
-
-    @staticmethod
-    def _cap(ds: Dataset, n: int) -> Dataset:
-        if len(ds) <= n:
-            return ds
-        idx = np.random.default_rng(0).choice(len(ds), n, replace=False)
-        return Subset(ds, np.sort(idx).tolist())
 
     def evaluate(self, net: nn.Module) -> dict[str, float]:
         """``{f"fewshot/{name}_{k}shot": mean test accuracy, ..._std, ..._l2}`` for every k."""
@@ -267,12 +212,29 @@ class FewShotEvaluator:
             out[f"{key}_l2"] = float(math.exp(np.mean(np.log(l2s))))
         return out
 
+    @property
+    def score_key(self) -> str:
+        """The headline metric: the mean accuracy at the largest k."""
+        return M.fewshot_key(self.name, self.shots[-1])
 
-def format_table(results: dict[str, float], name: str, shots: Sequence[int]) -> str:
-    rows = ["| data | shots | accuracy (mean over seeds) | std | L2 (geo. mean) |", "|---|---|---|---|---|"]
-    for k in shots:
-        key = M.fewshot_key(name, k)
-        rows.append(f"| {name} | {k} | {results[key]:.2%} | {results[key + '_std']:.2%} | {results[key + '_l2']:.3g} |")
-    return "\n".join(rows)
+    def logged(self, results: dict[str, float]) -> dict[str, float]:
+        """What a training run logs every evaluation: the mean accuracies (not their std and L2)."""
+        return {k: v for k, v in results.items() if not k.endswith(("_std", "_l2"))}
 
+    def rows(self, results: dict[str, float]) -> list[dict[str, Any]]:
+        """One row per k (data, shots, accuracy, std, l2): the task's table, also logged as ``fewshot/table``."""
+        return [{"data": self.name, "shots": k, "accuracy": results[M.fewshot_key(self.name, k)],
+                 "std": results[M.fewshot_key(self.name, k) + "_std"],
+                 "l2": results[M.fewshot_key(self.name, k) + "_l2"]} for k in self.shots]
 
+    def about(self) -> dict[str, Any]:
+        """What a standalone run records beside the numbers (``metrics.json``)."""
+        return {M.FEWSHOT_SEEDS: self.seeds, M.FEWSHOT_L2_SELECT: self.l2_select}
+
+    def summary(self, results: dict[str, float]) -> str:
+        """The table the task prints."""
+        how = f"fixed L2 = {self.l2:g}, nested shot sets" if self.l2_select == "fixed" else "L2 chosen on val from l2_grid"
+        lines = ["| data | shots | accuracy (mean over seeds) | std | L2 (geo. mean) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['data']} | {r['shots']} | {r['accuracy']:.2%} | {r['std']:.2%} | {r['l2']:.3g} |"
+                  for r in self.rows(results)]
+        return f"few-shot linear accuracy ({self.seeds} seeds, {how}):\n" + "\n".join(lines)

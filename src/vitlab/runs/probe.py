@@ -1,0 +1,99 @@
+"""The frozen-network evaluation behind ``python -m vitlab.probe`` and ``python -m vitlab.fewshot``: load the
+network (a vitlab checkpoint, or ``model=`` + ``model.pretrained=``), run the named protocol
+(``vitlab.protocols.<name>``, options ``conf/protocol/<name>.yaml``) on ``data=``, print its table, write
+``metrics.json`` with its metrics (``fewshot/<data>_<k>shot``, ``knn/<data>_top1``, ...) and log them. ViT
+checkpoints are evaluated at their own resolution (the data is resized to it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vitlab import metrics as M
+from vitlab.config import to_plain
+from vitlab.errors import ConfigError
+from vitlab.runs.assemble import build_datamodule, report
+from vitlab.runs.read import read_run
+from vitlab.tasks import task_wrapper
+
+# torch, Lightning, the models and the protocols are imported where used: like every task, a command refused at
+# start-up (a literal secret, a busy run directory) answers before they load (`import lightning`: 1.3 s -> 52 s
+# measured on this loaded 2-core machine with `time python -c "import vitlab.runs.probe"`).
+
+#: the headline number of a run (what ``main`` returns to a sweeper): the evaluator's ``score_key`` metric
+SCORE = "protocol/score"
+
+
+def load_backbone(cfg: DictConfig):
+    """The frozen network: from a vitlab checkpoint (its own model config), or ``model=`` + ``model.pretrained=``."""
+    import torch
+
+    from vitlab.models import build_model
+    from vitlab.models.pretrained import load_pretrained
+
+    if cfg.get("ckpt_path"):
+        run = read_run(cfg.ckpt_path, cfg, with_data=False)  # data is this task's own (data=...)
+        model_cfg = run.model
+        if not any(k.startswith("net.head.") for k in run.checkpoint.get("state_dict", {})):
+            model_cfg = {**model_cfg, "num_classes": 0}  # e.g. masked patch prediction: a backbone without head
+        net = build_model(**model_cfg)
+        load_pretrained(net, cfg.ckpt_path, keep_head=True)
+        return net, dict(model_cfg)
+    random_init = bool(cfg.get("random_init"))
+    if cfg.get("model") is None or not (cfg.model.get("pretrained") or random_init):
+        raise ConfigError("give ckpt_path=<vitlab .ckpt>, or model=<name> model.pretrained=<.npz/.safetensors/.pth>, "
+                          "or model=<name> random_init=true for the untrained baseline")
+    model_cfg = to_plain(cfg.model)
+    if random_init:  # the baseline a pretrained representation has to beat: same architecture, seeded random weights
+        torch.manual_seed(int(cfg.get("seed", 0)))
+    net = build_model(**model_cfg)
+    if not random_init:
+        load_pretrained(net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")),
+                        pos_embed_resize=cfg.model.get("pos_embed_resize"))
+    return net, model_cfg
+
+
+def probe_data_cfg(cfg: DictConfig, model_cfg: dict[str, Any]) -> DictConfig:
+    data = OmegaConf.create(to_plain(cfg.data))
+    size = model_cfg.get("img_size")
+    from vitlab.models import registry
+
+    if registry.get(model_cfg.get("family")).transformer and size:
+        with open_dict(data):  # a ViT takes only its own resolution (position embeddings are not resized here)
+            data.img_size = int(size)
+            data.eval_img_size = int(size)
+    return data
+
+
+@task_wrapper
+def probe(cfg: DictConfig) -> dict[str, Any]:
+    """Load the frozen network, run ``cfg.protocol`` on ``cfg.data``, print its table, write ``metrics.json``."""
+    import lightning as L
+    from lightning.pytorch.loggers import WandbLogger
+
+    from vitlab import protocols
+    from vitlab.report.wandb_dash import log_table
+    from vitlab.utils.instantiate import build_loggers
+
+    if cfg.get("data") is None:
+        raise ConfigError("choose the dataset to evaluate on: data=<name> (e.g. data=digits)")
+    name = str(cfg.protocol.name)
+    protocols.find(name)  # an unknown name is refused before the checkpoint is read
+    L.seed_everything(cfg.seed)
+    net, model_cfg = load_backbone(cfg)
+    ev = protocols.build(name, build_datamodule(probe_data_cfg(cfg, model_cfg)), **protocols.options(cfg.protocol))
+    res = ev.evaluate(net)
+    results = {**res, **ev.about(), SCORE: res[ev.score_key], "protocol": name, "ckpt_path": cfg.get("ckpt_path"),
+               M.MODEL_NAME: model_cfg.get("name"), M.DATA_NAME: ev.name}
+    report(cfg.paths.output_dir, results)
+    rows = ev.rows(res)
+    for lg in build_loggers(cfg.get("logger")):  # task_wrapper finishes the W&B run
+        lg.log_metrics({k: v for k, v in res.items() if isinstance(v, float)})
+        if isinstance(lg, WandbLogger):  # the table as a wandb.Table, next to the scalars
+            log_table(lg.experiment, f"{name}/table", rows, list(rows[0]))
+        lg.finalize("success")
+    print(f"\n{ev.summary(res)}\noutputs: {cfg.paths.output_dir}")
+    return results
+
