@@ -146,13 +146,57 @@ TABLE6: dict[tuple[str, int], dict[str, Any]] = {
     for i, (m, ep, *accs, ef) in enumerate(_T6, 1)
 }
 
-#: Table 5 (ViT fine-tuned at 384 px, by pretraining data): (model, pretraining data) -> accuracy (%) per
-#: fine-tuning dataset.  Only the cells transcribed and checked so far; the rest of App. C's table is not here.
-TABLE5: dict[tuple[str, str], dict[str, Any]] = {
-    ("vit_b16", "imagenet"): {"imagenet": 77.91, "cifar10": 98.13, "source": "Table 5, ViT-B/16, ImageNet rows"},
-    ("vit_b16", "imagenet21k"): {"imagenet": 83.97, "cifar10": 98.95, "source": "Table 5, ViT-B/16, ImageNet-21k rows"},
-    ("vit_b16", "jft300m"): {"imagenet": 84.15, "cifar10": 99.00, "source": "Table 5, ViT-B/16, JFT-300M rows"},
-}
+#: Table 5 (App. C): ViT fine-tuned at 384 px (no Polyak averaging), by pretraining data, exactly as printed:
+#: (pretraining data, fine-tuning dataset, ViT-B/16, ViT-B/32, ViT-L/16, ViT-L/32, ViT-H/14); None is the paper's
+#: own empty cell ("–": the paper reports no ViT-H/14 pretrained on ImageNet alone).
+TABLE5_MODELS = ("vit_b16", "vit_b32", "vit_l16", "vit_l32", "vit_h14")
+_T5 = [
+    ("imagenet", "cifar10", 98.13, 97.77, 97.86, 97.94, None),
+    ("imagenet", "cifar100", 87.13, 86.31, 86.35, 87.07, None),
+    ("imagenet", "imagenet", 77.91, 73.38, 76.53, 71.16, None),
+    ("imagenet", "imagenet_real", 83.57, 79.56, 82.19, 77.83, None),
+    ("imagenet", "flowers102", 89.49, 85.43, 89.66, 86.36, None),
+    ("imagenet", "pets", 93.81, 92.04, 93.64, 91.35, None),
+    ("imagenet21k", "cifar10", 98.95, 98.79, 99.16, 99.13, 99.27),
+    ("imagenet21k", "cifar100", 91.67, 91.97, 93.44, 93.04, 93.82),
+    ("imagenet21k", "imagenet", 83.97, 81.28, 85.15, 80.99, 85.13),
+    ("imagenet21k", "imagenet_real", 88.35, 86.63, 88.40, 85.65, 88.70),
+    ("imagenet21k", "flowers102", 99.38, 99.11, 99.61, 99.19, 99.51),
+    ("imagenet21k", "pets", 94.43, 93.02, 94.73, 93.09, 94.82),
+    ("jft300m", "cifar10", 99.00, 98.61, 99.38, 99.19, 99.50),
+    ("jft300m", "cifar100", 91.87, 90.49, 94.04, 92.52, 94.55),
+    ("jft300m", "imagenet", 84.15, 80.73, 87.12, 84.37, 88.04),
+    ("jft300m", "imagenet_real", 88.85, 86.27, 89.99, 88.28, 90.33),
+    ("jft300m", "flowers102", 99.56, 99.27, 99.56, 99.45, 99.68),
+    ("jft300m", "pets", 95.80, 93.40, 97.11, 95.83, 97.56),
+]
+_DATA_LABELS = {"imagenet": "ImageNet", "imagenet21k": "ImageNet-21k", "jft300m": "JFT-300M",
+                "imagenet_real": "ImageNet ReaL", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+                "pets": "Oxford-IIIT Pets", "flowers102": "Oxford Flowers-102", "vtab": "VTAB (19 tasks)"}
+_MODEL_LABELS = {"vit_b16": "ViT-B/16", "vit_b32": "ViT-B/32", "vit_l16": "ViT-L/16", "vit_l32": "ViT-L/32",
+                 "vit_h14": "ViT-H/14", "bit_r50x1": "ResNet50x1", "bit_r50x2": "ResNet50x2",
+                 "bit_r101x1": "ResNet101x1", "bit_r152x1": "ResNet152x1", "bit_r152x2": "ResNet152x2",
+                 "bit_r200x3": "ResNet200x3", "bit_r152x4": "BiT-L R152x4", "r50_vit_b32": "R50x1+ViT-B/32",
+                 "r50_vit_b16": "R50x1+ViT-B/16", "r50_vit_l32": "R50x1+ViT-L/32", "r50_vit_l16": "R50x1+ViT-L/16"}
+#: Table 5's JFT ViT-H/14 column is not Table 6's H/14 row (ImageNet 88.04 vs 88.08, ReaL 90.33 vs 90.36, CIFAR-100
+#: 94.55 vs 94.71, Pets 97.56 vs 97.11, Flowers 99.68 vs 99.71): every number says which table it is from.
+_T5_VS_T6 = {("vit_h14", "jft300m"): "not Table 6: its 14-epoch H/14 row differs in 5 of 6 cells"}
+
+
+def _table5() -> dict[tuple[str, str], dict[str, Any]]:
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for data, dataset, *cells in _T5:
+        for model, acc in zip(TABLE5_MODELS, cells, strict=True):
+            if acc is not None:
+                rows.setdefault((model, data), {
+                    "source": f"Table 5, {_MODEL_LABELS[model]}, {_DATA_LABELS[data]} rows"
+                              + (f" ({_T5_VS_T6[(model, data)]})" if (model, data) in _T5_VS_T6 else "")})[dataset] = acc
+    return rows
+
+
+#: Table 5: (model, pretraining data) -> accuracy (%) per fine-tuning dataset; JFT runs are the longest ones
+#: (its L/16 column is Table 6's 14-epoch row).  84 cells; no (vit_h14, imagenet) entry: the paper has none.
+TABLE5: dict[tuple[str, str], dict[str, Any]] = _table5()
 
 #: Table 2 (state of the art; ImageNet fine-tuned at 512/518 px with Polyak averaging): (model, pretraining
 #: data) -> accuracy (%), and TPUv3-core-days.  Noisy Student is not a vitlab model and is left out.
@@ -192,14 +236,15 @@ def finetune_row(data: str) -> dict[str, Any]:
 
 
 def paper_results(model: str, pretrain_data: str, epochs: int | None = None) -> dict[str, Any] | None:
-    """The paper's fine-tuned accuracies for a (model, pretraining data[, epochs]) run, or None: Table 6 for
-    JFT (the given epochs, else the shortest), then Table 5 (fine-tuned at 384 px, no Polyak averaging)."""
-    if pretrain_data == "jft300m":
-        runs = sorted(ep for (m, ep) in TABLE6 if m == model)
-        if runs:
-            ep = epochs if epochs in runs else runs[0]
-            return TABLE6[(model, ep)]
-    return TABLE5.get((model, pretrain_data))
+    """The paper's fine-tuned accuracies (384 px, no Polyak averaging) for a (model, pretraining data[, epochs])
+    run, or None: Table 6's row for a JFT run with the given epochs; else Table 5 (whose JFT columns are the
+    longest runs); else, for a JFT model Table 5 lacks (ResNets, hybrids), Table 6's shortest run."""
+    jft_runs = sorted(ep for (m, ep) in TABLE6 if m == model) if pretrain_data == "jft300m" else []
+    if epochs in jft_runs:
+        return TABLE6[(model, epochs)]
+    if (model, pretrain_data) in TABLE5:
+        return TABLE5[(model, pretrain_data)]
+    return TABLE6[(model, jft_runs[0])] if jft_runs else None
 
 
 TABLES: dict[str, Any] = {
@@ -313,5 +358,58 @@ def markdown_tables() -> str:
     return "\n".join(out) + "\n"
 
 
-if __name__ == "__main__":
-    print(markdown_tables(), end="")
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def table5_markdown() -> str:
+    """Table 5 as printed in App. C, from :data:`TABLE5` (``python -m vitlab.paper table5``)."""
+    out = ["| pretrained on | dataset | " + " | ".join(_MODEL_LABELS[m] for m in TABLE5_MODELS) + " |",
+           "|---|---|" + "---|" * len(TABLE5_MODELS)]
+    for data, dataset, *_ in _T5:
+        cells = [_pct(TABLE5.get((m, data), {}).get(dataset)) for m in TABLE5_MODELS]
+        out.append(f"| {_DATA_LABELS[data]} | {_DATA_LABELS[dataset]} | " + " | ".join(cells) + " |")
+    notes = [f"{_MODEL_LABELS[m]} pretrained on {_DATA_LABELS[d]}: {n}." for (m, d), n in _T5_VS_T6.items()]
+    return "\n".join(["Table 5 (App. C): top-1 %, fine-tuned at 384 px", "", *out, "", *notes]) + "\n"
+
+
+def table6_markdown() -> str:
+    """Table 6 as printed in App. C, from :data:`TABLE6` (``python -m vitlab.paper table6``)."""
+    out = ["| model | epochs | " + " | ".join(_DATA_LABELS[d] for d in TRANSFER_DATA) + " | exaFLOPs | source |",
+           "|---|---|" + "---|" * (len(TRANSFER_DATA) + 2)]
+    for (m, ep), r in TABLE6.items():
+        out.append(f"| {_MODEL_LABELS[m]} | {ep} | " + " | ".join(_pct(r[d]) for d in TRANSFER_DATA)
+                   + f" | {r['exaflops']} | {r['source']} |")
+    return "\n".join(["Table 6 (App. C): JFT-300M pretraining, fine-tuned at 384 px, top-1 %", "", *out]) + "\n"
+
+
+def table2_markdown() -> str:
+    """Table 2 (without Noisy Student, not a vitlab model), from :data:`TABLE2` (``python -m vitlab.paper table2``)."""
+    cols = list(TABLE2)
+    out = ["| | " + " | ".join(TABLE2[c]["source"].removeprefix("Table 2, column ") for c in cols) + " |",
+           "|---|" + "---|" * len(cols)]
+    for d in (*TRANSFER_DATA, "vtab"):
+        out.append(f"| {_DATA_LABELS[d]} | " + " | ".join(_pct(TABLE2[c][d]) for c in cols) + " |")
+    out.append("| TPUv3-core-days | " + " | ".join(f"{TABLE2[c]['tpu_core_days'] / 1000:g}k" for c in cols) + " |")
+    title = "Table 2: fine-tuned top-1 % (ImageNet at 512 px for L/16, 518 px for H/14, Polyak averaging)"
+    return "\n".join([title, "", *out]) + "\n"
+
+
+PRINTABLE = {"table2": table2_markdown, "table5": table5_markdown, "table6": table6_markdown,
+             "recipes": markdown_tables}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vitlab.paper [recipes|table2|table5|table6]``: a stored table as markdown (default: recipes,
+    the "paper vs vitlab" tables of docs/protocols.md)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    name = args[0] if args else "recipes"
+    if len(args) > 1 or name not in PRINTABLE:
+        print(f"Error: no printable paper table {' '.join(args)!r}; use one of {', '.join(PRINTABLE)} "
+              "(python -m vitlab.paper table5)", file=sys.stderr)
+        return 2
+    print(PRINTABLE[name](), end="")
+    return 0
+
