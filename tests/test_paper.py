@@ -34,7 +34,13 @@ ISSUE_TABLE3 = [
     ("r50_vit_l16", "jft300m", (7, 14), 4e-4, "linear", 0.1, 0.0),
     ("vit_b16 vit_b32", "imagenet21k", (90,), 1e-3, "linear", 0.03, 0.1),
     ("vit_l16 vit_l32", "imagenet21k", (30, 90), 1e-3, "linear", 0.03, 0.1),
-    ("vit_b16 vit_b32 vit_l16 vit_l32 vit_h14", "imagenet", (300,), 3e-3, "cosine", 0.3, 0.1),
+    ("vit_b16 vit_b32 vit_l16 vit_l32", "imagenet", (300,), 3e-3, "cosine", 0.3, 0.1),  # "ViT-*": no H/14 (Table 5)
+]
+# Runs Tables 5/6 show the paper made beyond Table 3's rows (issue 22), with the Table 3 row whose numbers they take.
+BEYOND_TABLE3 = [
+    ("bit_r152x2", "jft300m", (7, 14), 6e-4, "linear", 0.1, 0.0),       # Table 6 rows 11-12
+    ("bit_r200x3", "jft300m", (14,), 6e-4, "linear", 0.1, 0.0),         # Table 6 row 13
+    ("vit_h14", "imagenet21k", (30, 90), 1e-3, "linear", 0.03, 0.1),    # Table 5's I21k H/14 column
 ]
 
 
@@ -54,13 +60,14 @@ def _need_model(model: str) -> None:
 # ---- the tables themselves ----------------------------------------------------------------------
 def test_table3_is_the_papers_table3():
     want = {}
-    for models, data, epochs, lr, decay, wd, dropout in ISSUE_TABLE3:
+    for models, data, epochs, lr, decay, wd, dropout in ISSUE_TABLE3 + BEYOND_TABLE3:
         for m in models.split():
             want[(m, data)] = (epochs[0], list(epochs), lr, decay, wd, dropout, 1.0 if data == "imagenet" else None)
     got = {k: (r["epochs"], r["epochs_options"], r["lr"], r["decay"], r["weight_decay"], r["dropout"], r["grad_clip"])
            for k, r in paper.TABLE3.items()}
     assert got == want
-    assert all(r["source"].startswith("Table 3 row") for r in paper.TABLE3.values())
+    assert all("Table 3 row" in r["source"] for r in paper.TABLE3.values())
+    assert "Table 6 row 13" in paper.TABLE3[("bit_r200x3", "jft300m")]["source"]
     assert (paper.PRETRAIN["global_batch_size"], paper.PRETRAIN["warmup_steps"], paper.PRETRAIN["img_size"]) == (
         4096, 10_000, 224)
 
@@ -186,15 +193,42 @@ def test_mpp_recipe_is_appendix_b12():
             cfg.optim.name, cfg.data.img_size) == (1_000_000, 4096, 2e-4, 10_000, "cosine", "adam_decoupled", 224)
 
 
-def test_model_scaling_takes_each_models_lr_from_table3():
-    cfg = _compose("sweep=model_scaling")
-    models = cfg.hydra.sweeper.params.model.split(",")
-    for m in models:
-        assert (m, "jft300m") in paper.TABLE3
-        c = _compose("sweep=model_scaling", f"model={m}")
-        assert (c.optim.lr, c.optim.weight_decay, c.trainer.max_epochs) == (
-            paper.TABLE3[(m, "jft300m")]["lr"], 0.1, paper.TABLE3[(m, "jft300m")]["epochs"])
-    assert len({_compose("sweep=model_scaling", f"model={m}").optim.lr for m in models}) > 1
+def test_model_scaling_sweeps_are_table6s_18_runs():
+    """sweep=model_scaling + sweep=model_scaling_longer: every (model, epochs) row of Table 6, each model with its
+    own Table 3 JFT numbers (issue 22: all of Table 6's models, the three 14-epoch second runs included)."""
+    runs = []
+    for sweep in ("model_scaling", "model_scaling_longer"):
+        for m in _compose(f"sweep={sweep}").hydra.sweeper.params.model.split(","):
+            c = _compose(f"sweep={sweep}", f"model={m}")
+            assert (c.optim.lr, c.optim.weight_decay) == (paper.TABLE3[(m, "jft300m")]["lr"], 0.1)
+            runs.append((m, c.trainer.max_epochs))
+    assert sorted(runs) == sorted(paper.TABLE6) and len(runs) == 18
+
+
+def _resolve_job(cfg) -> None:
+    """Resolve the recipe's keys as ``--cfg job`` prints them (the rest need Hydra's runtime)."""
+    for key in ("paper", "model", "data", "optim", "trainer", "module"):
+        OmegaConf.to_container(cfg[key], resolve=True)
+
+
+def test_done_when_the_runs_the_paper_made_compose(tmp_path):
+    (tmp_path / "jft300m" / "a").mkdir(parents=True)
+    r200 = _compose("experiment=paper/pretrain_jft300m", "model=bit_r200x3", f"paths.data_dir={tmp_path}")
+    assert r200.trainer.max_epochs == 14 == paper.TABLE3[("bit_r200x3", "jft300m")]["epochs"]
+    _resolve_job(r200)
+    r152 = _compose("experiment=paper/pretrain_jft300m", "model=bit_r152x2", f"paths.data_dir={tmp_path}")
+    assert r152.trainer.max_epochs == 7 and _compose("experiment=paper/pretrain_jft300m", "model=bit_r152x2",
+                                                      "trainer.max_epochs=14").trainer.max_epochs == 14
+    assert paper.TABLE3[("bit_r152x2", "jft300m")]["epochs_options"] == [7, 14]
+    h14 = _compose("experiment=paper/pretrain_imagenet21k", "model=vit_h14")
+    assert (h14.optim.lr, h14.optim.weight_decay, h14.model.pos_drop_rate, h14.model.representation_size) == (
+        1e-3, 0.03, 0.1, 1280)
+    _resolve_job(h14)
+    # ViT-H/14 on ImageNet alone: the paper has no such run (Table 5's "-"), only as vitlab's extra, by name
+    with pytest.raises(InterpolationResolutionError, match=r"did not pretrain 'vit_h14' on imagenet.*paper.row="):
+        _ = _compose("experiment=paper/pretrain_imagenet", "model=vit_h14").optim.lr
+    extra = _compose("experiment=paper/pretrain_imagenet", "model=vit_h14", "paper.row=vit_l16")
+    assert (extra.optim.lr, extra.trainer.max_epochs) == (3e-3, 300)
 
 
 def test_cfg_job_prints_resolved_numbers():
