@@ -222,16 +222,12 @@ def test_checkpoint_reader_still_accepts_the_old_path_of_a_moved_class(old):
         check_checkpoint({"vitlab_config": {"callbacks": {"x": {"_target_": old + "Evil"}}}}, "old.ckpt")
 
 
-def test_old_module_names_still_run_with_a_deprecation_line(cli):
-    """``make bench-data`` and the README used ``python -m vitlab.data.bench`` / ``vitlab.analysis.flops``."""
+def test_old_module_names_still_run_with_a_deprecation_line():
+    """The README used ``vitlab.analysis.flops``."""
     import vitlab.analysis.flops
     import vitlab.inspection.flops
 
     assert vitlab.analysis.flops.main is vitlab.inspection.flops.main
-    res = cli("vitlab.data.bench", "--help", timeout=120)
-    assert res.returncode == 0 and "--images" in res.stdout, res.stderr[-2000:]
-    assert res.stderr.strip().splitlines() == [
-        "vitlab: python -m vitlab.data.bench is deprecated, use python -m vitlab.data.throughput"]
 
 
 def test_architecture_doc_matches_the_tree():
