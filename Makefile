@@ -66,7 +66,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "slow or not slow" --durations=15 $(PYTEST_ARGS)
 
 bench-data: $(STAMP)
-	$(PY) -m vitlab.data.throughput $(BENCH_DATA_ARGS)
+	$(PY) -m vitlab.bench.data $(BENCH_DATA_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m vitlab.bench $(BENCH_ARGS)

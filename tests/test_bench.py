@@ -14,8 +14,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from vitlab.bench import BenchConfigError, Windows, model_specs, worker_overrides
+from vitlab.bench.training import model_specs, worker_overrides
+from vitlab.bench.worker import Windows
 from vitlab.config import CONF_DIR
+from vitlab.errors import BenchConfigError
 from vitlab.models import build_model
 from vitlab.modules.classification import ClassificationModule, compile_net
 
@@ -127,7 +129,7 @@ def _run(img_per_s: float, eval_img_per_s: float = 100.0, mem: float = 500.0) ->
 
 
 def test_aggregate_pairs_repeats_and_reports_lever_speedups():
-    from vitlab.bench import aggregate, markdown
+    from vitlab.bench.training import aggregate, markdown
 
     spec = {"img_size": 32, "batch_size": 8, "overrides": ["model=vit_ti16"]}
     runs = {

@@ -4,7 +4,7 @@
     python -m vitlab.pack data=imagenet data.root=/datasets/imagenet out=/shards/imagenet pack.max_side=512
     python -m vitlab.train data=packed data.root=shards/digits
 
-The packing itself lives in ``vitlab.data.packing`` (library code: ``vitlab.data.throughput`` packs with it too);
+The packing itself lives in ``vitlab.data.packing`` (library code: ``vitlab.bench.data`` packs with it too);
 this module is the command line.
 """
 

@@ -148,7 +148,7 @@ def load_image(
     """Decode ``path`` to RGB; a missing, oversized or undecodable file raises an error naming it.
 
     ``auto`` decodes JPEGs with torchvision's libjpeg-turbo straight into a contiguous uint8 CHW
-    tensor (measurably faster through the pipelines than PIL + conversion; see ``vitlab.data.throughput``)
+    tensor (measurably faster through the pipelines than PIL + conversion; see ``vitlab.bench.data``)
     and everything else, or a JPEG libjpeg refuses, with PIL. ``pil`` always uses PIL.
 
     Whatever the decoder, the file is first opened lazily by PIL, which reads only the header, and the

@@ -33,19 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitlab.runs.bench_worker import (  # the worker: one (model, way, repeat) in its own process
+from vitlab.bench.worker import (  # the worker: one (model, way, repeat) in its own process
     WAY_LABEL,
     WAYS,
     BenchConfigError,
-    Windows,
     machine_info,
     resolve_device,
-    run_worker,
-    worker_cli,
 )
 
-__all__ = ["BenchConfigError", "Windows", "aggregate", "markdown", "model_specs", "run_bench", "run_worker",
-           "worker_overrides", "write_outputs"]
+__all__ = ["aggregate", "markdown", "model_specs", "run_bench", "worker_overrides", "write_outputs"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +280,7 @@ def write_outputs(result: dict[str, Any], out_dir: Path, name: str) -> Path:
     return path
 
 
-def _main_cli() -> None:
+def main_cli() -> None:
     from omegaconf import DictConfig
 
     from vitlab.tasks import hydra_app
@@ -301,9 +297,3 @@ def _main_cli() -> None:
 
     main()
 
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        worker_cli(sys.argv[2])
-    else:
-        _main_cli()
