@@ -593,7 +593,12 @@ class PackedDataModule(VisionDataModule):
         raw = read_bytes(self.root, f"{name}/labels.npy", self.timeout)
         if hashlib.sha256(raw).hexdigest() != info["labels_sha256"]:
             raise PackedDataError(f"{self.root}/{name}/labels.npy fails its sha256 check; re-pack")
-        labels = np.load(io.BytesIO(raw))
+        try:
+            labels = np.load(io.BytesIO(raw), allow_pickle=False)
+        except ValueError as e:
+            raise PackedDataError(f"{self.root}/{name}/labels.npy is not a plain array ({e}); re-pack") from e
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise PackedDataError(f"{self.root}/{name}/labels.npy holds {labels.dtype} {labels.shape}, not int labels")
         if len(labels) != info["count"]:
             raise PackedDataError(f"{self.root}/{name}/labels.npy has {len(labels)} labels, the manifest {info['count']}")
         split_ds = PackedSplit(self.root, name, info, labels, fields, self.cache_dir, self.timeout)
@@ -630,6 +635,26 @@ class PackedDataModule(VisionDataModule):
         return {**super().stats(), M.DATA_ROOT: str(self.root), M.DATA_SOURCE: self.meta.get("source", {}).get("name")}
 
 
+_REMOTE_MANIFESTS: dict[tuple[str, float], dict[str, Any] | DatasetNotFoundError] = {}
+
+
+def config_manifest(root: str, timeout: float) -> dict[str, Any]:
+    """:func:`read_manifest` for the config resolvers, which run at every access of ``data.num_classes``,
+    ``data.img_size`` ..., some of them in code that tolerates a failure: a remote manifest is read once per
+    process and a failure is remembered, so a silent endpoint costs ``data.timeout`` once, not once per access."""
+    if not is_url(root):
+        return read_manifest(root, timeout)
+    if (root, timeout) not in _REMOTE_MANIFESTS:
+        try:
+            _REMOTE_MANIFESTS[root, timeout] = read_manifest(root, timeout)
+        except DatasetNotFoundError as e:
+            _REMOTE_MANIFESTS[root, timeout] = e
+    got = _REMOTE_MANIFESTS[root, timeout]
+    if isinstance(got, DatasetNotFoundError):
+        raise got
+    return got
+
+
 def packed_manifest_value(root: str, key: str, timeout: Any = 30.0, img_size: Any = None) -> Any:
     """Config resolver ``${vitlab.packed:<root>,<key>,${.timeout}}``: ``num_classes`` or a source data setting
     (img_size ...), read within ``data.timeout`` seconds.
@@ -638,7 +663,7 @@ def packed_manifest_value(root: str, key: str, timeout: Any = 30.0, img_size: An
     resolution (``eval_img_size: ${.img_size}``, e.g. digits, CIFAR), the packed one follows ``data.img_size`` as
     well, so ``data=packed data.img_size=16`` evaluates at 16 px, as ``data=digits data.img_size=16`` does.
     """
-    meta = read_manifest(root, float(timeout))
+    meta = config_manifest(str(root), float(timeout))
     if key == "num_classes":
         return len(meta["classes"])
     src = meta.get("source", {})
