@@ -211,8 +211,9 @@ def plot_data_scaling(rows: Sequence[dict[str, Any]], path: Path, y: str | None 
         stats = [_mean_band(v) for _, v in pts]
         err = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
         spread = any(e > 0 for side in err for e in side)  # seeds of one point: their min-max as an error bar
-        ax.errorbar([p[0] for p in pts], [s[0] for s in stats], yerr=err if spread else None, marker=st["marker"], color=st["colour"],
-                    markerfacecolor=st["face"], capsize=3, lw=1.8, ls=st["ls"], label=_series_label({"name": key[0], "data": key[1], "protocol": key[2]}, varying))
+        ax.errorbar([p[0] for p in pts], [s[0] for s in stats], yerr=err if spread else None, marker=st["marker"],
+                    color=st["colour"], markerfacecolor=st["face"], capsize=3, lw=1.8, ls=st["ls"],
+                    label=_series_label({"name": key[0], "data": key[1], "protocol": key[2]}, varying))
     pts = paper_points(rows, x)
     if pts:
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], **PAPER_STYLE)
