@@ -8,7 +8,9 @@ output directory, saves ``.hydra/*.yaml``, configures the job's log file or laun
 
 from __future__ import annotations
 
+import html
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab import metrics as M
+from vitlab.errors import ReportError
+from vitlab.utils.run_files import read_metrics
+
+log = logging.getLogger("vitlab")
 
 RESULT_FILE = "metrics.json"
 
@@ -24,6 +30,7 @@ COLUMN_SPECS: dict[str, tuple[str, str]] = {
     M.MODEL_NAME: ("model", "{}"), M.MODEL_FAMILY: ("family", "{}"), M.MODEL_PARAMS_M: ("params (M)", "{:.2f}"),
     M.MODEL_GFLOPS: ("GFLOPs/img", "{:.3g}"), M.MODEL_IMG_SIZE: ("res", "{}"), M.DATA_NAME: ("data", "{}"),
     M.DATA_TRAIN_SIZE: ("train size", "{:,}"), "optim.lr": ("lr", "{:g}"),
+    M.PROTOCOL: ("protocol", "{}"),
     M.VAL_ACC_BEST: ("val/acc (best)", "{:.2%}"), M.TEST_ACC: (M.TEST_ACC, "{:.2%}"),
     M.PAPER_ACC: ("paper", "{:.2%}"),  # the paper's number for the same model, pretraining and fine-tuning data
     M.TRAIN_EXAFLOPS: ("exaFLOPs", "{:.3g}"), M.TIME_WALL_S: ("wall (s)", "{:.1f}"), "source": ("source", "{}"),
@@ -41,10 +48,15 @@ COLUMNS = columns(M.MODEL_NAME, M.MODEL_PARAMS_M, M.DATA_NAME, M.DATA_TRAIN_SIZE
 
 
 def collect_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Every job's ``metrics.json`` under a sweep directory, in job order."""
+    """Every job's ``metrics.json`` under a sweep directory, in job order (read by ``vitlab.utils.run_files``: a file
+    that is not a job's metrics is named in a warning and left out)."""
     rows = []
     for p in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        row = json.loads(p.read_text())
+        try:
+            row = read_metrics(p)
+        except ReportError as e:
+            log.warning("left out of the summary: %s", e)
+            continue
         row["job_dir"] = str(p.parent)
         rows.append(row)
     return rows
@@ -60,10 +72,17 @@ def fmt_cell(v: Any, fmt: str) -> str:
         return str(v)
 
 
+def markdown_text(s: Any) -> str:
+    """``s`` as the text of one Markdown table cell: HTML escaped, ``|`` and ``\\`` escaped, line breaks as spaces
+    (a value from a run file can neither end its row nor inject markup)."""
+    s = html.escape(str(s), quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(s.splitlines())
+
+
 def markdown_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
-    head = "| " + " | ".join(c for c, _, _ in columns) + " |"
+    head = "| " + " | ".join(markdown_text(c) for c, _, _ in columns) + " |"
     sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(fmt_cell(r.get(k), f) for _, k, f in columns) + " |" for r in rows]
+    body = ["| " + " | ".join(markdown_text(fmt_cell(r.get(k), f)) for _, k, f in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
 
 
