@@ -1,7 +1,7 @@
-"""vitlab: the ViT paper (Dosovitskiy et al., ICLR 2021) as a Lightning + Hydra experiment project."""
+"""vitlab: the ViT paper (Dosovitskiy et al., ICLR 2021) as a Lightning + Hydra experiment project.
 
-from vitlab.config import register_resolvers
+Importing the package imports nothing else: each task imports what it needs (``vitlab.config`` registers the
+config resolvers).
+"""
 
 __version__ = "0.1.0"
-
-register_resolvers()

@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitlab.runs.bench_worker import (  # the worker: one (model, way, repeat) in its own process
+from vitlab.errors import BenchConfigError
+from vitlab.runs.bench_worker import (
     WAY_LABEL,
     WAYS,
-    BenchConfigError,
     Windows,
     machine_info,
     resolve_device,
@@ -53,7 +53,7 @@ __all__ = ["BenchConfigError", "Windows", "aggregate", "markdown", "model_specs"
 # ---------------------------------------------------------------------------------------------
 def model_specs(cfg, device: str) -> list[dict[str, Any]]:
     """The model entries of ``conf/bench.yaml`` that run on ``device``, with device-specific settings applied."""
-    from vitlab.config import to_plain
+    from vitlab.utils.plain import to_plain
 
     models = to_plain(cfg.models) or {}
     only = list(cfg.get("only") or [])
@@ -208,7 +208,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run_bench(cfg) -> dict[str, Any]:
-    from vitlab.config import to_plain
+    from vitlab.utils.plain import to_plain
 
     device = resolve_device(str(cfg.device))
     ways = list(cfg.ways)

@@ -17,10 +17,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
-from vitlab.config import to_plain
 from vitlab.errors import ConfigError
 from vitlab.runs.assemble import build_datamodule, report
 from vitlab.tasks import hydra_app, task_wrapper
+from vitlab.utils.plain import to_plain
 
 log = logging.getLogger("vitlab.fewshot")
 

@@ -35,8 +35,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from vitlab.config import to_plain
 from vitlab.errors import PackError
+from vitlab.utils.plain import to_plain
 
 log = logging.getLogger("vitlab.pack")
 
@@ -68,7 +68,7 @@ def _check_decodes(raw: bytes, name: str) -> tuple[int, int]:
     the image's full size (``draft`` shrinks ``im.size``: the size that ``pack.max_side`` compares is this one)."""
     from PIL import Image
 
-    from vitlab.data.files import CorruptImageError
+    from vitlab.errors import CorruptImageError
 
     try:
         im = Image.open(io.BytesIO(raw))
@@ -102,7 +102,8 @@ def encode_item(ds, i: int, opts: dict[str, Any]) -> tuple[bytes, int, Any, str]
     """(encoded image, label, extra or None, name for messages) of sample ``i`` of a raw split."""
     import numpy as np
 
-    from vitlab.data.files import CorruptImageError, ImageListDataset
+    from vitlab.data.files import ImageListDataset
+    from vitlab.errors import CorruptImageError
 
     if isinstance(ds, ImageListDataset):
         name = ds.paths[i]
@@ -141,8 +142,8 @@ def pack_part(split: str, part: int, start: int, end: int, split_dir: str) -> di
     """Write samples [start, end) of ``split`` to ``<split_dir>/.parts/p<part>`` via a temporary folder."""
     from litdata.streaming.writer import BinaryWriter
 
-    from vitlab.data.files import CorruptImageError
     from vitlab.data.packed import sha256_file
+    from vitlab.errors import CorruptImageError
 
     ds, opts = _JOB["splits"][split], _JOB["opts"]
     final = Path(split_dir) / ".parts" / f"p{part:05d}"

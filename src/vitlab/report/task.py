@@ -16,8 +16,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from vitlab import metrics as M
+from vitlab.errors import ReportError
 from vitlab.metrics import PAPER_SOURCE
-from vitlab.report.collect import ReportError, collect, latest_sweep, write_csv
+from vitlab.report.collect import collect, latest_sweep, write_csv
 from vitlab.report.figures import accuracy_key, html_page, plot_compute, plot_data_scaling
 from vitlab.report.paper_points import annotate
 from vitlab.tasks import hydra_app

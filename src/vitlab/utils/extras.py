@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab.errors import ConfigError
+from vitlab.utils.plain import job_config
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,6 @@ def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, config: dic
     ``config``: the job's ``job_config(cfg)`` when the caller already has it."""
     import rich.syntax
     import rich.tree
-
-    from vitlab.config import job_config
 
     plain = job_config(cfg) if config is None else config
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
