@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in ("model", "data", "optim", "trainer")}
 

@@ -14,7 +14,7 @@ import pytest
 from omegaconf import open_dict, read_write
 
 from conftest import REPO
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR
 from vitlab.errors import ConfigError
 from vitlab.runs.assemble import PRECISIONS, check_trainer_cfg
 from vitlab.train import train

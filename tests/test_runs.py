@@ -125,7 +125,7 @@ def test_objective_yaml_states_the_module_defaults():
 
     from omegaconf import OmegaConf
 
-    from vitlab.config import CONF_DIR
+    from vitlab import CONF_DIR
     from vitlab.runs import objective_class
 
     for name in ("classification", "mpp"):

@@ -1,8 +1,8 @@
-"""Where the configs live (:data:`CONF_DIR`), the resolvers they use, and :func:`compose_job`.
+"""The resolvers vitlab's configs use, and :func:`compose_job` (the conf folder itself: ``vitlab.CONF_DIR``).
 
 Importing this module registers the resolvers (``${vitlab.paper:...}``, ``${vitlab.uid:}``, ...): every task
 imports it through :mod:`vitlab.tasks`, and code that composes a config outside a task (tests, notebooks)
-imports :func:`compose_job` or :data:`CONF_DIR` from here. Each object checks its own arguments where it is
+imports :func:`compose_job` from here. Each object checks its own arguments where it is
 built; nothing here validates a run.
 """
 
@@ -17,25 +17,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vitlab import CONF_DIR
 from vitlab.data.catalog import RESOLVERS as DATA_RESOLVERS  # class counts from data.task / data.root
 from vitlab.paper import RESOLVERS as PAPER_RESOLVERS  # ${vitlab.paper:table3,<model>,<data>,lr}
-
-
-def conf_dir() -> str:
-    """``conf/`` from any working directory: $VITLAB_CONF_DIR, the repo checkout, or the installed copy."""
-    env = os.environ.get("VITLAB_CONF_DIR")
-    if env:
-        return str(Path(env).resolve())
-    here = Path(__file__).resolve().parent
-    for cand in (here.parents[1] / "conf", here / "conf"):
-        if (cand / "train.yaml").is_file():
-            return str(cand)
-    raise FileNotFoundError(
-        f"vitlab's conf/ directory was not found next to {here}; set VITLAB_CONF_DIR to the repo's conf/ folder"
-    )
-
-
-CONF_DIR = conf_dir()
 
 #: per-process suffix that keeps two jobs started in the same second apart
 _UID = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)}"

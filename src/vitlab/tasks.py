@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR
 from vitlab.errors import UserError
 from vitlab.utils.hydra_callbacks import RESULT_FILE
 from vitlab.utils.run_owner import acquire, release

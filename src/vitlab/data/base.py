@@ -19,9 +19,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vitlab import CONF_DIR
 from vitlab import metrics as M
 from vitlab.checks import MAX_CLASSES, check_count
-from vitlab.config import CONF_DIR
 from vitlab.data.sampler import ResumableSampler, seeded_rng
 from vitlab.data.transforms import EVAL_RESIZE, build_transform, check_crop_scale, normalize_batch
 from vitlab.errors import ConfigError, DataConfigError

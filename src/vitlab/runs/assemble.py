@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -229,8 +230,6 @@ def trainer_world_size(trainer_cfg: Any) -> int:
     else:
         n = -1  # "auto"
     if n == -1:
-        import torch  # only for "auto" / -1 devices: the count of this machine's GPUs
-
         gpu = accel in ("gpu", "cuda", "auto") and torch.cuda.is_available()
         n = torch.cuda.device_count() if gpu else (os.cpu_count() or 1) if devices == -1 else 1
     if n <= 0:

@@ -35,7 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR
 from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab.runs")

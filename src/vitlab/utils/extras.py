@@ -13,8 +13,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import rich
+import rich.syntax
+import rich.tree
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
 
 from vitlab.errors import ConfigError
 from vitlab.utils.plain import job_config
@@ -28,9 +32,6 @@ PRINT_ORDER = ("data", "model", "optim", "module", "callbacks", "logger", "train
 def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, config: dict | None = None):
     """A ``rich.tree.Tree`` with one branch per top-level section (values resolved; secrets masked).
     ``config``: the job's ``job_config(cfg)`` when the caller already has it."""
-    import rich.syntax
-    import rich.tree
-
     plain = job_config(cfg) if config is None else config
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
     keys = [k for k in order if k in plain] + [k for k in plain if k not in order]
@@ -45,13 +46,9 @@ def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, config: dic
 @rank_zero_only
 def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, config: dict | None = None) -> None:
     """Print the tree; with ``save_to``, also write it (no colours) to ``<save_to>/config_tree.log``."""
-    import rich
-
     tree = config_tree(cfg, config=config)
     rich.print(tree)
     if save_to is not None:
-        from rich.console import Console
-
         out = Path(save_to) / "config_tree.log"
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w") as f:
