@@ -15,7 +15,7 @@ help:
 	@echo "make test       set up .venv, then run the default test suite"
 	@echo "make test-slow  the slow tests too (accuracy targets of the quickstart)"
 	@echo "make lock       refresh uv.lock from pyproject.toml (make lock-check: do they agree?)"
-	@echo "make lint       ruff"
+	@echo "make lint       ruff, and lint-imports (the layers of docs/architecture.md)"
 	@echo "make bench      training/eval img/s, MFU, memory: vitlab.train vs plain PyTorch vs timm (BENCH_ARGS=...)"
 	@echo "make bench-data input-pipeline img/s: vitlab's ImageNet loader vs torchvision ImageFolder"
 	@echo "make sweep      data-scaling study: vit_micro vs bit_micro on 4 sizes of shapes (CPU, target < 20 min on 2 cores; SWEEP_ARGS=...)"
@@ -81,6 +81,7 @@ report: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/lint-imports  # the layers of docs/architecture.md ([tool.importlinter] in pyproject.toml)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests

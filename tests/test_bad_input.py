@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from reliability_utils import TINY, env, run, train_cmd
-from vitlab.config import validate_train_cfg
 from vitlab.errors import ConfigError, NonFiniteLossError
 from vitlab.train import train
 
@@ -82,10 +81,8 @@ def test_cli_bad_config_exits_nonzero_with_a_clear_message(tmp_path, override, e
         (["trainer.precision=17"], "trainer.precision=17 is not one of"),
     ],
 )
-def test_validation_names_the_key(compose_train, overrides, expected):
-    with pytest.raises(ConfigError, match=None) as err:
-        validate_train_cfg(compose_train(*overrides))
-    assert expected in str(err.value)
+def test_validation_names_the_key(refuse, overrides, expected):
+    assert expected in refuse(*overrides)
 
 
 def test_option_typo_lists_the_choices(compose_train):

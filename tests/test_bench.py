@@ -14,9 +14,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from vitlab import CONF_DIR
 from vitlab.bench.training import model_specs, worker_overrides
 from vitlab.bench.worker import Windows
-from vitlab.config import CONF_DIR
 from vitlab.errors import BenchConfigError
 from vitlab.models import build_model
 from vitlab.modules.classification import ClassificationModule, compile_net

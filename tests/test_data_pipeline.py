@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from torchvision.transforms import v2
 
 import dataset_writers as fx
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR
 from vitlab.data.files import load_image
 
 REAL_DATASETS = ["cifar10", "cifar100", "imagenet", "imagenet21k", "folder", "pets", "flowers102", "vtab"]

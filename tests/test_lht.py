@@ -14,8 +14,9 @@ import pytest
 from omegaconf import open_dict, read_write
 
 from conftest import REPO
-from vitlab.config import CONF_DIR, PRECISIONS, validate_train_cfg
+from vitlab import CONF_DIR
 from vitlab.errors import ConfigError
+from vitlab.runs.assemble import PRECISIONS, check_trainer_cfg
 from vitlab.train import train
 
 #: a training run of a few seconds: 100 digits, one epoch
@@ -106,7 +107,7 @@ def test_ddp_sim_multirun_runs_each_job_once_with_csv(cli, tmp_path):
 # ---- defect 3: Lightning's precision aliases -----------------------------------------------------------
 @pytest.mark.parametrize("value", ["16", "'16'", "bf16", "64", "32", "'32'", "16-mixed", "bf16-mixed", "32-true"])
 def test_lightning_precision_aliases_pass_validation(compose_train, value):
-    validate_train_cfg(compose_train(f"trainer.precision={value}"))
+    check_trainer_cfg(compose_train(f"trainer.precision={value}").trainer)
 
 
 def test_precisions_are_exactly_lightnings():

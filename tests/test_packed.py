@@ -25,11 +25,11 @@ from conftest import compose_cfg
 from dataset_writers import truncate_file, write_imagenet
 from reliability_utils import TINY, assert_same_weights, kill_at_checkpoint, run, start
 from vitlab.data.digits import DigitsDataModule
-from vitlab.data.files import DatasetNotFoundError
 from vitlab.data.imagenet import ImageNetDataModule
-from vitlab.data.packed import MANIFEST, PackedDataError, PackedDataModule, decode, min_side_for
+from vitlab.data.packed import MANIFEST, PackedDataModule, decode, min_side_for
 from vitlab.data.transforms import build_transform
-from vitlab.pack import PackError, pack
+from vitlab.errors import DatasetNotFoundError, PackedDataError, PackError
+from vitlab.pack import pack
 
 
 def _pack(tmp: Path, *overrides: str):

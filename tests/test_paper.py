@@ -13,10 +13,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from vitlab import paper
-from vitlab.config import CONF_DIR, apply_global_batch
+from vitlab import CONF_DIR, paper
 from vitlab.errors import ConfigError
 from vitlab.models.vit import VIT_SHAPES
+from vitlab.runs.assemble import apply_global_batch
 
 MODELS = {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")}
 

@@ -74,11 +74,11 @@ def test_job_config_is_built_once_per_training_run(compose_train, monkeypatch):
     ``job_config`` call for all of them (it resolves and masks the whole config)."""
     import sys
 
-    import vitlab.config
+    import vitlab.utils.plain
     from vitlab.train import train
 
     calls = []
-    original = vitlab.config.job_config
+    original = vitlab.utils.plain.job_config
 
     def counting(cfg):
         calls.append(1)
@@ -125,7 +125,7 @@ def test_objective_yaml_states_the_module_defaults():
 
     from omegaconf import OmegaConf
 
-    from vitlab.config import CONF_DIR
+    from vitlab import CONF_DIR
     from vitlab.runs import objective_class
 
     for name in ("classification", "mpp"):

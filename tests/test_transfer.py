@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR
 
 FINETUNE_RECIPES = ("cifar10", "cifar100", "pets", "flowers102", "imagenet")
 

@@ -29,12 +29,12 @@ class DataConfigError(ConfigError):
     """A data config asks for something the data cannot give."""
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ConfigError):
     """A model config names something that does not exist or does not fit together."""
 
 
-class OptimConfigError(ValueError):
-    pass
+class OptimConfigError(ConfigError):
+    """An optim config asks for an optimiser or schedule vitlab does not have, or one that does not fit the run."""
 
 
 class BenchConfigError(ValueError):

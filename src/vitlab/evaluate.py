@@ -16,14 +16,13 @@ from vitlab.errors import ConfigError
 from vitlab.runs import load_run
 from vitlab.runs.assemble import build_trainer, report
 from vitlab.tasks import hydra_app, scalar_metrics, task_wrapper
+from vitlab.utils.instantiate import build_loggers
 
 log = logging.getLogger("vitlab.evaluate")
 
 
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    from vitlab.utils.instantiate import build_loggers
-
     run, module, dm = load_run(cfg)
     data_cfg = run.data
     if int(dm.num_classes) != module.num_classes:

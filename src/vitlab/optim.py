@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from timm.optim import create_optimizer_v2
 from torch import nn
 
+from vitlab.checks import check_positive
 from vitlab.errors import OptimConfigError
 
 # vitlab name -> timm opt name.  timm's "sgd" is Nesterov; the paper's fine-tuning SGD is plain momentum.
@@ -45,26 +47,24 @@ def kernel_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str,
 
 
 def check_optim_cfg(cfg: Mapping[str, Any]) -> None:
-    """The one check of the optimiser's numbers (lr, weight decay, clipping), in the words of every other
-    positive-number check (:func:`vitlab.config.check_positive`). Called where the optimiser is built, and by
-    the objectives and ``validate_train_cfg`` so that a wrong value fails before anything is built or written."""
-    from vitlab.config import check_positive
-    from vitlab.errors import ConfigError
-
-    check_positive("optim.lr", cfg.get("lr"))
-    if not math.isfinite(float(cfg["lr"])):
-        raise ConfigError(f"optim.lr={cfg['lr']} must be a finite number")
-    check_positive("optim.weight_decay", cfg.get("weight_decay", 0.0), allow_zero=True)
-    check_positive("optim.grad_clip", cfg.get("grad_clip"), optional=True)
-
-
-def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    from timm.optim import create_optimizer_v2
-
+    """The one check of an optim config (name, lr, weight decay, clipping, schedule shape), in the words of every
+    other number check (:mod:`vitlab.checks`). The objective runs it when it is built (``VitlabModule``), before
+    the network: a wrong value fails at start-up, not when the optimiser is made at fit start. A warmup longer
+    than the run is refused once the run's length is known (:func:`warmup_steps`)."""
     name = cfg.get("name", "adamw")
     if name not in OPTIMIZERS:
         raise OptimConfigError(f"optim.name={name!r} is not one of {sorted(OPTIMIZERS)}")
-    check_optim_cfg(cfg)
+    check_positive("optim.lr", cfg.get("lr"))
+    check_positive("optim.weight_decay", cfg.get("weight_decay", 0.0), allow_zero=True)
+    check_positive("optim.grad_clip", cfg.get("grad_clip"), optional=True)
+    if cfg.get("decay", "cosine") not in DECAYS:
+        raise OptimConfigError(f"optim.decay={cfg.get('decay')!r} is not one of {DECAYS}")
+    check_positive("optim.warmup", cfg.get("warmup", 0) or 0, allow_zero=True)
+
+
+def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser of an optim config that :func:`check_optim_cfg` accepted (the objective checked it)."""
+    name = cfg.get("name", "adamw")
     lr, wd = float(cfg["lr"]), float(cfg.get("weight_decay", 0.0))
     kwargs: dict[str, Any] = {}
     if name in ("adam", "adamw", "lamb"):
@@ -128,8 +128,6 @@ def lr_factor(step: int, total_steps: int, warmup: int, decay: str, end_factor: 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], total_steps: int):
     decay = cfg.get("decay", "cosine")
-    if decay not in DECAYS:
-        raise OptimConfigError(f"optim.decay={decay!r} is not one of {DECAYS}")
     total = max(1, int(total_steps))
     warm = warmup_steps(cfg, total)
     end = float(cfg.get("end_lr_factor", 0.0))

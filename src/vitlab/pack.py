@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from vitlab.data.packing import PackError, pack
+from vitlab.data.packing import pack
 from vitlab.tasks import hydra_app
 
-__all__ = ["PackError", "main", "pack"]
+__all__ = ["main", "pack"]
 
 
 @hydra_app("pack")

@@ -36,10 +36,10 @@ from typing import Any
 from vitlab.bench.worker import (  # the worker: one (model, way, repeat) in its own process
     WAY_LABEL,
     WAYS,
-    BenchConfigError,
     machine_info,
     resolve_device,
 )
+from vitlab.errors import BenchConfigError
 
 __all__ = ["aggregate", "markdown", "model_specs", "run_bench", "worker_overrides", "write_outputs"]
 
@@ -49,7 +49,7 @@ __all__ = ["aggregate", "markdown", "model_specs", "run_bench", "worker_override
 # ---------------------------------------------------------------------------------------------
 def model_specs(cfg, device: str) -> list[dict[str, Any]]:
     """The model entries of ``conf/bench.yaml`` that run on ``device``, with device-specific settings applied."""
-    from vitlab.config import to_plain
+    from vitlab.utils.plain import to_plain
 
     models = to_plain(cfg.models) or {}
     only = list(cfg.get("only") or [])
@@ -204,7 +204,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run_bench(cfg) -> dict[str, Any]:
-    from vitlab.config import to_plain
+    from vitlab.utils.plain import to_plain
 
     device = resolve_device(str(cfg.device))
     ways = list(cfg.ways)

@@ -52,12 +52,13 @@ from vitlab.data.files import (
     DEFAULT_MAX_IMAGE_PIXELS,
     CorruptImageError,
     DatasetNotFoundError,
+    DraftInceptionCrop,
     dct_reduction,
     decode_image_bytes,
     positive_int,
     read_image_bytes,
 )
-from vitlab.data.transforms import DraftInceptionCrop, FlipNormalize
+from vitlab.data.transforms import FlipNormalize
 from vitlab.errors import PackedDataError
 
 log = logging.getLogger(__name__)

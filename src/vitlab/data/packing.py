@@ -41,9 +41,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from vitlab.config import to_plain
 from vitlab.errors import PackError
 from vitlab.utils import run_owner
+from vitlab.utils.plain import to_plain
 
 log = logging.getLogger("vitlab.pack")
 
@@ -144,8 +144,8 @@ def pack_part(split: str, part: int, start: int, end: int, split_dir: str) -> di
     """Write samples [start, end) of ``split`` to ``<split_dir>/.parts/p<part>`` via a temporary folder."""
     from litdata.streaming.writer import BinaryWriter
 
-    from vitlab.data.files import CorruptImageError
     from vitlab.data.packed import sha256_file
+    from vitlab.errors import CorruptImageError
 
     ds, opts = _JOB["splits"][split], _JOB["opts"]
     final = Path(split_dir) / ".parts" / f"p{part:05d}"

@@ -20,11 +20,11 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from vitlab import metrics as M
+from vitlab.errors import ReportError
 from vitlab.metrics import PAPER_SOURCE
 from vitlab.report.collect import (
     REPORT_JOB_TYPE,
     REPORT_MARKER,
-    ReportError,
     collect,
     latest_sweep,
     write_csv,

@@ -19,11 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning
+import rich
+import rich.syntax
+import rich.tree
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
 
 from vitlab.config import wandb_offline
 from vitlab.errors import ConfigError
+from vitlab.utils.plain import job_config
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +90,6 @@ def quiet_console(cfg: DictConfig | None = None) -> None:
 def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, config: dict | None = None):
     """A ``rich.tree.Tree`` with one branch per top-level section (values resolved; secrets masked).
     ``config``: the job's ``job_config(cfg)`` when the caller already has it."""
-    import rich.syntax
-    import rich.tree
-
-    from vitlab.config import job_config
-
     plain = job_config(cfg) if config is None else config
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
     keys = [k for k in order if k in plain] + [k for k in plain if k not in order]
@@ -105,9 +105,6 @@ def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, config: dic
 def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, config: dict | None = None,
                       show: bool = True) -> None:
     """Print the tree (``show``); with ``save_to``, also write it (no colours) to ``<save_to>/config_tree.log``."""
-    import rich
-    from rich.console import Console
-
     tree = config_tree(cfg, config=config)
     if show:
         rich.print(tree)

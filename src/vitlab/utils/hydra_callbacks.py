@@ -14,12 +14,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, Glob
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab import metrics as M
-from vitlab.errors import ReportError
+from vitlab.errors import ReportError, RunDirBusyError
 from vitlab.utils.run_files import read_metrics
+from vitlab.utils.run_owner import acquire, own, release
+from vitlab.utils.secrets import mask_hydra_config, redact
 
 log = logging.getLogger("vitlab")
 
@@ -89,8 +95,6 @@ def markdown_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
 def _exit_busy(e: Exception) -> None:
     """Stop this process before Hydra touches the directory (Hydra turns a callback's exception into a warning
     and goes on, so a clean exit is the only way to refuse here)."""
-    from vitlab.utils.secrets import redact
-
     raise SystemExit(f"Error: {redact(str(e))}")
 
 
@@ -101,9 +105,6 @@ class RunGuard(Callback):
     live process owns stops this one with a message naming the directory and the owner's pid, exit code 1."""
 
     def _own(self, config: DictConfig, key: str) -> None:
-        from vitlab.errors import RunDirBusyError
-        from vitlab.utils.run_owner import acquire
-
         try:
             d = OmegaConf.select(config, key)
         except Exception:  # noqa: BLE001 - unresolvable here: the task takes the lock on its output dir
@@ -117,14 +118,10 @@ class RunGuard(Callback):
         self._dirs.append(str(d))
 
     def _release(self) -> None:
-        from vitlab.utils.run_owner import release
-
         while getattr(self, "_dirs", None):
             release(self._dirs.pop())
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from vitlab.utils.secrets import mask_hydra_config
-
         self._dirs: list[str] = []
         mask_hydra_config(config)
         self._own(config, "hydra.run.dir")
@@ -133,8 +130,6 @@ class RunGuard(Callback):
         self._release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from vitlab.utils.secrets import mask_hydra_config
-
         self._dirs = []
         mask_hydra_config(config)
         self._own(config, "hydra.sweep.dir")
@@ -148,9 +143,6 @@ class SweepSummary(Callback):
     owner of the sweep directory (a second sweep writing the same directory is refused, see ``RunGuard``)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from vitlab.errors import RunDirBusyError
-        from vitlab.utils.run_owner import own
-
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             with own(sweep_dir, key="hydra.sweep.dir", task="vitlab sweep summary"):
@@ -174,11 +166,6 @@ def self_sweeping_experiments(overrides: list[str], config_name: str = "train") 
     """The experiments a multirun sweeps over (``experiment=a,b`` / ``experiment=glob(*)``) that carry their own
     ``hydra.sweeper.params``, with those params. Hydra composes the sweeper from the config *without* the swept
     overrides, so such an experiment's own sweep is dropped and each of its jobs would run something else."""
-    from hydra import compose
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, Glob
-
     swept: list[str] = []
     for ov in OverridesParser.create().parse_overrides(overrides):
         if ov.get_key_element().lstrip("+~") != "experiment" or not ov.is_sweep_override():
