@@ -8,9 +8,7 @@ secret, a busy run directory, a wrong value) answers in about a second.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,7 +17,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab.errors import UserError
-from vitlab.utils.hydra_callbacks import RESULT_FILE
 
 log = logging.getLogger("vitlab")
 
@@ -136,17 +133,6 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
             out[k] = float(v.item() if hasattr(v, "item") else v)
         except (TypeError, ValueError):
             continue
-    return out
-
-
-def write_results(out_dir: str | Path, results: Mapping[str, Any]) -> Path:
-    """Write ``metrics.json`` (what sweeps and reports read) atomically."""
-    out = Path(out_dir) / RESULT_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in results.items()}
-    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True))
-    tmp.replace(out)
     return out
 
 

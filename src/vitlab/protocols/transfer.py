@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab import metrics as M
-from vitlab.utils.hydra_callbacks import collect_results
+from vitlab.results import collect_results
 
 
 def job_stage(job_dir: str | Path, stage_key: str) -> str | None:

@@ -12,7 +12,6 @@ only to W&B, or a synced copy of one).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,8 +21,8 @@ import yaml
 
 from vitlab import metrics as M
 from vitlab.errors import ReportError
+from vitlab.results import RESULT_FILE, read_results
 
-RESULT_FILE = "metrics.json"
 #: what a fine-tune run's checkpoint was pretrained on (and for how many epochs): read from its config for
 #: vitlab.report.paper_points, which matches the run to the paper's tables
 PRETRAIN_DATA_KEY, PRETRAIN_EPOCHS_KEY = "paper.pretrain_data", "paper.pretrain_epochs"
@@ -125,10 +124,7 @@ def read_job(job: str | Path) -> dict[str, Any]:
     row: dict[str, Any] = {}
     source = None
     if (job / RESULT_FILE).is_file():
-        try:
-            row = json.loads((job / RESULT_FILE).read_text())
-        except json.JSONDecodeError as e:
-            raise ReportError(f"{job / RESULT_FILE}: not valid JSON ({e}); delete it to fall back to the CSV log") from e
+        row = read_results(job)
         source = RESULT_FILE
     csv_path = next(iter(sorted(job.glob("csv/**/metrics.csv"))), None)
     if csv_path is not None:

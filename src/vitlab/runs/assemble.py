@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
 from vitlab.config import ConfigError, apply_global_batch, job_config, to_plain, validate_train_cfg
-from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper, write_results
+from vitlab.results import write_results
+from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper
 
 log = logging.getLogger("vitlab.train")
 

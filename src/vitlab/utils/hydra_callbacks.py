@@ -16,8 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab import metrics as M
-
-RESULT_FILE = "metrics.json"
+from vitlab.results import RESULT_FILE, collect_results
 
 #: how a result key is shown in the summary and report tables: key -> (header, format)
 COLUMN_SPECS: dict[str, tuple[str, str]] = {
@@ -38,16 +37,6 @@ def columns(*keys: str) -> tuple[tuple[str, str, str], ...]:
 #: the sweep summary's table
 COLUMNS = columns(M.MODEL_NAME, M.MODEL_PARAMS_M, M.DATA_NAME, M.DATA_TRAIN_SIZE, M.VAL_ACC_BEST, M.TEST_ACC,
                   M.TIME_WALL_S)
-
-
-def collect_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Every job's ``metrics.json`` under a sweep directory, in job order."""
-    rows = []
-    for p in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        row = json.loads(p.read_text())
-        row["job_dir"] = str(p.parent)
-        rows.append(row)
-    return rows
 
 
 def fmt_cell(v: Any, fmt: str) -> str:
