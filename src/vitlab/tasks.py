@@ -9,9 +9,7 @@ secret, a busy run directory, a wrong value) answers in about two seconds.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitlab import CONF_DIR
 from vitlab.errors import UserError
-from vitlab.utils.hydra_callbacks import RESULT_FILE
 from vitlab.utils.run_owner import acquire, release
 from vitlab.utils.secrets import check_no_literal_secrets, redact
 
@@ -148,17 +145,6 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
             out[k] = float(v.item() if hasattr(v, "item") else v)
         except (TypeError, ValueError):
             continue
-    return out
-
-
-def write_results(out_dir: str | Path, results: Mapping[str, Any]) -> Path:
-    """Write ``metrics.json`` (what sweeps and reports read) atomically."""
-    out = Path(out_dir) / RESULT_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in results.items()}
-    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True))
-    tmp.replace(out)
     return out
 
 

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from vitlab import metrics as M
-from vitlab.utils.hydra_callbacks import collect_results
+from vitlab.results import collect_results
 from vitlab.utils.run_files import read_overrides
 
 #: what the comparison supports (``transfer_summary.json``'s ``verdict``)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from vitlab import metrics as M
 from vitlab.data.catalog import VTAB_GROUPS, VTAB_TASKS
-from vitlab.utils.hydra_callbacks import collect_results
+from vitlab.results import collect_results
 
 GROUP_NAMES = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
 

@@ -23,11 +23,11 @@ from typing import Any
 
 from vitlab import metrics as M
 from vitlab.errors import ReportError
-from vitlab.utils.run_files import read_config, read_metrics, read_overrides, read_yaml
+from vitlab.results import RESULT_FILE, read_results
+from vitlab.utils.run_files import read_config, read_overrides, read_yaml
 
 log = logging.getLogger("vitlab.report")
 
-RESULT_FILE = "metrics.json"
 #: what a fine-tune run's checkpoint was pretrained on (and for how many epochs): read from its config for
 #: vitlab.report.paper_points, which matches the run to the paper's tables
 PRETRAIN_DATA_KEY, PRETRAIN_EPOCHS_KEY = "paper.pretrain_data", "paper.pretrain_epochs"
@@ -149,7 +149,7 @@ def read_job(job: str | Path) -> dict[str, Any]:
     row: dict[str, Any] = {}
     source = None
     if (job / RESULT_FILE).is_file():
-        row = read_metrics(job / RESULT_FILE)
+        row = read_results(job)
         source = RESULT_FILE
     csv_path = next(iter(sorted(job.glob("csv/**/metrics.csv"))), None)
     if csv_path is not None:

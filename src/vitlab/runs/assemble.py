@@ -35,8 +35,9 @@ from vitlab.inspection.flops import flops_stats
 from vitlab.models import registry
 from vitlab.models.pretrained import load_pretrained
 from vitlab.optim import warmup_steps
+from vitlab.results import write_results
 from vitlab.runs.read import checkpoint_config
-from vitlab.tasks import print_metrics, write_results
+from vitlab.tasks import print_metrics
 from vitlab.utils.instantiate import build_callbacks, build_loggers, start_loggers
 from vitlab.utils.plain import job_config, to_plain
 from vitlab.utils.secrets import redact

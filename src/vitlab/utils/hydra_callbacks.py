@@ -22,14 +22,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab import metrics as M
-from vitlab.errors import ReportError, RunDirBusyError
-from vitlab.utils.run_files import read_metrics
+from vitlab.errors import RunDirBusyError
+from vitlab.results import RESULT_FILE, collect_results
 from vitlab.utils.run_owner import acquire, own, release
 from vitlab.utils.secrets import mask_hydra_config, redact
 
 log = logging.getLogger("vitlab")
-
-RESULT_FILE = "metrics.json"
 
 #: how a result key is shown in the summary and report tables: key -> (header, format)
 COLUMN_SPECS: dict[str, tuple[str, str]] = {
@@ -51,21 +49,6 @@ def columns(*keys: str) -> tuple[tuple[str, str, str], ...]:
 #: the sweep summary's table
 COLUMNS = columns(M.MODEL_NAME, M.MODEL_PARAMS_M, M.DATA_NAME, M.DATA_TRAIN_SIZE, M.VAL_ACC_BEST, M.TEST_ACC,
                   M.TIME_WALL_S)
-
-
-def collect_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Every job's ``metrics.json`` under a sweep directory, in job order (read by ``vitlab.utils.run_files``: a file
-    that is not a job's metrics is named in a warning and left out)."""
-    rows = []
-    for p in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        try:
-            row = read_metrics(p)
-        except ReportError as e:
-            log.warning("left out of the summary: %s", e)
-            continue
-        row["job_dir"] = str(p.parent)
-        rows.append(row)
-    return rows
 
 
 def fmt_cell(v: Any, fmt: str) -> str:

@@ -8,7 +8,7 @@ like any other file from outside:
   a link to ``/dev/zero`` would be read until memory runs out);
 - YAML with the safe loader and without anchors or aliases: Hydra and vitlab never write them, and nine nested
   aliases of nine make a 2 kB file that expands to a billion nodes (an "alias bomb");
-- JSON whose ``metrics.json`` is an object of metrics, nested at most :data:`MAX_NESTING` levels;
+- a job's results file: :mod:`vitlab.results` reads it through :func:`read_bytes`;
 - a config's ``${...}`` interpolations resolved against the config itself and nothing else
   (:func:`resolve_config`): ``${demo.finetune_lr}`` becomes the value it points at, while a resolver
   (``${oc.env:...}``, ``${hydra:...}``, ``${now:...}``), a loop or an over-long result becomes a readable
@@ -19,7 +19,6 @@ Every refusal is a :class:`~vitlab.errors.ReportError` that names the file.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -33,8 +32,6 @@ from vitlab.errors import ReportError
 
 #: 1 MiB: a job's Hydra config is about 10 kB and its metrics.json 1 kB; a bigger run file is not vitlab's
 MAX_RUN_FILE_BYTES = 2**20
-#: metrics.json holds flat metrics (``vtab/val_by_lr`` is one level deeper); a deeper value is not a metric
-MAX_NESTING = 3
 #: what an interpolation that cannot be resolved from the file itself shows instead of its value
 UNRESOLVED = "(unresolved: {expr})"
 #: a resolved string longer than this is a placeholder (``a: ${b}${b}``, ``b: ${c}${c}``, ... doubles each time)
@@ -80,32 +77,6 @@ def read_yaml(path: str | os.PathLike, max_bytes: int = MAX_RUN_FILE_BYTES) -> A
         raise ReportError(f"{path}: not valid YAML for a run file ({' '.join(str(e).split())})") from e
     except RecursionError:
         raise ReportError(f"{path}: nested too deeply to be a run file") from None
-
-
-def _depth(v: Any, limit: int) -> int:
-    """How deep ``v`` nests (a scalar is 0), counting at most to ``limit + 1``."""
-    if limit < 0 or not isinstance(v, (dict, list)):
-        return 0
-    items = v.values() if isinstance(v, dict) else v
-    return 1 + max((_depth(x, limit - 1) for x in items), default=0)
-
-
-def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
-    """A job's ``metrics.json``: an object of metrics (values nested at most :data:`MAX_NESTING` levels)."""
-    try:
-        data = json.loads(read_bytes(path))
-    except RecursionError:
-        raise ReportError(f"{path}: nested too deeply to be metrics (vitlab writes a flat object)") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
-        raise ReportError(f"{path}: not valid JSON ({e}); delete it to fall back to the CSV log") from e
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: holds a JSON {type(data).__name__}, not an object of metrics "
-                          "(vitlab writes {\"test/acc\": ..., ...}); delete it to fall back to the CSV log")
-    deep = [k for k, v in data.items() if _depth(v, MAX_NESTING) > MAX_NESTING - 1]
-    if deep:
-        raise ReportError(f"{path}: {', '.join(map(repr, deep[:3]))} nested more than {MAX_NESTING - 1} levels deep, "
-                          "not a metric (vitlab writes a flat object); delete it to fall back to the CSV log")
-    return data
 
 
 def read_overrides(job_dir: str | os.PathLike) -> list[str]:
