@@ -108,8 +108,9 @@ def test_every_pretrain_pair_is_table3(model, data):
     cfg = _compose(f"experiment=paper/pretrain_{data}", f"model={model}")
     row, common = paper.TABLE3[(model, data)], paper.PRETRAIN
     o = cfg.optim
-    assert (o.name, o.lr, o.weight_decay, o.decay, o.warmup, list(o.betas), o.end_lr_factor) == (
-        "adam_decoupled", row["lr"], row["weight_decay"], row["decay"], common["warmup_steps"], [0.9, 0.999], 0.0)
+    assert (o.name, o.lr, o.weight_decay, o.decay, o.warmup, list(o.betas), o.end_lr_factor, o.linear_end) == (
+        "adam_decoupled", row["lr"], row["weight_decay"], row["decay"], common["warmup_steps"], [0.9, 0.999], 0.0,
+        common["linear_end"])
     assert o.grad_clip == cfg.trainer.gradient_clip_val == row["grad_clip"]
     assert cfg.trainer.max_epochs == row["epochs"] and cfg.trainer.max_steps == -1
     assert cfg.data.global_batch_size == 4096 and cfg.data.img_size == cfg.model.img_size == 224
@@ -287,8 +288,9 @@ def test_warmup_longer_than_the_run_is_an_error():
     with pytest.raises(OptimConfigError, match=r"optim.warmup=10000 steps is longer than the whole run \(5480"):
         build_scheduler(opt, {"warmup": 10000, "decay": "linear"}, 5480)
     sched = build_scheduler(opt, {"warmup": 100, "decay": "linear"}, 1000)
-    assert sched.get_last_lr()[0] == pytest.approx(1 / 100)
-    assert lr_factor(99, 1000, 100, "linear") == 1.0 and lr_factor(550, 1000, 100, "linear") == pytest.approx(0.5)
+    assert sched.get_last_lr()[0] == 0.0  # vit_jax: warmup min(1, step / W) from optax's count 0
+    assert lr_factor(99, 1000, 100, "linear") == 0.99 and lr_factor(100, 1000, 100, "linear") == 1.0
+    assert lr_factor(550, 1000, 100, "linear") == pytest.approx(0.5)
     assert lr_factor(999, 1000, 100, "linear") == pytest.approx(1 / 900)
 
 
@@ -373,3 +375,29 @@ def test_protocols_doc_holds_the_paper_tables():
     for recipe in ("paper/pretrain_imagenet", "paper/pretrain_imagenet21k", "paper/pretrain_jft300m", "paper/vtab",
                    "paper/mpp", *(f"paper/finetune_{d}" for d in paper.TABLE4)):
         assert (Path(CONF_DIR) / "experiment" / f"{recipe}.yaml").is_file()
+
+
+def test_schedule_is_vit_jax_create_learning_rate_schedule():
+    """vit_jax/utils.py, written out here apart from vitlab.optim: linear decay to linear_end=1e-5 (an lr), cosine
+    to 0, times the warmup min(1, step / W); optax counts the first update as step 0."""
+    from vitlab.optim import OptimConfigError, build_scheduler
+
+    def vit_jax(step, total, base, decay, warmup, linear_end=paper.PRETRAIN["linear_end"]):
+        progress = min(max((step - warmup) / float(total - warmup), 0.0), 1.0)
+        lr = linear_end + (base - linear_end) * (1.0 - progress) if decay == "linear" else (
+            base * 0.5 * (1.0 + math.cos(math.pi * progress)))
+        return lr * min(1.0, step / warmup) if warmup else lr
+
+    for decay, cfg in (("linear", {"linear_end": paper.PRETRAIN["linear_end"]}), ("cosine", {})):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        sched = build_scheduler(opt, {"warmup": 10, "decay": decay, **cfg}, 100)
+        got = []
+        for _ in range(100):
+            got.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        assert got == pytest.approx([vit_jax(s, 100, 1e-3, decay, 10) for s in range(100)], rel=1e-9, abs=1e-15)
+    assert got[0] == 0.0
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(OptimConfigError, match="both say where the decay ends"):
+        build_scheduler(opt, {"warmup": 10, "decay": "linear", "linear_end": 1e-5, "end_lr_factor": 0.1}, 100)

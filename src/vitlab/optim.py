@@ -111,24 +111,36 @@ def warmup_steps(cfg: dict[str, Any], total_steps: int) -> int:
 
 
 def lr_factor(step: int, total_steps: int, warmup: int, decay: str, end_factor: float = 0.0) -> float:
-    """Multiplier on the base lr at ``step``: linear warmup from 0, then ``decay`` down to ``end_factor``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
+    """Multiplier on the base lr at optimiser step ``step`` (0 = the first update), the rule of vit_jax's
+    ``utils.create_learning_rate_schedule``: ``decay`` from 1 down to ``end_factor`` over the steps after the
+    warmup (linear: ``end + (1 - end)(1 - progress)``; cosine: to ``end_factor``, 0 in vit_jax), times the linear
+    warmup ``min(1, step / warmup)``, which starts at 0 as optax's step count does."""
     if decay == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    if decay == "linear":
-        shape = 1.0 - progress
-    elif decay == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        shape = 1.0
     else:
-        raise OptimConfigError(f"optim.decay={decay!r} is not one of {DECAYS}")
-    return end_factor + (1.0 - end_factor) * shape
+        progress = min(1.0, max(0.0, (step - warmup) / max(1, total_steps - warmup)))
+        if decay == "linear":
+            shape = 1.0 - progress
+        elif decay == "cosine":
+            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            raise OptimConfigError(f"optim.decay={decay!r} is not one of {DECAYS}")
+        shape = end_factor + (1.0 - end_factor) * shape
+    return shape * min(1.0, step / warmup) if warmup else shape
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], total_steps: int):
+    """``optim.linear_end``: where a linear decay ends, as an lr (vit_jax's ``linear_end=1e-5``; the paper recipes
+    set it from ``vitlab.paper``); otherwise the decay ends at ``optim.end_lr_factor`` x the base lr."""
     decay = cfg.get("decay", "cosine")
     total = max(1, int(total_steps))
     warm = warmup_steps(cfg, total)
-    end = float(cfg.get("end_lr_factor", 0.0))
+    end = float(cfg.get("end_lr_factor", 0.0) or 0.0)
+    linear_end = cfg.get("linear_end")
+    if linear_end is not None and decay == "linear":
+        if end:
+            raise OptimConfigError(f"optim.linear_end={linear_end} and optim.end_lr_factor={end} both say where the "
+                                   "decay ends: set one of them (the other to null / 0)")
+        base = float(optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"]))
+        end = float(linear_end) / base if base > 0 else 0.0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm, decay, end))

@@ -28,8 +28,10 @@ PRETRAIN = {
     "warmup_steps": 10_000,
     "img_size": 224,
     "crop_scale": [0.05, 1.0],  # inception crop area (vit_jax input_pipeline.py)
+    "linear_end": 1e-5,  # the lr a linear decay ends at
     "source": "Table 3 caption and App. B.1 (batch 4096, 10k warmup, 224 px, Adam 0.9/0.999); "
-              "crop area: vit_jax/input_pipeline.py",
+              "crop area: vit_jax/input_pipeline.py; linear decay to 1e-5: vision_transformer issue #2 and "
+              "vit_jax/utils.py create_learning_rate_schedule(linear_end=1e-5)",
 }
 
 #: Table 3 rows as printed: (models, pretraining data, epochs (first = vitlab's default), base lr, decay,
@@ -363,7 +365,8 @@ def markdown_tables() -> str:
                    f"Table 3 row {i}'s numbers |")
     out += ["", "| shared by every row | paper | vitlab key | source |", "|---|---|---|---|"]
     keys = {"optimizer": "optim.name", "betas": "optim.betas", "global_batch_size": "data.global_batch_size",
-            "warmup_steps": "optim.warmup", "img_size": "data.img_size", "crop_scale": "data.train_crop_scale"}
+            "warmup_steps": "optim.warmup", "img_size": "data.img_size", "crop_scale": "data.train_crop_scale",
+            "linear_end": "optim.linear_end"}
     out += [f"| {k} | {_fmt(PRETRAIN[k])} | `{v}` | {PRETRAIN['source']} |" for k, v in keys.items()]
     out += ["", "### Fine-tuning: `experiment=paper/finetune_<data>` (Table 4)", "",
             "| data | steps (`trainer.max_steps`) | lr grid (`hydra.sweeper.params`) | dev split (`data.val_fraction`) "
