@@ -176,3 +176,22 @@ def test_command_composes(page, cmd, tmp_path):
             raise AssertionError(f"{page}: `{cmd}` does not compose: {type(e).__name__}: {e}") from e
         finally:
             GlobalHydra.instance().clear()
+
+
+#: what leaves the pages a newcomer reads: vitlab's own issue numbers, dated measurements, a machine's load figures
+HISTORY = re.compile(r"(?<!vision_transformer )\bissues?[- ]#?\d+|\b20\d\d-\d\d-\d\d\b|load average", re.I)
+NEWCOMER_PAGES = [ROOT / "README.md", ROOT / "docs" / "index.md", ROOT / "docs" / "tutorial.md",
+                  *sorted((ROOT / "docs" / "how-to").glob("*.md")), *sorted((ROOT / "docs" / "explanation").glob("*.md"))]
+
+
+def test_readme_is_short_and_starts_with_the_two_commands():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150
+    head = "\n".join(lines[:40])
+    assert "make train" in head and "make test" in head and "source .venv/bin/activate" in "\n".join(lines)
+
+
+def test_pages_carry_no_issue_numbers_dates_or_load_figures():
+    for page in NEWCOMER_PAGES:
+        for i, line in enumerate(page.read_text().splitlines(), 1):
+            assert not HISTORY.search(line), f"{page.relative_to(ROOT)}:{i}: {line.strip()}"
