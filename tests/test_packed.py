@@ -541,7 +541,7 @@ def hostile(digits_pack, tmp_path_factory):
             item = {"image": b"\x89PNG", "label": 0, "index": 0}
             item[field] = _WritesOnUnpickle(str(marker))
             for split in ("train", "val", "test"):
-                _rewrite_split(root, split, [dict(item, index=k) for k in range(4)])
+                _rewrite_split(root, split, [dict(item, index=k) for k in range(200)])  # >= data.train_size
             made[field] = root, marker
         return made[field]
 
