@@ -245,6 +245,38 @@ def test_skip_corrupt_skips_every_hostile_file_by_name_through_the_config_keys(t
             FolderDataModule(**{**kw, "max_image_pixels": bad})
 
 
+@linux_only
+def test_the_packer_names_and_skips_special_files_and_obeys_the_pixel_limit(tmp_path):
+    """``vitlab.pack`` reads source files through the loaders' guards: a FIFO named ``x.jpg`` and a link to
+    ``/dev/zero`` are skipped by name at once, and an image over ``data.max_image_pixels`` is refused from its
+    header, as training refuses it (issue 20, item 2)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from conftest import compose_cfg
+    from vitlab.data.packing import pack
+
+    src = tmp_path / "src"
+    write_class_folders(src / "train", ["a", "b"], 2, ".png")
+    write_class_folders(src / "val", ["a", "b"], 1, ".png")
+    a = src / "train" / "a"
+    os.mkfifo(a / "fifo.jpg")
+    (a / "zero.jpg").symlink_to("/dev/zero")
+    write_image(a / "huge.png", 0, size=(100, 100))  # 10,000 pixels, over data.max_image_pixels=2000 below
+    try:
+        cfg = compose_cfg("pack", ["data=folder", f"data.root={src}", f"out={tmp_path / 'out'}", "pack.num_workers=1",
+                                   "data.max_image_pixels=2000"], tmp_path / "log")
+    finally:
+        GlobalHydra.instance().clear()
+    with deadline(60), memory_cap(1 << 30):
+        meta = pack(cfg)
+    train = meta["splits"]["train"]
+    assert train["count"] == 4 and train["skipped"] == 3
+    why = "\n".join(train["skipped_examples"])
+    assert f"image {a / 'fifo.jpg'} is a FIFO, not a regular file" in why
+    assert f"image {a / 'zero.jpg'} is a character device, not a regular file (/dev/zero)" in why
+    assert f"image {a / 'huge.png'} declares 100x100 = 10,000 pixels, more than data.max_image_pixels=2,000" in why
+
+
 def test_file_dataset_configs_list_both_limits_with_the_code_defaults():
     from vitlab.data.base import data_config
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -184,6 +185,36 @@ def test_pack_refuses_out_inside_the_source_or_over_other_files(tmp_path, digits
         _pack(tmp_path, f"out={again}")
     meta = _pack(tmp_path, f"out={again}", "pack.overwrite=true", "pack.splits=[val]")
     assert set(meta["splits"]) == {"val"} and not (again / "train").exists()
+
+
+def test_overwrite_removes_only_what_the_pack_wrote(tmp_path, digits_pack):
+    out = tmp_path / "out"
+    shutil.copytree(digits_pack, out)
+    theirs = [out / "notes.txt", out / "val" / "mine.txt", out / "results" / "r.csv", out / "train" / "keep.bin"]
+    for f in theirs:
+        f.parent.mkdir(exist_ok=True)
+        f.write_text("keep me")
+    meta = _pack(tmp_path, f"out={out}", "pack.overwrite=true", "pack.splits=[val]")
+    assert set(meta["splits"]) == {"val"} and all(f.read_text() == "keep me" for f in theirs)
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["keep.bin"]  # its chunks, index, labels: gone
+    assert _packed(out).open_split("val").targets == DigitsDataModule(num_workers=0).build_splits()[1].targets
+
+
+def test_a_second_pack_into_the_same_out_is_refused_naming_the_first(tmp_path):
+    from vitlab.errors import RunDirBusyError
+
+    out = tmp_path / "out"
+    code = ("import sys, time; from vitlab.utils import run_owner; "
+            "run_owner.acquire(sys.argv[1], key='out', task='vitlab.pack'); print('locked', flush=True); time.sleep(300)")
+    first = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirBusyError, match=rf"out={out} is in use by pid {first.pid} .*\(vitlab.pack"):
+            _pack(tmp_path, f"out={out}", "pack.splits=[val]")
+    finally:
+        first.kill()
+        first.wait()
+    assert [p.name for p in out.iterdir()] == [".vitlab.lock"]  # nothing written
 
 
 def test_resumed_pack_with_other_options_is_refused(tmp_path):
@@ -510,7 +541,7 @@ def hostile(digits_pack, tmp_path_factory):
             item = {"image": b"\x89PNG", "label": 0, "index": 0}
             item[field] = _WritesOnUnpickle(str(marker))
             for split in ("train", "val", "test"):
-                _rewrite_split(root, split, [dict(item, index=k) for k in range(4)])
+                _rewrite_split(root, split, [dict(item, index=k) for k in range(200)])  # >= data.train_size
             made[field] = root, marker
         return made[field]
 

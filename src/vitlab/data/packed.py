@@ -75,7 +75,7 @@ FIELD_FORMATS = {"image": "bytes", "label": "int", "index": "int", "extra": "no_
 #: litdata's dtype codes (``litdata.constants._NUMPY_DTYPES_MAPPING``) that an ``extra`` may have: numbers and bool
 EXTRA_DTYPES = {0: np.int8, 1: np.int16, 2: np.int32, 3: np.int64, 4: np.uint8, 5: np.uint16, 6: np.uint32,
                 7: np.uint64, 8: np.float16, 9: np.float32, 10: np.float64, 13: np.bool_}
-#: most bytes read from a pack's metadata files (manifest, index.json, labels.npy): ~15x a 14M-image split's labels
+#: most bytes read from a pack's metadata files (manifest, index.json, labels.npy; a 14M-image labels.npy: 56 MB)
 META_MAX_BYTES = 1 << 30
 #: a remote pack's chunk cache is trimmed (least recently used chunks first) above this size: litdata's default
 CACHE_MAX_BYTES = 100 * 10**9
