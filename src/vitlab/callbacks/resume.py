@@ -146,8 +146,13 @@ def check_fits(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
             + ([f"not in the checkpoint: net.{', net.'.join(missing[:3])}"] if missing else [])
             + ([f"not in model={model_cfg.get('name', model_cfg['family'])}: net.{', net.'.join(unexpected[:3])}"]
                if unexpected else []))
+        stored_model = ((ckpt.get("hyper_parameters") or {}).get("model") or {}) if isinstance(
+            ckpt.get("hyper_parameters"), dict) else {}
+        family = stored_model.get("family") if isinstance(stored_model, dict) else None
+        other = (f"; it holds a model.family={family} network, this run builds model.family={model_cfg['family']}"
+                 if family is not None and family != model_cfg["family"] else "")
         raise ResumeError(f"checkpoint {path} does not fit this run's model={model_cfg.get('name', model_cfg['family'])}"
-                          f" ({what}). {fix}")
+                          f"{other} ({what}). {fix}")
 
 
 def resolve_resume(cfg: DictConfig) -> ResumePlan:

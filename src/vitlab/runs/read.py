@@ -6,10 +6,8 @@ instructions. Reading one must not run anything it names:
 
 - it is loaded with ``torch.load(weights_only=True)`` (tensors and plain containers only);
 - nothing in it may name code. A Hydra ``_target_`` or a Lightning ``_instantiator`` / ``_class_path``,
-  at any depth of any section, is a :class:`~vitlab.config.ConfigError` that names the key path. (Checkpoints
-  written before vitlab stopped storing ``_target_`` hold vitlab's *own* targets, e.g.
-  ``vitlab.data.digits.DigitsDataModule``: those are accepted and dropped, since they name nothing vitlab's
-  configs would not run anyway. Nothing read from a file is ever instantiated.)
+  at any depth of any section, even one naming vitlab's own class, is a :class:`~vitlab.config.ConfigError`
+  that names the key path. Nothing read from a file is ever instantiated.
 - the data config is rebuilt from vitlab's own config group, by name: the stored ``data.name`` selects
   ``conf/data/<name>.yaml``, whose ``_target_`` is the only class that can be built; the stored plain values
   (str, int, float, bool, None, lists and dicts of those; no ``${...}`` interpolation) override its keys;
@@ -26,7 +24,6 @@ belong to another dataset); ``data.<key>=...`` / ``+data.<key>=...`` edits one k
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -51,16 +48,6 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
     "classification": ("vitlab.modules.classification", "ClassificationModule"),
     "mpp": ("vitlab.modules.mpp", "MaskedPatchPredictionModule"),
 }
-#: checkpoints from before ``vitlab_objective`` was stored name their objective by ``module._target_``
-_LEGACY_OBJECTIVE_TARGETS = {f"{mod}.{cls}": name for name, (mod, cls) in OBJECTIVES.items()}
-#: ``_target_``s that vitlab's ``conf/`` named before a class moved: an older checkpoint's ``vitlab_config`` holds them
-#: (accepted and dropped like any of vitlab's own targets, never instantiated)
-_MOVED_TARGETS = frozenset({
-    "vitlab.analysis.flops.ComputeTracker",          # now vitlab.callbacks.compute
-    "vitlab.report.wandb_dash.WandbDashboard",       # now vitlab.callbacks.wandb_summary
-    "vitlab.eval.fewshot.FewShotCallback",           # now vitlab.callbacks.fewshot
-    "vitlab.utils.trainer.make_trainer",             # now lightning.pytorch.Trainer (skip_nonfinite moved to callbacks)
-})
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -81,33 +68,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 # ---- checkpoints are data ---------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def vitlab_targets() -> frozenset[str]:
-    """Every ``_target_`` that vitlab's own ``conf/`` names, the objective classes, and the old paths of moved classes
-    (old checkpoints stored them)."""
-    import yaml
-
-    found: set[str] = set(_LEGACY_OBJECTIVE_TARGETS) | _MOVED_TARGETS
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            t = node.get("_target_")
-            if isinstance(t, str):
-                found.add(t)
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    for f in Path(CONF_DIR).rglob("*.yaml"):
-        try:
-            walk(yaml.safe_load(f.read_text()))
-        except yaml.YAMLError:  # pragma: no cover - conf/ is tested to parse
-            continue
-    return frozenset(found)
-
-
 def _refuse(path: Any, key: str, why: str) -> ConfigError:
     return ConfigError(
         f"checkpoint {path}: {key} {why}; checkpoints are data, and vitlab never runs code named in one. "
@@ -125,24 +85,21 @@ def check_checkpoint(ckpt: dict[str, Any], path: Any) -> None:
     for section, node in ckpt.items():
         if section in CODE_KEYS:
             raise _refuse(path, section, "is not allowed (it names code to import and call)")
-        strict = section in CONFIG_SECTIONS
-        _check_node(node, str(section), path, legacy_ok=section == "vitlab_config", strict=strict)
+        _check_node(node, str(section), path, strict=section in CONFIG_SECTIONS)
 
 
-def _check_node(node: Any, where: str, path: Any, legacy_ok: bool, strict: bool) -> None:
+def _check_node(node: Any, where: str, path: Any, strict: bool) -> None:
     if isinstance(node, dict):
         for k, v in node.items():
             key = f"{where}.{k}"
             if strict and not isinstance(k, str):
                 raise _refuse(path, key, f"has a {type(k).__name__} key; config keys are strings")
             if k in CODE_KEYS:
-                if not (k == "_target_" and legacy_ok and isinstance(v, str) and v in vitlab_targets()):
-                    raise _refuse(path, key, f"= {v!r} is not allowed (it names code to import and call)")
-                continue
-            _check_node(v, key, path, legacy_ok, strict)
+                raise _refuse(path, key, f"= {v!r} is not allowed (it names code to import and call)")
+            _check_node(v, key, path, strict)
     elif isinstance(node, (list, tuple)):
         for i, v in enumerate(node):
-            _check_node(v, f"{where}[{i}]", path, legacy_ok, strict)
+            _check_node(v, f"{where}[{i}]", path, strict)
     elif not strict:
         return
     elif isinstance(node, str):
@@ -375,10 +332,7 @@ def check_shapes(path: Any, expected: dict[str, Any], weights: dict[str, Any], w
 
 
 def _objective(ckpt: dict[str, Any], config: dict[str, Any], path: Any) -> str:
-    name = ckpt.get("vitlab_objective")
-    if name is None:  # written before vitlab_objective existed: module._target_ (checked to be vitlab's own)
-        target = (config.get("module") or {}).get("_target_") if isinstance(config.get("module"), dict) else None
-        name = _LEGACY_OBJECTIVE_TARGETS.get(target, "classification")
+    name = ckpt.get("vitlab_objective", "classification")  # vitlab.train stores it; a plain state dict has none
     if name not in OBJECTIVES:
         raise ConfigError(f"checkpoint {path}: vitlab_objective={name!r} is not one of {sorted(OBJECTIVES)}")
     return name
