@@ -1,5 +1,10 @@
-"""Read a finished run back from its checkpoint: the one reader behind evaluate, analyze, fewshot, vtab, predict
-and resume.
+"""The vitlab checkpoint format, read back: the one reader behind evaluate, analyze, fewshot, vtab, predict and
+resume. Each task loads the file once (:func:`read_run`) and gets its objects from the :class:`Run`:
+``build_module()`` (the LightningModule) or ``build_net()`` (the network alone), both after every stored size has
+been compared with the weights' shapes on the meta device (:func:`check_shapes`), so nothing the file declares
+is allocated before it is checked. The bytes are read by ``vitlab.models.checkpoints.load_torch_file`` (zip
+records checked before anything expands, ``weights_only=True``, memory-mapped), which fine-tuning
+(``model.pretrained=<.ckpt>``) shares.
 
 A checkpoint is a file from someone else (a colleague, the Hub, a paper's release), so it is *data*, never
 instructions. Reading one must not run anything it names:
