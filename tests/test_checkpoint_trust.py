@@ -258,29 +258,33 @@ def test_stored_names_map_to_vitlab_data_configs():
         _data_group({"name": "vtab_dtd", "task": "svhn"}, "x")
 
 
-def test_checkpoints_from_before_this_change_still_load(clean, tmp_path):
-    """Older checkpoints stored vitlab's own ``_target_``s: accepted (they name nothing vitlab would not run
-    anyway), dropped, and never instantiated; the objective is read from ``module._target_`` by table lookup."""
+@pytest.mark.parametrize("target", ["vitlab.data.digits.DigitsDataModule", "vitlab.callbacks.compute.ComputeTracker",
+                                    "vitlab.analysis.flops.ComputeTracker"])
+def test_a_stored_target_is_refused_even_when_it_names_vitlab_code(clean, tmp_path, target):
+    """No compatibility path for checkpoints that stored vitlab's own ``_target_``s (or a moved class's old path):
+    vitlab was never released, and a checkpoint names no code at all."""
+    from vitlab.runs import check_checkpoint, read_run
+
+    with pytest.raises(ConfigError, match=r"vitlab_config\.callbacks\.x\._target_ = .* is not allowed"):
+        check_checkpoint({"vitlab_config": {"callbacks": {"x": {"_target_": target}}}}, "old.ckpt")
+    ckpt = copy.deepcopy(clean)
+    ckpt["vitlab_config"]["data"]["_target_"] = target
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.raises(ConfigError, match=r"vitlab_config\.data\._target_ = .* is not allowed"):
+        read_run(tmp_path / "old.ckpt")
+
+
+def test_a_stored_compile_setting_is_dropped(clean, tmp_path):
+    """How to run is never taken from a file: a stored ``model.compile`` (torch.compile kwargs) is dropped."""
     from vitlab.runs import read_run
 
     ckpt = copy.deepcopy(clean)
-    del ckpt["vitlab_objective"]
-    ckpt["vitlab_config"]["data"]["_target_"] = "vitlab.data.digits.DigitsDataModule"
-    ckpt["vitlab_config"]["trainer"]["_target_"] = "vitlab.utils.trainer.make_trainer"
-    ckpt["vitlab_config"]["callbacks"]["model_checkpoint"]["_target_"] = "vitlab.callbacks.checkpoint.AtomicModelCheckpoint"
-    ckpt["vitlab_config"]["module"]["_target_"] = "vitlab.modules.classification.ClassificationModule"
-    ckpt["hyper_parameters"]["model"]["compile"] = {"backend": "my_backend"}  # how to run: never from a file
-    torch.save(ckpt, tmp_path / "old.ckpt")
-    run = read_run(tmp_path / "old.ckpt", _compose_evaluate(tmp_path / "old.ckpt", tmp_path))
-    assert run.objective == "classification" and "_target_" not in run.config["trainer"]
+    ckpt["hyper_parameters"]["model"]["compile"] = {"backend": "my_backend"}
+    torch.save(ckpt, tmp_path / "c.ckpt")
+    run = read_run(tmp_path / "c.ckpt", _compose_evaluate(tmp_path / "c.ckpt", tmp_path))
     assert "compile" not in run.hparams["model"]
     module = run.build_module()
     assert torch.equal(module.state_dict()["net.pos_embed"], clean["state_dict"]["net.pos_embed"])
-    ckpt["vitlab_config"]["module"]["_target_"] = "vitlab.modules.mpp.MaskedPatchPredictionModule"
-    for key in ("loss", "label_smoothing", "head_bias_init"):  # MPP never stored these (save_hyperparameters ignored them)
-        del ckpt["hyper_parameters"][key]
-    torch.save(ckpt, tmp_path / "old_mpp.ckpt")
-    assert read_run(tmp_path / "old_mpp.ckpt", with_data=False).objective == "mpp"
 
 
 def test_installed_hydra_blocks_dangerous_targets():
@@ -349,3 +353,65 @@ def test_vtab_model_precedence_command_line_then_checkpoint_then_defaults(clean,
         assert (run.model.name, run.model.pos_drop_rate) == ("vit_ti16", 0.0)  # another model: conf/model's values
     finally:
         GlobalHydra.instance().clear()
+
+
+# ---- sizes, shapes and the run a checkpoint belongs to: clean one-line errors before anything is allocated -----
+def test_absurd_stored_class_count_is_refused_before_the_network_is_built(clean, tmp_path, task_cfg):
+    """``hyper_parameters.model.num_classes=3e6`` beside a 10-class head: a 2.6 GB head was allocated before
+    the weights were checked. Now the network is built on the meta device first and every shape compared."""
+    from vitlab.predict import load_predictor
+
+    ckpt = copy.deepcopy(clean)
+    ckpt["hyper_parameters"]["model"]["num_classes"] = 3_000_000
+    path = tmp_path / "classes.ckpt"
+    torch.save(ckpt, path)
+    expected = "net.head.weight weights (10, 128) vs config (3000000, 128)"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        run_task("evaluate", task_cfg("evaluate", path))
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_predictor(path)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        run_task("fewshot", task_cfg("fewshot", path))
+
+
+def test_evaluate_at_another_resolution_is_a_clear_error(trained, tmp_path):
+    """A ViT trained at 16 px evaluated with data.img_size=32: named before anything is built (was an
+    AssertionError deep in timm's patch embedding)."""
+    cfg = _compose_evaluate(trained, tmp_path, "data=digits", "data.img_size=32")
+    with pytest.raises(ConfigError, match=r"data.eval_img_size=32 but the checkpoint's vit_micro takes 16 px"):
+        run_task("evaluate", cfg)
+
+
+def _resume_cfg(tmp_path: Path, last: dict, *overrides: str):
+    """A train config whose run directory holds ``last`` as its ``checkpoints/last.ckpt`` (resume=auto)."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    torch.save(last, out / "checkpoints" / "last.ckpt")
+    try:
+        return compose_cfg("train", ["model=vit_micro", "data=digits", *TINY, *overrides], out)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("case", ["other_data", "bit_into_vit", "empty_state_dict", "other_resolution"])
+def test_resume_refuses_a_checkpoint_of_another_run(case, clean, tmp_path):
+    from vitlab.callbacks.resume import resolve_resume
+    from vitlab.errors import ResumeError
+    from vitlab.models import build_model
+
+    ckpt, overrides = copy.deepcopy(clean), []
+    if case == "other_data":
+        overrides, match = ["data=shapes"], "was trained on data=digits, but this run asks for data=shapes"
+    elif case == "bit_into_vit":
+        ckpt["state_dict"] = {f"net.{k}": v for k, v in build_model("bit", "micro", 10).state_dict().items()}
+        ckpt["vitlab_config"]["model"] = ckpt["hyper_parameters"]["model"] = {"family": "bit", "variant": "micro"}
+        match = (r"does not fit this run's model=vit_micro; it holds a model.family=bit network, this run builds "
+                 r"model.family=vit \(.*not in the checkpoint: net\.blocks")
+    elif case == "empty_state_dict":
+        ckpt, match = {"state_dict": {}}, "holds none of the network's weights"
+    else:
+        overrides, match = ["data.img_size=32"], r"net\.pos_embed checkpoint \(1, 5, 128\) vs model \(1, 17, 128\)"
+    cfg = _resume_cfg(tmp_path, ckpt, *overrides)
+    with pytest.raises(ResumeError, match=match) as e:
+        resolve_resume(cfg)
+    assert str(tmp_path / "run" / "checkpoints" / "last.ckpt") in str(e.value)

@@ -7,8 +7,10 @@ mapping timm applies to the real files), safetensors with ``safetensors.torch.sa
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -355,3 +357,109 @@ def test_convnext_fine_tunes_from_a_timm_state_dict(tmp_path):
     assert report.format == "torch" and "head.fc.weight" in report.dropped
     torch.testing.assert_close(dst.stages[2].blocks[1].conv_dw.weight, src.stages[2].blocks[1].conv_dw.weight)
     assert torch.count_nonzero(dst.head.fc.weight) == 0 and dst(torch.zeros(2, 3, 48, 48)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory bombs: a few-KB file that declares gigabytes is refused from its headers, before anything is read
+# ---------------------------------------------------------------------------------------------------
+
+
+def _lying_npy(shape: tuple[int, ...]) -> bytes:
+    """An ``.npy`` entry whose header declares ``shape`` (float32) but whose data is 4 KB of zeros."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + bytes(4096)
+
+
+def _npz_with(path: Path, arrays: dict[str, np.ndarray], lying: dict[str, tuple[int, ...]]) -> Path:
+    np.savez(path, **{k: v for k, v in arrays.items() if k not in lying})
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as z:
+        for key, shape in lying.items():
+            z.writestr(f"{key}.npy", _lying_npy(shape))
+    return path
+
+
+@pytest.fixture
+def no_array_read(monkeypatch):
+    """Reading any array's data fails the test: a refusal must come from the headers alone."""
+    def refuse(*a, **k):
+        raise AssertionError("an array was read before the size check")
+
+    monkeypatch.setattr(np.lib.format, "read_array", refuse)
+
+
+@pytest.mark.parametrize(("key", "shape"), [
+    ("pre_logits/kernel", (1 << 15, 1 << 14)),                              # 2 GiB of an unknown layer
+    ("Transformer/posembed_input/pos_embedding", (1, 1 + 1024**2, 128)),    # 1+1024² tokens: 512 MiB
+    ("head/kernel", (128, 3_000_000)),                                      # 3e6 classes: 1.4 GiB
+    ("Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel", (128, 1 << 22)),
+])
+def test_npz_declaring_gigabytes_is_refused_from_its_headers(tmp_path, key, shape, no_array_read):
+    path = _npz_with(tmp_path / "bomb.npz", vit_npz_arrays(vit()), {key: shape})
+    assert path.stat().st_size < 5_000_000  # a few MB that declare gigabytes
+    with pytest.raises(PretrainedError) as e:
+        load_pretrained(vit(), path)
+    msg = str(e.value)
+    assert str(path) in msg and f"'{key}' declares shape {shape}" in msg and "refused before reading it" in msg
+    assert "can hold at most" in msg
+
+
+def _rezip_with_declared_size(src: Path, dst: Path, record: str, declared: int) -> Path:
+    """``src`` re-zipped with deflate, ``record``'s uncompressed size in the zip directory set to ``declared``:
+    what a checkpoint of gigabytes of zeros re-zipped with deflate declares, in a file of a few KB."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in z.infolist():
+            out.writestr(info.filename, z.read(info.filename))
+        names = [i.filename for i in z.infolist()]
+    with zipfile.ZipFile(dst) as z:
+        start = z.start_dir
+    raw = bytearray(dst.read_bytes())
+    i = raw.find(b"PK\x01\x02", start)
+    while i != -1:  # central directory entries: uncompressed size at +24, name length at +28, name at +46
+        n = int.from_bytes(raw[i + 28:i + 30], "little")
+        if bytes(raw[i + 46:i + 46 + n]).decode().endswith(record):
+            raw[i + 24:i + 28] = declared.to_bytes(4, "little")
+        i = raw.find(b"PK\x01\x02", i + 4)
+    dst.write_bytes(raw)
+    with zipfile.ZipFile(dst) as z:
+        assert max(i.file_size for i in z.infolist()) == declared and len(names) == len(z.infolist())
+    return dst
+
+
+def test_rezipped_torch_checkpoint_declaring_gigabytes_is_refused_before_loading(tmp_path, monkeypatch):
+    """A deflated record declaring 2 GiB: refused by model.pretrained, evaluate's reader and the resume peek,
+    from the zip directory alone (torch.load is never called)."""
+    from vitlab.callbacks.resume import ResumeError, peek_checkpoint
+    from vitlab.config import ConfigError
+    from vitlab.runs import load_checkpoint
+
+    src = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in vit().state_dict().items()}}, src)
+    bomb = _rezip_with_declared_size(src, tmp_path / "bomb.ckpt", "data/0", 2 << 30)
+    assert bomb.stat().st_size < 5_000_000
+
+    def no_load(*a, **k):
+        raise AssertionError("torch.load ran before the zip records were checked")
+
+    monkeypatch.setattr(torch, "load", no_load)
+    for load, err in ((lambda p: load_pretrained(vit(), p), PretrainedError), (load_checkpoint, ConfigError),
+                      (peek_checkpoint, ResumeError)):
+        with pytest.raises(err) as e:
+            load(bomb)
+        msg = str(e.value)
+        assert str(bomb) in msg and "2,147,483,648 bytes" in msg and "data/0" in msg and "refused before" in msg
+
+
+def test_a_rezipped_checkpoint_of_plausible_size_still_loads(tmp_path):
+    """Only what expands beyond what the model can need is refused: a small deflated copy loads."""
+    src = randomise(vit())
+    plain = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in src.state_dict().items()}}, plain)
+    small = tmp_path / "deflated.ckpt"
+    with zipfile.ZipFile(plain) as z, zipfile.ZipFile(small, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in z.infolist():
+            out.writestr(info.filename, z.read(info.filename))
+    dst = vit()
+    load_pretrained(dst, small, keep_head=True)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(X32), src(X32))

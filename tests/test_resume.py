@@ -67,3 +67,44 @@ def test_resume_at_epoch_boundary_matches(tmp_path):
     p_ref.communicate(timeout=600)
     assert_same_weights(ref / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")
     assert metrics(killed)["val/acc_best"] == metrics(ref)["val/acc_best"]
+
+
+# ---- paths a resumed checkpoint stores are data: only this run's own checkpoint files are used ----------------
+def _restored(dirpath, **paths):
+    """An AtomicModelCheckpoint on ``dirpath`` after Lightning restored ``paths`` from a checkpoint's callback state
+    (as on resume: the test step then loads ``best_model_path``)."""
+    from vitlab.callbacks.checkpoint import AtomicModelCheckpoint
+
+    cb = AtomicModelCheckpoint(dirpath=str(dirpath), monitor="val/acc", mode="max", save_last=True)
+    best = str(paths.get("best", ""))
+    cb.load_state_dict({"monitor": "val/acc", "best_model_score": torch.tensor(0.9), "best_model_path": best,
+                        "current_score": torch.tensor(0.9), "dirpath": str(paths.get("stored_dirpath", dirpath)),
+                        "best_k_models": {best: torch.tensor(0.9)} if best else {}, "kth_best_model_path": best,
+                        "kth_value": torch.tensor(0.9), "last_model_path": str(paths.get("last", "")),
+                        "last_saved_step": 4})
+    return cb
+
+
+def test_resume_keeps_a_stored_best_model_path_only_when_it_is_this_runs_own_file(tmp_path):
+    import os
+
+    ckpts, elsewhere = tmp_path / "run" / "checkpoints", tmp_path / "other"
+    ckpts.mkdir(parents=True)
+    elsewhere.mkdir()
+    own = ckpts / "epoch001-val_acc0.9000.ckpt"
+    own.write_bytes(b"x")
+    cb = _restored(ckpts, best=own, last=ckpts / "last.ckpt")
+    assert cb.best_model_path == str(own) and list(cb.best_k_models) == [str(own)]
+
+    fifo = ckpts / "best.ckpt"
+    os.mkfifo(fifo)  # opening it would block the test step forever
+    other = elsewhere / "other.ckpt"  # another run's checkpoint would provide the test metrics
+    other.write_bytes(b"x")
+    link = ckpts / "link.ckpt"
+    link.symlink_to(other)
+    for bad in (fifo, other, link, ckpts / "missing.ckpt", "/etc/passwd"):
+        cb = _restored(ckpts, best=bad, last=other)
+        assert cb.best_model_path == "" and cb.best_model_score is None, bad
+        assert cb.best_k_models == {} and cb.kth_best_model_path == "" and cb.last_model_path == ""
+    # the run moved (another dirpath stored): Lightning restores only best_model_path; still checked
+    assert _restored(ckpts, best=other, stored_dirpath=elsewhere).best_model_path == ""

@@ -112,17 +112,13 @@ def class_names(ckpt: dict[str, Any], data_cfg: dict[str, Any], k: int) -> list[
 def load_predictor(ckpt_path: str | Path):
     """Checkpoint -> (net in eval mode, eval transform, class names, loss kind). Only plain data is read."""
     from vitlab.data.transforms import build_transform
-    from vitlab.models import build_model
     from vitlab.runs import read_run
 
     run = read_run(ckpt_path, with_data=False)  # checked as data (vitlab.runs.read); the data is the user's images
     ckpt, hp, model_cfg = run.checkpoint, run.checkpoint.get("hyper_parameters") or {}, run.model
     if "family" not in model_cfg:
         raise ConfigError(f"ckpt_path={ckpt_path} holds no vitlab model config (hyper_parameters.model.family)")
-    net = build_model(**{k: v for k, v in model_cfg.items() if k != "pretrained"})
-    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state)
-    net.eval()
+    net = run.build_net()
     data_cfg = run.config.get("data") or {}
     img_size = int(data_cfg.get("eval_img_size") or data_cfg.get("img_size") or model_cfg.get("img_size", 224))
     transform = build_transform(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +127,38 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         return {**super().state_dict(), "last_saved_step": self._last_saved_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning's restore, then every restored path that is not this run's own checkpoint file is forgotten.
+
+        The paths come from the checkpoint being resumed (data): ``best_model_path`` is what the test step
+        loads, and ``best_k_models`` / ``kth_best_model_path`` are what ``save_top_k`` deletes. A path outside
+        this callback's ``dirpath``, or one that is not a regular file there (a FIFO would hang the test step, a
+        link may lead anywhere), is dropped with a warning, so the test step tests this run's weights."""
         super().load_state_dict(state_dict)
         self._last_saved_step = state_dict.get("last_saved_step")
+        own = {p: v for p, v in self.best_k_models.items() if self.is_own_checkpoint(p)}
+        dropped = sorted({str(p) for p in (*self.best_k_models, self.best_model_path, self.kth_best_model_path,
+                                           self.last_model_path) if p and not self.is_own_checkpoint(p)})
+        if dropped:
+            log.warning("ignoring checkpoint paths stored in the resumed checkpoint that are not this run's own "
+                        "files in %s: %s", self.dirpath, ", ".join(dropped))
+        self.best_k_models = own
+        if not self.is_own_checkpoint(self.best_model_path):
+            self.best_model_path, self.best_model_score = "", None
+        if not self.is_own_checkpoint(self.kth_best_model_path):
+            self.kth_best_model_path = ""
+        if not self.is_own_checkpoint(self.last_model_path):
+            self.last_model_path = ""
+
+    def is_own_checkpoint(self, path: Any) -> bool:
+        """``path`` is a regular file (not a link, FIFO or device) directly in this callback's ``dirpath``."""
+        if not path or not self.dirpath or not isinstance(path, (str, os.PathLike)):
+            return False
+        p = Path(path)
+        try:
+            return (p.parent.resolve() == Path(self.dirpath).resolve() and p.suffix == self.FILE_EXTENSION
+                    and stat.S_ISREG(os.lstat(p).st_mode))
+        except (OSError, ValueError):
+            return False
 
 
 def find_checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:

@@ -36,6 +36,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab.callbacks.checkpoint import TMP_SUFFIX
 from vitlab.errors import ConfigError, ResumeError
+from vitlab.models import build_model
+from vitlab.models.checkpoints import MAX_EXPANDED_BYTES, load_torch_file
 
 log = logging.getLogger("vitlab.resume")
 
@@ -58,18 +60,9 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
     return Path(d) if d else Path(cfg.paths.output_dir) / "checkpoints"
 
 
-def load_error_reason(e: BaseException) -> str:
-    """torch.load's whole reason, on one line: its generic first paragraph ("Weights only load failed ... re-run
-    with weights_only=False") is dropped, never the cause after it (e.g. "GLOBAL posix.system ... is blocked")."""
-    paras = [" ".join(x.split()) for x in str(e).split("\n\n")]
-    paras = [x for x in paras if x]
-    if len(paras) > 1 and paras[0].startswith("Weights only load failed"):
-        paras = paras[1:]
-    return " ".join(paras) or type(e).__name__
-
-
-def peek_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint's counters and vitlab state cheaply and safely (``weights_only=True``, memory-mapped).
+def peek_checkpoint(path: str | Path, cfg: DictConfig | None = None) -> dict[str, Any]:
+    """Read a checkpoint's counters and vitlab state cheaply and safely (``weights_only=True``, memory-mapped, zip
+    records checked before anything expands), and check that it fits the run ``cfg`` asks for (:func:`check_fits`).
 
     A file that needs arbitrary code to unpickle (anything but tensors and plain containers) is refused.
     """
@@ -83,13 +76,9 @@ def peek_checkpoint(path: str | Path) -> dict[str, Any]:
             + (f" (next to it: {', '.join(others[:4])})" if others else "") + ", or without to start from scratch."
         )
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise ResumeError(
-            f"{p} is not a loadable checkpoint ({type(e).__name__}: {load_error_reason(e)}). vitlab loads "
-            "checkpoints with torch.load(weights_only=True): a file that would run code when loaded is refused, "
-            "and a truncated file cannot be read. Pass another ckpt_path (or resume=never in a new directory)."
-        ) from None
+        ckpt = load_torch_file("ckpt_path", p, MAX_EXPANDED_BYTES, error=ResumeError)
+    except ResumeError as e:
+        raise ResumeError(f"{e} Pass another ckpt_path (or resume=never in a new directory).") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ResumeError(f"{p} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by vitlab.train")
     from vitlab.runs import check_checkpoint
@@ -106,8 +95,63 @@ def peek_checkpoint(path: str | Path) -> dict[str, Any]:
     for key in ("global_step", "epoch"):
         if not isinstance(ckpt.get(key, 0), int) or isinstance(ckpt.get(key, 0), bool):
             raise ResumeError(f"checkpoint {p}: {key}={ckpt.get(key)!r} is not an int")
+    if cfg is not None:
+        check_fits(ckpt, cfg, p)
     return {"global_step": int(ckpt.get("global_step", 0)), "epoch": int(ckpt.get("epoch", 0)),
             "wandb_id": wandb_id}
+
+
+def check_fits(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+    """Refuse to resume a checkpoint into a run it does not belong to, before anything is built: another dataset
+    (``vitlab_config.data.name``), or weights whose names or shapes differ from the network ``cfg.model`` builds
+    (another family, size, resolution or class count; an empty ``state_dict``). The network is built on the
+    meta device: nothing is allocated."""
+    stored = (ckpt.get("vitlab_config") or {}).get("data") if isinstance(ckpt.get("vitlab_config"), dict) else None
+    stored_name = stored.get("name") if isinstance(stored, dict) else None
+    name = OmegaConf.select(cfg, "data.name", default=None)
+    if stored_name is not None and name is not None and stored_name != name:
+        raise ResumeError(
+            f"checkpoint {path} was trained on data={stored_name}, but this run asks for data={name}: resuming "
+            f"would continue its optimiser, schedule and sampler on another dataset. Resume with data={stored_name}, "
+            f"or start a new run from its weights: model.pretrained={path} in a new hydra.run.dir."
+        )
+    sd = ckpt.get("state_dict")
+    weights = {k[len("net."):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith("net.")} if isinstance(
+        sd, dict) else {}
+    try:
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True) if cfg.get("model") is not None else None
+    except Exception:  # noqa: BLE001 - an unresolvable model config fails where the model is built, with its key
+        return
+    if not isinstance(model_cfg, dict) or "family" not in model_cfg:
+        return
+    model_cfg = {k: v for k, v in model_cfg.items() if k not in ("pretrained", "compile")}
+    try:
+        with torch.device("meta"):  # the shapes this run's network has, without allocating them
+            expected = build_model(**model_cfg).state_dict()
+    except Exception:  # noqa: BLE001 - a wrong model config fails where the model is built, with its key
+        return
+    fix = (f"Resume with the model config it was trained with (its vitlab_config.model), or start a new run "
+           f"from its weights: model.pretrained={path} in a new hydra.run.dir.")
+    if not weights:
+        raise ResumeError(f"checkpoint {path} holds none of the network's weights (its state_dict has no 'net.' "
+                          f"entries{'; it is empty' if not sd else ''}): it is not a vitlab.train checkpoint. {fix}")
+    heads = [k for k in {*expected, *weights} if k.startswith("head.")]  # a headless (mpp) run: its own objective
+    missing = sorted(k for k in expected if k not in weights and k not in heads)
+    unexpected = sorted(k for k in weights if k not in expected and k not in heads)
+    wrong = sorted(k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        what = "; ".join(
+            [f"net.{k} checkpoint {tuple(weights[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:3]]
+            + ([f"not in the checkpoint: net.{', net.'.join(missing[:3])}"] if missing else [])
+            + ([f"not in model={model_cfg.get('name', model_cfg['family'])}: net.{', net.'.join(unexpected[:3])}"]
+               if unexpected else []))
+        stored_model = ((ckpt.get("hyper_parameters") or {}).get("model") or {}) if isinstance(
+            ckpt.get("hyper_parameters"), dict) else {}
+        family = stored_model.get("family") if isinstance(stored_model, dict) else None
+        other = (f"; it holds a model.family={family} network, this run builds model.family={model_cfg['family']}"
+                 if family is not None and family != model_cfg["family"] else "")
+        raise ResumeError(f"checkpoint {path} does not fit this run's model={model_cfg.get('name', model_cfg['family'])}"
+                          f"{other} ({what}). {fix}")
 
 
 def resolve_resume(cfg: DictConfig) -> ResumePlan:
@@ -163,7 +207,7 @@ def resolve_resume(cfg: DictConfig) -> ResumePlan:
                 "pass one of them as ckpt_path=<file>, or use a new hydra.run.dir"
             )
         return ResumePlan(None, f"resume=auto: no checkpoint in {ckpt_dir}; starting from scratch")
-    info = peek_checkpoint(path)
+    info = peek_checkpoint(path, cfg)
     return ResumePlan(
         str(path),
         f"resuming from {path} ({why}): epoch {info['epoch']}, global step {info['global_step']}"

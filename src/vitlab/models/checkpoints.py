@@ -1,16 +1,25 @@
-"""What every checkpoint reader shares: its errors and report, the architecture check, official ``.npz`` access.
+"""What every weights-file reader shares: its errors and report, the architecture check, official ``.npz``
+access, and the size guards that run before anything is allocated.
 
 The family modules (``vit.py``, ``bit.py``, ...) read their own official layouts with these pieces;
-``pretrained.py`` is the one entry point (``load_pretrained``) that picks the reader and adapts the result.
+``pretrained.py`` is the one entry point (``load_pretrained``) that picks the reader and adapts the result;
+``vitlab.runs.read`` reads vitlab's own ``.ckpt`` files with :func:`load_torch_file`.
+
+Size guards (a weights file is data and may lie about its sizes): every array's *declared* shape is compared
+with what the model can hold (:class:`SizeBudget`) from the ``.npy`` / safetensors headers and the zip
+directory alone, and a compressed zip record may not declare more bytes than the model could need
+(:func:`check_zip_records`), so a 5 MB file cannot make vitlab allocate gigabytes.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import re
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +35,174 @@ from vitlab.models import registry
 POS_EMBED_RESIZE = ("vit_jax", "timm")
 DEFAULT_POS_EMBED_RESIZE = "vit_jax"
 
+#: the most classes a classifier read from a weights file may have, whatever the model's own count: above
+#: ImageNet-21k's 21,843 classes (paper §4.1), the largest head of an official ViT / BiT release
+MAX_HEAD_CLASSES = 32768
+#: the largest position-embedding grid (side, in patches) read from a file: 2048 px at patch 16, above the
+#: paper's largest fine-tuning grid (ViT-H/14 at 518 px: 37 x 37, Table 2)
+MAX_POS_GRID = 128
+#: what the compressed records of a torch file may expand to when the model is not known yet (the pickled
+#: configs of a vitlab checkpoint are kilobytes; ``torch.save`` stores every record uncompressed)
+MAX_EXPANDED_BYTES = 64 << 20
+#: the largest element a weights tensor may declare (float64)
+MAX_ITEMSIZE = 8
 
+_HEAD_KEY = re.compile(r"(^|[/.])head([/.]|$)")
+_POS_KEY = re.compile(r"pos_?embed")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+@dataclass(frozen=True)
+class SizeBudget:
+    """The most elements a tensor of a weights file may declare to be read into ``model``:
+
+    - a classifier (a key with a ``head`` part): up to :data:`MAX_HEAD_CLASSES` classes on the model's features;
+    - a position embedding (``pos_embed`` / ``posembed_input``): up to 1 + :data:`MAX_POS_GRID`² tokens of the
+      model's width (it is resized to the model's grid);
+    - anything else: the model's largest tensor (a file of a larger architecture is refused here, before
+      :func:`arch_mismatch` could name its width).
+    """
+
+    LARGEST = "the model's largest tensor"
+
+    largest: int
+    head: int
+    pos: int
+    #: what a whole checkpoint of this model may hold: its weights, an EMA copy and two optimiser moments
+    total_bytes: int
+
+    @classmethod
+    def of(cls, model: nn.Module) -> SizeBudget:
+        sd = model.state_dict()
+        largest = max((v.numel() for v in sd.values()), default=0)
+        features = int(getattr(model, "num_features", 0) or getattr(model, "embed_dim", 0) or 0)
+        width = int(getattr(model, "embed_dim", 0) or features)
+        pos = sd.get("pos_embed")
+        tokens = 1 + MAX_POS_GRID**2
+        if pos is not None:
+            tokens = max(tokens, int(pos.shape[1]))
+        return cls(largest=largest, head=max(largest, features * MAX_HEAD_CLASSES + MAX_HEAD_CLASSES),
+                   pos=max(largest, tokens * width),
+                   total_bytes=4 * sum(v.numel() * v.element_size() for v in sd.values()))
+
+    def allowed(self, key: str) -> tuple[int, str]:
+        """(most elements, why) for the tensor named ``key`` (an ``.npz`` or a state-dict name)."""
+        if _HEAD_KEY.search(key):
+            return self.head, f"a classifier of at most {MAX_HEAD_CLASSES:,} classes on the model's features"
+        if _POS_KEY.search(key):
+            return self.pos, f"a position embedding of at most 1+{MAX_POS_GRID}x{MAX_POS_GRID} tokens"
+        return self.largest, self.LARGEST
+
+
+def check_declared_sizes(name: str, path: str, declared: dict[str, tuple[tuple[int, ...], int]],
+                         budget: SizeBudget, every_key: bool = True) -> None:
+    """Refuse a tensor whose declared ``(shape, itemsize)`` is more than ``budget`` allows, before it is read.
+
+    ``name`` is the setting that gave ``path`` (``model.pretrained``, ``ckpt_path``). ``every_key=False`` checks
+    only classifiers and position embeddings (the tensors vitlab copies or resizes whatever their name): for a
+    file whose tensors occupy their declared bytes on disk (safetensors, a stored torch zip), any other tensor
+    of the wrong size is named by the shape check that follows, and one that fits no key is never read."""
+    for key, (shape, itemsize) in declared.items():
+        n = math.prod(shape)
+        most, why = budget.allowed(key)
+        if not every_key and why == SizeBudget.LARGEST:
+            continue
+        if n > most or itemsize > MAX_ITEMSIZE:
+            raise PretrainedError(
+                f"{name}={path}: array '{key}' declares shape {tuple(shape)} ({n:,} elements of {itemsize} bytes, "
+                f"{_mb(n * itemsize)}) but the model can hold at most {most:,} elements there ({why}); refused "
+                "before reading it. The file is for a much larger model, or was edited: use the file as released, "
+                "with the model config it was made for."
+            )
+
+
+def npz_declared(path: str) -> dict[str, tuple[tuple[int, ...], int]]:
+    """``{key: (shape, itemsize)}`` of every array of an ``.npz``, from its ``.npy`` headers alone."""
+    return {k: (shape, int(dtype.itemsize)) for k, (dtype, shape) in npz_index(path).items()}
+
+
+def safetensors_declared(path: str) -> dict[str, tuple[tuple[int, ...], int]]:
+    """``{key: (shape, itemsize)}`` of a safetensors file, from its JSON header alone."""
+    from safetensors import safe_open
+
+    sizes = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+    out = {}
+    try:
+        with safe_open(path, framework="pt") as f:
+            for k in f.keys():
+                sl = f.get_slice(k)
+                out[k] = (tuple(int(d) for d in sl.get_shape()), sizes.get(sl.get_dtype(), 1))
+    except Exception as e:  # noqa: BLE001 - any header error means the file is unusable
+        raise PretrainedError(f"model.pretrained={path} is not a readable safetensors file ({type(e).__name__}: {e})") from e
+    return out
+
+
+def state_dict_declared(sd: dict[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], int]]:
+    return {k: (tuple(v.shape), v.element_size()) for k, v in sd.items()}
+
+
+def check_zip_records(name: str, path: str | Path, limit: int, error: type[Exception] = PretrainedError) -> bool:
+    """Refuse a zip whose records would expand beyond ``limit`` bytes, from its directory alone; True when every
+    record is stored uncompressed (as ``torch.save`` writes them: the file can then be memory-mapped).
+
+    A stored record must occupy the bytes it declares; the compressed records together may declare at most
+    ``limit`` bytes (a re-zipped checkpoint holding gigabytes of zeros in a few MB is refused here)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise error(f"{name}={path} is a corrupted archive ({type(e).__name__}: {e})") from e
+    expanded, biggest = 0, None
+    for info in infos:
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.file_size != info.compress_size:
+                raise error(f"{name}={path}: record '{info.filename}' declares {info.file_size:,} bytes but stores "
+                            f"{info.compress_size:,}: the archive is damaged or forged")
+            continue
+        expanded += info.file_size
+        if biggest is None or info.file_size > biggest.file_size:
+            biggest = info
+    if expanded > limit:
+        raise error(
+            f"{name}={path}: its compressed records declare {_mb(expanded)} once expanded (record "
+            f"'{biggest.filename}': {biggest.file_size:,} bytes from {biggest.compress_size:,}), more than the "
+            f"{_mb(limit)} the model can need; refused before expanding them. torch.save writes records "
+            "uncompressed: use the file as torch.save wrote it, not a re-zipped copy."
+        )
+    return expanded == 0
+
+
+def load_torch_file(name: str, path: str | Path, limit: int = MAX_EXPANDED_BYTES,
+                    error: type[Exception] = PretrainedError, kind: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` after :func:`check_zip_records`; memory-mapped when the records are stored
+    (tensors are then read only when used), so only the declared shapes are known until something uses them."""
+    path = str(path)
+    if not Path(path).is_file():  # a FIFO or a device is never opened
+        raise error(f"{name}={path} is not a regular file")
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    stored = check_zip_records(name, path, limit, error) if is_zip else False
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=stored)
+    except Exception as e:  # noqa: BLE001 - a corrupted file, or a pickle that names code
+        raise error(
+            f"{name}={path} is not a readable {kind} ({type(e).__name__}: {load_error_reason(e)}). vitlab loads "
+            "checkpoints with torch.load(weights_only=True): a file that would run code when loaded is refused, and "
+            "a truncated file cannot be read."
+        ) from e
+
+
+def load_error_reason(e: BaseException) -> str:
+    """torch.load's whole reason, on one line: its generic first paragraph ("Weights only load failed ... re-run
+    with weights_only=False") is dropped, never the cause after it (e.g. "GLOBAL posix.system ... is blocked")."""
+    paras = [" ".join(x.split()) for x in str(e).split("\n\n")]
+    paras = [x for x in paras if x]
+    if len(paras) > 1 and paras[0].startswith("Weights only load failed"):
+        paras = paras[1:]
+    return " ".join(paras) or type(e).__name__
 
 
 @dataclass

@@ -24,7 +24,9 @@ The official ``.npz`` layouts are read by their family's module (``vit.py``, ``b
   arrays) is refused with the file, the tensor and its dtype named: quantised data is not a float checkpoint.
 
 Nothing here executes code from a checkpoint: ``torch.load(weights_only=True)``, ``np.load(allow_pickle=False)``
-and safetensors only.
+and safetensors only. Nothing is allocated before every declared size is checked against the model
+(``vitlab.models.checkpoints.SizeBudget``): the ``.npy`` and safetensors headers, a torch file's zip directory,
+then its memory-mapped tensors' shapes.
 """
 
 from __future__ import annotations
@@ -45,13 +47,19 @@ from vitlab.models.checkpoints import (
     DEFAULT_POS_EMBED_RESIZE,
     POS_EMBED_RESIZE,
     LoadReport,
+    SizeBudget,
     arch_mismatch,
     cast_summary,
+    check_declared_sizes,
     describe_model,
     dtype_name,
+    load_torch_file,
+    npz_declared,
     refuse_non_float,
     resize_pos_embed,
     resized_note,
+    safetensors_declared,
+    state_dict_declared,
 )
 
 # what callers import from here; the family modules read their official layouts with vitlab.models.checkpoints
@@ -123,14 +131,8 @@ def _npz_format(path: str, names: list[str]) -> str:
     return claimed[0]
 
 
-def _torch_state_dict(path: str) -> tuple[dict[str, torch.Tensor], str]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise PretrainedError(
-            f"model.pretrained={path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}). "
-            "Only plain tensors are loaded (weights_only=True); a corrupted or pickled-object file is refused."
-        ) from e
+def _torch_state_dict(path: str, budget: SizeBudget) -> tuple[dict[str, torch.Tensor], str]:
+    obj = load_torch_file("model.pretrained", path, budget.total_bytes)  # memory-mapped: shapes only, so far
     if not isinstance(obj, dict):
         raise PretrainedError(f"model.pretrained={path} holds a {type(obj).__name__}, not a state dict")
     fmt = "torch"
@@ -143,12 +145,14 @@ def _torch_state_dict(path: str) -> tuple[dict[str, torch.Tensor], str]:
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise PretrainedError(f"model.pretrained={path} contains no tensors")
+    check_declared_sizes("model.pretrained", path, state_dict_declared(sd), budget, every_key=False)
     return sd, fmt
 
 
-def _safetensors_state_dict(path: str) -> dict[str, torch.Tensor]:
+def _safetensors_state_dict(path: str, budget: SizeBudget) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    check_declared_sizes("model.pretrained", path, safetensors_declared(path), budget, every_key=False)
     try:
         return load_file(path, device="cpu")
     except Exception as e:  # noqa: BLE001
@@ -299,14 +303,16 @@ def load_pretrained(model: nn.Module, path: str | Path, keep_head: bool = False,
     fmt = detect_format(path)
     report = LoadReport(source=path, format=fmt)
     official = registry.checkpoint_formats().get(fmt)
+    budget = SizeBudget.of(model)
     if official is not None:
+        check_declared_sizes("model.pretrained", path, npz_declared(path), budget)
         sd = official.read(path, model, keep_head, report, pos_embed_resize)
     elif fmt == "safetensors":
-        sd = _safetensors_state_dict(path)
+        sd = _safetensors_state_dict(path, budget)
     elif fmt == "timm_hub":
         sd = _hub_state_dict(path)
     else:
-        sd, fmt = _torch_state_dict(path)
+        sd, fmt = _torch_state_dict(path, budget)
         report.format = fmt
     sd, extra = _strip_prefixes(sd)
     report.dropped += extra

@@ -22,11 +22,10 @@ from vitlab.runs.read import (
     read_run,
     rebuild_data_cfg,
     strip_instructions,
-    vitlab_targets,
 )
 
 __all__ = [
     "CODE_KEYS", "CONFIG_SECTIONS", "HYDRA_CONTROL_KEYS", "OBJECTIVES", "Run", "_data_group", "check_checkpoint",
     "checkpoint_config", "data_groups", "load_checkpoint", "load_run", "objective_class", "read_run",
-    "rebuild_data_cfg", "strip_instructions", "vitlab_targets",
+    "rebuild_data_cfg", "strip_instructions",
 ]

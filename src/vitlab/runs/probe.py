@@ -35,12 +35,7 @@ def load_backbone(cfg: DictConfig):
 
     if cfg.get("ckpt_path"):
         run = read_run(cfg.ckpt_path, cfg, with_data=False)  # data is this task's own (data=...)
-        model_cfg = run.model
-        if not any(k.startswith("net.head.") for k in run.checkpoint.get("state_dict", {})):
-            model_cfg = {**model_cfg, "num_classes": 0}  # e.g. masked patch prediction: a backbone without head
-        net = build_model(**model_cfg)
-        load_pretrained(net, cfg.ckpt_path, keep_head=True)
-        return net, dict(model_cfg)
+        return run.build_net(), dict(run.model)  # headless for a masked-patch-prediction checkpoint
     random_init = bool(cfg.get("random_init"))
     if cfg.get("model") is None or not (cfg.model.get("pretrained") or random_init):
         raise ConfigError("give ckpt_path=<vitlab .ckpt>, or model=<name> model.pretrained=<.npz/.safetensors/.pth>, "

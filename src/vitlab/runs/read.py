@@ -1,15 +1,18 @@
-"""Read a finished run back from its checkpoint: the one reader behind evaluate, analyze, fewshot, vtab, predict
-and resume.
+"""The vitlab checkpoint format, read back: the one reader behind evaluate, analyze, fewshot, vtab, predict and
+resume. Each task loads the file once (:func:`read_run`) and gets its objects from the :class:`Run`:
+``build_module()`` (the LightningModule) or ``build_net()`` (the network alone), both after every stored size has
+been compared with the weights' shapes on the meta device (:func:`check_shapes`), so nothing the file declares
+is allocated before it is checked. The bytes are read by ``vitlab.models.checkpoints.load_torch_file`` (zip
+records checked before anything expands, ``weights_only=True``, memory-mapped), which fine-tuning
+(``model.pretrained=<.ckpt>``) shares.
 
 A checkpoint is a file from someone else (a colleague, the Hub, a paper's release), so it is *data*, never
 instructions. Reading one must not run anything it names:
 
 - it is loaded with ``torch.load(weights_only=True)`` (tensors and plain containers only);
 - nothing in it may name code. A Hydra ``_target_`` or a Lightning ``_instantiator`` / ``_class_path``,
-  at any depth of any section, is a :class:`~vitlab.config.ConfigError` that names the key path. (Checkpoints
-  written before vitlab stopped storing ``_target_`` hold vitlab's *own* targets, e.g.
-  ``vitlab.data.digits.DigitsDataModule``: those are accepted and dropped, since they name nothing vitlab's
-  configs would not run anyway. Nothing read from a file is ever instantiated.)
+  at any depth of any section, even one naming vitlab's own class, is a :class:`~vitlab.config.ConfigError`
+  that names the key path. Nothing read from a file is ever instantiated.
 - the data config is rebuilt from vitlab's own config group, by name: the stored ``data.name`` selects
   ``conf/data/<name>.yaml``, whose ``_target_`` is the only class that can be built; the stored plain values
   (str, int, float, bool, None, lists and dicts of those; no ``${...}`` interpolation) override its keys;
@@ -26,7 +29,6 @@ belong to another dataset); ``data.<key>=...`` / ``+data.<key>=...`` edits one k
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -52,63 +54,26 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
     "classification": ("vitlab.modules.classification", "ClassificationModule"),
     "mpp": ("vitlab.modules.mpp", "MaskedPatchPredictionModule"),
 }
-#: checkpoints from before ``vitlab_objective`` was stored name their objective by ``module._target_``
-_LEGACY_OBJECTIVE_TARGETS = {f"{mod}.{cls}": name for name, (mod, cls) in OBJECTIVES.items()}
-#: ``_target_``s that vitlab's ``conf/`` named before a class moved: an older checkpoint's ``vitlab_config`` holds them
-#: (accepted and dropped like any of vitlab's own targets, never instantiated)
-_MOVED_TARGETS = frozenset({
-    "vitlab.analysis.flops.ComputeTracker",          # now vitlab.callbacks.compute
-    "vitlab.report.wandb_dash.WandbDashboard",       # now vitlab.callbacks.wandb_summary
-    "vitlab.eval.fewshot.FewShotCallback",           # now vitlab.callbacks.fewshot
-    "vitlab.utils.trainer.make_trainer",             # now lightning.pytorch.Trainer (skip_nonfinite moved to callbacks)
-})
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a vitlab checkpoint safely (``weights_only=True``) with an error that names the file."""
-    import torch
+    """Load a vitlab checkpoint as data, with an error that names the file: a regular file only, its zip records
+    checked before anything expands (``vitlab.models.checkpoints.load_torch_file``), ``weights_only=True`` and
+    memory-mapped, so tensors are read only when a network takes them, after :meth:`Run.check_shapes`."""
+    from vitlab.models.checkpoints import MAX_EXPANDED_BYTES, load_torch_file
 
     p = Path(str(path)).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file ({p.resolve()})")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"ckpt_path={path} is not a readable vitlab checkpoint ({type(e).__name__}: {e})") from e
+    if not p.is_file():  # also a FIFO or a device: never opened
+        what = "not a regular file" if p.exists() else "no such checkpoint file"
+        raise FileNotFoundError(f"ckpt_path={path}: {what} ({p.resolve()})")
+    ckpt = load_torch_file("ckpt_path", p, MAX_EXPANDED_BYTES, error=ConfigError, kind="vitlab checkpoint")
     if not isinstance(ckpt, dict):
-        raise ValueError(f"ckpt_path={path} holds a {type(ckpt).__name__}, not a vitlab checkpoint (a dict)")
+        raise ConfigError(f"ckpt_path={path} holds a {type(ckpt).__name__}, not a vitlab checkpoint (a dict)")
     return ckpt
 
 
 # ---- checkpoints are data ---------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def vitlab_targets() -> frozenset[str]:
-    """Every ``_target_`` that vitlab's own ``conf/`` names, the objective classes, and the old paths of moved classes
-    (old checkpoints stored them)."""
-    import yaml
-
-    found: set[str] = set(_LEGACY_OBJECTIVE_TARGETS) | _MOVED_TARGETS
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            t = node.get("_target_")
-            if isinstance(t, str):
-                found.add(t)
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    for f in Path(CONF_DIR).rglob("*.yaml"):
-        try:
-            walk(yaml.safe_load(f.read_text()))
-        except yaml.YAMLError:  # pragma: no cover - conf/ is tested to parse
-            continue
-    return frozenset(found)
-
-
 def _refuse(path: Any, key: str, why: str) -> ConfigError:
     return ConfigError(
         f"checkpoint {path}: {key} {why}; checkpoints are data, and vitlab never runs code named in one. "
@@ -126,24 +91,21 @@ def check_checkpoint(ckpt: dict[str, Any], path: Any) -> None:
     for section, node in ckpt.items():
         if section in CODE_KEYS:
             raise _refuse(path, section, "is not allowed (it names code to import and call)")
-        strict = section in CONFIG_SECTIONS
-        _check_node(node, str(section), path, legacy_ok=section == "vitlab_config", strict=strict)
+        _check_node(node, str(section), path, strict=section in CONFIG_SECTIONS)
 
 
-def _check_node(node: Any, where: str, path: Any, legacy_ok: bool, strict: bool) -> None:
+def _check_node(node: Any, where: str, path: Any, strict: bool) -> None:
     if isinstance(node, dict):
         for k, v in node.items():
             key = f"{where}.{k}"
             if strict and not isinstance(k, str):
                 raise _refuse(path, key, f"has a {type(k).__name__} key; config keys are strings")
             if k in CODE_KEYS:
-                if not (k == "_target_" and legacy_ok and isinstance(v, str) and v in vitlab_targets()):
-                    raise _refuse(path, key, f"= {v!r} is not allowed (it names code to import and call)")
-                continue
-            _check_node(v, key, path, legacy_ok, strict)
+                raise _refuse(path, key, f"= {v!r} is not allowed (it names code to import and call)")
+            _check_node(v, key, path, strict)
     elif isinstance(node, (list, tuple)):
         for i, v in enumerate(node):
-            _check_node(v, f"{where}[{i}]", path, legacy_ok, strict)
+            _check_node(v, f"{where}[{i}]", path, strict)
     elif not strict:
         return
     elif isinstance(node, str):
@@ -298,27 +260,85 @@ class Run:
     def module_cls(self):
         return objective_class(self.objective)
 
+    def weights(self) -> dict[str, Any]:
+        sd = self.checkpoint.get("state_dict")
+        if not isinstance(sd, dict) or not sd:
+            raise ConfigError(f"ckpt_path={self.path} holds no weights (its state_dict is "
+                              f"{'empty' if isinstance(sd, dict) else 'missing'}); pass a .ckpt written by vitlab.train")
+        return sd
+
     def build_module(self):
         """The LightningModule with the checkpoint's weights: the class from OBJECTIVES, built from plain
-        hyper-parameters, then ``load_state_dict(strict=True)``."""
-        sd = self.checkpoint.get("state_dict")
-        if self.hparams is None or not isinstance(sd, dict):
-            raise ConfigError(f"ckpt_path={self.path} is not a vitlab training checkpoint (no hyper_parameters / "
-                              "state_dict); pass a .ckpt written by vitlab.train")
+        hyper-parameters once :func:`check_shapes` has compared them with the weights, then
+        ``load_state_dict(strict=True)``."""
+        if self.hparams is None:
+            raise ConfigError(f"ckpt_path={self.path} is not a vitlab training checkpoint (no hyper_parameters); "
+                              "pass a .ckpt written by vitlab.train")
+        sd = self.weights()
+        import torch
+
+        with torch.device("meta"):  # the shapes the hyper-parameters describe, without allocating them
+            expected = self._build(lambda: self.module_cls(**self.hparams), "hyper_parameters")
+        check_shapes(self.path, expected.state_dict(), sd, "hyper_parameters")
         module = self.module_cls(**self.hparams)
-        try:
-            module.load_state_dict(sd, strict=True)
-        except RuntimeError as e:
-            raise ConfigError(f"ckpt_path={self.path}: its weights do not fit the {self.objective} model its "
-                              f"hyper_parameters describe ({str(e).splitlines()[0]})") from e
+        module.load_state_dict(sd, strict=True)
         return module
+
+    def build_net(self):
+        """The network alone, in eval mode: the stored model config with the checkpoint's ``net.`` weights (EMA
+        weights when the run averaged them), checked like :meth:`build_module`. A checkpoint without a head (masked
+        patch prediction) gives a headless backbone. The one way every task turns a checkpoint into a network."""
+        import torch
+
+        from vitlab.models import build_model
+
+        sd = {k[len("net."):]: v for k, v in self.weights().items() if k.startswith("net.")}
+        cfg = {k: v for k, v in self.model.items() if k != "pretrained"}  # weights come from this file only
+        if not any(k.startswith("head.") for k in sd):
+            cfg["num_classes"] = 0
+        with torch.device("meta"):
+            expected = self._build(lambda: build_model(**cfg), "model config")
+        check_shapes(self.path, expected.state_dict(), sd, "model config", prefix="net.")
+        net = build_model(**cfg)
+        net.load_state_dict(sd, strict=True)
+        return net.eval()
+
+    def _build(self, make, where: str):
+        try:
+            return make()
+        except (ValueError, TypeError, RuntimeError, OverflowError) as e:  # ModelConfigError is a ValueError
+            raise ConfigError(f"ckpt_path={self.path}: its stored {where} does not build a network "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+def check_shapes(path: Any, expected: dict[str, Any], weights: dict[str, Any], where: str, prefix: str = "") -> None:
+    """Refuse weights whose names or shapes differ from the network the stored config describes (``expected``,
+    built on the meta device), listing each difference, before the network is built for real: a stored
+    ``model.num_classes=3000000`` beside a 10-class head costs nothing here."""
+    wrong = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if not (wrong or missing or unexpected):
+        return
+
+    def lst(keys, fmt=str):
+        return "; ".join(fmt(k) for k in keys[:6]) + (f"; ... ({len(keys)} in all)" if len(keys) > 6 else "")
+
+    parts = []
+    if wrong:
+        parts.append("shape mismatch: " + lst(wrong, lambda k: f"{prefix}{k} weights {tuple(weights[k].shape)} vs "
+                                                               f"config {tuple(expected[k].shape)}"))
+    if missing:
+        parts.append("not in the weights: " + lst([prefix + k for k in missing]))
+    if unexpected:
+        parts.append("not in the network: " + lst([prefix + k for k in unexpected]))
+    raise ConfigError(f"ckpt_path={path}: its weights do not fit the network its stored {where} describes ("
+                      + " | ".join(parts) + "). The file was edited or is damaged: use the checkpoint as vitlab.train "
+                      "wrote it.")
 
 
 def _objective(ckpt: dict[str, Any], config: dict[str, Any], path: Any) -> str:
-    name = ckpt.get("vitlab_objective")
-    if name is None:  # written before vitlab_objective existed: module._target_ (checked to be vitlab's own)
-        target = (config.get("module") or {}).get("_target_") if isinstance(config.get("module"), dict) else None
-        name = _LEGACY_OBJECTIVE_TARGETS.get(target, "classification")
+    name = ckpt.get("vitlab_objective", "classification")  # vitlab.train stores it; a plain state dict has none
     if name not in OBJECTIVES:
         raise ConfigError(f"checkpoint {path}: vitlab_objective={name!r} is not one of {sorted(OBJECTIVES)}")
     return name
@@ -370,6 +390,24 @@ def read_run(ckpt_path: str | Path, cfg: DictConfig | None = None, *, with_data:
                hparams=_hparams(ckpt, objective, model, ckpt_path), data=data)
 
 
+def check_eval_size(run: Run) -> None:
+    """A Transformer takes only the resolution it was trained at (its position embeddings are resized only when
+    fine-tuning): refuse evaluation data of another size before anything is built."""
+    from vitlab.models import registry
+
+    size, data = run.model.get("img_size"), run.data or {}
+    want = data.get("eval_img_size") or data.get("img_size")
+    if size is None or want is None or run.family is None or int(want) == int(size):
+        return
+    if not registry.get(run.family).transformer:
+        return
+    raise ConfigError(
+        f"data.eval_img_size={want} but the checkpoint's {run.model.get('name', run.family)} takes {size} px images "
+        f"(ckpt_path={run.path}); its position embeddings fit that grid only. Evaluate at data.img_size={size}, or "
+        f"fine-tune at {want} px first (python -m vitlab.train model.pretrained={run.path} data.img_size={want})."
+    )
+
+
 def load_run(cfg: DictConfig, families: tuple[str, ...] | None = None):
     """``ckpt_path=`` of an inspecting task (evaluate, analyze) -> (run, module with its weights, DataModule).
 
@@ -381,6 +419,7 @@ def load_run(cfg: DictConfig, families: tuple[str, ...] | None = None):
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} is not one of ['test', 'val']")
     run = read_run(cfg.ckpt_path, cfg, families=families)
+    check_eval_size(run)
     L.seed_everything(cfg.seed, workers=True)
     module = run.build_module()
     return run, module, instantiate(run.data, _convert_="all")
