@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -117,3 +118,58 @@ def test_predict_never_instantiates_the_stored_data_config(digits_run, tmp_path,
     with pytest.raises(ConfigError, match=r"vitlab_config\.data\._target_ = 'os.system' is not allowed"):
         load_predictor(evil)
     assert not (tmp_path / "marker").exists()
+
+
+def _images(root, *rel):
+    for r in rel:
+        (root / r).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / r)
+
+
+def test_a_glob_over_symlink_loops_lists_each_image_once(tmp_path, monkeypatch):
+    """`input='d/**/*.png'` over a folder with symlink loops: glob.glob followed a loop until the path got too long
+    (each image ~40 times) and, with two loops, for ever. Now the glob walks like the folder form (data.tree's
+    walker): each image once, each loop named in a warning."""
+    from vitlab.predict import find_images
+
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "d"
+    _images(d, "x.png", "a/y.png", "a/b/z.png", "a/b/w.jpg")
+    (d / "a" / "up").symlink_to("..")
+    want = ["d/a/b/z.png", "d/a/y.png", "d/x.png"]
+    with pytest.warns(UserWarning, match=r"d/a/up leads to .*a folder already walked"):
+        assert [str(p) for p in find_images("d/**/*.png")] == want
+    (d / "a" / "b" / "up2").symlink_to("../..")  # a second loop: exponential for glob.glob
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert [str(p) for p in find_images("d/**/*.png")] == want
+        assert [str(p) for p in find_images("d/*/*.png")] == ["d/a/y.png"]
+        assert [str(p) for p in find_images("d/**/b/*")] == ["d/a/b/w.jpg", "d/a/b/z.png"]
+        assert [str(p) for p in find_images("d")] == ["d/a/b/w.jpg", *want]
+    assert {str(w.message).split(" ")[0] for w in seen} == {"d/a/up", "d/a/b/up2"}
+
+
+def test_out_a_folder_is_refused_before_any_work(tmp_path):
+    from vitlab.config import ConfigError
+    from vitlab.predict import predict
+
+    _images(tmp_path / "imgs", "a.png")
+    cfg = compose_cfg("predict", [f"ckpt_path={tmp_path / 'missing.ckpt'}", f"input={tmp_path / 'imgs'}",
+                                  f"out={tmp_path}"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=rf"out={tmp_path} is a folder; give a file in it: out={tmp_path}/preds.csv"):
+        predict(cfg)
+
+
+def test_out_dev_full_keeps_the_predictions_in_the_run_dir(digits_run, tmp_path):
+    """A write that fails (/dev/full: no space left) names out= and where the predictions went; nothing is lost."""
+    from vitlab.config import ConfigError
+    from vitlab.predict import predict
+
+    _images(tmp_path / "imgs", "a.png", "b.png")
+    cfg = compose_cfg("predict", [f"ckpt_path={digits_run}", f"input={tmp_path / 'imgs'}", "out=/dev/full",
+                                  "progress=false"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"out=/dev/full: cannot write the predictions \(No space left on device\); "
+                                          rf"they are saved in {tmp_path}/run/preds.csv instead"):
+        predict(cfg)
+    rows = list(csv.DictReader((tmp_path / "run" / "preds.csv").open()))
+    assert [r["path"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "b.png"]

@@ -129,16 +129,21 @@ def test_missing_compute_skips_only_that_figure(tmp_path):
     assert (tmp_path / "out" / "data_scaling.png").is_file() and not (tmp_path / "out" / "compute.png").exists()
 
 
-def test_report_logs_images_and_table_to_wandb(tmp_path, monkeypatch):
+def test_report_logs_images_and_table_to_wandb_and_never_reads_them_back(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    res = make_report(_fake_sweep(tmp_path / "sweep"), tmp_path / "out", log_to_wandb=True)
+    sweep = _fake_sweep(tmp_path / "sweep")
+    out = sweep / "report"  # the default out_dir: inside the sweep
+    res = make_report(sweep, out, log_to_wandb=True)
     run = read_offline_run(res["files"]["wandb"])
     assert run.job_type == "report"
     logged = {k: v for row in run.history for k, v in row.items()}
     assert logged["figures/data_scaling/_type"] == logged["figures/compute/_type"] == "image-file"
     assert logged["report/runs/_type"] == "table-file" and logged["report/runs/nrows"] == 24
     media = Path(res["files"]["wandb"]) / "files" / logged["figures/compute/path"]
-    assert media.read_bytes() == (tmp_path / "out" / "compute.png").read_bytes()
+    assert media.read_bytes() == (out / "compute.png").read_bytes()
+    # the next report reads the 24 runs, not the report's own W&B run or files as a 25th
+    again = make_report(sweep, out)
+    assert len(again["rows"]) == 24 and all(Path(r["job_dir"]).parent == sweep for r in again["rows"])
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -163,3 +168,179 @@ def test_page_renders_in_headless_chromium(tmp_path):
         return int((np.abs(px - np.array(rgb)).sum(1) < 40).sum())
 
     assert near((31, 119, 180)) > 200 and near((255, 127, 14)) > 200  # ViT blue, BiT orange
+
+
+# ---- run files from someone else: resolved, bounded, no aliases; outputs escaped, locked, never read back ----------
+def _hydra_job(root: Path, name: str, overrides: list[str], metrics: dict | str) -> Path:
+    """A job dir in the layout Hydra writes: `.hydra/config.yaml` (the composed config, interpolations kept) and
+    `.hydra/overrides.yaml`, plus vitlab's metrics.json (no resolved config.yaml: an older run, or another task's)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from vitlab.config import CONF_DIR
+
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    GlobalHydra.instance().clear()
+    (job / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (job / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    (job / "metrics.json").write_text(metrics if isinstance(metrics, str) else json.dumps(metrics))
+    return job
+
+
+DEMO_METRICS = {"model/name": "vit_micro", "model/family": "vit", "data/name": "digits", "data/num_classes": 10,
+                "data/train_size": 200, "test/acc": 0.60, "train/exaflops": 9.6e-9}
+
+
+def test_report_resolves_values_and_names_each_runs_protocol(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, stage in enumerate(("finetune", "scratch")):
+        _hydra_job(sweep, str(i), ["experiment=transfer_demo", f"+experiment/transfer_demo={stage}"], DEMO_METRICS)
+    res = make_report(sweep, tmp_path / "out")
+    table = list(csv.DictReader((tmp_path / "out" / "report.csv").open()))
+    assert [(r["protocol"], r["optim.lr"], r["group"]) for r in table] == [
+        ("fine-tune", "0.001", "transfer_demo"), ("scratch", "0.001", "transfer_demo")]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "${" not in md and "| protocol |" in md and "| fine-tune |" in md
+    assert res["rows"][0]["protocol"] == "fine-tune"
+
+
+def test_interpolations_resolve_only_within_the_file(monkeypatch):
+    from vitlab.utils.run_files import MAX_RESOLVED_CHARS, resolve_config
+
+    monkeypatch.setenv("VITLAB_TEST_SECRET", "hunter2")
+    cfg = {"demo": {"lr": 1e-3}, "optim": {"lr": "${demo.lr}"}, "task_name": "t", "group": "${task_name}",
+           "name": "a-${task_name}-${demo.lr}", "secret": "${oc.env:VITLAB_TEST_SECRET}",
+           "ckpt": "${hydra:sweep.dir}/0/last.ckpt", "a": "${b}", "b": "${a}", "gone": "${no.such.key}",
+           "section": "${demo}", "b0": "xy"}
+    for i in range(1, 80):  # each doubles the last: 2^80 characters if expanded
+        cfg[f"b{i}"] = f"${{b{i - 1}}}${{b{i - 1}}}"
+    r = resolve_config(cfg)
+    assert (r["optim"]["lr"], r["group"], r["name"]) == (1e-3, "t", "a-t-0.001")
+    assert r["secret"] == "(unresolved: ${oc.env:VITLAB_TEST_SECRET})"  # no resolver runs, no variable is read
+    assert r["ckpt"] == "(unresolved: ${hydra:sweep.dir}/0/last.ckpt)"
+    assert r["a"].startswith("(unresolved:") and r["gone"] == "(unresolved: ${no.such.key})"
+    assert r["section"] == "(unresolved: ${demo})" and r["b3"] == "xy" * 8
+    assert len(r["b79"]) < 100 and all(len(str(v)) <= MAX_RESOLVED_CHARS for v in r.values())
+
+
+def test_yaml_aliases_oversize_and_misshapen_run_files_are_named_and_skipped(tmp_path, caplog):
+    """A run file is data: an alias bomb in .hydra/config.yaml is refused unexpanded, and a list-shaped, deeply
+    nested or oversize metrics.json is a named warning, not a traceback; the good job is still reported."""
+    from vitlab.utils.run_files import MAX_RUN_FILE_BYTES
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / "metrics.json").write_text(json.dumps(DEMO_METRICS))
+    bad = {"1": "[1, 2, 3]", "2": "[" * 100_000 + "]" * 100_000, "3": json.dumps({"test/acc": 0.5, "x": [[[[1]]]]}),
+           "4": json.dumps({"test/acc": 0.5, "pad": "x" * MAX_RUN_FILE_BYTES})}
+    for name, text in bad.items():
+        (sweep / name).mkdir()
+        (sweep / name / "metrics.json").write_text(text)
+    alias = sweep / "5"
+    (alias / ".hydra").mkdir(parents=True)
+    (alias / "metrics.json").write_text(json.dumps(DEMO_METRICS))
+    (alias / ".hydra" / "config.yaml").write_text("a: &a [1, 2]\nb: *a\n")
+    bomb = sweep / "6"
+    (bomb / ".hydra").mkdir(parents=True)
+    (bomb / "metrics.json").write_text(json.dumps(DEMO_METRICS))
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9^10 nodes if expanded
+    (bomb / ".hydra" / "config.yaml").write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING", logger="vitlab.report"):
+        rows = collect(sweep)
+    assert [Path(r["job_dir"]).name for r in rows] == ["0"]
+    for name, why in (("1", "holds a JSON list, not an object of metrics"), ("2", "nested too deeply"),
+                      ("3", "'x' nested more than 2 levels deep"), ("4", f"more than {MAX_RUN_FILE_BYTES:,} bytes"),
+                      ("5", "anchor or alias"), ("6", "anchor or alias")):
+        assert any(f"sweep/{name}/" in m and why in m for m in caplog.messages), (name, caplog.messages)
+
+
+def test_report_cells_cannot_inject_formulas_or_markup(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    evil = {**DEMO_METRICS, "model/name": "=cmd|' /C calc'!A0", "data/name": "+HYPERLINK(\"http://x\")",
+            "model/family": "<img src=x onerror=alert(1)>|x\ny", "@sum(1)": "-2+3", "note": "\tfoo"}
+    (sweep / "0" / "metrics.json").write_text(json.dumps(evil))
+    make_report(sweep, tmp_path / "out")
+    with (tmp_path / "out" / "report.csv").open(newline="") as f:
+        head, row = list(csv.reader(f))
+    cells = dict(zip(head, row, strict=True))
+    assert cells["model/name"] == "'=cmd|' /C calc'!A0" and cells["data/name"].startswith("'+HYPERLINK")
+    assert cells["'@sum(1)"] == "'-2+3" and cells["note"] == "'\tfoo" and cells["test/acc"] == "0.6"
+    assert not any(c[:1] in "=+-@\t\r" for c in head + row if c)
+    md = (tmp_path / "out" / "report.md").read_text().splitlines()
+    assert len(md) == 5 and "<img" not in "\n".join(md)  # title, blank, header, separator, one row
+    assert md[4].replace("\\|", "").count("|") == md[2].count("|")  # the row has as many cells as the header
+    assert "&lt;img src=x onerror=alert(1)&gt;\\|x y" in md[4]
+
+
+def test_a_second_report_into_a_busy_out_dir_is_refused(tmp_path):
+    import os
+    import sys
+    import time
+
+    from vitlab.errors import RunDirBusyError
+
+    out, ready = tmp_path / "out", tmp_path / "ready"
+    hold = ("import sys, time; from pathlib import Path; from vitlab.utils.run_owner import acquire; "
+            "acquire(sys.argv[1]); Path(sys.argv[2]).write_text('held'); time.sleep(120)")
+    p = subprocess.Popen([sys.executable, "-c", hold, str(out), str(ready)],
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        t0 = time.monotonic()
+        while not ready.exists():
+            assert p.poll() is None and time.monotonic() - t0 < 60, "holder did not start"
+            time.sleep(0.05)
+        with pytest.raises(RunDirBusyError, match=rf"out_dir={out.resolve()} is in use by pid {p.pid}"):
+            make_report(_fake_sweep(tmp_path / "sweep"), out)
+        assert not (out / "report.csv").exists()
+    finally:
+        p.kill()
+        p.wait()
+
+
+def _drawn(monkeypatch, plot, rows, path):
+    """The matplotlib figure a plot function saved (captured at savefig), for reading its axes."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), real(self, *a, **k))[1])
+    plot(rows, path)
+    return saved[0].axes[0]
+
+
+def test_compute_figure_reads_at_a_demos_scale(tmp_path, monkeypatch):
+    """The transfer demo's three runs: GFLOPs (not 1e-8 exaFLOPs), tick labels that do not overlap, no point label
+    repeating the legend, a chance line, and fine-tune / scratch / another dataset as separate series."""
+    from vitlab.report.figures import plot_compute, plot_data_scaling
+
+    base = {"model/name": "vit_micro", "model/family": "vit", "data/num_classes": 10}
+    rows = [{**base, "data/name": "digits", "protocol": "fine-tune", "data/train_size": 50, "test/acc": 0.1417,
+             "train/exaflops": 9.63e-9},
+            {**base, "data/name": "digits", "protocol": "scratch", "data/train_size": 50, "test/acc": 0.10,
+             "train/exaflops": 9.63e-9},
+            {**base, "data/name": "shapes", "protocol": "scratch", "data/train_size": 200, "test/acc": 0.093,
+             "train/exaflops": 1.71e-8}]
+    ax = _drawn(monkeypatch, plot_compute, rows, tmp_path / "compute.png")
+    assert "[GFLOPs" in ax.get_xlabel() and len(ax.texts) == 0
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(ax.figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ticks = ax.get_xticklabels() + ax.get_xticklabels(minor=True)
+    boxes = [t.get_window_extent(renderer) for t in ticks if t.get_text() and t.get_visible()]
+    assert len(boxes) >= 2 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    labels = ax.get_legend_handles_labels()[1]
+    assert "chance: 10%" in labels and len([lb for lb in labels if lb.startswith("ViT")]) == 3
+    assert any("fine-tune" in lb for lb in labels) and any("shapes" in lb for lb in labels)
+    ax = _drawn(monkeypatch, plot_data_scaling, rows, tmp_path / "data.png")
+    assert sorted(lb for lb in ax.get_legend_handles_labels()[1] if lb.startswith("vit")) == [
+        "vit_micro · digits · fine-tune", "vit_micro · digits · scratch", "vit_micro · shapes · scratch"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["50", "100", "200"]

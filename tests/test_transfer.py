@@ -179,3 +179,45 @@ def test_fewshot_during_training_evaluates_the_ema_weights(tmp_path, monkeypatch
     avg, raw = ckpt["state_dict"]["net.patch_embed.proj.weight"], ckpt["current_model_state"]["net.patch_embed.proj.weight"]
     assert not torch.equal(avg, raw)
     assert len(seen) == 1 and torch.equal(seen[0], avg)
+
+
+def _demo_sweep(root, stages_accs: dict[str, list[float]], test_size: int = 360):
+    """A transfer_demo sweep as Hydra and vitlab.train leave it: each job's `.hydra/overrides.yaml` names its stage,
+    its metrics.json holds its numbers (one job per seed)."""
+    i = 0
+    for stage, accs in stages_accs.items():
+        for seed, acc in enumerate(accs):
+            job = root / str(i)
+            (job / ".hydra").mkdir(parents=True)
+            (job / ".hydra" / "overrides.yaml").write_text(
+                f"- +experiment/transfer_demo={stage}\n- experiment=transfer_demo\n- seed={seed}\n")
+            (job / "metrics.json").write_text(json.dumps({
+                "data/name": "shapes" if stage == "pretrain" else "digits", "data/num_classes": 10,
+                "data/test_size": test_size, "test/acc": acc, "seed": seed}))
+            i += 1
+    return root
+
+
+@pytest.mark.parametrize(("accs", "verdict", "says"), [
+    # the demo at 1 epoch: both runs at chance (10 classes, 360 test images): a +4.17 points "gain" is noise
+    ({"pretrain": [0.093], "finetune": [0.1417], "scratch": [0.10]}, "at_chance",
+     "no conclusion: +4.17 points vs scratch, but the fine-tuned and scratch runs are at chance accuracy (10.00%)"),
+    ({"pretrain": [0.58], "finetune": [0.669], "scratch": [0.60]}, "one_seed",
+     "no conclusion yet: +6.90 points vs scratch from one seed, and the spread between seeds is unknown"),
+    # docs/protocols.md's two seeds: scratch alone spreads 15.6 points, more than either gain
+    ({"pretrain": [0.58, 0.56], "finetune": [0.669, 0.583], "scratch": [0.60, 0.444]}, "within_seed_spread",
+     "within noise: +10.40 points vs scratch, no more than the spread between seeds (15.60 points)"),
+    ({"pretrain": [0.58, 0.56], "finetune": [0.80, 0.78], "scratch": [0.60, 0.58]}, "helps",
+     "pretraining helps: +20.00 points over scratch, more than the spread between seeds (2.00 points)"),
+    ({"pretrain": [0.58, 0.56], "finetune": [0.40, 0.38], "scratch": [0.60, 0.58]}, "hurts",
+     "pretraining does NOT help here: -20.00 points vs scratch, beyond the spread between seeds (2.00 points)"),
+])
+def test_transfer_summary_claims_a_gain_only_beyond_the_seed_spread(tmp_path, accs, verdict, says):
+    from vitlab.protocols.transfer import format_transfer, transfer_summary
+    from vitlab.utils.hydra_callbacks import collect_results
+
+    s = transfer_summary(collect_results(_demo_sweep(tmp_path / "sweep", accs)), "experiment/transfer_demo")
+    text = format_transfer(s)
+    assert s["verdict"] == verdict and says in text, text
+    assert ("pretraining helps" in text) == (verdict == "helps")
+    assert s["seeds"] == {"finetune": len(accs["finetune"]), "scratch": len(accs["scratch"])}
