@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
+from vitlab.checks import check_seed
 from vitlab.errors import ConfigError
 from vitlab.runs.assemble import build_datamodule, report
 from vitlab.tasks import hydra_app, task_wrapper
@@ -76,6 +77,7 @@ def fewshot(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.get("data") is None:
         raise ConfigError("choose the dataset to evaluate on: data=<name> (e.g. data=digits)")
+    check_seed(cfg.get("seed"))
     L.seed_everything(cfg.seed)
     net, model_cfg = load_backbone(cfg)
     dm = build_datamodule(fewshot_data_cfg(cfg, model_cfg))

@@ -22,6 +22,7 @@ import hydra
 import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -135,7 +136,10 @@ def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), loggers: Seque
     kwargs.setdefault("default_root_dir", str(cfg.paths.output_dir))
     try:
         return instantiate(cfg.trainer, callbacks=list(callbacks), logger=list(loggers) or False, **kwargs)
-    except MisconfigurationException as e:
+    except InstantiationException as wrapped:
+        e = wrapped.__cause__
+        if not isinstance(e, MisconfigurationException):
+            raise
         raise ConfigError(
             f"trainer.accelerator={cfg.trainer.get('accelerator')!r} trainer.devices={cfg.trainer.get('devices')!r} "
             f"does not fit this machine ({str(e).strip().splitlines()[0]}): use trainer=cpu, or devices it has "
@@ -155,7 +159,7 @@ def assemble(cfg: DictConfig, config: dict[str, Any] | None = None, extra_callba
     datamodule = build_datamodule(cfg.data)
     module = build_module(cfg, config)
     stats = run_stats(module, datamodule, cfg)
-    loggers = build_loggers(cfg.get("logger"))
+    loggers = build_loggers(cfg.get("logger"), start=False)
     callbacks = [*build_callbacks(cfg.get("callbacks"), cfg.trainer, has_logger=bool(loggers)), *extra_callbacks]
     trainer = build_trainer(cfg, callbacks, loggers)
     check_warmup_fits(cfg, trainer, stats)
