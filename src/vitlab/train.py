@@ -20,10 +20,11 @@ import lightning as L
 from omegaconf import DictConfig
 
 from vitlab import metrics as M
-from vitlab.callbacks.resume import apply_wandb_resume, peek_checkpoint, resolve_resume
+from vitlab.callbacks.resume import apply_wandb_resume, resolve_resume
 from vitlab.checks import check_seed
 from vitlab.errors import ConfigError
 from vitlab.runs.assemble import apply_global_batch, assemble, check_launch, report, save_resolved_config
+from vitlab.runs.read import load_checkpoint
 from vitlab.tasks import hydra_app, scalar_metrics, task_wrapper
 from vitlab.utils.extras import apply_extras
 from vitlab.utils.plain import job_config
@@ -89,7 +90,7 @@ def check_test_only(cfg: DictConfig, test: bool) -> None:
         raise ConfigError("train=false test=false leaves nothing to do: drop one of them")
     if str(ckpt) in ("last", "auto"):
         return  # the resume plan finds the file
-    stored = (peek_checkpoint(ckpt).get("vitlab_config") or {}).get("model") or {}
+    stored = (load_checkpoint(ckpt).get("vitlab_config") or {}).get("model") or {}  # the one trusted reader
     keys = ("family", "variant", "num_classes", "patch_size")
     theirs = {k: stored.get(k) for k in keys if stored.get(k) is not None}
     ours = {k: cfg.model.get(k) for k in theirs}

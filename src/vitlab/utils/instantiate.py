@@ -63,12 +63,14 @@ def build_loggers(cfg: DictConfig | None, start: bool = True) -> list:
             continue
         try:
             lg = instantiate(OmegaConf.create(redact(OmegaConf.to_container(c, resolve=True))))
-        except (ImportError, ModuleNotFoundError) as e:
-            extra = LOGGER_EXTRAS.get(str(name))
-            fix = f": install it with pip install -e '.[{extra}]' (the `{extra}` extra)" if extra else ""
-            warnings.warn(f"logger '{name}' is not available ({e}){fix}; training goes on without it", stacklevel=2)
-            continue
         except Exception as e:  # noqa: BLE001 - a dashboard must never kill a training run
+            missing = e if isinstance(e, ImportError) else e.__cause__  # Hydra wraps what the logger raised
+            if isinstance(missing, ImportError):
+                extra = LOGGER_EXTRAS.get(str(name))
+                fix = f": install it with pip install -e '.[{extra}]' (the `{extra}` extra)" if extra else ""
+                warnings.warn(f"logger '{name}' is not available ({missing}){fix}; training goes on without it",
+                              stacklevel=2)
+                continue
             warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it",
                           stacklevel=2)
             continue
