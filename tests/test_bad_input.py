@@ -83,7 +83,7 @@ def test_bad_config_stops_with_a_clear_message(compose_train, tmp_path, override
         (["trainer.max_epochs=ten"], "trainer.max_epochs='ten' must be a number"),
         (["data.batch_size=0"], "data.batch_size=0 must be > 0"),
         (["optim.lr=-1e-3"], "optim.lr=-0.001 must be > 0"),
-        (["data.img_size=30"], "model.patch_size=8 does not divide the image size 30"),
+        (["data.img_size=30"], "model.patch_size=8 does not divide model.img_size=30"),  # the family's own check
         (["trainer.precision=17"], "trainer.precision=17 is not one of"),
     ],
 )

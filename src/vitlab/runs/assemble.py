@@ -57,9 +57,21 @@ MAX_GLOBAL_BATCH = 2**20
 
 
 # ---- the objects ---------------------------------------------------------------------------------------
+def build(cfg: DictConfig, **kwargs: Any):
+    """``hydra.utils.instantiate``, raising an object's own refusal of its arguments (a vitlab ``ValueError``: it
+    names the key and the fix) as itself rather than wrapped in Hydra's ``InstantiationException``."""
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        own = e.__cause__
+        if isinstance(own, ValueError) and type(own).__module__.startswith("vitlab."):
+            raise own from None
+        raise
+
+
 def build_datamodule(data_cfg: DictConfig):
     """The DataModule of ``conf/data/<name>.yaml`` (it checks its own arguments: ``vitlab.data.base``)."""
-    return instantiate(data_cfg, _convert_="all")
+    return build(data_cfg, _convert_="all")
 
 
 def module_kwargs(cfg: DictConfig) -> tuple[type, dict[str, Any]]:
@@ -135,7 +147,7 @@ def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), loggers: Seque
     check_trainer_cfg(cfg.trainer)
     kwargs.setdefault("default_root_dir", str(cfg.paths.output_dir))
     try:
-        return instantiate(cfg.trainer, callbacks=list(callbacks), logger=list(loggers) or False, **kwargs)
+        return build(cfg.trainer, callbacks=list(callbacks), logger=list(loggers) or False, **kwargs)
     except InstantiationException as wrapped:
         e = wrapped.__cause__
         if not isinstance(e, MisconfigurationException):
