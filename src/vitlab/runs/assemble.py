@@ -159,13 +159,14 @@ def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), loggers: Seque
         ) from None
 
 
-def assemble(cfg: DictConfig, config: dict[str, Any] | None = None, extra_callbacks: Sequence[Any] = ()
-             ) -> dict[str, Any]:
+def assemble(cfg: DictConfig, config: dict[str, Any] | None = None, extra_callbacks: Sequence[Any] = (),
+             start_logging: bool = True) -> dict[str, Any]:
     """The run's objects by name: data, module, callbacks, loggers, trainer (and the stats every logger records).
 
     Each checks its own arguments as it is built, in this order, so a wrong value is refused before the next
-    (slower) one starts: W&B is started last, once the Trainer has accepted its devices. ``config``: the job's
-    :func:`~vitlab.utils.plain.job_config`, computed here when not given; every logger records it once.
+    (slower) one starts: W&B is started last (:func:`start_logging`; ``start_logging=False``: by the caller), once
+    the Trainer has accepted its devices. ``config``: the job's :func:`~vitlab.utils.plain.job_config`, computed
+    here when not given; every logger records it once.
     """
     config = job_config(cfg) if config is None else config
     datamodule = build_datamodule(cfg.data)
@@ -175,13 +176,20 @@ def assemble(cfg: DictConfig, config: dict[str, Any] | None = None, extra_callba
     callbacks = [*build_callbacks(cfg.get("callbacks"), cfg.trainer, has_logger=bool(loggers)), *extra_callbacks]
     trainer = build_trainer(cfg, callbacks, loggers)
     check_warmup_fits(cfg, trainer, stats)
-    loggers = start_loggers(trainer)  # W&B's run starts here; one that fails is dropped with a warning
-    for lg in loggers:
-        lg.log_hyperparams({**stats, "cfg": config})
     log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats[M.MODEL_PARAMS_M],
              cfg.data.name, stats[M.DATA_TRAIN_SIZE])
-    return {"cfg": cfg, "config": config, "datamodule": datamodule, "module": module, "stats": stats,
-            "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+    objects = {"cfg": cfg, "config": config, "datamodule": datamodule, "module": module, "stats": stats,
+               "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+    return start_logging(objects) if start_logging else objects
+
+
+def start_logging(objects: dict[str, Any]) -> dict[str, Any]:
+    """Start the loggers of :func:`assemble`'s objects (W&B's run starts here; one that fails is dropped with a
+    warning) and record the run's stats and config in each, once."""
+    objects["loggers"] = start_loggers(objects["trainer"])
+    for lg in objects["loggers"]:
+        lg.log_hyperparams({**objects["stats"], "cfg": objects["config"]})
+    return objects
 
 
 # ---- checks across objects -----------------------------------------------------------------------------
