@@ -66,11 +66,6 @@ def test_test_only_with_another_networks_checkpoint_names_the_model(refuse, tiny
     assert "Pass model=vit_micro" in msg and "python -m vitlab.evaluate" in msg
 
 
-def test_test_only_with_its_own_model_still_tests(compose_train, tiny_ckpt):
-    res = train(compose_train("train=false", f"ckpt_path={tiny_ckpt}", *TINY))
-    assert 0.0 <= res["test/acc"] <= 1.0
-
-
 @pytest.mark.parametrize(("task", "overrides"), [
     (evaluate, ["seed=-1"]),
     (fewshot, ["data=digits", "data.img_size=16", "seed=abc"]),
