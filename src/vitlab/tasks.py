@@ -21,6 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab import CONF_DIR
+from vitlab.config import register_resolvers
 from vitlab.errors import ConfigError, UserError
 from vitlab.utils.hydra_callbacks import RESULT_FILE
 from vitlab.utils.run_owner import acquire, release
@@ -156,7 +157,9 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig, returns: str | No
 
 
 def hydra_app(config_name: str, returns: str | None = None) -> Callable:
-    """``@hydra.main`` for a vitlab task (``conf/<config_name>.yaml``) whose job is :func:`run_task`."""
+    """``@hydra.main`` for a vitlab task (``conf/<config_name>.yaml``) whose job is :func:`run_task`; the config
+    resolvers (``${vitlab.uid:}``, ``${vitlab.paper:...}``, ...) are registered first."""
+    register_resolvers()
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
