@@ -38,6 +38,34 @@ FAST = [
 ]
 
 
+#: the one tiny training run the tests share (vit_micro on 192 digits at 16 px, 2 optimiser steps): a real
+#: checkpoint of the real code path, made once per test process (per pytest-xdist worker) by :func:`tiny_run`
+TINY_RUN = ["model=vit_micro", "data=digits", "data.img_size=16", "data.train_size=192", "data.batch_size=32",
+            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+            "logger=none", "extras.print_config=false"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The run directory of :data:`TINY_RUN` (config.yaml, metrics.json, checkpoints/last.ckpt). Read it, never
+    write into it: every test of this process shares it."""
+    from vitlab.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    try:
+        train(compose_cfg("train", TINY_RUN, out))
+    finally:
+        GlobalHydra.instance().clear()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_run) -> Path:
+    """``checkpoints/last.ckpt`` of :func:`tiny_run`."""
+    return tiny_run / "checkpoints" / "last.ckpt"
+
+
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` as the CLI would, with the job's output dir set to ``output_dir``."""
     return compose_job(config_name, overrides, output_dir)

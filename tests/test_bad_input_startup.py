@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from reliability_utils import TINY, run, train_cmd
+from reliability_utils import TINY
 from test_pretrained import X32, randomise, vit, vit_npz_arrays  # the real .npz writer
 from vitlab.callbacks.resume import peek_checkpoint
 from vitlab.data.digits import DigitsDataModule
@@ -72,19 +72,17 @@ def test_valid_train_sizes_and_null_eval_batch_still_work():
     ],
 )
 def test_datamodule_refuses_the_same_values_in_the_same_words(kwargs, expected):
-    """evaluate / fewshot build a DataModule without validate_train_cfg: the DataModule runs the same checks."""
+    """evaluate / fewshot build a DataModule too: the DataModule runs the one check, in the same words."""
     with pytest.raises(ConfigError, match=None) as err:
         DigitsDataModule(**kwargs)
     assert expected in str(err.value)
 
 
-def test_cli_resolution_mismatch_stops_at_start_up(tmp_path):
-    run_dir = tmp_path / "job"
-    out = run(train_cmd(run_dir, "model.img_size=64"), tmp_path, timeout=300)
-    assert out.returncode != 0
-    assert "model.img_size=64 but data=digits delivers 16 px images (data.img_size=16)" in out.stderr
-    assert "Input height" not in out.stderr  # not timm's patch embedding, mid-training
-    assert not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
+def test_resolution_mismatch_stops_at_start_up_as_one_error_line(refuse, tmp_path):
+    msg = refuse("model.img_size=64", *TINY)
+    assert "Error: model.img_size=64 but data=digits delivers 16 px images (data.img_size=16)" in msg
+    assert "Input height" not in msg  # not timm's patch embedding, mid-training
+    assert not list(tmp_path.rglob("config.yaml")) and not list(tmp_path.rglob("checkpoints"))
 
 
 # ---- model.pretrained: dtypes --------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def test_debug_configs_compose_as_lht(compose_train, mode):
     assert cfg.data.num_workers == 0 and cfg.data.pin_memory is False
     assert cfg.callbacks is None and cfg.logger is None
     assert cfg.hydra.job_logging.root.level == "DEBUG"
-    expected = {"fdr": ("fast_dev_run", True), "limit": ("limit_train_batches", 0.01),
+    expected = {"fdr": ("fast_dev_run", True), "limit": ("limit_train_batches", 5),
                 "overfit": ("overfit_batches", 3), "profiler": ("profiler", "simple"), "default": ("max_epochs", 1)}
     key, val = expected[mode]
     assert cfg.trainer[key] == val

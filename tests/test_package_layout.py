@@ -84,11 +84,11 @@ def test_no_module_level_import_cycle():
     assert _cycles(graph) == []
 
 
-def test_config_and_secrets_do_not_import_each_other_even_lazily():
-    """The old cycle: config -> utils.secrets (redact) and utils.secrets -> config (ConfigError)."""
+def test_no_import_cycle_even_through_imports_inside_functions():
+    """Issue #21: an 8-file circle ran through vitlab/__init__ -> config -> data/base, data/catalog, optim -> config,
+    data/packed -> vitlab.__version__, callbacks/resume -> runs. The layers (pyproject.toml) allow none."""
     graph = {m: _imports(m, module_level_only=False) for m in MODULES}
-    for comp in _cycles(graph):
-        assert "vitlab.utils.secrets" not in comp, comp
+    assert _cycles(graph) == []
 
 
 def test_errors_module_imports_nothing_of_vitlab():

@@ -154,19 +154,18 @@ def test_jft_recipe_says_where_to_put_jft(tmp_path):
 @pytest.mark.parametrize("data", sorted(paper.TABLE4))
 def test_every_finetune_recipe_is_table4(data):
     row = paper.finetune_row(data)
-    for exp in (f"paper/finetune_{data}", f"finetune_{data}"):  # the old name is an alias of the paper recipe
-        cfg = _compose(f"experiment={exp}", "model.pretrained=ViT-B_16.npz")
-        o = cfg.optim
-        assert (o.name, o.momentum, o.weight_decay, o.decay, o.grad_clip, o.warmup) == (
-            "sgd", 0.9, 0.0, "cosine", 1.0, row["warmup_steps"])
-        assert [float(v) for v in cfg.hydra.sweeper.params["optim.lr"].split(",")] == row["lr_grid"]
-        assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-        assert cfg.trainer.max_steps == row["steps"] and cfg.trainer.max_epochs == -1
-        assert cfg.trainer.gradient_clip_val == 1.0
-        assert cfg.data.global_batch_size == 512 and cfg.data.img_size == cfg.model.img_size == 384
-        assert cfg.data.val_fraction == row["dev_split"] and cfg.data.eval_resize == "square"
-        assert cfg.model.representation_size is None and cfg.model.pretrained == "ViT-B_16.npz"
-        assert cfg.data.name == data
+    cfg = _compose(f"experiment=paper/finetune_{data}", "model.pretrained=ViT-B_16.npz")
+    o = cfg.optim
+    assert (o.name, o.momentum, o.weight_decay, o.decay, o.grad_clip, o.warmup) == (
+        "sgd", 0.9, 0.0, "cosine", 1.0, row["warmup_steps"])
+    assert [float(v) for v in cfg.hydra.sweeper.params["optim.lr"].split(",")] == row["lr_grid"]
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.trainer.max_steps == row["steps"] and cfg.trainer.max_epochs == -1
+    assert cfg.trainer.gradient_clip_val == 1.0
+    assert cfg.data.global_batch_size == 512 and cfg.data.img_size == cfg.model.img_size == 384
+    assert cfg.data.val_fraction == row["dev_split"] and cfg.data.eval_resize == "square"
+    assert cfg.model.representation_size is None and cfg.model.pretrained == "ViT-B_16.npz"
+    assert cfg.data.name == data
     assert row["warmup_steps"] < row["steps"]  # a warmup that fits the run
 
 

@@ -103,7 +103,7 @@ def test_ema_refuses_bad_decay():
 def test_paper_finetune_recipes_compose(name):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment=finetune_{name}", "model.pretrained=ViT-B_16.npz"],
+        cfg = compose("train", overrides=[f"experiment=paper/finetune_{name}", "model.pretrained=ViT-B_16.npz"],
                       return_hydra_config=True)
     GlobalHydra.instance().clear()
     assert cfg.optim.name == "sgd" and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 0.0

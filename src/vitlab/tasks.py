@@ -19,7 +19,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab import CONF_DIR
-from vitlab.errors import UserError
+from vitlab.config import register_resolvers
+from vitlab.errors import ConfigError, UserError
 from vitlab.utils.run_owner import acquire, release
 from vitlab.utils.secrets import check_no_literal_secrets, redact
 
@@ -85,7 +86,38 @@ def user_error(exc: BaseException) -> BaseException | None:
             return exc
         if isinstance(exc, FileNotFoundError) and _raised_in_vitlab(exc):
             return exc
-        exc, seen = exc.__cause__, seen + 1
+        # OmegaConf drops the cause of an error raised by a resolver (unless OC_CAUSE=1): it is the context
+        nxt = exc.__cause__
+        if nxt is None and type(exc).__module__.startswith("omegaconf"):
+            nxt = exc.__context__
+        exc, seen = nxt, seen + 1
+    return None
+
+
+def check_no_missing_values(cfg: DictConfig) -> None:
+    """A required key left at ``???`` (``data.root`` of data=folder, ``ckpt_path`` of evaluate) is named with the
+    fix, instead of the resolver traceback of the first value that reads it."""
+    key = _first_missing(cfg)
+    if key is not None:
+        section = key.split(".")[0]
+        group = cfg[section].get("name") if "." in key and OmegaConf.is_dict(cfg[section]) else None
+        where = f" (data={group} needs it)" if section == "data" and isinstance(group, str) else ""
+        raise ConfigError(f"{key} is not set{where}: pass {key}=<value> on the command line")
+
+
+def _first_missing(node: Any, prefix: str = "") -> str | None:
+    """The first key left at ``???`` (OmegaConf.missing_keys resolves interpolations, which fail on it)."""
+    for key in node.keys() if OmegaConf.is_dict(node) else range(len(node)):
+        path = f"{prefix}{key}"
+        if path == "hydra":
+            continue
+        if OmegaConf.is_missing(node, key):
+            return path
+        child = node._get_node(key)
+        if OmegaConf.is_config(child) and not OmegaConf.is_interpolation(node, key):
+            found = _first_missing(child, f"{path}.")
+            if found:
+                return found
     return None
 
 
@@ -110,6 +142,7 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig, returns: str | No
     task's own return value.
     """
     try:
+        check_no_missing_values(cfg)
         check_no_literal_secrets(cfg)
         out = fn(cfg)
     except Exception as e:
@@ -121,7 +154,9 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig, returns: str | No
 
 
 def hydra_app(config_name: str, returns: str | None = None) -> Callable:
-    """``@hydra.main`` for a vitlab task (``conf/<config_name>.yaml``) whose job is :func:`run_task`."""
+    """``@hydra.main`` for a vitlab task (``conf/<config_name>.yaml``) whose job is :func:`run_task`; the config
+    resolvers (``${vitlab.uid:}``, ``${vitlab.paper:...}``, ...) are registered first."""
+    register_resolvers()
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)

@@ -20,10 +20,18 @@ import lightning as L
 from omegaconf import DictConfig
 
 from vitlab import metrics as M
-from vitlab.callbacks.resume import apply_wandb_resume, peek_checkpoint, resolve_resume
+from vitlab.callbacks.resume import apply_wandb_resume, resolve_resume
 from vitlab.checks import check_seed
 from vitlab.errors import ConfigError
-from vitlab.runs.assemble import apply_global_batch, assemble, check_launch, report, save_resolved_config
+from vitlab.runs.assemble import (
+    apply_global_batch,
+    assemble,
+    check_launch,
+    report,
+    save_resolved_config,
+    start_logging,
+)
+from vitlab.runs.read import load_checkpoint
 from vitlab.tasks import hydra_app, scalar_metrics, task_wrapper
 from vitlab.utils.extras import apply_extras
 from vitlab.utils.plain import job_config
@@ -46,11 +54,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plan = resolve_resume(cfg)  # ckpt_path=last / resume=auto|never: errors before anything is written
     apply_wandb_resume(cfg, plan)  # the resumed job logs into the same W&B run
     config = job_config(cfg)  # once per job: config.yaml, the checkpoints and every logger hold this one
-    apply_extras(cfg, config)  # extras.print_config / enforce_tags / ignore_warnings
 
     # the objects, by name: data, module, callbacks, loggers, trainer (each checks its own arguments)
     L.seed_everything(cfg.seed, workers=True)
-    objects = assemble(cfg, config)
+    objects = assemble(cfg, config, start_logging=False)
+    apply_extras(cfg, config)  # extras.enforce_tags / print_config / ignore_warnings, once the objects are valid
+    start_logging(objects)  # W&B's run starts last, once nothing is left to refuse
     trainer, module, datamodule = objects["trainer"], objects["module"], objects["datamodule"]
     out_dir = Path(cfg.paths.output_dir)
     save_resolved_config(config, out_dir)
@@ -89,7 +98,7 @@ def check_test_only(cfg: DictConfig, test: bool) -> None:
         raise ConfigError("train=false test=false leaves nothing to do: drop one of them")
     if str(ckpt) in ("last", "auto"):
         return  # the resume plan finds the file
-    stored = (peek_checkpoint(ckpt).get("vitlab_config") or {}).get("model") or {}
+    stored = (load_checkpoint(ckpt).get("vitlab_config") or {}).get("model") or {}  # the one trusted reader
     keys = ("family", "variant", "num_classes", "patch_size")
     theirs = {k: stored.get(k) for k in keys if stored.get(k) is not None}
     ours = {k: cfg.model.get(k) for k in theirs}

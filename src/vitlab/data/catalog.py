@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitlab.data.tree import list_class_dirs
+from vitlab.errors import DataConfigError
 
 #: task -> (group, number of classes); directory names of the VTAB-1k release used by PyTorch work
 VTAB_TASKS: dict[str, tuple[str, int]] = {
@@ -52,7 +53,7 @@ def folder_num_classes(root: str, dataset: str | None = None) -> int:
     root then says where to put your copy.
     """
     if root in (None, "", "???"):
-        raise ValueError("data.root is not set: data=folder needs data.root=<folder of class sub-folders>")
+        raise DataConfigError("data.root is not set: data=folder needs data.root=<folder of class sub-folders>")
     p = Path(str(root)).expanduser()
     base = p / "train" if (p / "train").is_dir() else p
     if not base.is_dir() and dataset:

@@ -41,12 +41,6 @@ def build_model(
         num_classes = check_count("model.num_classes", num_classes, minimum=0, maximum=MAX_CLASSES, what="classes")
     except ConfigError as e:
         raise ModelConfigError(str(e)) from None
-    img, patch = keys.get("img_size"), keys.get("patch_size")
-    if fam.pixel_patches and patch and img and int(img) % int(patch):
-        raise ModelConfigError(
-            f"model.patch_size={patch} does not divide the image size {img} (model.img_size, from data.img_size): "
-            f"use a multiple of {patch}, e.g. data.img_size={max(patch, img // patch * patch)}"
-        )
     head_drop_rate = float(head_drop_rate or 0.0)
     for key, rate in (("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
                       ("attn_drop_rate", attn_drop_rate), ("head_drop_rate", head_drop_rate)):

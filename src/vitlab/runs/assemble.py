@@ -22,6 +22,7 @@ import hydra
 import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -57,9 +58,21 @@ MAX_GLOBAL_BATCH = 2**20
 
 
 # ---- the objects ---------------------------------------------------------------------------------------
+def build(cfg: DictConfig, **kwargs: Any):
+    """``hydra.utils.instantiate``, raising an object's own refusal of its arguments (a vitlab ``ValueError``: it
+    names the key and the fix) as itself rather than wrapped in Hydra's ``InstantiationException``."""
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        own = e.__cause__
+        if isinstance(own, ValueError) and type(own).__module__.startswith("vitlab."):
+            raise own from None
+        raise
+
+
 def build_datamodule(data_cfg: DictConfig):
     """The DataModule of ``conf/data/<name>.yaml`` (it checks its own arguments: ``vitlab.data.base``)."""
-    return instantiate(data_cfg, _convert_="all")
+    return build(data_cfg, _convert_="all")
 
 
 def module_kwargs(cfg: DictConfig) -> tuple[type, dict[str, Any]]:
@@ -135,8 +148,11 @@ def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), loggers: Seque
     check_trainer_cfg(cfg.trainer)
     kwargs.setdefault("default_root_dir", str(cfg.paths.output_dir))
     try:
-        return instantiate(cfg.trainer, callbacks=list(callbacks), logger=list(loggers) or False, **kwargs)
-    except MisconfigurationException as e:
+        return build(cfg.trainer, callbacks=list(callbacks), logger=list(loggers) or False, **kwargs)
+    except InstantiationException as wrapped:
+        e = wrapped.__cause__
+        if not isinstance(e, MisconfigurationException):
+            raise
         raise ConfigError(
             f"trainer.accelerator={cfg.trainer.get('accelerator')!r} trainer.devices={cfg.trainer.get('devices')!r} "
             f"does not fit this machine ({str(e).strip().splitlines()[0]}): use trainer=cpu, or devices it has "
@@ -144,29 +160,37 @@ def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), loggers: Seque
         ) from None
 
 
-def assemble(cfg: DictConfig, config: dict[str, Any] | None = None, extra_callbacks: Sequence[Any] = ()
-             ) -> dict[str, Any]:
+def assemble(cfg: DictConfig, config: dict[str, Any] | None = None, extra_callbacks: Sequence[Any] = (),
+             start_logging: bool = True) -> dict[str, Any]:
     """The run's objects by name: data, module, callbacks, loggers, trainer (and the stats every logger records).
 
     Each checks its own arguments as it is built, in this order, so a wrong value is refused before the next
-    (slower) one starts: W&B is started last, once the Trainer has accepted its devices. ``config``: the job's
-    :func:`~vitlab.utils.plain.job_config`, computed here when not given; every logger records it once.
+    (slower) one starts: W&B is started last (:func:`start_logging`; ``start_logging=False``: by the caller), once
+    the Trainer has accepted its devices. ``config``: the job's :func:`~vitlab.utils.plain.job_config`, computed
+    here when not given; every logger records it once.
     """
     config = job_config(cfg) if config is None else config
     datamodule = build_datamodule(cfg.data)
     module = build_module(cfg, config)
     stats = run_stats(module, datamodule, cfg)
-    loggers = build_loggers(cfg.get("logger"))
+    loggers = build_loggers(cfg.get("logger"), start=False)
     callbacks = [*build_callbacks(cfg.get("callbacks"), cfg.trainer, has_logger=bool(loggers)), *extra_callbacks]
     trainer = build_trainer(cfg, callbacks, loggers)
     check_warmup_fits(cfg, trainer, stats)
-    loggers = start_loggers(trainer)  # W&B's run starts here; one that fails is dropped with a warning
-    for lg in loggers:
-        lg.log_hyperparams({**stats, "cfg": config})
     log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats[M.MODEL_PARAMS_M],
              cfg.data.name, stats[M.DATA_TRAIN_SIZE])
-    return {"cfg": cfg, "config": config, "datamodule": datamodule, "module": module, "stats": stats,
-            "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+    objects = {"cfg": cfg, "config": config, "datamodule": datamodule, "module": module, "stats": stats,
+               "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+    return start_logging(objects) if start_logging else objects
+
+
+def start_logging(objects: dict[str, Any]) -> dict[str, Any]:
+    """Start the loggers of :func:`assemble`'s objects (W&B's run starts here; one that fails is dropped with a
+    warning) and record the run's stats and config in each, once."""
+    objects["loggers"] = start_loggers(objects["trainer"])
+    for lg in objects["loggers"]:
+        lg.log_hyperparams({**objects["stats"], "cfg": objects["config"]})
+    return objects
 
 
 # ---- checks across objects -----------------------------------------------------------------------------

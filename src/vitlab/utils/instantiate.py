@@ -49,9 +49,10 @@ def build_callbacks(cfg: DictConfig | None, trainer_cfg: DictConfig | None = Non
 LOGGER_EXTRAS = {"tensorboard": "tensorboard"}
 
 
-def build_loggers(cfg: DictConfig | None) -> list:
-    """Instantiate each logger (a W&B run is started later, by :func:`start_loggers`, once the Trainer has accepted
-    its arguments); a logger whose package is missing is skipped with one warning naming the extra to install.
+def build_loggers(cfg: DictConfig | None, start: bool = True) -> list:
+    """Instantiate each logger and start its W&B run (``start=False``: later, by :func:`start_loggers`, once the
+    Trainer has accepted its arguments); a logger whose package is missing, or whose W&B run fails to start, is
+    skipped with one warning (naming the extra to install) and training goes on.
 
     Each logger's arguments are resolved first and then masked (:func:`vitlab.utils.secrets.redact`): a W&B run
     name, group or tags such as ``${oc.env:WANDB_API_KEY}`` would otherwise carry the key into the run file.
@@ -62,33 +63,41 @@ def build_loggers(cfg: DictConfig | None) -> list:
             continue
         try:
             lg = instantiate(OmegaConf.create(redact(OmegaConf.to_container(c, resolve=True))))
-        except (ImportError, ModuleNotFoundError) as e:
-            extra = LOGGER_EXTRAS.get(str(name))
-            fix = f": install it with pip install -e '.[{extra}]' (the `{extra}` extra)" if extra else ""
-            warnings.warn(f"logger '{name}' is not available ({e}){fix}; training goes on without it", stacklevel=2)
-            continue
         except Exception as e:  # noqa: BLE001 - a dashboard must never kill a training run
+            missing = e if isinstance(e, ImportError) else e.__cause__  # Hydra wraps what the logger raised
+            if isinstance(missing, ImportError):
+                extra = LOGGER_EXTRAS.get(str(name))
+                fix = f": install it with pip install -e '.[{extra}]' (the `{extra}` extra)" if extra else ""
+                warnings.warn(f"logger '{name}' is not available ({missing}){fix}; training goes on without it",
+                              stacklevel=2)
+                continue
             warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it",
                           stacklevel=2)
             continue
         lg.vitlab_name = str(name)
-        out.append(lg)
+        if not start or _started(lg):
+            out.append(lg)
     return out
+
+
+def _started(lg) -> bool:
+    """Start a W&B logger's run now (so a broken W&B fails here, not mid-training); False, with a warning, if it
+    cannot start. Other loggers have nothing to start."""
+    try:
+        if "wandb" in type(lg).__name__.lower():
+            _ = lg.experiment
+        return True
+    except Exception as e:  # noqa: BLE001 - a dashboard must never kill a training run
+        name = getattr(lg, "vitlab_name", type(lg).__name__)
+        warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it",
+                      stacklevel=3)
+        return False
 
 
 def start_loggers(trainer: L.Trainer) -> list:
     """Start the W&B run of each W&B logger now, so a broken W&B fails here and not mid-training: one that fails is
     dropped with a warning (training goes on), and with no logger left the callbacks that need one are dropped."""
-    kept = []
-    for lg in trainer.loggers:
-        try:
-            if "wandb" in type(lg).__name__.lower():
-                _ = lg.experiment
-            kept.append(lg)
-        except Exception as e:  # noqa: BLE001 - a dashboard must never kill a training run
-            name = getattr(lg, "vitlab_name", type(lg).__name__)
-            warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it",
-                          stacklevel=2)
+    kept = [lg for lg in trainer.loggers if _started(lg)]
     if len(kept) != len(trainer.loggers):
         trainer.loggers = kept
         if not kept:
