@@ -8,23 +8,26 @@ PYTEST_ARGS ?=
 # make test runs the suite on TEST_WORKERS pytest-xdist processes (one core each); TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 
-.PHONY: help install pip-install lock lock-check train test test-slow lint format clean bench-data bench sweep report
+.PHONY: help install pip-install lock lock-check train test test-slow lint format clean bench-data bench sweep report docs
 
 help:
 	@echo "make train      set up .venv, then run the quickstart (ViT vs BiT on digits, one table)"
 	@echo "make test       set up .venv, then run the default test suite"
 	@echo "make test-slow  the slow tests too (accuracy targets of the quickstart)"
 	@echo "make lock       refresh uv.lock from pyproject.toml (make lock-check: do they agree?)"
-	@echo "make lint       ruff"
+	@echo "make lint       ruff, and lint-imports (the layers of docs/architecture.md)"
 	@echo "make bench      training/eval img/s, MFU, memory: vitlab.train vs plain PyTorch vs timm (BENCH_ARGS=...)"
 	@echo "make bench-data input-pipeline img/s: vitlab's ImageNet loader vs torchvision ImageFolder"
 	@echo "make sweep      data-scaling study: vit_micro vs bit_micro on 4 sizes of shapes (CPU, target < 20 min on 2 cores; SWEEP_ARGS=...)"
 	@echo "make report     table + paper figures (Fig. 3/4, Fig. 5) + HTML from the latest sweep (SWEEP_DIR=...)"
+	@echo "make docs       generate docs/reference/ from the code and conf/, build the site strictly into site/"
 	@echo "make clean      remove logs and caches (keeps .venv)"
 
 # Install: from uv.lock (exact versions of the whole environment) with uv; pip + constraints.txt is the fallback,
 # used automatically when uv cannot be set up or `uv sync` fails, or on request: make train INSTALLER=pip.
 # uv is installed (pinned) into .tools/uv, not into the project venv (`uv sync` removes what the lock lacks).
+# Both paths leave compiled bytecode in the venv (uv: --compile-bytecode; pip compiles by default): without it
+# every first start of a job recompiles torch, Lightning and timm (docs/how-to/install.md measures it).
 INSTALLER ?= uv
 UV_VERSION ?= 0.13.9
 UV := .tools/uv/bin/uv
@@ -33,7 +36,7 @@ $(UV):
 	$(PYTHON) -m venv .tools/uv && .tools/uv/bin/python -m pip install -q "uv==$(UV_VERSION)"
 
 $(STAMP): pyproject.toml constraints.txt uv.lock
-	@if [ "$(INSTALLER)" = uv ] && $(MAKE) -s $(UV) && UV_PYTHON=$(PYTHON) $(UV) sync --frozen --extra dev; then \
+	@if [ "$(INSTALLER)" = uv ] && $(MAKE) -s $(UV) && UV_PYTHON=$(PYTHON) $(UV) sync --frozen --compile-bytecode --extra dev; then \
 		echo "[vitlab] installed from uv.lock"; \
 	else \
 		echo "[vitlab] installing with pip + constraints.txt (INSTALLER=$(INSTALLER); uv path unavailable or failed)"; \
@@ -66,7 +69,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "slow or not slow" --durations=15 $(PYTEST_ARGS)
 
 bench-data: $(STAMP)
-	$(PY) -m vitlab.data.throughput $(BENCH_DATA_ARGS)
+	$(PY) -m vitlab.bench.data $(BENCH_DATA_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m vitlab.bench $(BENCH_ARGS)
@@ -79,13 +82,20 @@ sweep: $(STAMP)
 report: $(STAMP)
 	$(PY) -m vitlab.report sweep_dir=$(SWEEP_DIR) $(REPORT_ARGS)
 
+# The docs site (docs/explanation/docs-site.md): docs/reference/ is generated from the code and conf/ at every build
+# (gitignored, so it cannot drift), then `mkdocs build --strict` fails on any broken link or missing page.
+docs: $(STAMP)
+	$(PY) -m vitlab.docs docs/reference
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/lint-imports  # the layers of docs/architecture.md ([tool.importlinter] in pyproject.toml)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests
 	$(VENV)/bin/ruff check --fix src tests
 
 clean:
-	rm -rf logs outputs multirun .pytest_cache .ruff_cache
+	rm -rf logs outputs multirun .pytest_cache .ruff_cache site docs/reference
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

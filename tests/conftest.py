@@ -43,6 +43,28 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> Dic
     return compose_job(config_name, overrides, output_dir)
 
 
+def refusal(task, cfg: DictConfig) -> str:
+    """Run ``task`` on ``cfg`` in-process exactly as its command line does (:func:`vitlab.tasks.run_task`) and
+    return the one ``Error:`` line it refuses with (the command line prints that line, without a traceback,
+    exit code 1); fails when the task does not refuse, or refuses with a bug's exception."""
+    from vitlab.errors import UserError
+    from vitlab.tasks import run_task
+
+    with pytest.raises(UserError) as err:
+        run_task(task, cfg)
+    msg = str(err.value)
+    assert msg.startswith("Error: ") and "\n" not in msg, msg
+    return msg
+
+
+@pytest.fixture
+def refuse(compose_train):
+    """``refuse(*overrides)``: the ``Error:`` line ``python -m vitlab.train <overrides>`` stops with, in-process."""
+    from vitlab.train import train
+
+    return lambda *overrides, **kw: refusal(train, compose_train(*overrides, **kw))
+
+
 @pytest.fixture
 def compose_train(tmp_path):
     def _compose(*overrides: str, fast: bool = True, out: Path | None = None) -> DictConfig:

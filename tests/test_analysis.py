@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from vitlab.config import ConfigError
+from vitlab.errors import ConfigError
 from vitlab.inspection import inspect_vit as V
 from vitlab.models import build_model
 

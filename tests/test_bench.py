@@ -14,8 +14,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from vitlab.bench import BenchConfigError, Windows, model_specs, worker_overrides
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR
+from vitlab.bench.training import model_specs, worker_overrides
+from vitlab.bench.worker import Windows
+from vitlab.errors import BenchConfigError
 from vitlab.models import build_model
 from vitlab.modules.classification import ClassificationModule, compile_net
 
@@ -127,7 +129,7 @@ def _run(img_per_s: float, eval_img_per_s: float = 100.0, mem: float = 500.0) ->
 
 
 def test_aggregate_pairs_repeats_and_reports_lever_speedups():
-    from vitlab.bench import aggregate, markdown
+    from vitlab.bench.training import aggregate, markdown
 
     spec = {"img_size": 32, "batch_size": 8, "overrides": ["model=vit_ti16"]}
     runs = {
@@ -149,17 +151,3 @@ def test_aggregate_pairs_repeats_and_reports_lever_speedups():
     assert "| vit_ti16_p4 | (a) + bf16 (x2.00 vs a) |" in md and "1.000 (0.900-1.250)" in md
 
 
-def test_old_bench_preset_spelling_still_composes_the_tiny_preset(tmp_path, capsys):
-    """Issue 12: the private top-level group ``bench_preset/`` moved to ``experiment/bench/``; the README-era
-    spelling keeps working with one deprecation line naming the new one."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from vitlab.config import compose_job
-
-    try:
-        new = compose_job("bench", ["experiment=bench/tiny"], tmp_path / "a")
-        old = compose_job("bench", ["bench_preset=tiny"], tmp_path / "b")
-    finally:
-        GlobalHydra.instance().clear()
-    assert "bench_preset=tiny is deprecated, use experiment=bench/tiny" in capsys.readouterr().err
-    assert (old.repeats, old.steps, old.models.vit_micro.img_size) == (new.repeats, new.steps, 16) == (1, 2, 16)

@@ -20,7 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import compose_cfg
 from reliability_utils import TINY
-from vitlab.config import ConfigError
+from vitlab.errors import ConfigError
 
 #: where each gadget is planted: (path of the node in the checkpoint) -> the key the error must name
 PLANTS = {

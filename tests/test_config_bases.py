@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR
 
 DATA = sorted(p.stem for p in (Path(CONF_DIR) / "data").glob("*.yaml"))
 OPTIM = sorted(p.stem for p in (Path(CONF_DIR) / "optim").glob("*.yaml"))

@@ -49,7 +49,7 @@ def test_dashboard_keys_are_what_training_logs(compose_train):
     from hydra.utils import instantiate
 
     from vitlab.report.dashboard import SCALING_KEYS
-    from vitlab.train import build_module, run_stats
+    from vitlab.runs.assemble import build_module, run_stats
 
     cfg = compose_train()
     stats = run_stats(build_module(cfg), instantiate(cfg.data, _convert_="all"), cfg)

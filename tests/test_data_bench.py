@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import vitlab.data.imagenet21k as i21k
+from vitlab.bench.data import BASELINE, WDS_ROW, main, write_tree
 from vitlab.data.imagenet21k import ImageNet21kDataModule
-from vitlab.data.throughput import BASELINE, WDS_ROW, main, write_tree
 
 
 def test_bench_data_compares_packed_with_torchvision_and_writes_json(tmp_path, capsys):

@@ -12,10 +12,9 @@ import torch
 
 from dataset_writers import label_from_pixels, tar_folder, write_cifar10, write_cifar100
 from vitlab.data import cifar as cifar_mod
-from vitlab.data.base import DataConfigError
 from vitlab.data.cifar import CIFARDataModule, load_batch
-from vitlab.data.download import UnsafeArchiveError, md5sum, safe_extract
-from vitlab.data.files import DatasetFormatError, DatasetNotFoundError
+from vitlab.data.download import md5sum, safe_extract
+from vitlab.errors import DataConfigError, DatasetFormatError, DatasetNotFoundError, UnsafeArchiveError
 from vitlab.train import train
 
 

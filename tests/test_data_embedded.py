@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from vitlab.data.base import DataConfigError, balanced_subset_indices
+from vitlab.data.base import balanced_subset_indices
 from vitlab.data.digits import DigitsDataModule
 from vitlab.data.shapes import CLASSES, ShapesDataModule, render
+from vitlab.errors import DataConfigError
 
 
 def test_digits_split_is_fixed_seeded_and_stratified():

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from dataset_writers import WNIDS, label_from_pixels, truncate_file, write_class_folders, write_imagenet
-from vitlab.data.base import DataConfigError
-from vitlab.data.files import CorruptImageError, DatasetFormatError, DatasetNotFoundError
 from vitlab.data.folder import FolderDataModule
 from vitlab.data.imagenet import ImageNetDataModule
 from vitlab.data.imagenet21k import ImageNet21kDataModule
+from vitlab.errors import CorruptImageError, DataConfigError, DatasetFormatError, DatasetNotFoundError
 from vitlab.modules.classification import ReaLAccuracy
 from vitlab.train import train
 

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from torchvision.transforms import v2
 
 import dataset_writers as fx
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR
 from vitlab.data.files import load_image
 
 REAL_DATASETS = ["cifar10", "cifar100", "imagenet", "imagenet21k", "folder", "pets", "flowers102", "vtab"]
@@ -73,7 +73,7 @@ def test_train_size_is_seeded_class_balanced_and_refuses_too_many(name, roots, c
     counts = np.bincount(a.train_set.targets, minlength=len(full_counts))
     not_exhausted = counts < full_counts  # a class with too few images gives its share to the others
     assert counts.max() - counts[not_exhausted].min(initial=counts.max()) <= 1
-    from vitlab.data.base import DataConfigError
+    from vitlab.errors import DataConfigError
 
     _, too_many = _dm(compose_train, roots, name, f"data.train_size={n + 1}")
     with pytest.raises(DataConfigError, match=rf"train_size={n + 1} but .* has only {n} examples"):

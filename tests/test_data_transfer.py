@@ -5,12 +5,11 @@ import pytest
 from scipy.io import loadmat, savemat
 
 from dataset_writers import label_from_pixels, write_flowers102, write_pets, write_vtab_task
-from vitlab.data.base import DataConfigError
 from vitlab.data.catalog import VTAB_GROUPS, VTAB_TASKS
-from vitlab.data.files import DatasetFormatError, DatasetNotFoundError
 from vitlab.data.flowers102 import Flowers102DataModule
 from vitlab.data.pets import PetsDataModule
 from vitlab.data.vtab import VTABDataModule
+from vitlab.errors import DataConfigError, DatasetFormatError, DatasetNotFoundError
 from vitlab.train import train
 
 PAPER_VTAB_CLASSES = {  # PAPER.md, VTAB-1k class counts

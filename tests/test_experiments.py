@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR
 
 CONF = Path(CONF_DIR)
 FINETUNE = ["cifar10", "cifar100", "flowers102", "imagenet", "pets"]

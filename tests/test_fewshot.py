@@ -100,7 +100,7 @@ def test_fewshot_task_and_training_callback(compose_train, tmp_path, capsys):
 
 def test_fewshot_without_a_checkpoint_says_what_to_give(tmp_path):
     from conftest import compose_cfg
-    from vitlab.config import ConfigError
+    from vitlab.errors import ConfigError
     from vitlab.runs.probe import probe
 
     cfg = compose_cfg("fewshot", ["data=digits"], tmp_path / "fs")

@@ -25,17 +25,11 @@ import torch
 from PIL import Image
 
 from dataset_writers import write_class_folders, write_image
-from vitlab.data.base import DataConfigError
 from vitlab.data.catalog import folder_num_classes
-from vitlab.data.download import UnsafeArchiveError, safe_extract
-from vitlab.data.files import (
-    DEFAULT_MAX_FILE_BYTES,
-    DEFAULT_MAX_IMAGE_PIXELS,
-    RefusedImageError,
-    load_image,
-    scan_class_folders,
-)
+from vitlab.data.download import safe_extract
+from vitlab.data.files import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, load_image, scan_class_folders
 from vitlab.data.folder import FolderDataModule
+from vitlab.errors import DataConfigError, RefusedImageError, UnsafeArchiveError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 FILE_DATASETS = ["folder", "imagenet", "imagenet21k", "pets", "flowers102", "vtab"]

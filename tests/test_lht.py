@@ -14,7 +14,9 @@ import pytest
 from omegaconf import open_dict, read_write
 
 from conftest import REPO
-from vitlab.config import CONF_DIR, PRECISIONS, ConfigError, validate_train_cfg
+from vitlab import CONF_DIR
+from vitlab.errors import ConfigError
+from vitlab.runs.assemble import PRECISIONS, check_trainer_cfg
 from vitlab.train import train
 
 #: a training run of a few seconds: 100 digits, one epoch
@@ -59,7 +61,7 @@ def _as_multirun(cfg):
 
 
 def test_multirun_allows_ddp_spawn_but_not_ddp(compose_train):
-    from vitlab.train import check_launch
+    from vitlab.runs.assemble import check_launch
 
     check_launch(_as_multirun(compose_train("trainer=ddp_sim")))  # workers are spawned: sys.argv is not re-run
     with pytest.raises(ConfigError, match="re-launch the whole sweep"):
@@ -105,7 +107,7 @@ def test_ddp_sim_multirun_runs_each_job_once_with_csv(cli, tmp_path):
 # ---- defect 3: Lightning's precision aliases -----------------------------------------------------------
 @pytest.mark.parametrize("value", ["16", "'16'", "bf16", "64", "32", "'32'", "16-mixed", "bf16-mixed", "32-true"])
 def test_lightning_precision_aliases_pass_validation(compose_train, value):
-    validate_train_cfg(compose_train(f"trainer.precision={value}"))
+    check_trainer_cfg(compose_train(f"trainer.precision={value}").trainer)
 
 
 def test_precisions_are_exactly_lightnings():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from vitlab.errors import ModelConfigError
 from vitlab.models import BIT_SHAPES, VIT_SHAPES, build_model, count_params
-from vitlab.models.registry import ModelConfigError
 
 # Published counts at 1000 classes, 224 px, no representation layer (timm / the paper).
 PUBLISHED_M = {"vit_b16": 86.57, "vit_l16": 304.33, "vit_h14": 632.05, "bit_r50x1": 25.55,
@@ -42,7 +42,7 @@ def test_micro_models_forward_on_digits_size(compose_train, name):
 
 def test_overrides_reach_the_model(compose_train):
     cfg = compose_train("model=vit_micro", "model.patch_size=4", "model.classifier=gap", "model.representation_size=32",
-                        "model.num_classes=7", "model.drop_rate=0.1")
+                        "model.num_classes=7", "model.head_drop_rate=0.1")
     m = build_model(**cfg.model)
     assert m.patch_embed.patch_size == (4, 4)
     assert m.cls_token is None and m.global_pool == "avg"

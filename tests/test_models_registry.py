@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from vitlab.errors import ModelConfigError
 from vitlab.models import build_model, count_params, registry
-from vitlab.models.registry import ModelConfigError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vitlab"
 MODELS = SRC / "models"
@@ -69,7 +69,7 @@ def test_what_the_rest_of_vitlab_asks_of_a_family():
 
 
 def test_bench_builds_a_convnext_timm_twin_without_img_size():
-    from vitlab.runs.bench_worker import _timm_model
+    from vitlab.bench.worker import _timm_model
 
     net = _timm_model({"key": "c", "timm": {"name": "convnext_atto"}}, {"family": "convnext", "num_classes": 3,
                                                                           "img_size": 32})

@@ -102,22 +102,6 @@ def test_every_error_class_is_defined_in_errors():
     assert strays == []
 
 
-@pytest.mark.parametrize("where, name", [
-    ("vitlab.config", "ConfigError"), ("vitlab.data.base", "DataConfigError"),
-    ("vitlab.models.factory", "ModelConfigError"), ("vitlab.models.pretrained", "PretrainedError"),
-    ("vitlab.models.pretrained", "PretrainedMismatchError"), ("vitlab.optim", "OptimConfigError"),
-    ("vitlab.data.files", "DatasetFormatError"), ("vitlab.data.files", "DatasetNotFoundError"),
-    ("vitlab.callbacks.resume", "ResumeError"), ("vitlab.utils.run_owner", "RunDirBusyError"),
-    ("vitlab.tasks", "UserError"),
-])
-def test_old_import_locations_export_the_same_class(where, name):
-    import importlib
-
-    import vitlab.errors
-
-    assert getattr(importlib.import_module(where), name) is getattr(vitlab.errors, name)
-
-
 @pytest.mark.parametrize("name", ["ConfigError", "DataConfigError", "ModelConfigError", "PretrainedError",
                                   "PretrainedMismatchError", "BenchConfigError", "OptimConfigError",
                                   "DatasetFormatError", "ReportError", "RunDirBusyError"])
@@ -222,18 +206,6 @@ def test_checkpoint_reader_still_accepts_the_old_path_of_a_moved_class(old):
         check_checkpoint({"vitlab_config": {"callbacks": {"x": {"_target_": old + "Evil"}}}}, "old.ckpt")
 
 
-def test_old_module_names_still_run_with_a_deprecation_line(cli):
-    """``make bench-data`` and the README used ``python -m vitlab.data.bench`` / ``vitlab.analysis.flops``."""
-    import vitlab.analysis.flops
-    import vitlab.inspection.flops
-
-    assert vitlab.analysis.flops.main is vitlab.inspection.flops.main
-    res = cli("vitlab.data.bench", "--help", timeout=120)
-    assert res.returncode == 0 and "--images" in res.stdout, res.stderr[-2000:]
-    assert res.stderr.strip().splitlines() == [
-        "vitlab: python -m vitlab.data.bench is deprecated, use python -m vitlab.data.throughput"]
-
-
 def test_architecture_doc_matches_the_tree():
     """docs/architecture.md is the map: every path it cites exists, and every package and task is on it."""
     repo = Path(__file__).resolve().parents[1]
@@ -245,7 +217,7 @@ def test_architecture_doc_matches_the_tree():
         for exp in re.findall(r"experiment=([\w/]+)", f.read_text()):
             assert (repo / "conf" / "experiment" / f"{exp}.yaml").is_file(), exp
     src = repo / "src" / "vitlab"
-    packages = sorted(p.name for p in src.iterdir() if (p / "__init__.py").is_file() and p.name != "analysis")
+    packages = sorted(p.name for p in src.iterdir() if (p / "__init__.py").is_file())
     assert [p for p in packages if f"src/vitlab/{p}/" not in doc] == []
     tasks = ("train", "evaluate", "predict", "fewshot", "vtab", "analyze", "report", "bench", "pack")
     assert all(f"`{t}`" in doc for t in tasks)

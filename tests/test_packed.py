@@ -3,6 +3,8 @@ and every damaged or foreign pack is refused by name."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import os
@@ -16,17 +18,18 @@ import numpy as np
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf.errors import InterpolationResolutionError
 from PIL import Image
 
 from conftest import compose_cfg
 from dataset_writers import truncate_file, write_imagenet
 from reliability_utils import TINY, assert_same_weights, kill_at_checkpoint, run, start
 from vitlab.data.digits import DigitsDataModule
-from vitlab.data.files import DatasetNotFoundError
 from vitlab.data.imagenet import ImageNetDataModule
-from vitlab.data.packed import MANIFEST, PackedDataError, PackedDataModule, decode, min_side_for
+from vitlab.data.packed import MANIFEST, PackedDataModule, decode, min_side_for
 from vitlab.data.transforms import build_transform
-from vitlab.pack import PackError, pack
+from vitlab.errors import DatasetNotFoundError, PackedDataError, PackError
+from vitlab.pack import pack
 
 
 def _pack(tmp: Path, *overrides: str):
@@ -82,15 +85,6 @@ def test_packed_config_follows_img_size_and_crop_settings_like_its_source(digits
     assert (dm.train_crop_scale, dm.eval_resize) == ((0.3, 1.0), "center_crop")
 
 
-def test_a_ddp_rank_reads_any_image_of_the_split_by_global_index(digits_pack, monkeypatch):
-    """The ResumableSampler shards by rank; litdata must not shard again (its len is per rank under DDP)."""
-    from litdata.utilities.env import _DistributedEnv
-
-    monkeypatch.setattr(_DistributedEnv, "detect", classmethod(lambda cls: cls(world_size=2, global_rank=1, num_nodes=1)))
-    split = _packed(digits_pack).open_split("train")
-    assert len(split) == 1257 and split[1256][1] == split.targets[1256]
-
-
 def test_imagenet_pack_keeps_bytes_real_labels_and_skips_corrupt_images(tmp_path):
     src = tmp_path / "imagenet"
     info = write_imagenet(src, train_per_class=4, real=True)
@@ -105,7 +99,7 @@ def test_imagenet_pack_keeps_bytes_real_labels_and_skips_corrupt_images(tmp_path
     dm = _packed(out, img_size=32)
     train, _, test = dm.build_splits()
     good = [p for p in ref_train.paths if p != str(bad)]
-    item = train._reader()[3]
+    item = train.item(3)
     assert bytes(item["image"]) == Path(good[3]).read_bytes()  # the original bytes, not a re-encode
     for j in range(len(test)):  # ReaL label sets travel with each test image
         assert torch.equal(test[j][2], ref_test[j][2])
@@ -131,7 +125,7 @@ def test_max_side_alone_shrinks_large_jpegs_and_keeps_small_ones(tmp_path):
     assert tuple(_packed(tmp_path / "a", img_size=32).build_splits()[0][0][0].shape) == (3, 20, 30)
     _pack(tmp_path, "data=imagenet", f"data.root={src}", "data.num_classes=4", f"out={tmp_path / 'b'}",
           "pack.max_side=60")
-    item = _packed(tmp_path / "b", img_size=32).build_splits()[0]._reader()[0]
+    item = _packed(tmp_path / "b", img_size=32).build_splits()[0].item(0)
     assert bytes(item["image"]) == Path(ImageNetDataModule(root=str(src), num_classes=4).build_splits()[0].paths[0]
                                         ).read_bytes()  # not over the limit: the original bytes
 
@@ -221,17 +215,18 @@ def test_foreign_version_class_table_and_damaged_shards_are_named(tmp_path, digi
         _packed(root).setup()
 
 
-def test_unreachable_url_is_named_within_the_timeout(monkeypatch):
+def test_unreachable_url_is_named_within_the_timeout_and_hides_the_endpoint_password(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://minio:pw7@127.0.0.1:{port}")  # a short password: not in env
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     t0 = time.monotonic()
-    with pytest.raises(DatasetNotFoundError, match=r"cannot read s3://no-bucket/pack/vitlab_pack.json .*timeout=2"):
+    with pytest.raises(DatasetNotFoundError, match=r"cannot read s3://no-bucket/pack/vitlab_pack.json .*timeout=2") as e:
         PackedDataModule(root="s3://no-bucket/pack", timeout=2)
     assert time.monotonic() - t0 < 20
+    assert "pw7" not in str(e.value)
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +263,7 @@ def test_packed_reads_from_a_local_s3_server_the_same_samples_as_from_disk(s3_pa
         assert torch.equal(remote.val_set[i][0], local.val_set[i][0]) and remote.val_set[i][1] == local.val_set[i][1]
     for i in range(0, 1257, 131):  # a training sample: the same seeded augmentation of the same image
         assert torch.equal(remote.train_set[(i, 5)][0], local.train_set[(i, 5)][0])
-    assert len(list((tmp_path / "cache").rglob("index.json"))) >= 2  # litdata's S3 client fetched each split read
+    assert len(list((tmp_path / "cache").rglob("*.bin"))) == 4  # the chunks read (val 1, train 3), downloaded once
 
 
 @pytest.mark.slow  # ~40 s: a real job, DataLoader workers reading the chunks from the server
@@ -281,6 +276,25 @@ def test_train_on_a_pack_in_s3_from_the_command_line(s3_pack, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data/train_size"] == 192 and metrics["data/root"] == url and "val/acc" in metrics
+
+
+def test_a_hostile_pack_in_s3_is_refused_unread(s3_pack, hostile, tmp_path, monkeypatch):
+    import boto3
+
+    _, env = s3_pack
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    root, marker = hostile("image")
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            client.upload_file(str(f), "vitlab-packs", f"hostile/{f.relative_to(root)}")
+    url = "s3://vitlab-packs/hostile"
+    with pytest.raises(PackedDataError, match=rf"{url}/train/index.json: field 'image' is declared 'pickle'"):
+        dm = _packed(url, cache_dir=str(tmp_path / "cache"), timeout=10)
+        dm.setup()
+        dm.train_set[(0, 0)]
+    assert not marker.exists() and not list(tmp_path.rglob("*.bin"))  # not even downloaded
 
 
 def _photo(w: int = 500, h: int = 375) -> bytes:
@@ -441,3 +455,180 @@ def test_two_node_torchrun_on_packed_data_reads_each_image_once_per_epoch(tmp_pa
     expected = sorted(subset.train_set.base.indices)
     counts = np.bincount(np.concatenate(list(by_rank.values())), minlength=1257)
     assert sorted(np.flatnonzero(counts)) == expected and set(counts[expected]) == {2}  # 2 epochs, once each
+
+
+# ---- a pack is data (issue 20): vitlab reads only what vitlab.pack writes, and runs nothing from it -------------
+class _WritesOnUnpickle:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return Path.write_text, (Path(self.path), "pwned")
+
+
+def _rewrite_split(root: Path, split: str, items: list[dict]) -> None:
+    """Replace ``split`` of the pack in ``root`` by ``items`` written with litdata's own writer (which declares each
+    field's serializer in index.json), and update the manifest to match: every check but the formats' passes."""
+    from litdata.streaming.writer import BinaryWriter
+
+    from vitlab.data.packed import sha256_file
+
+    sdir, tmp = root / split, root / f".w-{split}"
+    shutil.rmtree(sdir)
+    writer = BinaryWriter(str(tmp), chunk_bytes="64MB")
+    for k, item in enumerate(items):
+        writer[k] = item
+    writer.done()
+    index = json.loads((tmp / "0.index.json").read_text())
+    sdir.mkdir()
+    for c in index["chunks"]:
+        os.replace(tmp / c["filename"], sdir / c["filename"])
+    shutil.rmtree(tmp)
+    (sdir / "index.json").write_text(json.dumps({"chunks": index["chunks"], "config": index["config"]}))
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(len(items), dtype=np.int32))
+    (sdir / "labels.npy").write_bytes(buf.getvalue())
+    meta = json.loads((root / MANIFEST).read_text())
+    meta["splits"][split].update(
+        count=len(items), labels_sha256=hashlib.sha256(buf.getvalue()).hexdigest(),
+        chunks=[{"filename": c["filename"], "items": c["chunk_size"], "bytes": c["chunk_bytes"],
+                 "sha256": sha256_file(sdir / c["filename"])} for c in index["chunks"]])
+    (root / MANIFEST).write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def hostile(digits_pack, tmp_path_factory):
+    """field -> (a copy of the digits pack whose every split stores that field as a pickle that writes a marker
+    file when unpickled, the marker)."""
+    made = {}
+
+    def make(field: str = "image") -> tuple[Path, Path]:
+        if field not in made:
+            root = tmp_path_factory.mktemp("hostile") / "pack"
+            shutil.copytree(digits_pack, root)
+            marker = root.parent / "pwned.txt"
+            item = {"image": b"\x89PNG", "label": 0, "index": 0}
+            item[field] = _WritesOnUnpickle(str(marker))
+            for split in ("train", "val", "test"):
+                _rewrite_split(root, split, [dict(item, index=k) for k in range(4)])
+            made[field] = root, marker
+        return made[field]
+
+    return make
+
+
+def test_the_hostile_pack_runs_code_in_litdatas_own_reader(hostile):
+    """Why vitlab reads chunks itself: litdata decodes a field with the serializer index.json names."""
+    from litdata import StreamingDataset
+
+    root, marker = hostile("image")
+    StreamingDataset(str(root / "val"))[0]
+    assert marker.read_text() == "pwned"
+    marker.unlink()
+
+
+@pytest.mark.parametrize(("field", "entry"), [("image", "data module"), ("image", "data.verify=true"),
+                                              ("label", "data module"), ("image", "vitlab.train")])
+def test_a_pickle_declared_field_is_refused_before_anything_is_read(hostile, field, entry, tmp_path):
+    root, marker = hostile(field)
+    match = rf"{root}/train/index.json: field '{field}' is declared 'pickle'.*refused before reading any of it"
+    with pytest.raises(PackedDataError, match=match):
+        if entry == "vitlab.train":
+            from vitlab.train import train
+
+            try:
+                cfg = compose_cfg("train", ["model=vit_micro", "data=packed", f"data.root={root}", *TINY], tmp_path)
+            finally:
+                GlobalHydra.instance().clear()
+            train(cfg)
+        else:
+            dm = _packed(root, verify=entry == "data.verify=true")
+            dm.setup()
+            dm.train_set[(0, 0)]
+    assert not marker.exists()
+
+
+def test_a_checkpoint_whose_data_config_names_a_hostile_pack_runs_nothing(hostile, digits_pack, tmp_path):
+    """``vitlab.evaluate ckpt_path=...`` alone: the checkpoint's stored data config points at the hostile pack."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from vitlab.evaluate import evaluate
+    from vitlab.train import train
+
+    root, marker = hostile("image")
+    run = tmp_path / "run"
+    try:
+        train(compose_cfg("train", ["model=vit_micro", "data=packed", f"data.root={digits_pack}", *TINY,
+                                    "trainer.max_epochs=1", "trainer.limit_train_batches=1"], run))
+    finally:
+        GlobalHydra.instance().clear()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["vitlab_config"]["data"]["root"] == str(digits_pack)
+    ckpt["vitlab_config"]["data"]["root"] = str(root)
+    torch.save(ckpt, tmp_path / "evil.ckpt")
+    try:
+        cfg = compose_cfg("evaluate", [f"ckpt_path={tmp_path / 'evil.ckpt'}"], tmp_path / "eval")
+    finally:
+        GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    with pytest.raises(PackedDataError, match=rf"{root}/\w+/index.json: field 'image' is declared 'pickle'"):
+        evaluate(cfg)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["index.json", "index.json and manifest"])
+def test_chunk_names_that_leave_the_pack_are_refused(digits_pack, tmp_path, where):
+    root = tmp_path / "pack"
+    shutil.copytree(digits_pack, root)
+    meta, index = json.loads((root / MANIFEST).read_text()), json.loads((root / "val" / "index.json").read_text())
+    evil = f"../train/{meta['splits']['train']['chunks'][0]['filename']}"  # another split's chunk: it exists
+    index["chunks"][0]["filename"] = evil
+    (root / "val" / "index.json").write_text(json.dumps(index))
+    if where != "index.json":
+        meta["splits"]["val"]["chunks"][0]["filename"] = evil
+        (root / MANIFEST).write_text(json.dumps(meta))
+    with pytest.raises(PackedDataError, match=rf"{root}/val/index.json names a chunk '\.\./train/.*' outside its split"):
+        _packed(root).setup()
+
+
+def test_a_truncated_shard_with_a_lying_manifest_is_named(digits_pack, tmp_path):
+    """The chunk, its manifest entry and index.json all agree on a truncated size: the item table gives it away."""
+    from vitlab.data.packed import sha256_file
+
+    root = tmp_path / "pack"
+    shutil.copytree(digits_pack, root)
+    meta, index = json.loads((root / MANIFEST).read_text()), json.loads((root / "val" / "index.json").read_text())
+    chunk = root / "val" / meta["splits"]["val"]["chunks"][0]["filename"]
+    truncate_file(chunk, keep=0.6)
+    size = chunk.stat().st_size
+    meta["splits"]["val"]["chunks"][0].update(bytes=size, sha256=sha256_file(chunk))
+    index["chunks"][0]["chunk_bytes"] = size
+    (root / MANIFEST).write_text(json.dumps(meta))
+    (root / "val" / "index.json").write_text(json.dumps(index))
+    dm = _packed(root, verify=True)
+    dm.setup()
+    with pytest.raises(PackedDataError, match=rf"shard {chunk} is truncated or damaged: its item table points outside"):
+        dm.val_set[0]
+
+
+def test_a_silent_endpoint_gives_up_after_data_timeout_while_resolving_the_config(monkeypatch, compose_train):
+    """A server that accepts and never answers: the config's resolvers (num_classes ...) obey data.timeout too."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # connections complete in the kernel's backlog; nothing ever answers
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+        cfg = compose_train("data=packed", "data.root=s3://bucket/pack", "data.timeout=1")
+        t0 = time.monotonic()
+        for key in ("num_classes", "img_size", "normalization", "num_classes"):  # each access resolves again
+            with pytest.raises(InterpolationResolutionError, match=r"vitlab_pack.json .*within data.timeout=1s"):
+                cfg.data[key]
+        assert time.monotonic() - t0 < 20  # a hang guard
+        server.setblocking(False)
+        tries = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                server.accept()[0].close()
+                tries += 1
+        assert tries == 1  # one request of 1 s in all: not one per access, nor a retry

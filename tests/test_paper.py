@@ -13,9 +13,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from vitlab import paper
-from vitlab.config import CONF_DIR, ConfigError, apply_global_batch
-from vitlab.models.factory import VIT_SHAPES
+from vitlab import CONF_DIR, paper
+from vitlab.errors import ConfigError
+from vitlab.models.vit import VIT_SHAPES
+from vitlab.runs.assemble import apply_global_batch
 
 MODELS = {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")}
 
@@ -33,7 +34,13 @@ ISSUE_TABLE3 = [
     ("r50_vit_l16", "jft300m", (7, 14), 4e-4, "linear", 0.1, 0.0),
     ("vit_b16 vit_b32", "imagenet21k", (90,), 1e-3, "linear", 0.03, 0.1),
     ("vit_l16 vit_l32", "imagenet21k", (30, 90), 1e-3, "linear", 0.03, 0.1),
-    ("vit_b16 vit_b32 vit_l16 vit_l32 vit_h14", "imagenet", (300,), 3e-3, "cosine", 0.3, 0.1),
+    ("vit_b16 vit_b32 vit_l16 vit_l32", "imagenet", (300,), 3e-3, "cosine", 0.3, 0.1),  # "ViT-*": no H/14 (Table 5)
+]
+# Runs Tables 5/6 show the paper made beyond Table 3's rows (issue 22), with the Table 3 row whose numbers they take.
+BEYOND_TABLE3 = [
+    ("bit_r152x2", "jft300m", (7, 14), 6e-4, "linear", 0.1, 0.0),       # Table 6 rows 11-12
+    ("bit_r200x3", "jft300m", (14,), 6e-4, "linear", 0.1, 0.0),         # Table 6 row 13
+    ("vit_h14", "imagenet21k", (30, 90), 1e-3, "linear", 0.03, 0.1),    # Table 5's I21k H/14 column
 ]
 
 
@@ -53,13 +60,14 @@ def _need_model(model: str) -> None:
 # ---- the tables themselves ----------------------------------------------------------------------
 def test_table3_is_the_papers_table3():
     want = {}
-    for models, data, epochs, lr, decay, wd, dropout in ISSUE_TABLE3:
+    for models, data, epochs, lr, decay, wd, dropout in ISSUE_TABLE3 + BEYOND_TABLE3:
         for m in models.split():
             want[(m, data)] = (epochs[0], list(epochs), lr, decay, wd, dropout, 1.0 if data == "imagenet" else None)
     got = {k: (r["epochs"], r["epochs_options"], r["lr"], r["decay"], r["weight_decay"], r["dropout"], r["grad_clip"])
            for k, r in paper.TABLE3.items()}
     assert got == want
-    assert all(r["source"].startswith("Table 3 row") for r in paper.TABLE3.values())
+    assert all("Table 3 row" in r["source"] for r in paper.TABLE3.values())
+    assert "Table 6 row 13" in paper.TABLE3[("bit_r200x3", "jft300m")]["source"]
     assert (paper.PRETRAIN["global_batch_size"], paper.PRETRAIN["warmup_steps"], paper.PRETRAIN["img_size"]) == (
         4096, 10_000, 224)
 
@@ -100,8 +108,9 @@ def test_every_pretrain_pair_is_table3(model, data):
     cfg = _compose(f"experiment=paper/pretrain_{data}", f"model={model}")
     row, common = paper.TABLE3[(model, data)], paper.PRETRAIN
     o = cfg.optim
-    assert (o.name, o.lr, o.weight_decay, o.decay, o.warmup, list(o.betas), o.end_lr_factor) == (
-        "adam_decoupled", row["lr"], row["weight_decay"], row["decay"], common["warmup_steps"], [0.9, 0.999], 0.0)
+    assert (o.name, o.lr, o.weight_decay, o.decay, o.warmup, list(o.betas), o.end_lr_factor, o.linear_end) == (
+        "adam_decoupled", row["lr"], row["weight_decay"], row["decay"], common["warmup_steps"], [0.9, 0.999], 0.0,
+        common["linear_end"])
     assert o.grad_clip == cfg.trainer.gradient_clip_val == row["grad_clip"]
     assert cfg.trainer.max_epochs == row["epochs"] and cfg.trainer.max_steps == -1
     assert cfg.data.global_batch_size == 4096 and cfg.data.img_size == cfg.model.img_size == 224
@@ -185,15 +194,42 @@ def test_mpp_recipe_is_appendix_b12():
             cfg.optim.name, cfg.data.img_size) == (1_000_000, 4096, 2e-4, 10_000, "cosine", "adam_decoupled", 224)
 
 
-def test_model_scaling_takes_each_models_lr_from_table3():
-    cfg = _compose("sweep=model_scaling")
-    models = cfg.hydra.sweeper.params.model.split(",")
-    for m in models:
-        assert (m, "jft300m") in paper.TABLE3
-        c = _compose("sweep=model_scaling", f"model={m}")
-        assert (c.optim.lr, c.optim.weight_decay, c.trainer.max_epochs) == (
-            paper.TABLE3[(m, "jft300m")]["lr"], 0.1, paper.TABLE3[(m, "jft300m")]["epochs"])
-    assert len({_compose("sweep=model_scaling", f"model={m}").optim.lr for m in models}) > 1
+def test_model_scaling_sweeps_are_table6s_18_runs():
+    """sweep=model_scaling + sweep=model_scaling_longer: every (model, epochs) row of Table 6, each model with its
+    own Table 3 JFT numbers (issue 22: all of Table 6's models, the three 14-epoch second runs included)."""
+    runs = []
+    for sweep in ("model_scaling", "model_scaling_longer"):
+        for m in _compose(f"sweep={sweep}").hydra.sweeper.params.model.split(","):
+            c = _compose(f"sweep={sweep}", f"model={m}")
+            assert (c.optim.lr, c.optim.weight_decay) == (paper.TABLE3[(m, "jft300m")]["lr"], 0.1)
+            runs.append((m, c.trainer.max_epochs))
+    assert sorted(runs) == sorted(paper.TABLE6) and len(runs) == 18
+
+
+def _resolve_job(cfg) -> None:
+    """Resolve the recipe's keys as ``--cfg job`` prints them (the rest need Hydra's runtime)."""
+    for key in ("paper", "model", "data", "optim", "trainer", "module"):
+        OmegaConf.to_container(cfg[key], resolve=True)
+
+
+def test_done_when_the_runs_the_paper_made_compose(tmp_path):
+    (tmp_path / "jft300m" / "a").mkdir(parents=True)
+    r200 = _compose("experiment=paper/pretrain_jft300m", "model=bit_r200x3", f"paths.data_dir={tmp_path}")
+    assert r200.trainer.max_epochs == 14 == paper.TABLE3[("bit_r200x3", "jft300m")]["epochs"]
+    _resolve_job(r200)
+    r152 = _compose("experiment=paper/pretrain_jft300m", "model=bit_r152x2", f"paths.data_dir={tmp_path}")
+    assert r152.trainer.max_epochs == 7 and _compose("experiment=paper/pretrain_jft300m", "model=bit_r152x2",
+                                                      "trainer.max_epochs=14").trainer.max_epochs == 14
+    assert paper.TABLE3[("bit_r152x2", "jft300m")]["epochs_options"] == [7, 14]
+    h14 = _compose("experiment=paper/pretrain_imagenet21k", "model=vit_h14")
+    assert (h14.optim.lr, h14.optim.weight_decay, h14.model.pos_drop_rate, h14.model.representation_size) == (
+        1e-3, 0.03, 0.1, 1280)
+    _resolve_job(h14)
+    # ViT-H/14 on ImageNet alone: the paper has no such run (Table 5's "-"), only as vitlab's extra, by name
+    with pytest.raises(InterpolationResolutionError, match=r"did not pretrain 'vit_h14' on imagenet.*paper.row="):
+        _ = _compose("experiment=paper/pretrain_imagenet", "model=vit_h14").optim.lr
+    extra = _compose("experiment=paper/pretrain_imagenet", "model=vit_h14", "paper.row=vit_l16")
+    assert (extra.optim.lr, extra.trainer.max_epochs) == (3e-3, 300)
 
 
 def test_cfg_job_prints_resolved_numbers():
@@ -245,14 +281,16 @@ def test_adam_is_still_l2_and_named_apart():
 
 # ---- row 10: a schedule that fits the run -------------------------------------------------------
 def test_warmup_longer_than_the_run_is_an_error():
-    from vitlab.optim import OptimConfigError, build_scheduler, lr_factor
+    from vitlab.errors import OptimConfigError
+    from vitlab.optim import build_scheduler, lr_factor
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(OptimConfigError, match=r"optim.warmup=10000 steps is longer than the whole run \(5480"):
         build_scheduler(opt, {"warmup": 10000, "decay": "linear"}, 5480)
     sched = build_scheduler(opt, {"warmup": 100, "decay": "linear"}, 1000)
-    assert sched.get_last_lr()[0] == pytest.approx(1 / 100)
-    assert lr_factor(99, 1000, 100, "linear") == 1.0 and lr_factor(550, 1000, 100, "linear") == pytest.approx(0.5)
+    assert sched.get_last_lr()[0] == 0.0  # vit_jax: warmup min(1, step / W) from optax's count 0
+    assert lr_factor(99, 1000, 100, "linear") == 0.99 and lr_factor(100, 1000, 100, "linear") == 1.0
+    assert lr_factor(550, 1000, 100, "linear") == pytest.approx(0.5)
     assert lr_factor(999, 1000, 100, "linear") == pytest.approx(1 / 900)
 
 
@@ -337,3 +375,29 @@ def test_protocols_doc_holds_the_paper_tables():
     for recipe in ("paper/pretrain_imagenet", "paper/pretrain_imagenet21k", "paper/pretrain_jft300m", "paper/vtab",
                    "paper/mpp", *(f"paper/finetune_{d}" for d in paper.TABLE4)):
         assert (Path(CONF_DIR) / "experiment" / f"{recipe}.yaml").is_file()
+
+
+def test_schedule_is_vit_jax_create_learning_rate_schedule():
+    """vit_jax/utils.py, written out here apart from vitlab.optim: linear decay to linear_end=1e-5 (an lr), cosine
+    to 0, times the warmup min(1, step / W); optax counts the first update as step 0."""
+    from vitlab.optim import OptimConfigError, build_scheduler
+
+    def vit_jax(step, total, base, decay, warmup, linear_end=paper.PRETRAIN["linear_end"]):
+        progress = min(max((step - warmup) / float(total - warmup), 0.0), 1.0)
+        lr = linear_end + (base - linear_end) * (1.0 - progress) if decay == "linear" else (
+            base * 0.5 * (1.0 + math.cos(math.pi * progress)))
+        return lr * min(1.0, step / warmup) if warmup else lr
+
+    for decay, cfg in (("linear", {"linear_end": paper.PRETRAIN["linear_end"]}), ("cosine", {})):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        sched = build_scheduler(opt, {"warmup": 10, "decay": decay, **cfg}, 100)
+        got = []
+        for _ in range(100):
+            got.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        assert got == pytest.approx([vit_jax(s, 100, 1e-3, decay, 10) for s in range(100)], rel=1e-9, abs=1e-15)
+    assert got[0] == 0.0
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(OptimConfigError, match="both say where the decay ends"):
+        build_scheduler(opt, {"warmup": 10, "decay": "linear", "linear_end": 1e-5, "end_lr_factor": 0.1}, 100)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from vitlab.errors import ModelConfigError
 from vitlab.models import build_model, count_params
 from vitlab.models.hybrid import HYBRID_RESNET_LAYERS
 from vitlab.models.pretrained import load_pretrained, resize_pos_embed
-from vitlab.models.registry import ModelConfigError
 
 # ---------------------------------------------------------------------------------------------------
 # Row 2: dropout sites
@@ -73,12 +73,9 @@ def test_dropout_is_active_in_training_only():
         torch.testing.assert_close(m(x), plain.eval()(x))
 
 
-def test_drop_rate_is_the_deprecated_head_dropout_and_resnets_refuse_vit_sites():
-    with pytest.warns(FutureWarning, match="head_drop_rate"):
-        m = build_model("vit", "micro", 10, img_size=32, patch_size=8, drop_rate=0.2)
+def test_head_drop_rate_is_the_head_dropout_and_resnets_refuse_vit_sites():
+    m = build_model("vit", "micro", 10, img_size=32, patch_size=8, head_drop_rate=0.2)
     assert _active_dropouts(m) == ["head_drop"]
-    with pytest.raises(ModelConfigError, match="drop_rate=0.2 and model.head_drop_rate=0.3"):
-        build_model("vit", "micro", 10, img_size=32, patch_size=8, drop_rate=0.2, head_drop_rate=0.3)
     with pytest.raises(ModelConfigError, match=r"pos_drop_rate=0.1.*family=bit"):
         build_model("bit", "micro", 10, pos_drop_rate=0.1)
     with pytest.raises(ModelConfigError, match=r"proj_drop_rate=1.5 must be in \[0, 1\)"):
@@ -91,7 +88,7 @@ def test_drop_rate_is_the_deprecated_head_dropout_and_resnets_refuse_vit_sites()
 
 
 def test_pretraining_head_keys_reach_the_module_and_fine_tuning_replaces_the_whole_head(compose_train, tmp_path):
-    from vitlab.train import build_module
+    from vitlab.runs.assemble import build_module
 
     cfg = compose_train("model=vit_micro", "model.representation_size=128", "module.head_bias_init=-10",
                         "module.loss=sigmoid")

@@ -20,8 +20,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import dataset_writers as fx
-from vitlab.data.base import DataConfigError
 from vitlab.data.transforms import INCEPTION_CROP_SCALE, build_transform
+from vitlab.errors import DataConfigError
 
 RED, BLUE, GREEN, GREY = (255, 0, 0), (0, 0, 255), (0, 255, 0), (128, 128, 128)
 
@@ -116,7 +116,7 @@ def test_finetune_train_pipeline_resizes_the_whole_image_square_then_crops():
 @pytest.mark.parametrize("name", ["finetune_imagenet", "finetune_cifar10", "finetune_cifar100", "finetune_pets",
                                   "finetune_flowers102"])
 def test_finetune_experiments_do_not_keep_the_pretraining_pipeline(compose_train, name):
-    cfg = compose_train(f"experiment={name}", "model.pretrained=/nowhere/ViT-B_16.npz")
+    cfg = compose_train(f"experiment=paper/{name}", "model.pretrained=/nowhere/ViT-B_16.npz")
     assert cfg.data.train_pipeline == "finetune" and cfg.data.eval_pipeline == "eval"
     assert cfg.data.eval_resize == "square" and cfg.data.img_size == 384
     train = build_transform(cfg.data.train_pipeline, 384, crop_pct=cfg.data.crop_pct)

@@ -103,7 +103,7 @@ def test_predict_refuses_bad_input_with_the_fix(digits_run, tmp_path, cli):
 def test_predict_never_instantiates_the_stored_data_config(digits_run, tmp_path, monkeypatch):
     """The stored data config's `_target_` is data from a file: predict reads the checkpoint through the one
     reader (``vitlab.runs.read_run``), which refuses a foreign `_target_` by its key path and runs nothing."""
-    from vitlab.config import ConfigError
+    from vitlab.errors import ConfigError
     from vitlab.predict import load_predictor
 
     monkeypatch.chdir(tmp_path)

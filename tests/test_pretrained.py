@@ -16,14 +16,9 @@ import pytest
 import torch
 from torch import nn
 
+from vitlab.errors import PretrainedError, PretrainedMismatchError
 from vitlab.models import build_model
-from vitlab.models.pretrained import (
-    PretrainedError,
-    PretrainedMismatchError,
-    detect_format,
-    load_pretrained,
-    resize_pos_embed,
-)
+from vitlab.models.pretrained import detect_format, load_pretrained, resize_pos_embed
 
 # ---------------------------------------------------------------------------------------------------
 # Writers for the official formats (torch layout -> JAX/Flax layout)
@@ -319,7 +314,7 @@ def test_loading_never_executes_code(tmp_path):
 
 def test_hybrid_checkpoint_fine_tunes_at_a_higher_resolution(tmp_path, compose_train):
     """model=r_vit_micro: an R+ViT .npz written at 32 px (4x4 tokens) loads at 48 px (6x6) through train's builder."""
-    from vitlab.train import build_module
+    from vitlab.runs.assemble import build_module
 
     src = randomise(build_model("hybrid", "micro", 10, img_size=32, patch_size=1, hybrid="micro"))
     path = tmp_path / "R-micro+ViT.npz"

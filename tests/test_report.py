@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import compose_cfg
-from vitlab.report.collect import ReportError, collect, read_job
+from vitlab.errors import ReportError, WandbFileError
+from vitlab.report.collect import collect, read_job
 from vitlab.report.task import make_report
-from vitlab.report.wandb_offline import WandbFileError, read_offline_run, wait_until_finished
+from vitlab.report.wandb_offline import read_offline_run, wait_until_finished
 
 
 @pytest.fixture(scope="module")

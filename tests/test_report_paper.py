@@ -28,9 +28,10 @@ def _row(model: str, data: str, pre: str | None, epochs: int | None = None, **ex
     (_row("vit_b16", "cifar10", "imagenet21k"), 98.95, "Table 5, ViT-B/16, ImageNet-21k rows"),
     (_row("vit_b16", "imagenet", "imagenet"), 77.91, "Table 5, ViT-B/16, ImageNet rows"),
     (_row("bit_r50x1", "pets", "jft300m"), 91.11, "Table 6 row 7"),          # one JFT row: 7 epochs
-    (_row("vit_l16", "cifar100", "jft300m"), 93.46, "Table 6 row 4"),        # two rows: the shortest by default
-    (_row("vit_l16", "cifar100", "jft300m", 14), 94.04, "Table 6 row 5"),    # ... or the run's epochs
-    (_row("vit_l16", "pets", "imagenet21k"), 94.67, "Table 2, column ViT-L/16 (I21k)"),  # only Table 2 has it
+    (_row("vit_l16", "cifar100", "jft300m"), 94.04, "Table 5, ViT-L/16, JFT-300M rows"),  # no epochs: Table 5
+    (_row("vit_l16", "cifar100", "jft300m", 7), 93.46, "Table 6 row 4"),     # ... or the run's epochs
+    (_row("vit_l16", "imagenet", "imagenet21k"), 85.15, "Table 5, ViT-L/16, ImageNet-21k rows"),  # 384 px: not 85.30
+    (_row("vit_l16", "vtab", "imagenet21k"), 72.72, "Table 2, column ViT-L/16 (I21k)"),  # only Table 2 has it
 ])
 def test_a_run_the_paper_reports_gets_its_number_and_source(row, acc, source):
     m = paper_match(row)
@@ -41,7 +42,7 @@ def test_a_run_the_paper_reports_gets_its_number_and_source(row, acc, source):
     _row("vit_micro", "cifar10", "imagenet21k"),  # a model the paper never trained
     _row("vit_b16", "cifar10", None),             # pretraining data unknown: never guessed
     _row("vit_b16", "shapes", "imagenet21k"),     # a dataset the paper never fine-tuned on
-    _row("vit_b32", "cifar10", "imagenet"),       # a Table 5 cell not transcribed: no number rather than a wrong one
+    _row("vit_h14", "cifar10", "imagenet"),       # Table 5's own empty cell: no number rather than a wrong one
 ])
 def test_runs_the_paper_does_not_report_get_nothing(row):
     assert paper_match(row) is None

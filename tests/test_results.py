@@ -28,7 +28,7 @@ def test_written_results_read_back_with_non_finite_as_null(tmp_path):
     ("{not json", "not valid JSON"),
     ("[1, 2]", "holds a JSON list, not the mapping of results"),
     (json.dumps({"a": {"b": {"c": 1}}}), "key 'a' holds nested data"),
-    (json.dumps({"x": "y" * 100}), "more than a results file holds"),
+    (json.dumps({"x": "y" * 100}), "too big for a run file"),
 ])
 def test_a_bad_results_file_is_refused_naming_it(tmp_path, monkeypatch, content, message):
     monkeypatch.setattr(results, "MAX_BYTES", 64)

@@ -17,7 +17,8 @@ import lightning as L
 import pytest
 
 from reliability_utils import TINY, env, metrics, run, start, train_cmd, wait_for
-from vitlab.utils.run_owner import RunDirBusyError, acquire, holder, own, owns, release
+from vitlab.errors import RunDirBusyError
+from vitlab.utils.run_owner import acquire, holder, own, owns, release
 
 TESTS = Path(__file__).resolve().parent
 

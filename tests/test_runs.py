@@ -9,10 +9,7 @@
 from __future__ import annotations
 
 import ast
-import warnings
 from pathlib import Path
-
-import pytest
 
 from conftest import REPO
 
@@ -77,11 +74,11 @@ def test_job_config_is_built_once_per_training_run(compose_train, monkeypatch):
     ``job_config`` call for all of them (it resolves and masks the whole config)."""
     import sys
 
-    import vitlab.config
+    import vitlab.utils.plain
     from vitlab.train import train
 
     calls = []
-    original = vitlab.config.job_config
+    original = vitlab.utils.plain.job_config
 
     def counting(cfg):
         calls.append(1)
@@ -122,28 +119,13 @@ def test_mpp_takes_no_classification_keys():
     assert not params & {"loss", "label_smoothing", "head_bias_init"}
 
 
-def test_old_objective_spelling_still_works_with_a_deprecation(compose_train):
-    from vitlab.config import ConfigError
-    from vitlab.runs.assemble import build_module
-
-    target = "module._target_=vitlab.modules.mpp.MaskedPatchPredictionModule"
-    with pytest.warns(DeprecationWarning, match=r"module=mpp"):
-        module = build_module(compose_train(target))
-    assert type(module).__name__ == "MaskedPatchPredictionModule"
-    with pytest.raises(ConfigError, match=r"module.loss='sigmoid' is a classification setting"):
-        build_module(compose_train(target, "module.loss=sigmoid"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)
-        build_module(compose_train("module=mpp"))  # the new spelling: no warning
-
-
 def test_objective_yaml_states_the_module_defaults():
     """conf/module/<objective>.yaml lists every key of its class, at the class's own defaults (one set of values)."""
     import inspect
 
     from omegaconf import OmegaConf
 
-    from vitlab.config import CONF_DIR
+    from vitlab import CONF_DIR
     from vitlab.runs import objective_class
 
     for name in ("classification", "mpp"):

@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import run_cli
-from vitlab.config import CONF_DIR, register_resolvers
+from vitlab import CONF_DIR
+from vitlab.config import register_resolvers
 
 SWEEPS = sorted(p.stem for p in (Path(CONF_DIR) / "sweep").glob("*.yaml"))
 TINY = [

@@ -146,6 +146,6 @@ def test_disabled_progress_bar_and_summary_drop_their_configured_callbacks(compo
 
     cfg = compose_train()
     names = lambda cbs: {type(cb).__name__ for cb in cbs}  # noqa: E731
-    assert {"RichProgressBar", "RichModelSummary"} <= names(build_callbacks(cfg.callbacks, {"enable_progress_bar": True, "enable_model_summary": True}))
+    assert {"RichProgressBar", "ModelSummary"} <= names(build_callbacks(cfg.callbacks, {"enable_progress_bar": True, "enable_model_summary": True}))
     quiet = names(build_callbacks(cfg.callbacks, {"enable_progress_bar": False, "enable_model_summary": False}))
-    assert not quiet & {"RichProgressBar", "RichModelSummary"} and "AtomicModelCheckpoint" in quiet
+    assert not quiet & {"RichProgressBar", "ModelSummary"} and "AtomicModelCheckpoint" in quiet

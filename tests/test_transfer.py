@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR
 
 FINETUNE_RECIPES = ("cifar10", "cifar100", "pets", "flowers102", "imagenet")
 
@@ -37,7 +37,8 @@ def digits_ckpt(ema_run):
 
 
 def test_finetune_at_higher_resolution_from_a_vitlab_checkpoint(compose_train, digits_ckpt, caplog):
-    from vitlab.train import build_module, train
+    from vitlab.runs.assemble import build_module
+    from vitlab.train import train
 
     cfg = compose_train(f"model.pretrained={digits_ckpt}", "data.img_size=48", "data.train_size=100",
                         "trainer.max_epochs=1", "optim=sgd_finetune", "optim.lr=0.01", "optim.warmup=2")
@@ -53,8 +54,8 @@ def test_finetune_at_higher_resolution_from_a_vitlab_checkpoint(compose_train, d
 
 
 def test_mismatched_checkpoint_stops_the_run_with_the_shapes(compose_train, digits_ckpt):
-    from vitlab.models.pretrained import PretrainedMismatchError
-    from vitlab.train import build_module
+    from vitlab.errors import PretrainedMismatchError
+    from vitlab.runs.assemble import build_module
 
     cfg = compose_train(f"model.pretrained={digits_ckpt}", "model=vit_ti16", "model.patch_size=8")
     with pytest.raises(PretrainedMismatchError, match=r"blocks.0.attn.qkv.weight checkpoint \(384, 128\) vs model \(576, 192\)"):
@@ -62,7 +63,7 @@ def test_mismatched_checkpoint_stops_the_run_with_the_shapes(compose_train, digi
 
 
 def test_ema_weights_are_the_ones_checkpointed_and_tested(compose_train, ema_run):
-    from vitlab.train import build_module
+    from vitlab.runs.assemble import build_module
 
     results = ema_run[0]
     cfg = compose_train(*EMA_RUN)

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from vitlab.config import ConfigError
+from vitlab.errors import ConfigError
 from vitlab.tasks import hydra_app, task_wrapper
 
 log = logging.getLogger("vitlab.analyze")

@@ -2,9 +2,8 @@
 
 Why one module: a layer that raises an error and a layer that catches it (the command line, the
 checkpoint reader, the data loaders) can then both import it without importing each other (this is what
-removed the ``config`` <-> ``utils.secrets`` import cycle), and a newcomer finds every error in one place.
-The modules that used to define them (``vitlab.config.ConfigError``, ``vitlab.data.base.DataConfigError``,
-``vitlab.models.pretrained.PretrainedError``, ...) still export the same classes.
+removed the ``config`` <-> ``utils.secrets`` import cycle), and a newcomer finds every error in one place:
+every module imports them from here.
 
 A user's mistake is an error of vitlab's own that derives from ``ValueError`` (each message names the key or
 file and the fix); ``vitlab.tasks.user_error`` recognises it by that and prints it as :class:`UserError`,
@@ -30,12 +29,12 @@ class DataConfigError(ConfigError):
     """A data config asks for something the data cannot give."""
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ConfigError):
     """A model config names something that does not exist or does not fit together."""
 
 
-class OptimConfigError(ValueError):
-    pass
+class OptimConfigError(ConfigError):
+    """An optim config asks for an optimiser or schedule vitlab does not have, or one that does not fit the run."""
 
 
 class BenchConfigError(ValueError):

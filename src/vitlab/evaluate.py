@@ -12,20 +12,17 @@ from typing import Any
 from omegaconf import DictConfig
 
 from vitlab import metrics as M
-from vitlab.config import ConfigError
-from vitlab.runs import load_checkpoint, load_run
+from vitlab.errors import ConfigError
+from vitlab.runs import load_run
 from vitlab.runs.assemble import build_trainer, report
 from vitlab.tasks import hydra_app, scalar_metrics, task_wrapper
+from vitlab.utils.instantiate import build_loggers
 
 log = logging.getLogger("vitlab.evaluate")
-
-__all__ = ["evaluate", "load_checkpoint", "load_run", "main"]  # the loaders live in vitlab.runs
 
 
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    from vitlab.utils.instantiate import build_loggers
-
     run, module, dm = load_run(cfg)
     data_cfg = run.data
     if int(dm.num_classes) != module.num_classes:

@@ -72,3 +72,5 @@ def fewshot_key(data: str, shots: int) -> str:
 PAPER_ACC = "paper/acc"
 PAPER_SOURCE = "paper/source"
 PAPER_EXAFLOPS = "paper/exaflops"
+# how a run was trained, from its config (vitlab.report.collect.protocol): scratch / fine-tune / few-shot / eval
+PROTOCOL = "protocol"

@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from timm.optim import create_optimizer_v2
 from torch import nn
 
+from vitlab.checks import check_positive
 from vitlab.errors import OptimConfigError
 
 # vitlab name -> timm opt name.  timm's "sgd" is Nesterov; the paper's fine-tuning SGD is plain momentum.
@@ -45,25 +47,24 @@ def kernel_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str,
 
 
 def check_optim_cfg(cfg: Mapping[str, Any]) -> None:
-    """The one check of the optimiser's numbers (lr, weight decay, clipping), in the words of every other
-    positive-number check (:func:`vitlab.config.check_positive`). Called where the optimiser is built, and by
-    the objectives and ``validate_train_cfg`` so that a wrong value fails before anything is built or written."""
-    from vitlab.config import ConfigError, check_positive
-
-    check_positive("optim.lr", cfg.get("lr"))
-    if not math.isfinite(float(cfg["lr"])):
-        raise ConfigError(f"optim.lr={cfg['lr']} must be a finite number")
-    check_positive("optim.weight_decay", cfg.get("weight_decay", 0.0), allow_zero=True)
-    check_positive("optim.grad_clip", cfg.get("grad_clip"), optional=True)
-
-
-def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    from timm.optim import create_optimizer_v2
-
+    """The one check of an optim config (name, lr, weight decay, clipping, schedule shape), in the words of every
+    other number check (:mod:`vitlab.checks`). The objective runs it when it is built (``VitlabModule``), before
+    the network: a wrong value fails at start-up, not when the optimiser is made at fit start. A warmup longer
+    than the run is refused once the run's length is known (:func:`warmup_steps`)."""
     name = cfg.get("name", "adamw")
     if name not in OPTIMIZERS:
         raise OptimConfigError(f"optim.name={name!r} is not one of {sorted(OPTIMIZERS)}")
-    check_optim_cfg(cfg)
+    check_positive("optim.lr", cfg.get("lr"))
+    check_positive("optim.weight_decay", cfg.get("weight_decay", 0.0), allow_zero=True)
+    check_positive("optim.grad_clip", cfg.get("grad_clip"), optional=True)
+    if cfg.get("decay", "cosine") not in DECAYS:
+        raise OptimConfigError(f"optim.decay={cfg.get('decay')!r} is not one of {DECAYS}")
+    check_positive("optim.warmup", cfg.get("warmup", 0) or 0, allow_zero=True)
+
+
+def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser of an optim config that :func:`check_optim_cfg` accepted (the objective checked it)."""
+    name = cfg.get("name", "adamw")
     lr, wd = float(cfg["lr"]), float(cfg.get("weight_decay", 0.0))
     kwargs: dict[str, Any] = {}
     if name in ("adam", "adamw", "lamb"):
@@ -110,26 +111,36 @@ def warmup_steps(cfg: dict[str, Any], total_steps: int) -> int:
 
 
 def lr_factor(step: int, total_steps: int, warmup: int, decay: str, end_factor: float = 0.0) -> float:
-    """Multiplier on the base lr at ``step``: linear warmup from 0, then ``decay`` down to ``end_factor``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
+    """Multiplier on the base lr at optimiser step ``step`` (0 = the first update), the rule of vit_jax's
+    ``utils.create_learning_rate_schedule``: ``decay`` from 1 down to ``end_factor`` over the steps after the
+    warmup (linear: ``end + (1 - end)(1 - progress)``; cosine: to ``end_factor``, 0 in vit_jax), times the linear
+    warmup ``min(1, step / warmup)``, which starts at 0 as optax's step count does."""
     if decay == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    if decay == "linear":
-        shape = 1.0 - progress
-    elif decay == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        shape = 1.0
     else:
-        raise OptimConfigError(f"optim.decay={decay!r} is not one of {DECAYS}")
-    return end_factor + (1.0 - end_factor) * shape
+        progress = min(1.0, max(0.0, (step - warmup) / max(1, total_steps - warmup)))
+        if decay == "linear":
+            shape = 1.0 - progress
+        elif decay == "cosine":
+            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            raise OptimConfigError(f"optim.decay={decay!r} is not one of {DECAYS}")
+        shape = end_factor + (1.0 - end_factor) * shape
+    return shape * min(1.0, step / warmup) if warmup else shape
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], total_steps: int):
+    """``optim.linear_end``: where a linear decay ends, as an lr (vit_jax's ``linear_end=1e-5``; the paper recipes
+    set it from ``vitlab.paper``); otherwise the decay ends at ``optim.end_lr_factor`` x the base lr."""
     decay = cfg.get("decay", "cosine")
-    if decay not in DECAYS:
-        raise OptimConfigError(f"optim.decay={decay!r} is not one of {DECAYS}")
     total = max(1, int(total_steps))
     warm = warmup_steps(cfg, total)
-    end = float(cfg.get("end_lr_factor", 0.0))
+    end = float(cfg.get("end_lr_factor", 0.0) or 0.0)
+    linear_end = cfg.get("linear_end")
+    if linear_end is not None and decay == "linear":
+        if end:
+            raise OptimConfigError(f"optim.linear_end={linear_end} and optim.end_lr_factor={end} both say where the "
+                                   "decay ends: set one of them (the other to null / 0)")
+        base = float(optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"]))
+        end = float(linear_end) / base if base > 0 else 0.0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm, decay, end))

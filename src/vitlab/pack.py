@@ -4,7 +4,7 @@
     python -m vitlab.pack data=imagenet data.root=/datasets/imagenet out=/shards/imagenet pack.max_side=512
     python -m vitlab.train data=packed data.root=shards/digits
 
-The packing itself lives in ``vitlab.data.packing`` (library code: ``vitlab.data.throughput`` packs with it too);
+The packing itself lives in ``vitlab.data.packing`` (library code: ``vitlab.bench.data`` packs with it too);
 this module is the command line.
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from vitlab.data.packing import PackError, pack
+from vitlab.data.packing import pack
 from vitlab.tasks import hydra_app
 
-__all__ = ["PackError", "main", "pack"]
+__all__ = ["main", "pack"]
 
 
 @hydra_app("pack")

@@ -16,16 +16,20 @@ instantiated or imported.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import glob
+import io
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from vitlab.config import ConfigError
+from vitlab.data.tree import walk_files
+from vitlab.errors import ConfigError
 from vitlab.tasks import hydra_app, task_wrapper
 
 log = logging.getLogger("vitlab.predict")
@@ -38,22 +42,52 @@ EMBEDDED_CLASSES = {
 
 
 def find_images(spec: str) -> list[Path]:
-    """``spec`` = an image file, a folder (searched recursively) or a glob; sorted, with a clear error if empty."""
+    """``spec`` = an image file, a folder (searched recursively) or a glob; sorted, with a clear error if empty.
+
+    Folders and globs are walked by ``vitlab.data.tree.walk_files``, each folder once: a symlink loop (``d/up -> ..``)
+    is named and skipped instead of walking for ever (``glob.glob`` follows it until the path is too long, and
+    two such loops make that exponential); ``**`` in a glob matches any number of folders, as in ``glob``."""
     from vitlab.data.files import IMG_EXTENSIONS
 
     p = Path(spec).expanduser()
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS]
+        files = walk_files(p, IMG_EXTENSIONS, p)
     else:
-        files = [Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file()]
+        base, pattern = _glob_base(p)
+        found = walk_files(base, ("",), base) if base.is_dir() and pattern else []
+        files = [f for f in found if _glob_match(Path(os.path.relpath(f, base)).parts, pattern)]
     if not files:
         raise FileNotFoundError(
             f"input={spec}: no image found (give an image file, a folder of images, or a quoted glob like "
             f"'photos/*.jpg'; extensions: {', '.join(IMG_EXTENSIONS)})"
         )
-    return sorted(files)
+    return sorted(Path(f) for f in files)
+
+
+def _glob_base(p: Path) -> tuple[Path, tuple[str, ...]]:
+    """(the folder before the first wildcard, the pattern's parts after it): ``d/**/*.png`` -> (d, (**, *.png))."""
+    parts = p.parts
+    i = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    return Path(*parts[:i]) if i else Path("."), parts[i:]
+
+
+def _glob_match(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Whether a relative path's parts match a glob's parts (``**`` = any number of folders, as ``glob``'s
+    ``recursive=True``; a name starting with ``.`` only matches a pattern that does)."""
+    ok = {(0, 0)}  # (parts matched, pattern parts used) reachable
+    for j, pat in enumerate(pattern):
+        nxt = set()
+        for i, _ in ok:
+            if pat == "**":
+                nxt.update((k, j + 1) for k in range(i, len(parts) + 1)
+                           if not any(q.startswith(".") for q in parts[i:k]))
+            elif i < len(parts) and fnmatch.fnmatchcase(parts[i], pat) \
+                    and (not parts[i].startswith(".") or pat.startswith(".")):
+                nxt.add((i + 1, j + 1))
+        ok = nxt
+    return (len(parts), len(pattern)) in ok
 
 
 def class_names(ckpt: dict[str, Any], data_cfg: dict[str, Any], k: int) -> list[str]:
@@ -169,15 +203,17 @@ def format_rows(rows, classes: Sequence[str], topk: int, multilabel: bool, thres
 
 
 def write_predictions(records: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> Path:
-    """``.json``: ``{"meta": ..., "predictions": [...]}``; anything else: CSV with '|'-joined top-k columns."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """``.json``: ``{"meta": ..., "predictions": [...]}``; anything else: CSV with '|'-joined top-k columns.
+
+    A file is written next to ``out`` and renamed over it once complete, so a failed write leaves the old ``out``
+    as it was; a device or pipe (``/dev/stdout``) is written directly."""
     if out.suffix.lower() == ".json":
-        out.write_text(json.dumps({"meta": meta, "predictions": records}, indent=2))
-        return out
-    multilabel = any("labels" in r for r in records)
-    cols = ["path", "pred", "prob", "pred_index", "topk_labels", "topk_probs"] + (["labels"] if multilabel else [])
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
+        text = json.dumps({"meta": meta, "predictions": records}, indent=2)
+    else:
+        buf = io.StringIO(newline="")
+        multilabel = any("labels" in r for r in records)
+        cols = ["path", "pred", "prob", "pred_index", "topk_labels", "topk_probs"] + (["labels"] if multilabel else [])
+        w = csv.DictWriter(buf, fieldnames=cols)
         w.writeheader()
         for r in records:
             row = {c: r[c] for c in ("path", "pred", "prob", "pred_index")}
@@ -186,7 +222,43 @@ def write_predictions(records: list[dict[str, Any]], out: Path, meta: dict[str, 
             if multilabel:
                 row["labels"] = "|".join(r["labels"])
             w.writerow(row)
+        text = buf.getvalue()
+    if out.exists() and not out.is_file():  # /dev/stdout, a pipe: nothing to rename over
+        with out.open("w", newline="") as f:
+            f.write(text)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", newline="") as f:
+            f.write(text)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``out=`` that cannot be a predictions file before any image is read."""
+    if out.is_dir():
+        raise ConfigError(f"out={out} is a folder; give a file in it: out={out / 'preds.csv'} (or .json)")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        bad = next(p for p in out.parents if p.exists() and not p.is_dir())
+        raise ConfigError(f"out={out}: {bad} is a file, not a folder; choose another path for the predictions")
+
+
+def save_predictions(records: list[dict[str, Any]], out: Path, meta: dict[str, Any], run_dir: Path) -> Path:
+    """:func:`write_predictions` to ``out``; if that fails (a full disk, ``/dev/full``, no permission) the
+    predictions are saved in the run directory instead and the error names both paths: nothing is lost."""
+    try:
+        return write_predictions(records, out, meta)
+    except OSError as e:
+        kept = run_dir / f"preds{out.suffix.lower() if out.suffix.lower() == '.json' else '.csv'}"
+        if kept.resolve() == out.resolve():
+            raise ConfigError(f"out={out}: cannot write the predictions ({e.strerror or e})") from e
+        write_predictions(records, kept, meta)
+        raise ConfigError(f"out={out}: cannot write the predictions ({e.strerror or e}); they are saved in {kept} "
+                          "instead. Choose a writable file (out=<file>.csv or .json)") from e
 
 
 @task_wrapper
@@ -196,6 +268,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"topk={cfg.topk} must be >= 1")
     if not 0.0 < float(cfg.threshold) < 1.0:
         raise ConfigError(f"threshold={cfg.threshold} must be in (0, 1)")
+    out = Path(str(cfg.out)).expanduser() if cfg.get("out") else Path(cfg.paths.output_dir) / "preds.csv"
+    check_out(out)
     paths = find_images(str(cfg.input))
     net, transform, classes, loss = load_predictor(cfg.ckpt_path)
     rows, skipped = predict_paths(net, transform, paths, loss, int(cfg.topk), int(cfg.batch_size),
@@ -203,10 +277,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     for path, err in skipped:
         log.warning("skipped unreadable image %s (%s)", path, err)
     records = format_rows(rows, classes, int(cfg.topk), bool(cfg.multilabel), float(cfg.threshold))
-    out = Path(str(cfg.out)) if cfg.get("out") else Path(cfg.paths.output_dir) / "preds.csv"
     meta = {"ckpt_path": str(cfg.ckpt_path), "input": str(cfg.input), "classes": classes, "loss": loss,
             "labelled": len(records), "skipped": [{"path": str(p), "error": e} for p, e in skipped]}
-    write_predictions(records, out, meta)
+    save_predictions(records, out, meta, Path(cfg.paths.output_dir))
     print(f"labelled {len(records)} image(s), skipped {len(skipped)} unreadable"
           + (f" ({', '.join(str(p) for p, _ in skipped[:5])}{', ...' if len(skipped) > 5 else ''})" if skipped else "")
           + f"\npredictions: {out}")

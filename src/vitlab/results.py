@@ -10,12 +10,14 @@ mapping of scalars, e.g. VTAB's accuracy per lr), else a one-line error names th
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vitlab.errors import ReportError
+from vitlab.utils.run_files import read_bytes
 
 #: the file every job writes into its output directory
 RESULT_FILE = "metrics.json"
@@ -23,6 +25,8 @@ RESULT_FILE = "metrics.json"
 MAX_BYTES = 4 * 1024 * 1024
 
 _SCALARS = (str, int, float, bool, type(None))
+
+log = logging.getLogger("vitlab")
 
 
 def path(job_dir: str | Path) -> Path:
@@ -42,15 +46,16 @@ def write_results(out_dir: str | Path, results: Mapping[str, Any]) -> Path:
 
 
 def read_results(job_dir: str | Path) -> dict[str, Any]:
-    """The mapping in ``<job_dir>/metrics.json``; a file too large, not JSON or not a flat mapping is refused."""
+    """The mapping in ``<job_dir>/metrics.json``, read as data (:func:`vitlab.utils.run_files.read_bytes`: a regular
+    file of at most :data:`MAX_BYTES`); a file that is not JSON or not a flat mapping is refused, naming it."""
     p = path(job_dir)
-    size = p.stat().st_size
-    if size > MAX_BYTES:
-        raise ReportError(f"{p}: {size:,} bytes, more than a results file holds ({MAX_BYTES:,}); "
-                          "it is not one vitlab wrote: move it out of the job directory")
     try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(read_bytes(p, MAX_BYTES))
+    except ReportError as e:
+        raise ReportError(f"{e}; it is not a results file vitlab wrote: move it out of the job directory") from None
+    except RecursionError:
+        raise ReportError(f"{p}: nested too deeply to be results (vitlab writes a flat mapping)") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
         raise ReportError(f"{p}: not valid JSON ({e}); delete it to fall back to the CSV log") from e
     if not isinstance(data, dict):
         raise ReportError(f"{p}: holds a JSON {type(data).__name__}, not the mapping of results vitlab writes; "
@@ -68,5 +73,8 @@ def collect_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
     each with its ``job_dir``."""
     rows = []
     for p in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        rows.append({**read_results(p.parent), "job_dir": str(p.parent)})
+        try:
+            rows.append({**read_results(p.parent), "job_dir": str(p.parent)})
+        except ReportError as e:  # one job's unreadable file must not sink the whole sweep's summary
+            log.warning("left out: %s", e)
     return rows

@@ -1,8 +1,9 @@
-"""What every task shares: the command-line entry point (:func:`hydra_app`), the run wrapper that owns the run
-directory and always closes loggers (:func:`task_wrapper`), and result reporting.
+"""What every task shares: the command-line entry point (:func:`hydra_app`), the error formatting of the command
+line (:func:`run_task`, a plain function: tests call it in-process), the run wrapper that owns the run directory
+and always closes the W&B run (:func:`task_wrapper`), and result reporting.
 
 This module imports nothing heavy (no torch, no Lightning), so that a command refused at start-up (a literal
-secret, a busy run directory, a wrong value) answers in about a second.
+secret, a busy run directory, a wrong value) answers in about two seconds.
 """
 
 from __future__ import annotations
@@ -14,13 +15,34 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from vitlab import CONF_DIR
 from vitlab.errors import UserError
+from vitlab.utils.run_owner import acquire, release
+from vitlab.utils.secrets import check_no_literal_secrets, redact
 
 log = logging.getLogger("vitlab")
 
 _VITLAB_DIR = str(Path(__file__).resolve().parent)
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Always close the W&B run: a second ``wandb.init`` in this process would otherwise reuse it.
+
+    ``wandb.finish`` returns before W&B's background service has written the run file to disk; the
+    teardown waits for it, so the offline run is complete when the job returns (reports and sweeps
+    read it right away). W&B is never imported here: a job that did not start a run has nothing to close.
+    """
+    wandb = sys.modules.get("wandb")
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    try:
+        wandb.finish(exit_code=exit_code)
+        wandb.teardown(exit_code=exit_code)
+    except Exception as e:  # noqa: BLE001
+        log.warning("closing the W&B run failed: %s", e)
 
 
 def task_wrapper(fn: Callable) -> Callable:
@@ -30,9 +52,6 @@ def task_wrapper(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        from vitlab.utils.instantiate import finish_wandb
-        from vitlab.utils.run_owner import acquire, release
-
         cfg = args[0] if args else kwargs.get("cfg")
         out_dir = OmegaConf.select(cfg, "paths.output_dir", default=None) if isinstance(cfg, DictConfig) else None
         if out_dir:
@@ -78,50 +97,43 @@ def _raised_in_vitlab(exc: BaseException) -> bool:
     return last is not None and last.tb_frame.f_code.co_filename.startswith(_VITLAB_DIR)
 
 
-def hydra_app(config_name: str, returns: str | None = None) -> Callable:
-    """``@hydra.main`` for a vitlab task (``conf/<config_name>.yaml``), plus what every command line shares.
-
-    ``returns``: the metric the command returns (to a sweeper) from the task's result dict; None returns the
-    task's own return value.
+def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig, returns: str | None = None) -> Any:
+    """Run task ``fn`` on a composed ``cfg`` exactly as its command line does (what :func:`hydra_app` calls).
 
     - A literal secret in the config is refused before the task runs (``check_no_literal_secrets``); the Hydra
       callback ``RunGuard`` has already masked it in everything Hydra saves or prints.
-    - A user's mistake (:func:`user_error`) prints ``Error: <message>`` (which names the key or file and the fix)
-      without a Python traceback, exit code 1, secrets masked; ``HYDRA_FULL_ERROR=1`` shows the full trace.
-      Anything else is a bug and keeps Hydra's stack trace.
-    """
-    import hydra
+    - A user's mistake (:func:`user_error`) is raised as :class:`UserError` ``Error: <message>`` (which names the
+      key or file and the fix), secrets masked: Hydra prints it without a Python traceback, exit code 1
+      (``HYDRA_FULL_ERROR=1`` shows the full trace). Anything else is a bug and keeps its stack trace.
 
-    from vitlab.config import CONF_DIR, rewrite_moved_overrides
+    ``returns``: the metric the command returns (to a sweeper) from the task's result dict; None returns the
+    task's own return value.
+    """
+    try:
+        check_no_literal_secrets(cfg)
+        out = fn(cfg)
+    except Exception as e:
+        cause = user_error(e)
+        if cause is None:
+            raise
+        raise UserError(f"Error: {redact(str(cause))}") from e
+    return out.get(returns) if returns is not None else out
+
+
+def hydra_app(config_name: str, returns: str | None = None) -> Callable:
+    """``@hydra.main`` for a vitlab task (``conf/<config_name>.yaml``) whose job is :func:`run_task`."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def task(cfg: DictConfig) -> Any:
-            from vitlab.utils.secrets import check_no_literal_secrets, redact
-
-            try:
-                check_no_literal_secrets(cfg)
-                out = fn(cfg)
-                return out.get(returns) if returns is not None else out
-            except Exception as e:
-                cause = user_error(e)
-                if cause is None:
-                    raise
-                raise UserError(f"Error: {redact(str(cause))}") from e
+            return run_task(fn, cfg, returns)
 
         # Hydra names the job (and its log file) after the task function's module; run as `python -m vitlab.X`
         # that module is __main__, and Hydra would fall back to the file of this wrapper: name the real one.
         if task.__module__ == "__main__":
             spec = getattr(sys.modules.get("__main__"), "__spec__", None)
             task.__module__ = spec.name if spec is not None else Path(sys.argv[0]).stem
-        hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
-
-        @functools.wraps(hydra_main)
-        def entry(*args, **kwargs):
-            sys.argv[1:] = rewrite_moved_overrides(sys.argv[1:])  # an old key's spelling: warn, read the new one
-            return hydra_main(*args, **kwargs)
-
-        return entry
+        return hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
 
     return decorate
 

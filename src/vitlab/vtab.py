@@ -21,9 +21,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
-from vitlab.config import ConfigError
-from vitlab.runs.assemble import fine_tune_cfg, report, train_run
+from vitlab.errors import ConfigError
+from vitlab.runs.assemble import fine_tune_cfg, report
 from vitlab.tasks import hydra_app, task_wrapper
+from vitlab.train import train  # VTAB is vitlab.train's job once per lr
 
 log = logging.getLogger("vitlab.vtab")
 
@@ -78,7 +79,7 @@ def task_cfg(cfg: DictConfig) -> DictConfig:
 
 
 def _sub_run(run: DictConfig, out_dir: Path, lr: float, split: str, test: bool) -> dict[str, Any]:
-    return train_run(fine_tune_cfg(run, **{"optim.lr": float(lr), "data.train_split": split, "test": test,
+    return train(fine_tune_cfg(run, **{"optim.lr": float(lr), "data.train_split": split, "test": test,
                                            "paths.output_dir": str(out_dir),
                                            "run_name": f"{run.data.name}-lr{lr}-{split}"}))
 

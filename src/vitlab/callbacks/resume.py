@@ -35,8 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab.callbacks.checkpoint import TMP_SUFFIX
-from vitlab.config import ConfigError
-from vitlab.errors import ResumeError
+from vitlab.errors import ConfigError, ResumeError
 
 log = logging.getLogger("vitlab.resume")
 

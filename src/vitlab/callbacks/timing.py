@@ -1,4 +1,4 @@
-"""The bench's timing hook inside ``Trainer.fit``: it tells a window counter (``vitlab.runs.bench_worker.Windows``)
+"""The bench's timing hook inside ``Trainer.fit``: it tells a window counter (``vitlab.bench.worker.Windows``)
 when a train batch or a (non-sanity) validation batch ends, so vitlab.train is timed by the same windows as the
 hand-written loop it is compared with."""
 

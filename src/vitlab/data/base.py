@@ -19,8 +19,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vitlab import CONF_DIR
 from vitlab import metrics as M
-from vitlab.config import CONF_DIR, check_positive
+from vitlab.checks import MAX_CLASSES, check_count
 from vitlab.data.sampler import ResumableSampler, seeded_rng
 from vitlab.data.transforms import EVAL_RESIZE, build_transform, check_crop_scale, normalize_batch
 from vitlab.errors import ConfigError, DataConfigError
@@ -99,14 +100,23 @@ def check_val_fraction(val_fraction: Any) -> float:
     return float(val_fraction)
 
 
+#: the largest image side vitlab accepts (the paper's largest is 518 px: ViT-H/14 fine-tuned at 518); a typo such as
+#: img_size=100000 is named here instead of allocating a position embedding of 39M tokens
+MAX_IMG_SIZE = 4096
+#: the largest batch one process loads (data.batch_size / eval_batch_size)
+MAX_BATCH_SIZE = 2**20
+
+
 def check_data_args(batch_size: Any = 1, eval_batch_size: Any = None, img_size: Any = 1,
-                    eval_img_size: Any = None, train_size: Any = None) -> None:
-    """The checks every DataModule runs when built; ``validate_train_cfg`` runs them at start-up, before any file
-    is written. ``eval_batch_size`` / ``eval_img_size`` null = the same as the training value; 0 is an error."""
-    check_positive("data.batch_size", batch_size)
-    check_positive("data.eval_batch_size", eval_batch_size, optional=True)
-    check_positive("data.img_size", img_size)
-    check_positive("data.eval_img_size", eval_img_size, optional=True)
+                    eval_img_size: Any = None, train_size: Any = None, num_classes: Any = None) -> None:
+    """The checks a DataModule runs on its own arguments when built, before anything is read. ``eval_batch_size``
+    / ``eval_img_size`` null = the same as the training value; 0, a fraction, nan or an absurd size is an error."""
+    check_count("data.batch_size", batch_size, maximum=MAX_BATCH_SIZE, what="images per process")
+    check_count("data.eval_batch_size", eval_batch_size, maximum=MAX_BATCH_SIZE, optional=True,
+                what="images per process")
+    check_count("data.img_size", img_size, maximum=MAX_IMG_SIZE, what="px")
+    check_count("data.eval_img_size", eval_img_size, maximum=MAX_IMG_SIZE, optional=True, what="px")
+    check_count("data.num_classes", num_classes, maximum=MAX_CLASSES, optional=True, what="classes")
     check_train_size(train_size)
 
 
@@ -226,7 +236,7 @@ class VisionDataModule(L.LightningDataModule):
             unknown = ", ".join(f"data.{k}" for k in sorted(kwargs) if not k.startswith("_"))
             if unknown:
                 raise DataConfigError(f"{type(self).__name__} does not take {unknown}")
-        check_data_args(batch_size, eval_batch_size, img_size, eval_img_size, train_size)
+        check_data_args(batch_size, eval_batch_size, img_size, eval_img_size, train_size, num_classes)
         self.root = root
         self.img_size = int(img_size)
         self.eval_img_size = int(img_size if eval_img_size is None else eval_img_size)

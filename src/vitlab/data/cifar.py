@@ -21,16 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from vitlab.data.base import DataConfigError, check_val_fraction
+from vitlab.data.base import check_val_fraction
 from vitlab.data.download import fetch_archive, safe_extract
-from vitlab.data.files import (
-    CorruptImageError,
-    DatasetFormatError,
-    DatasetNotFoundError,
-    FileDataModule,
-    read_image_bytes,
-)
+from vitlab.data.files import FileDataModule, read_image_bytes
 from vitlab.data.memory import TensorImageDataset
+from vitlab.errors import CorruptImageError, DataConfigError, DatasetFormatError, DatasetNotFoundError
 
 #: the official archives (https://www.cs.toronto.edu/~kriz/cifar.html) and what they unpack to
 ARCHIVES = {

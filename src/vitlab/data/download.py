@@ -17,8 +17,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from vitlab.data.files import DatasetFormatError, DatasetNotFoundError
-from vitlab.errors import UnsafeArchiveError
+from vitlab.errors import DatasetFormatError, DatasetNotFoundError, UnsafeArchiveError
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:

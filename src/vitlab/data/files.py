@@ -21,11 +21,19 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import pil_to_tensor, resize_image
 
 from vitlab import metrics as M
-from vitlab.data.base import DataConfigError, VisionDataModule, check_val_fraction
+from vitlab.data.base import VisionDataModule, check_val_fraction
 from vitlab.data.tree import ancestor_keys, list_class_dirs, walk_files
-from vitlab.errors import CorruptImageError, DatasetFormatError, DatasetNotFoundError, RefusedImageError
+from vitlab.errors import (
+    CorruptImageError,
+    DataConfigError,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    RefusedImageError,
+)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -142,7 +150,7 @@ def load_image(
     """Decode ``path`` to RGB; a missing, oversized or undecodable file raises an error naming it.
 
     ``auto`` decodes JPEGs with torchvision's libjpeg-turbo straight into a contiguous uint8 CHW
-    tensor (measurably faster through the pipelines than PIL + conversion; see ``vitlab.data.throughput``)
+    tensor (measurably faster through the pipelines than PIL + conversion; see ``vitlab.bench.data``)
     and everything else, or a JPEG libjpeg refuses, with PIL. ``pil`` always uses PIL.
 
     Whatever the decoder, the file is first opened lazily by PIL, which reads only the header, and the
@@ -428,3 +436,39 @@ class HeldOutFileDataModule(FileDataModule):
     def __init__(self, val_fraction: float = 0.1, split_seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.val_fraction, self.split_seed = check_val_fraction(val_fraction), int(split_seed)
+
+
+class DraftInceptionCrop:
+    """The ``pretrain`` pipeline's inception crop, decoded at the smallest DCT scale that still covers it.
+
+    The crop (top, left, height, width) is drawn on the full-size geometry read from the JPEG header, with the
+    same RNG calls as ``v2.RandomResizedCrop`` (so the same per-sample seed gives the same crop). The image is
+    then decoded at 1/r (r = 8, 4, 2) only if the crop still has >= ``size`` pixels on each side at that scale,
+    so the final resize stays a downsample; otherwise at full size, and the result is then the standard
+    pipeline's, bit for bit. The difference is resampling error only
+    (``data.draft`` of ``data=packed``; ``tests/test_packed.py::test_drafted_inception_crop_differs_only_by_resampling_error``).
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float], margin: float = 2.0) -> None:
+        self.size, self.margin = int(size), float(margin)
+        self.rrc = v2.RandomResizedCrop(self.size, scale=tuple(scale), antialias=True)
+
+    def __call__(self, data: bytes, where: str, max_image_pixels: int) -> torch.Tensor:
+        box: dict = {}
+
+        def plan(w: int, h: int) -> int:  # called once, from the header decode_image_bytes parses and checks
+            box.update(self.rrc.make_params([torch.empty(1, 1, 1).expand(3, h, w)]), full=(h, w))
+            return dct_reduction(min(box["height"], box["width"]), self.margin * self.size)
+
+        img = decode_image_bytes(data, where, "torchvision", max_image_pixels, reduce=plan)
+        if isinstance(img, Image.Image):
+            img = pil_to_tensor(img)
+        (h_full, w_full), (h_img, w_img) = box["full"], img.shape[-2:]
+        top, left, height, width = box["top"], box["left"], box["height"], box["width"]
+        if (h_img, w_img) != (h_full, w_full):  # drafted: the same region on the smaller grid
+            sy, sx = h_img / h_full, w_img / w_full
+            top, left = round(top * sy), round(left * sx)
+            height = max(1, min(round(height * sy), h_img - top))
+            width = max(1, min(round(width * sx), w_img - left))
+        # v2's resized_crop = this slice + this kernel (the crop lies inside the image), without the dispatch
+        return resize_image(img[..., top:top + height, left:left + width], [self.size, self.size], antialias=True)

@@ -16,14 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vitlab.data.base import DataConfigError, check_val_fraction
-from vitlab.data.files import (
-    DatasetFormatError,
-    DatasetNotFoundError,
-    FileDataModule,
-    holdout_mask,
-    require_file,
-)
+from vitlab.data.base import check_val_fraction
+from vitlab.data.files import FileDataModule, holdout_mask, require_file
+from vitlab.errors import DataConfigError, DatasetFormatError, DatasetNotFoundError
 
 
 def load_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -14,12 +14,15 @@ the test split is the validation split.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from vitlab.data.base import DataConfigError
 from vitlab.data.files import HeldOutFileDataModule, holdout_mask, scan_class_folders
+from vitlab.errors import DataConfigError
+
+log = logging.getLogger("vitlab.data")
 
 VAL_DIRS = ("val", "valid", "validation")
 
@@ -53,7 +56,13 @@ class FolderDataModule(HeldOutFileDataModule):
         else:
             train, val = self.holdout(paths, targets, tdir)
         sdir = self.split_dir(root, ("test",))
-        test = self.images(*self.scan(sdir, classes, root=root)[:2]) if sdir is not None else val
+        if sdir is not None:
+            test = self.images(*self.scan(sdir, classes, root=root)[:2])
+        else:
+            test = val
+            held = f"{vdir}" if vdir is not None else f"data.val_fraction={self.val_fraction} of {tdir}, held out"
+            log.warning("data=folder: %s has no test/ folder, so test/acc is measured on the val split (%s); add "
+                        "<root>/test/<class>/ for a separate test split", root, held)
         return train, val, test
 
     def scan(self, directory: Path, classes: list[str] | None = None, root: Path | None = None):

@@ -28,14 +28,9 @@ import numpy as np
 import torch
 
 from vitlab import metrics as M
-from vitlab.data.files import (
-    IMG_EXTENSIONS,
-    DatasetFormatError,
-    DatasetNotFoundError,
-    list_class_dirs,
-    scan_class_folders,
-)
+from vitlab.data.files import IMG_EXTENSIONS, list_class_dirs, scan_class_folders
 from vitlab.data.folder import FolderDataModule
+from vitlab.errors import DatasetFormatError, DatasetNotFoundError
 
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})")
 DEVKIT = "ILSVRC2012_devkit_t12"

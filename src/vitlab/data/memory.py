@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from vitlab.data.base import DataConfigError, VisionDataModule
+from vitlab.data.base import VisionDataModule
+from vitlab.errors import DataConfigError
 
 
 class TensorImageDataset(Dataset):

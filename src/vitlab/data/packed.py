@@ -11,22 +11,33 @@ finished pack and is never read):
     <root>/<split>/chunk-*.bin       litdata chunks of {image: encoded bytes, label, index[, extra]}
     <root>/<split>/labels.npy        the labels in stored order (subsets without reading images)
 
-Why map-style: each split is read by index through litdata's chunk reader (``batch_decode=0``: one
-item per read, ~60 us on this machine), so the sampler of every other dataset applies unchanged:
-``data.train_size`` subsets (base.py), the ``ResumableSampler`` that shards by rank (DDP) and by
-DataLoader worker (batches), and exact mid-epoch resume with per-sample augmentation seeds
-(data/sampler.py). litdata supplies the on-disk format, the local/S3 reading and the chunk cache.
+Why map-style: each split is read by index (one ``pread`` per item), so the sampler of every other
+dataset applies unchanged: ``data.train_size`` subsets (base.py), the ``ResumableSampler`` that shards by
+rank (DDP) and by DataLoader worker (batches), and exact mid-epoch resume with per-sample augmentation seeds
+(data/sampler.py).
+
+Why vitlab reads the chunks itself: litdata's reader picks a decoder for each field from the serializer the
+pack's own ``index.json`` names (``pickle`` among them) and sniffs chunk bytes for other encodings, so a pack
+from someone else could run code. A pack is data: :func:`check_index` accepts only the fields and formats
+``vitlab.pack`` writes (:data:`FIELD_FORMATS`: the image's raw bytes, int64 label and index, a numeric 1-D
+extra), with plain chunk names, before a chunk is opened; :class:`ChunkFile` then parses litdata's chunk
+layout (item table, per-field sizes) with bounds checks, and nothing else. litdata is the writer only.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
 import logging
 import os
+import re
+import stat
+import struct
 import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +52,13 @@ from vitlab.data.files import (
     DEFAULT_MAX_IMAGE_PIXELS,
     CorruptImageError,
     DatasetNotFoundError,
+    DraftInceptionCrop,
     dct_reduction,
     decode_image_bytes,
     positive_int,
+    read_image_bytes,
 )
-from vitlab.data.transforms import DraftInceptionCrop, FlipNormalize
+from vitlab.data.transforms import FlipNormalize
 from vitlab.errors import PackedDataError
 
 log = logging.getLogger(__name__)
@@ -56,6 +69,16 @@ MANIFEST = "vitlab_pack.json"
 SPLITS = ("train", "val", "test")
 #: env var: a folder where every process appends the (split, index) pairs it reads (sharding tests)
 TRACE_ENV = "VITLAB_PACKED_TRACE"
+#: the fields ``vitlab.pack`` writes, in order, and the one litdata format each may be declared with: raw image
+#: bytes, int64 label and index, and (ImageNet ReaL sets) a 1-D numeric array ``no_header_numpy:<dtype code>``
+FIELD_FORMATS = {"image": "bytes", "label": "int", "index": "int", "extra": "no_header_numpy"}
+#: litdata's dtype codes (``litdata.constants._NUMPY_DTYPES_MAPPING``) that an ``extra`` may have: numbers and bool
+EXTRA_DTYPES = {0: np.int8, 1: np.int16, 2: np.int32, 3: np.int64, 4: np.uint8, 5: np.uint16, 6: np.uint32,
+                7: np.uint64, 8: np.float16, 9: np.float32, 10: np.float64, 13: np.bool_}
+#: most bytes read from a pack's metadata files (manifest, index.json, labels.npy): ~15x a 14M-image split's labels
+META_MAX_BYTES = 1 << 30
+#: a remote pack's chunk cache is trimmed (least recently used chunks first) above this size: litdata's default
+CACHE_MAX_BYTES = 100 * 10**9
 
 
 def is_url(root: str | os.PathLike) -> bool:
@@ -72,12 +95,28 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
 
 # ---- remote access (S3 through boto3, which litdata itself uses) ----------------------------------------
 def s3_client(timeout: float):
-    """A boto3 S3 client that gives up after ``timeout`` seconds (``AWS_ENDPOINT_URL`` picks a local server)."""
+    """A boto3 S3 client that gives up after ``timeout`` seconds, one attempt per request (``AWS_ENDPOINT_URL``
+    picks a local server)."""
     import boto3
     from botocore.config import Config
 
-    cfg = Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1})
+    cfg = Config(connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1, "mode": "standard"})
     return boto3.client("s3", config=cfg, endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def hide_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` part of every URL in it (``AWS_ENDPOINT_URL`` in botocore's
+    messages) replaced by ``***@``: an endpoint's password never reaches the console."""
+    return _USERINFO.sub("***@", text)
+
+
+def _remote_error(what: str, url: str, e: Exception, timeout: float) -> DatasetNotFoundError:
+    return DatasetNotFoundError(hide_credentials(
+        f"cannot {what} {url} ({type(e).__name__}: {e}) within data.timeout={timeout:g}s. Check the URL, "
+        "AWS_ENDPOINT_URL and your credentials"))
 
 
 def _split_url(url: str) -> tuple[str, str]:
@@ -87,16 +126,64 @@ def _split_url(url: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
-def read_remote(url: str, timeout: float) -> bytes:
-    """The bytes of one object; an unreachable server or missing object is an error naming the URL."""
+def read_remote(url: str, timeout: float, limit: int = META_MAX_BYTES) -> bytes:
+    """The bytes of one object (at most ``limit``); an unreachable server or missing object is an error naming
+    the URL."""
     bucket, key = _split_url(url)
     try:
-        return s3_client(timeout).get_object(Bucket=bucket, Key=key)["Body"].read()
+        obj = s3_client(timeout).get_object(Bucket=bucket, Key=key)
+        if int(obj.get("ContentLength") or 0) > limit:
+            raise PackedDataError(f"{url} is {obj['ContentLength']:,} bytes, more than the {limit:,} a pack's "
+                                  "metadata file may have: not a pack written by vitlab.pack")
+        data = obj["Body"].read(limit + 1)
+    except PackedDataError:
+        raise
     except Exception as e:  # botocore raises many types: connection, timeout, NoSuchKey, credentials
-        raise DatasetNotFoundError(
-            f"cannot read {url} ({type(e).__name__}: {e}); within data.timeout={timeout}s. Check the URL, "
-            "AWS_ENDPOINT_URL and your credentials"
-        ) from e
+        raise _remote_error("read", url, e, timeout) from e
+    if len(data) > limit:
+        raise PackedDataError(f"{url} holds more than {limit:,} bytes: not a pack written by vitlab.pack")
+    return data
+
+
+def download_remote(url: str, dest: Path, nbytes: int, sha256: str, timeout: float) -> None:
+    """Download one chunk to ``dest`` (via a temporary file renamed into place) if it has the size and sha256
+    the manifest lists; anything else is an error naming the URL."""
+    bucket, key = _split_url(url)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    h, n = hashlib.sha256(), 0
+    try:
+        body = s3_client(timeout).get_object(Bucket=bucket, Key=key)["Body"]
+        with open(tmp, "wb") as f:
+            while n <= nbytes and (block := body.read(1 << 20)):
+                f.write(block)
+                h.update(block)
+                n += len(block)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise _remote_error("download", url, e, timeout) from e
+    if n != nbytes or h.hexdigest() != sha256:
+        tmp.unlink(missing_ok=True)
+        raise PackedDataError(f"shard {url} is damaged: {'more than ' if n > nbytes else ''}{n:,} bytes"
+                              f"{'' if n != nbytes else ' failing their sha256 check'}, the pack wrote {nbytes:,}; "
+                              "copy it again from the original pack, or re-pack")
+    os.replace(tmp, dest)
+
+
+def trim_cache(folder: Path, keep: Path, max_bytes: int = CACHE_MAX_BYTES) -> None:
+    """Delete the least recently used chunks of ``folder`` until it holds at most ``max_bytes`` (``keep`` stays).
+    A reader that has a deleted chunk open keeps reading it; one that has not downloads it again."""
+    files = []
+    for e in os.scandir(folder):
+        if e.is_file(follow_symlinks=False) and e.name.endswith(".bin"):
+            st = e.stat(follow_symlinks=False)
+            files.append((max(st.st_atime, st.st_mtime), st.st_size, e.path))
+    total = sum(f[1] for f in files)
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            return
+        if path != str(keep):
+            Path(path).unlink(missing_ok=True)
+            total -= size
 
 
 def list_remote_sizes(url: str, timeout: float) -> dict[str, int]:
@@ -114,16 +201,17 @@ def list_remote_sizes(url: str, timeout: float) -> dict[str, int]:
             if not token:
                 return sizes
     except Exception as e:
-        raise DatasetNotFoundError(f"cannot list {url} ({type(e).__name__}: {e}) within data.timeout={timeout}s") from e
+        raise _remote_error("list", url, e, timeout) from e
 
 
 def read_bytes(root: str, rel: str, timeout: float = 30.0) -> bytes:
+    """A pack's metadata file: a regular file (or object) of at most :data:`META_MAX_BYTES`."""
     if is_url(root):
         return read_remote(f"{str(root).rstrip('/')}/{rel}", timeout)
     path = Path(root) / rel
     if not path.is_file():
         raise DatasetNotFoundError(f"{path} is missing")
-    return path.read_bytes()
+    return read_image_bytes(path, META_MAX_BYTES, what="pack file")
 
 
 # ---- the manifest --------------------------------------------------------------------------------------
@@ -192,6 +280,7 @@ def check_chunks(root: str, split: str, info: dict[str, Any], verify: bool, time
     """
     remote = list_remote_sizes(f"{root.rstrip('/')}/{split}", timeout) if is_url(root) else None
     for c in info["chunks"]:
+        plain_name(c["filename"], f"{root}/{MANIFEST}")
         where = f"{root.rstrip('/')}/{split}/{c['filename']}"
         size = remote.get(c["filename"]) if remote is not None else (
             os.path.getsize(Path(root) / split / c["filename"]) if (Path(root) / split / c["filename"]).is_file() else None)
@@ -203,6 +292,133 @@ def check_chunks(root: str, split: str, info: dict[str, Any], verify: bool, time
                                   "copy it again from the original pack, or re-pack")
         if verify and remote is None and sha256_file(Path(root) / split / c["filename"]) != c["sha256"]:
             raise PackedDataError(f"shard {where} fails its sha256 check: the bytes changed after packing; re-pack")
+
+
+# ---- the chunks: vitlab's own reader of litdata's layout ------------------------------------------------
+def plain_name(name: Any, where: str) -> str:
+    """``name`` if it names a file inside its folder (no ``/``, ``..`` or absolute path), else an error."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name
+            or os.path.isabs(name)):
+        raise PackedDataError(f"{where} names a chunk {name!r} outside its split folder: chunk names are plain file "
+                              "names; this pack was not written by vitlab.pack (or was altered): refused")
+    return name
+
+
+def check_index(raw: bytes, where: str, info: dict[str, Any]) -> dict[str, str]:
+    """The fields of a split -> their declared formats, from its litdata ``index.json`` (``where``), checked before
+    any chunk is opened.
+
+    Only what ``vitlab.pack`` writes is accepted: the fields of :data:`FIELD_FORMATS` in order, each declared with
+    its one format; no compression, encryption or other item loader; the chunks the manifest lists, by plain
+    name. Any other declared serializer (``pickle``, ``json``, ``tensor`` ...) is refused naming the field: no
+    library is ever asked to decode a pack's bytes in a way the pack itself chose."""
+    try:
+        index = json.loads(raw)
+        config, chunks = index["config"], index["chunks"]
+        fmt, spec = list(config["data_format"]), json.loads(config["data_spec"])
+        names = json.loads(spec[1]["context"]) if spec[1]["type"] == "builtins.dict" else None
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise PackedDataError(f"{where} is not a litdata index written by vitlab.pack ({type(e).__name__}: {e}); "
+                              "re-pack") from e
+    expected = list(FIELD_FORMATS)
+    if not isinstance(names, list) or names not in (expected[:3], expected) or len(names) != len(fmt):
+        raise PackedDataError(f"{where} declares the fields {names!r} ({fmt!r}); vitlab.pack writes {expected[:3]} "
+                              "(+ 'extra'): this pack was not written by vitlab.pack (or was altered): refused")
+    for name, declared in zip(names, fmt, strict=True):
+        ok = declared == FIELD_FORMATS[name]
+        if name == "extra":
+            kind, _, code = str(declared).partition(":")
+            ok = kind == FIELD_FORMATS[name] and code.isdigit() and int(code) in EXTRA_DTYPES
+        if not ok:
+            raise PackedDataError(
+                f"{where}: field {name!r} is declared {declared!r}; vitlab reads a pack's {name!r} only as "
+                f"{FIELD_FORMATS[name]!r} (what vitlab.pack writes), and never lets a pack choose its decoder "
+                "(a 'pickle' field would run code): refused before reading any of it. Re-pack the source with "
+                "python -m vitlab.pack")
+    for key in ("compression", "compression_level", "encryption", "ipc_compression", "format"):
+        if config.get(key):
+            raise PackedDataError(f"{where} declares {key}={config[key]!r}; vitlab.pack writes none: refused")
+    if config.get("item_loader", "PyTreeLoader") != "PyTreeLoader":
+        raise PackedDataError(f"{where} declares item_loader={config['item_loader']!r}; vitlab.pack writes "
+                              "'PyTreeLoader': refused")
+    listed = [(c["filename"], c["items"], c["bytes"]) for c in info["chunks"]]
+    try:
+        found = [(plain_name(c["filename"], where), c["chunk_size"], c["chunk_bytes"]) for c in chunks]
+    except (KeyError, TypeError) as e:
+        raise PackedDataError(f"{where} has a malformed chunk entry ({type(e).__name__}: {e}); re-pack") from e
+    if found != listed:
+        raise PackedDataError(f"{where} lists other chunks than {MANIFEST} (names, item counts or sizes differ): the "
+                              "split folder was changed after packing; re-pack")
+    return dict(zip(names, fmt, strict=True))
+
+
+def _open_regular(path: str | os.PathLike, what: str) -> tuple[int, int]:
+    """(descriptor, size) of a regular file opened without blocking (a FIFO named ``chunk-0.bin`` cannot hang)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise PackedDataError(f"cannot open {what} {path} ({e}); copy it again from the original pack, or re-pack") from e
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise PackedDataError(f"{what} {path} is not a regular file; copy it again from the original pack, or re-pack")
+    return fd, st.st_size
+
+
+class ChunkFile:
+    """One litdata chunk written by ``vitlab.pack``, parsed by vitlab: ``uint32 n``, ``uint32 offsets[n + 1]``,
+    then per item ``uint32 size`` per field and the fields' bytes (:data:`FIELD_FORMATS`).
+
+    Every offset and size is checked against the file before it is used: a chunk that is shorter than its item
+    table says (truncated, with a manifest that lies about it) or whose table points elsewhere is an error naming
+    the chunk, never a short read or a wrong image."""
+
+    def __init__(self, path: str, where: str, items: int, nbytes: int, fields: dict[str, str]) -> None:
+        self.where, self.fields = where, tuple(fields)
+        self.extra_dtype = np.dtype(EXTRA_DTYPES[int(fields["extra"].split(":")[1])]) if "extra" in fields else None
+        self.fd, size = _open_regular(path, "shard")
+        try:
+            if size != nbytes:
+                raise self.damaged(f"{size:,} bytes, the pack wrote {nbytes:,}")
+            head = os.pread(self.fd, 4 * (items + 2), 0)
+            if len(head) != 4 * (items + 2) or struct.unpack_from("<I", head)[0] != items:
+                raise self.damaged(f"its item table does not list the {items} images the pack wrote")
+            self.offsets = np.frombuffer(head, "<u4", offset=4).astype(np.int64)
+            if self.offsets[0] != len(head) or self.offsets[-1] != size or np.any(np.diff(self.offsets) < 4 * len(fields)):
+                raise self.damaged(f"its item table points outside its {size:,} bytes")
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def damaged(self, why: str) -> PackedDataError:
+        return PackedDataError(f"shard {self.where} is truncated or damaged: {why}; copy it again from the "
+                               "original pack, or re-pack")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def item(self, k: int) -> dict[str, Any]:
+        start, end = int(self.offsets[k]), int(self.offsets[k + 1])
+        raw = os.pread(self.fd, end - start, start)
+        nf = len(self.fields)
+        if len(raw) != end - start:
+            raise self.damaged(f"item {k} ends past the end of the file")
+        sizes = struct.unpack_from(f"<{nf}I", raw)
+        if 4 * nf + sum(sizes) != len(raw) or sizes[1:3] != (8, 8):
+            raise self.damaged(f"item {k}'s field sizes {sizes} do not add up to its {len(raw)} bytes")
+        out, pos = {}, 4 * nf
+        for name, n in zip(self.fields, sizes, strict=True):
+            field = memoryview(raw)[pos:pos + n]
+            pos += n
+            if name == "image":
+                out[name] = field
+            elif name == "extra":
+                if n % self.extra_dtype.itemsize:
+                    raise self.damaged(f"item {k}'s extra is {n} bytes, not a whole number of {self.extra_dtype}")
+                out[name] = np.frombuffer(field, self.extra_dtype).copy()
+            else:
+                out[name] = struct.unpack("<q", field)[0]
+        return out
 
 
 # ---- decoding -------------------------------------------------------------------------------------------
@@ -222,47 +438,72 @@ def decode(data: bytes | memoryview, draft_min_side: int | None = None, where: s
 class PackedSplit(Dataset):
     """One split of a pack, by index: ``(image, label[, extra])`` like every other vitlab dataset."""
 
+    #: chunks a process keeps open (a DataLoader worker reads its batches' chunks in turn)
+    OPEN_CHUNKS = 8
+
     def __init__(self, root: str, split: str, info: dict[str, Any], labels: np.ndarray,
-                 cache_dir: str | None = None, timeout: float = 30.0) -> None:
-        self.root, self.split, self.info = str(root), split, info
+                 fields: dict[str, str], cache_dir: str | None = None, timeout: float = 30.0) -> None:
+        self.root, self.split, self.info, self.fields = str(root), split, info, dict(fields)
         self.targets = [int(t) for t in labels]
+        self.starts = np.cumsum([0] + [int(c["items"]) for c in info["chunks"]]).tolist()
+        if self.starts[-1] != len(self.targets):
+            raise PackedDataError(f"{self.root}/{split}: the manifest's chunks hold {self.starts[-1]} images, its "
+                                  f"labels {len(self.targets)}: the pack is damaged; re-pack")
         self.cache_dir, self.timeout = cache_dir, timeout
         self.draft_min_side: int | None = None  # set by the DataModule from the stage's pipeline
         self.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS  # set by the DataModule (data.max_image_pixels)
         self.crop: DraftInceptionCrop | None = None  # set for pretrain + data.draft: the crop happens at decode
-        self._ds = None
+        self._open: OrderedDict[int, ChunkFile] = OrderedDict()
         self._trace = None
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getstate__(self):  # workers open their own readers
-        return {**self.__dict__, "_ds": None, "_trace": None}
+    def __getstate__(self):  # workers open their own chunks
+        return {**self.__dict__, "_open": OrderedDict(), "_trace": None}
 
-    def _reader(self):
-        if self._ds is None:
-            from litdata import StreamingDataset
+    def _local_chunk(self, c: dict[str, Any]) -> Path:
+        """The chunk's file: in the pack, or (remote pack) downloaded into the cache once."""
+        if not is_url(self.root):
+            return Path(self.root) / self.split / c["filename"]
+        url = f"{self.root.rstrip('/')}/{self.split}/{c['filename']}"
+        cache = Path(self.cache_dir or os.path.join(tempfile.gettempdir(), "vitlab_packed_cache"))
+        folder = cache / hashlib.sha1(f"{self.root.rstrip('/')}/{self.split}".encode()).hexdigest()[:16]
+        dest = folder / c["filename"]
+        if not dest.is_file() or dest.stat().st_size != c["bytes"]:
+            folder.mkdir(parents=True, exist_ok=True)
+            download_remote(url, dest, int(c["bytes"]), c["sha256"], self.timeout)
+            trim_cache(folder, dest)
+        return dest
 
-            url = f"{self.root.rstrip('/')}/{self.split}"
-            kw = {}
-            if is_url(self.root):
-                cache = Path(self.cache_dir or os.path.join(tempfile.gettempdir(), "vitlab_packed_cache"))
-                kw["cache_dir"] = str(cache / hashlib.sha1(url.encode()).hexdigest()[:16])
-            else:
-                url = str(Path(url).resolve())
-            self._ds = StreamingDataset(url, batch_decode=0, **kw)
-            # len(StreamingDataset) is this rank's share under DDP; an int index is global: count the whole split
-            total = sum(int(end) - int(start) for start, end in self._ds.region_of_interest)
-            if total != len(self.targets):
-                raise PackedDataError(f"{url}: litdata's index lists {total} images, the pack's manifest "
-                                      f"{len(self.targets)}: the split folder was changed after packing; re-pack")
-        return self._ds
+    def _chunk(self, j: int) -> ChunkFile:
+        chunk = self._open.get(j)
+        if chunk is None:
+            c = self.info["chunks"][j]
+            where = f"{self.root.rstrip('/')}/{self.split}/{c['filename']}"
+            for attempt in range(2):  # a cached chunk may be trimmed by another worker in between
+                try:
+                    chunk = ChunkFile(str(self._local_chunk(c)), where, int(c["items"]), int(c["bytes"]), self.fields)
+                    break
+                except PackedDataError:
+                    if attempt or not is_url(self.root):
+                        raise
+            self._open[j] = chunk
+            if len(self._open) > self.OPEN_CHUNKS:
+                self._open.popitem(last=False)[1].close()
+        self._open.move_to_end(j)
+        return chunk
+
+    def item(self, i: int) -> dict[str, Any]:
+        """The stored fields of image ``i``: ``image`` (the encoded bytes), ``label``, ``index`` [, ``extra``]."""
+        j = bisect.bisect_right(self.starts, i) - 1
+        return self._chunk(j).item(i - self.starts[j])
 
     def __getitem__(self, i: int):
         i = int(i)
         if i < 0 or i >= len(self):
             raise IndexError(f"index {i} out of range for {len(self)} images of split {self.split!r}")
-        item = self._reader()[i]
+        item = self.item(i)
         if int(item["label"]) != self.targets[i]:
             raise PackedDataError(f"{self.root}/{self.split}: image {i} has label {item['label']} in its shard but "
                                   f"{self.targets[i]} in labels.npy; the pack is damaged: re-pack")
@@ -279,7 +520,7 @@ class PackedSplit(Dataset):
         except Exception as e:
             raise CorruptImageError(f"{where} does not decode ({e})") from e
         if "extra" in item:
-            return img, self.targets[i], torch.as_tensor(np.asarray(item["extra"]))
+            return img, self.targets[i], torch.as_tensor(item["extra"])
         return img, self.targets[i]
 
     def _log_read(self, i: int) -> None:
@@ -347,14 +588,21 @@ class PackedDataModule(VisionDataModule):
             raise PackedDataError(f"{self.root} has no {split!r} split (it has {sorted(splits)}): pack it, "
                                   "or choose a pack that has it")
         info = splits[name]
+        fields = check_index(read_bytes(self.root, f"{name}/index.json", self.timeout),
+                             f"{str(self.root).rstrip('/')}/{name}/index.json", info)
         check_chunks(self.root, name, info, self.verify, self.timeout)
         raw = read_bytes(self.root, f"{name}/labels.npy", self.timeout)
         if hashlib.sha256(raw).hexdigest() != info["labels_sha256"]:
             raise PackedDataError(f"{self.root}/{name}/labels.npy fails its sha256 check; re-pack")
-        labels = np.load(io.BytesIO(raw))
+        try:
+            labels = np.load(io.BytesIO(raw), allow_pickle=False)
+        except ValueError as e:
+            raise PackedDataError(f"{self.root}/{name}/labels.npy is not a plain array ({e}); re-pack") from e
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise PackedDataError(f"{self.root}/{name}/labels.npy holds {labels.dtype} {labels.shape}, not int labels")
         if len(labels) != info["count"]:
             raise PackedDataError(f"{self.root}/{name}/labels.npy has {len(labels)} labels, the manifest {info['count']}")
-        split_ds = PackedSplit(self.root, name, info, labels, self.cache_dir, self.timeout)
+        split_ds = PackedSplit(self.root, name, info, labels, fields, self.cache_dir, self.timeout)
         split_ds.max_image_pixels = self.max_image_pixels
         return split_ds
 
@@ -388,14 +636,35 @@ class PackedDataModule(VisionDataModule):
         return {**super().stats(), M.DATA_ROOT: str(self.root), M.DATA_SOURCE: self.meta.get("source", {}).get("name")}
 
 
-def packed_manifest_value(root: str, key: str, img_size: Any = None) -> Any:
-    """Config resolver ``${vitlab.packed:<root>,<key>}``: ``num_classes`` or a source data setting (img_size ...).
+_REMOTE_MANIFESTS: dict[tuple[str, float], dict[str, Any] | DatasetNotFoundError] = {}
 
-    ``${vitlab.packed:<root>,eval_img_size,${.img_size}}``: where the source evaluated at its training resolution
-    (``eval_img_size: ${.img_size}``, e.g. digits, CIFAR), the packed one follows ``data.img_size`` as well, so
-    ``data=packed data.img_size=16`` evaluates at 16 px, as ``data=digits data.img_size=16`` does.
+
+def config_manifest(root: str, timeout: float) -> dict[str, Any]:
+    """:func:`read_manifest` for the config resolvers, which run at every access of ``data.num_classes``,
+    ``data.img_size`` ..., some of them in code that tolerates a failure: a remote manifest is read once per
+    process and a failure is remembered, so a silent endpoint costs ``data.timeout`` once, not once per access."""
+    if not is_url(root):
+        return read_manifest(root, timeout)
+    if (root, timeout) not in _REMOTE_MANIFESTS:
+        try:
+            _REMOTE_MANIFESTS[root, timeout] = read_manifest(root, timeout)
+        except DatasetNotFoundError as e:
+            _REMOTE_MANIFESTS[root, timeout] = e
+    got = _REMOTE_MANIFESTS[root, timeout]
+    if isinstance(got, DatasetNotFoundError):
+        raise got
+    return got
+
+
+def packed_manifest_value(root: str, key: str, timeout: Any = 30.0, img_size: Any = None) -> Any:
+    """Config resolver ``${vitlab.packed:<root>,<key>,${.timeout}}``: ``num_classes`` or a source data setting
+    (img_size ...), read within ``data.timeout`` seconds.
+
+    ``${vitlab.packed:<root>,eval_img_size,${.timeout},${.img_size}}``: where the source evaluated at its training
+    resolution (``eval_img_size: ${.img_size}``, e.g. digits, CIFAR), the packed one follows ``data.img_size`` as
+    well, so ``data=packed data.img_size=16`` evaluates at 16 px, as ``data=digits data.img_size=16`` does.
     """
-    meta = read_manifest(root)
+    meta = config_manifest(str(root), float(timeout))
     if key == "num_classes":
         return len(meta["classes"])
     src = meta.get("source", {})

@@ -10,6 +10,11 @@ hundred 64 MB shards do not, and object storage serves them. The generic path is
 decode), in-memory ones (digits, shapes, CIFAR) their samples (stored as lossless PNG). ReaL label
 sets and other per-image extras travel with each image.
 
+Source files go through the readers' own guards (``vitlab.data.files``): regular files only, at most
+``data.max_file_bytes``, and ``data.max_image_pixels`` checked on the header before decoding; a file refused
+there is named and skipped like a corrupt one. ``out=`` is locked for the pack's life (``vitlab.utils.run_owner``):
+a second pack into the same folder is refused naming the first one's pid.
+
 Safety: each split is cut into parts of ``pack.part_size`` images; a part is written to a temporary
 folder by one worker and renamed into place when complete, so an interrupted pack resumes from its
 finished parts and never leaves a half-written shard that reads as valid. ``vitlab_pack.json`` (sizes
@@ -27,6 +32,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -35,12 +41,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from vitlab.config import to_plain
 from vitlab.errors import PackError
+from vitlab.utils import run_owner
+from vitlab.utils.plain import to_plain
 
 log = logging.getLogger("vitlab.pack")
 
 STATE = ".pack_state.json"
+#: a chunk file as :func:`finalize_split` names it (part number + litdata's chunk name)
+CHUNK_NAME = re.compile(r"p\d{5}-chunk-\d+-\d+\.bin")
 #: the source settings ``data=packed`` defaults to (same pipelines and sizes as the dataset it came from)
 SOURCE_KEYS = ("name", "img_size", "eval_img_size", "train_pipeline", "eval_pipeline", "crop_pct", "normalization")
 
@@ -63,22 +72,20 @@ def _to_pil(img):
     return Image.fromarray(img)
 
 
-def _check_decodes(raw: bytes, name: str) -> tuple[int, int]:
-    """Decode ``raw`` (JPEGs at 1/8 scale: every DCT block is still read, so truncation shows) or raise naming it;
-    the image's full size (``draft`` shrinks ``im.size``: the size that ``pack.max_side`` compares is this one)."""
-    from PIL import Image
+def _check_decodes(raw: bytes, name: str, max_image_pixels: int) -> tuple[int, int]:
+    """Decode ``raw`` as training reads it (``files.decode_image_bytes``: the pixel count its header declares is
+    checked against ``data.max_image_pixels`` first; JPEGs at 1/8 scale here, every DCT block is still read, so
+    truncation shows) or raise naming it; the image's full size, the one ``pack.max_side`` compares."""
+    from vitlab.data.files import decode_image_bytes
 
-    from vitlab.data.files import CorruptImageError
+    size = []
 
-    try:
-        im = Image.open(io.BytesIO(raw))
-        size = im.size
-        if im.format == "JPEG":
-            im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
-        im.load()
-        return size
-    except Exception as e:
-        raise CorruptImageError(f"cannot decode {name} ({type(e).__name__}: {e})") from e
+    def eighth(w: int, h: int) -> int:  # called once with the header's size, after the pixel check
+        size.append((w, h))
+        return 8 if min(w, h) >= 8 else 1
+
+    decode_image_bytes(raw, name, "pil", max_image_pixels, eighth)
+    return size[0]
 
 
 def _reencode(im, opts: dict[str, Any]) -> bytes:
@@ -102,16 +109,12 @@ def encode_item(ds, i: int, opts: dict[str, Any]) -> tuple[bytes, int, Any, str]
     """(encoded image, label, extra or None, name for messages) of sample ``i`` of a raw split."""
     import numpy as np
 
-    from vitlab.data.files import CorruptImageError, ImageListDataset
+    from vitlab.data.files import ImageListDataset, read_image_bytes
 
     if isinstance(ds, ImageListDataset):
         name = ds.paths[i]
-        try:
-            with open(name, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise CorruptImageError(f"cannot read {name} ({e})") from e
-        if _needs_reencode(_check_decodes(raw, name), opts):
+        raw = read_image_bytes(name, ds.max_file_bytes)  # a FIFO, a device or an oversized file: refused unread
+        if _needs_reencode(_check_decodes(raw, name, ds.max_image_pixels), opts):
             from PIL import Image
 
             raw = _reencode(Image.open(io.BytesIO(raw)), opts)
@@ -141,8 +144,8 @@ def pack_part(split: str, part: int, start: int, end: int, split_dir: str) -> di
     """Write samples [start, end) of ``split`` to ``<split_dir>/.parts/p<part>`` via a temporary folder."""
     from litdata.streaming.writer import BinaryWriter
 
-    from vitlab.data.files import CorruptImageError
     from vitlab.data.packed import sha256_file
+    from vitlab.errors import CorruptImageError
 
     ds, opts = _JOB["splits"][split], _JOB["opts"]
     final = Path(split_dir) / ".parts" / f"p{part:05d}"
@@ -184,10 +187,8 @@ def pack_part(split: str, part: int, start: int, end: int, split_dir: str) -> di
 
 
 # ---- the whole pack ---------------------------------------------------------------------------------------
-def check_out(out: Path, source_root: str | None, overwrite: bool) -> str:
-    """Refuse an ``out=`` that would write into the source or over someone else's files; 'new' | 'resume'."""
-    from vitlab.data.packed import MANIFEST
-
+def check_source(out: Path, source_root: str | None) -> None:
+    """Refuse an ``out=`` inside the source dataset, or a source inside ``out=``."""
     if source_root not in (None, "", "???") and "://" not in str(source_root):
         src = Path(str(source_root)).expanduser().resolve()
         if src == out or src in out.parents:
@@ -195,15 +196,42 @@ def check_out(out: Path, source_root: str | None, overwrite: bool) -> str:
                             "into the dataset they are read from; choose a folder outside it")
         if out in src.parents:
             raise PackError(f"the source dataset {src} is inside out={out}: choose an out= folder outside the data")
-    if not out.exists() or not any(out.iterdir()):
-        return "new"
-    if not out.is_dir():
+    if out.exists() and not out.is_dir():
         raise PackError(f"out={out} is a file; choose a folder")
+
+
+def remove_pack(out: Path) -> None:
+    """Delete what ``vitlab.pack`` writes in ``out``, and nothing else: each split's chunks (by their names),
+    ``index.json``, ``labels.npy`` and unfinished parts, the manifest and the pack state. Other files stay, and
+    so does a split folder that holds them."""
+    from vitlab.data.packed import MANIFEST, SPLITS
+
+    for split in SPLITS:
+        d = out / split
+        if d.is_symlink() or not d.is_dir():
+            continue
+        for e in d.iterdir():
+            if e.name == ".parts" and e.is_dir() and not e.is_symlink():
+                shutil.rmtree(e)
+            elif e.name in ("index.json", "index.json.tmp", "labels.npy") or CHUNK_NAME.fullmatch(e.name):
+                if not e.is_dir() or e.is_symlink():
+                    e.unlink()
+        if not any(d.iterdir()):
+            d.rmdir()
+    for name in (MANIFEST, MANIFEST + ".tmp", STATE):
+        (out / name).unlink(missing_ok=True)
+
+
+def check_out(out: Path, overwrite: bool) -> str:
+    """Refuse an ``out=`` that would write over someone else's files; 'new' | 'resume' | 'overwrite' (an earlier
+    pack there, to be removed by :func:`remove_pack`)."""
+    from vitlab.data.packed import MANIFEST
+
+    if not out.exists() or not any(e.name != run_owner.LOCK_NAME for e in out.iterdir()):
+        return "new"
     ours = (out / STATE).is_file() or (out / MANIFEST).is_file()
     if overwrite and ours:
-        log.info("pack.overwrite=true: removing the earlier pack in %s", out)
-        shutil.rmtree(out)
-        return "new"
+        return "overwrite"
     if not ours:
         raise PackError(f"out={out} exists, is not empty and was not written by vitlab.pack: choose a new or empty "
                         "folder (pack.overwrite=true only replaces an earlier pack)")
@@ -236,7 +264,7 @@ def finalize_split(split_dir: Path, parts: list[dict[str, Any]], classes: list[s
 
     import numpy as np
 
-    from vitlab.data.packed import class_table_hash
+    from vitlab.data.packed import check_index, class_table_hash
 
     chunks, labels, skipped, config = [], [], [], None
     for p in sorted(parts, key=lambda r: r["part"]):
@@ -259,18 +287,17 @@ def finalize_split(split_dir: Path, parts: list[dict[str, Any]], classes: list[s
     np.save(buf, np.asarray(labels, dtype=np.int32))
     (split_dir / "labels.npy").write_bytes(buf.getvalue())
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes)).tolist() if labels else []
-    return {"count": len(labels), "class_counts": counts, "labels_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
-            "classes_sha256": class_table_hash(classes), "skipped": len(skipped), "skipped_examples": skipped[:100],
-            "chunks": [{"filename": c["filename"], "items": c["chunk_size"], "bytes": c["bytes"], "sha256": c["sha256"]}
-                       for c in chunks]}
+    entry = {"count": len(labels), "class_counts": counts, "labels_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+             "classes_sha256": class_table_hash(classes), "skipped": len(skipped), "skipped_examples": skipped[:100],
+             "chunks": [{"filename": c["filename"], "items": c["chunk_size"], "bytes": c["bytes"], "sha256": c["sha256"]}
+                        for c in chunks]}
+    check_index(json.dumps(lit).encode(), str(split_dir / "index.json"), entry)  # what data=packed will accept
+    return entry
 
 
 def pack(cfg: DictConfig) -> dict[str, Any]:
     """Pack ``cfg.data`` into ``cfg.out``; return the manifest."""
     from hydra.utils import instantiate
-
-    import vitlab
-    from vitlab.data.packed import MANIFEST, PACK_FORMAT, SPLITS
 
     if cfg.get("out") in (None, "", "???"):
         raise PackError("out= is not set: python -m vitlab.pack data=<dataset> out=<folder for the shards>")
@@ -284,8 +311,24 @@ def pack(cfg: DictConfig) -> dict[str, Any]:
         raise PackError(f"pack.quality={opts['quality']} must be in [1, 100] (or null: keep the original bytes)")
     data_cfg = to_plain(cfg.data)
     dm = instantiate(cfg.data, _convert_="all", num_workers=0)
-    mode = check_out(out, getattr(dm, "root", None), bool(p.get("overwrite", False)))
+    check_source(out, getattr(dm, "root", None))
+    check_out(out, bool(p.get("overwrite", False)))  # before the lock: a foreign folder gets no lock file either
+    run_owner.acquire(out, key="out", task="vitlab.pack")  # one pack at a time in out=
+    try:
+        return _pack(out, dm, data_cfg, p, opts)
+    finally:
+        run_owner.release(out)
 
+
+def _pack(out: Path, dm, data_cfg: dict[str, Any], p: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
+    import vitlab
+    from vitlab.data.packed import MANIFEST, PACK_FORMAT, SPLITS
+
+    mode = check_out(out, bool(p.get("overwrite", False)))  # again, now that this process owns out=
+    if mode == "overwrite":
+        log.info("pack.overwrite=true: removing the earlier pack's files from %s", out)
+        remove_pack(out)
+        mode = "new"
     train, val, test = dm.build_splits()
     num_classes = int(dm.num_classes)
     classes = [str(c) for c in (getattr(dm, "classes", None) or range(num_classes))]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vitlab.data.base import DataConfigError
-from vitlab.data.files import DatasetFormatError, DatasetNotFoundError, HeldOutFileDataModule, holdout_mask
+from vitlab.data.files import HeldOutFileDataModule, holdout_mask
+from vitlab.errors import DataConfigError, DatasetFormatError, DatasetNotFoundError
 
 
 def read_pets_list(path: Path, images: Path, num_classes: int, check_files: bool = True):

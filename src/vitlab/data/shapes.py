@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vitlab.data.base import DataConfigError, VisionDataModule
+from vitlab.data.base import VisionDataModule
+from vitlab.errors import DataConfigError
 
 CLASSES = (
     "disk", "square", "triangle", "ring", "plus",

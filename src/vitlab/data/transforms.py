@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
 # Normalisation presets: the paper maps pixels to [-1, 1]; timm's ImageNet weights expect mean/std.
@@ -112,50 +111,8 @@ def normalize_batch(x: torch.Tensor, normalization: str | dict = "paper") -> tor
 
 
 # ---- the packed reader's fused pretrain pipeline (data=packed data.draft=true) ----------------------------
-class DraftInceptionCrop:
-    """The ``pretrain`` pipeline's inception crop, decoded at the smallest DCT scale that still covers it.
-
-    The crop (top, left, height, width) is drawn on the full-size geometry read from the JPEG header, with the
-    same RNG calls as ``v2.RandomResizedCrop`` (so the same per-sample seed gives the same crop). The image is
-    then decoded at 1/r (r = 8, 4, 2) only if the crop still has >= ``size`` pixels on each side at that scale,
-    so the final resize stays a downsample; otherwise at full size, and the result is then the standard
-    pipeline's, bit for bit. The difference is resampling error only
-    (``data.draft`` of ``data=packed``; ``tests/test_packed.py::test_drafted_inception_crop_differs_only_by_resampling_error``).
-    """
-
-    def __init__(self, size: int, scale: tuple[float, float], margin: float = 2.0) -> None:
-        from torchvision.transforms import v2
-
-        self.size, self.margin = int(size), float(margin)
-        self.rrc = v2.RandomResizedCrop(self.size, scale=tuple(scale), antialias=True)
-
-    def __call__(self, data: bytes, where: str, max_image_pixels: int) -> torch.Tensor:
-        from torchvision.transforms.v2.functional import pil_to_tensor, resize_image
-
-        from vitlab.data.files import dct_reduction, decode_image_bytes
-
-        box: dict = {}
-
-        def plan(w: int, h: int) -> int:  # called once, from the header decode_image_bytes parses and checks
-            box.update(self.rrc.make_params([torch.empty(1, 1, 1).expand(3, h, w)]), full=(h, w))
-            return dct_reduction(min(box["height"], box["width"]), self.margin * self.size)
-
-        img = decode_image_bytes(data, where, "torchvision", max_image_pixels, reduce=plan)
-        if isinstance(img, Image.Image):
-            img = pil_to_tensor(img)
-        (h_full, w_full), (h_img, w_img) = box["full"], img.shape[-2:]
-        top, left, height, width = box["top"], box["left"], box["height"], box["width"]
-        if (h_img, w_img) != (h_full, w_full):  # drafted: the same region on the smaller grid
-            sy, sx = h_img / h_full, w_img / w_full
-            top, left = round(top * sy), round(left * sx)
-            height = max(1, min(round(height * sy), h_img - top))
-            width = max(1, min(round(width * sx), w_img - left))
-        # v2's resized_crop = this slice + this kernel (the crop lies inside the image), without the dispatch
-        return resize_image(img[..., top:top + height, left:left + width], [self.size, self.size], antialias=True)
-
-
 class FlipNormalize:
-    """The rest of the pretrain pipeline after :class:`DraftInceptionCrop`: ``RandomHorizontalFlip`` (the same one
+    """The rest of the pretrain pipeline after :class:`vitlab.data.files.DraftInceptionCrop`: ``RandomHorizontalFlip`` (the same one
     RNG draw) + ``ToDtype(scale=True)`` + ``Normalize`` fused into one multiply-add, without v2's per-call dispatch
     (equal to the v2 steps up to float rounding, ~1e-7). ``mean=None``: flip only, uint8 out
     (``data.normalize_on_device``: :func:`normalize_batch` runs on the device)."""

@@ -13,9 +13,9 @@ paper's protocol: choose the lr training on ``train800`` and validating on ``val
 from __future__ import annotations
 
 from vitlab import metrics as M
-from vitlab.data.base import DataConfigError
 from vitlab.data.catalog import VTAB_GROUPS, VTAB_TASKS, vtab_num_classes
-from vitlab.data.files import DatasetNotFoundError, FileDataModule, list_class_dirs, read_list_file
+from vitlab.data.files import FileDataModule, list_class_dirs, read_list_file
+from vitlab.errors import DataConfigError, DatasetNotFoundError
 
 __all__ = ["VTAB_GROUPS", "VTAB_TASKS", "VTABDataModule"]
 LIST_FILES = ("train800.txt", "val200.txt", "train800val200.txt", "test.txt")

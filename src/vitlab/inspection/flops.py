@@ -234,7 +234,8 @@ def flops_table(models: list[str] | None = None, img_size: int = 224, num_classe
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from vitlab.config import CONF_DIR, register_resolvers
+    from vitlab import CONF_DIR
+    from vitlab.config import register_resolvers
     from vitlab.models import build_model, count_params
 
     register_resolvers()

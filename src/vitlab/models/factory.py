@@ -7,19 +7,13 @@ checkpointing) and asks the registry for the family named by ``model.family``.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from torch import nn
 
+from vitlab.checks import MAX_CLASSES, check_count
+from vitlab.errors import ConfigError, ModelConfigError
 from vitlab.models import registry
-from vitlab.models.bit import BIT_SHAPES
-from vitlab.models.hybrid import HYBRID_RESNET_LAYERS
-from vitlab.models.registry import ModelConfigError
-from vitlab.models.vit import VIT_SHAPES
-
-# the shape tables live in their family's module; named here too because callers import them from here
-__all__ = ["BIT_SHAPES", "HYBRID_RESNET_LAYERS", "VIT_SHAPES", "ModelConfigError", "build_model", "count_params"]
 
 
 def build_model(
@@ -32,7 +26,6 @@ def build_model(
     pos_drop_rate: float = 0.0,
     proj_drop_rate: float = 0.0,
     attn_drop_rate: float = 0.0,
-    drop_rate: float | None = None,
     **keys: Any,
 ) -> nn.Module:
     """Build a backbone + head from a ``conf/model`` entry. The other keys (``img_size``, ``patch_size``, ...) go to
@@ -40,13 +33,21 @@ def build_model(
 
     ``grad_checkpointing`` = timm's activation checkpointing (``set_grad_checkpointing``): blocks recompute
     their activations in the backward pass, trading ~30% more compute for memory (ViT-L/H on one GPU).
-    ``drop_rate`` is the old name of ``head_drop_rate`` (timm's dropout before the classifier, not one of the
-    paper's sites: those are ``pos_drop_rate`` and ``proj_drop_rate``); it still works, with a warning.
+    ``head_drop_rate`` is timm's dropout before the classifier, not one of the paper's sites (those are
+    ``pos_drop_rate`` and ``proj_drop_rate``).
     """
     fam = registry.get(family)
-    if num_classes is None or int(num_classes) < 0:
-        raise ModelConfigError(f"model.num_classes={num_classes!r} must be a non-negative int")
-    head_drop_rate = _head_drop_rate(head_drop_rate, drop_rate)
+    try:  # 0 = no head (a backbone: masked patch prediction, few-shot features)
+        num_classes = check_count("model.num_classes", num_classes, minimum=0, maximum=MAX_CLASSES, what="classes")
+    except ConfigError as e:
+        raise ModelConfigError(str(e)) from None
+    img, patch = keys.get("img_size"), keys.get("patch_size")
+    if fam.pixel_patches and patch and img and int(img) % int(patch):
+        raise ModelConfigError(
+            f"model.patch_size={patch} does not divide the image size {img} (model.img_size, from data.img_size): "
+            f"use a multiple of {patch}, e.g. data.img_size={max(patch, img // patch * patch)}"
+        )
+    head_drop_rate = float(head_drop_rate or 0.0)
     for key, rate in (("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
                       ("attn_drop_rate", attn_drop_rate), ("head_drop_rate", head_drop_rate)):
         if rate is not None and not 0.0 <= float(rate) < 1.0:
@@ -60,23 +61,6 @@ def build_model(
     net = fam.build(variant=variant, num_classes=int(num_classes), head_drop_rate=head_drop_rate,
                     pos_drop_rate=pos_drop_rate, proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate, **keys)
     return _grad_checkpointing(net, grad_checkpointing)
-
-
-def _head_drop_rate(head_drop_rate: float, drop_rate: float | None) -> float:
-    """``model.drop_rate`` (deprecated) -> ``model.head_drop_rate``; both set differently is an error."""
-    if drop_rate is None or float(drop_rate) == float(head_drop_rate or 0.0):
-        return float(head_drop_rate or 0.0)
-    if head_drop_rate:
-        raise ModelConfigError(
-            f"model.drop_rate={drop_rate} and model.head_drop_rate={head_drop_rate} both set the head dropout: "
-            "keep model.head_drop_rate only (drop_rate is its old name)"
-        )
-    warnings.warn(
-        f"model.drop_rate={drop_rate} is the old name of model.head_drop_rate (dropout before the classifier only). "
-        "The paper's dropout sites are model.pos_drop_rate and model.proj_drop_rate.",
-        FutureWarning, stacklevel=3,
-    )
-    return float(drop_rate)
 
 
 def _grad_checkpointing(model: nn.Module, enable: bool) -> nn.Module:

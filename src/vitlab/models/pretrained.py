@@ -39,13 +39,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitlab.errors import PretrainedError, PretrainedMismatchError
 from vitlab.models import registry
 from vitlab.models.checkpoints import (
     DEFAULT_POS_EMBED_RESIZE,
     POS_EMBED_RESIZE,
     LoadReport,
-    PretrainedError,
-    PretrainedMismatchError,
     arch_mismatch,
     cast_summary,
     describe_model,

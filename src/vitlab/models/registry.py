@@ -14,6 +14,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vitlab.errors import ModelConfigError
@@ -115,15 +116,13 @@ def register(family: Family) -> Family:
 
 
 def _discover() -> None:
-    """Import every module of ``vitlab.models``: a family module registers itself."""
+    """Import every module of this package (``vitlab.models``, by its folder): a family module registers itself."""
     global _discovered
     if _discovered:
         return
-    import vitlab.models as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not info.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
+            importlib.import_module(f"{__package__}.{info.name}")
     _discovered = True
 
 

@@ -23,7 +23,7 @@ class VitlabModule(L.LightningModule):
     def __init__(self, optim: dict[str, Any] | None = None) -> None:
         super().__init__()
         if optim is not None:
-            check_optim_cfg(optim)  # before the network is built: a wrong lr fails now, not at fit start
+            check_optim_cfg(optim)  # the one check, before the network is built: a wrong lr fails now
         #: the run's resolved config (plain containers, no ``_target_``), stored in every checkpoint for
         #: ``vitlab.runs.read_run``
         self.run_config: dict[str, Any] | None = None

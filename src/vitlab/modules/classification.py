@@ -15,6 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab import metrics as M
+from vitlab.errors import ConfigError
 from vitlab.models import build_model
 from vitlab.modules.base import VitlabModule
 
@@ -69,12 +70,12 @@ def compile_net(net: torch.nn.Module, compile: bool | str | dict | None) -> torc
         kwargs: dict[str, Any] = {}
     elif isinstance(compile, str):
         if compile not in COMPILE_MODES:
-            raise ValueError(f"model.compile={compile!r} is not true/false or one of {COMPILE_MODES}")
+            raise ConfigError(f"model.compile={compile!r} is not true/false or one of {COMPILE_MODES}")
         kwargs = {"mode": compile}
     elif isinstance(compile, dict):
         kwargs = dict(compile)
     else:
-        raise ValueError(f"model.compile={compile!r} must be true/false, a mode {COMPILE_MODES} or a dict of kwargs")
+        raise ConfigError(f"model.compile={compile!r} must be true/false, a mode {COMPILE_MODES} or a dict of kwargs")
     net.compile(**kwargs)
     return net
 
@@ -95,9 +96,11 @@ class ClassificationModule(VitlabModule):
                  label_smoothing: float = 0.0, head_bias_init: float | None = None) -> None:
         super().__init__(optim)
         if loss not in LOSSES:
-            raise ValueError(f"module.loss={loss!r} is not one of {LOSSES}")
+            raise ConfigError(f"module.loss={loss!r} is not one of {LOSSES}")
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
+            raise ConfigError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
+        if model.get("num_classes") == 0:
+            raise ConfigError("model.num_classes=0: a classifier needs at least one class (data.num_classes)")
         self.save_hyperparameters()
         self.net = build_model(**model)
         self.channels_last = bool(model.get("channels_last", False))  # NHWC for conv nets (docs/performance.md)

@@ -23,6 +23,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from vitlab import metrics as M
+from vitlab.errors import ConfigError
 from vitlab.models import build_model, registry
 from vitlab.modules.base import VitlabModule
 
@@ -68,11 +69,11 @@ class MaskedPatchPredictionModule(VitlabModule):
         super().__init__(optim)  # its keys: conf/module/mpp.yaml (softmax cross-entropy over the 512 colours)
         for name, v in (("corrupt_frac", corrupt_frac), ("mask_frac", mask_frac), ("random_frac", random_frac)):
             if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"module.{name}={v} must be in [0, 1]")
+                raise ConfigError(f"module.{name}={v} must be in [0, 1]")
         if mask_frac + random_frac > 1.0:
-            raise ValueError(f"module.mask_frac + module.random_frac = {mask_frac + random_frac} must be <= 1")
+            raise ConfigError(f"module.mask_frac + module.random_frac = {mask_frac + random_frac} must be <= 1")
         if not registry.get(model.get("family")).pixel_patches:
-            raise ValueError(f"masked patch prediction needs a ViT (model.family=vit), got model.family={model.get('family')!r}")
+            raise ConfigError(f"masked patch prediction needs a ViT (model.family=vit), got model.family={model.get('family')!r}")
         self.save_hyperparameters()
         self.net = build_model(**{**model, "num_classes": 0})
         width = int(self.net.embed_dim)

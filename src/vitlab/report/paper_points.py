@@ -3,9 +3,9 @@
 A run matches when the paper fine-tuned the same model, pretrained on the same data, on the same dataset:
 ``model/name`` (vitlab's paper names: ``vit_b16``, ``bit_r50x1``, ``r50_vit_b16``), ``paper.pretrain_data`` (what
 ``model.pretrained`` was pretrained on; the ``paper/finetune_<data>`` recipes carry the key) and ``data/name``.
-The numbers come only from :mod:`vitlab.paper`: Table 6 (JFT-300M, by epochs) or Table 5 (by pretraining data),
-both fine-tuned at 384 px; Table 2 (512/518 px, Polyak averaging) only where neither has the cell, and the source
-says which. Runs that match nothing get no paper number: the report never guesses.
+The numbers come only from :mod:`vitlab.paper` (:func:`vitlab.paper.paper_results`): Table 6 for a JFT-300M run
+with its epochs, else Table 5 (by pretraining data), both fine-tuned at 384 px; Table 2 (512/518 px, Polyak
+averaging) only where neither has the cell, and the source says which. Runs that match nothing get no paper number: the report never guesses.
 """
 
 from __future__ import annotations

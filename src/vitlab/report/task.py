@@ -3,6 +3,10 @@
     python -m vitlab.report                                  # the latest multirun under logs/
     python -m vitlab.report sweep_dir=logs/data_scaling/multiruns/<date>
     python -m vitlab.report 'sweep_dir=[dirA,dirB]' out_dir=reports/fig5 wandb.log=true wandb.dashboard=true
+
+The outputs are written as the owner of ``out_dir`` (``vitlab.utils.run_owner``): a second report into the same
+folder at the same time is refused with the first one's pid. Table cells are escaped for where they go (a CSV
+cell never starts a spreadsheet formula, a Markdown cell never breaks its row or carries HTML).
 """
 
 from __future__ import annotations
@@ -16,20 +20,28 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from vitlab import metrics as M
+from vitlab.errors import ReportError
 from vitlab.metrics import PAPER_SOURCE
-from vitlab.report.collect import ReportError, collect, latest_sweep, write_csv
+from vitlab.report.collect import (
+    REPORT_JOB_TYPE,
+    REPORT_MARKER,
+    collect,
+    latest_sweep,
+    write_csv,
+)
 from vitlab.report.figures import accuracy_key, html_page, plot_compute, plot_data_scaling
 from vitlab.report.paper_points import annotate
 from vitlab.tasks import hydra_app
-from vitlab.utils.hydra_callbacks import columns, markdown_table
+from vitlab.utils.hydra_callbacks import columns, markdown_table, markdown_text
+from vitlab.utils.run_owner import own
 
 log = logging.getLogger("vitlab.report")
 
 # the Markdown/HTML table (formats: utils/hydra_callbacks.COLUMN_SPECS); the CSV has every key
 COLUMNS = columns(M.MODEL_NAME, M.MODEL_FAMILY, M.MODEL_PARAMS_M, M.MODEL_GFLOPS, M.MODEL_IMG_SIZE, M.DATA_NAME,
-                  M.DATA_TRAIN_SIZE, "optim.lr", M.VAL_ACC_BEST, M.TEST_ACC, M.PAPER_ACC, M.TRAIN_EXAFLOPS,
+                  M.PROTOCOL, M.DATA_TRAIN_SIZE, "optim.lr", M.VAL_ACC_BEST, M.TEST_ACC, M.PAPER_ACC, M.TRAIN_EXAFLOPS,
                   M.TIME_WALL_S, "source")
-SORT_KEYS = (M.MODEL_FAMILY, M.MODEL_NAME, M.DATA_TRAIN_SIZE, "optim.lr", "seed")
+SORT_KEYS = (M.MODEL_FAMILY, M.MODEL_NAME, M.DATA_NAME, M.PROTOCOL, M.DATA_TRAIN_SIZE, "optim.lr", "seed")
 
 
 def _sort_key(r: dict[str, Any]) -> tuple:
@@ -46,12 +58,18 @@ def make_report(sweep_dirs, out_dir: str | Path, title: str = "vitlab report", l
     rows = sorted(collect(sweep_dirs), key=_sort_key)
     matched = annotate(rows)  # the paper's number beside each run it also reports (vitlab.report.paper_points)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with own(out, key="out_dir", task="vitlab.report"):
+        return _write(rows, matched, sweep_dirs, out, title, log_to_wandb, figures)
+
+
+def _write(rows, matched: int, sweep_dirs, out: Path, title: str, log_to_wandb: bool,
+           figures: tuple[str, ...]) -> dict[str, Any]:
+    (out / REPORT_MARKER).write_text(json.dumps(rows, indent=2, default=str))  # first: marks the folder as a report's
     files: dict[str, Path] = {
         "csv": write_csv(rows, out / "report.csv", first=[k for _, k, _ in COLUMNS] + [PAPER_SOURCE, "job_dir"]),
     }
     table = markdown(rows)
-    (out / "report.md").write_text(f"# {title}\n\n{table}\n")
+    (out / "report.md").write_text(f"# {markdown_text(title)}\n\n{table}\n")
     files["md"] = out / "report.md"
     figs: dict[str, Path] = {}
     skipped: dict[str, str] = {}
@@ -72,7 +90,7 @@ def make_report(sweep_dirs, out_dir: str | Path, title: str = "vitlab report", l
             f"{matched} with the paper's number beside them (grey stars)."
     (out / "report.html").write_text(html_page(title, figs, rows, COLUMNS, notes))
     files["html"] = out / "report.html"
-    (out / "report.json").write_text(json.dumps(rows, indent=2, default=str))
+    files["json"] = out / REPORT_MARKER
     if log_to_wandb:
         files["wandb"] = _log_wandb(rows, figs, title, out)
     return {"rows": rows, "files": files, "skipped": skipped, "table": table}
@@ -90,7 +108,7 @@ def _log_wandb(rows, figs, title: str, out: Path) -> Path:
     from vitlab.runs.assemble import wandb_run
 
     group = next((r.get("group") for r in rows if r.get("group")), None)
-    with wandb_run(title, group, "report", out) as run:
+    with wandb_run(title, group, REPORT_JOB_TYPE, out) as run:
         log_figures(run, figs)
         log_table(run, "report/runs", rows, [k for _, k, _ in COLUMNS] + ["job_dir"])
         run_dir = Path(run.dir).parent

@@ -1,29 +1,46 @@
-"""Build a run from a composed config, the one way every task does it (lightning-hydra-template's ``train()``).
+"""The objects of a training run, each built by name from its config section and each checking its own arguments
+where it is built (lightning-hydra-template's ``instantiate`` calls in ``train()``).
 
-:func:`assemble` builds the DataModule, the objective (``conf/module/``), the stats every logger records, the
-callbacks, the loggers and the Trainer, and returns them by name. :func:`train_run` is a whole training job on
-top of it (checks, resume plan, fit, test, ``metrics.json``): ``vitlab.train`` runs it from the command line,
-``vitlab.vtab`` once per learning rate. :func:`wandb_run` is the one W&B run of the tasks that log figures
-(analyze, report). Validation happens once, where each object is built; start-up checks that must come before
-anything is written (:func:`vitlab.config.validate_train_cfg`) call the same functions, with the same words.
+:func:`assemble` returns them by name (data, module, callbacks, loggers, trainer): ``vitlab.train.train`` fits
+and tests them, the benchmark times them. The checks that belong to no single object live here too, each beside
+the object it is about: the global batch (data x trainer, :func:`apply_global_batch`), the launch (trainer x
+Hydra, :func:`check_launch`), the resolution a ViT is built for (model x data, :func:`check_resolution`).
+:func:`wandb_run` is the one W&B run of the tasks that log figures (analyze, report).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
-import warnings
+import math
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import hydra
+import torch
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
-from vitlab.config import ConfigError, apply_global_batch, job_config, to_plain, validate_train_cfg
+from vitlab.checks import check_count
+from vitlab.config import wandb_offline
+from vitlab.errors import ConfigError
+from vitlab.inspection.flops import flops_stats
+from vitlab.models import registry
+from vitlab.models.pretrained import load_pretrained
+from vitlab.optim import warmup_steps
 from vitlab.results import write_results
-from vitlab.tasks import print_metrics, scalar_metrics, task_wrapper
+from vitlab.runs.read import checkpoint_config
+from vitlab.tasks import print_metrics
+from vitlab.utils.instantiate import build_callbacks, build_loggers, start_loggers
+from vitlab.utils.plain import job_config, to_plain
+from vitlab.utils.secrets import redact
 
 log = logging.getLogger("vitlab.train")
 
@@ -31,14 +48,155 @@ log = logging.getLogger("vitlab.train")
 SPAWNING_DDP = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 #: the objective of a config that names none (``module`` without ``_target_``)
 DEFAULT_OBJECTIVE = "vitlab.modules.classification.ClassificationModule"
+#: every ``precision`` Lightning accepts (lightning/fabric/plugins/precision/precision.py: _PRECISION_INPUT),
+#: its aliases included: 16 / "16" -> 16-mixed, "bf16" -> bf16-mixed, 32 / "32", 64 / "64" (LHT's AMP test uses 16)
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "16", "bf16", "64")
+#: the largest global batch vitlab accepts (the paper's is 4096; a typo such as 1e21 is named, not allocated)
+MAX_GLOBAL_BATCH = 2**20
+
+
+# ---- the objects ---------------------------------------------------------------------------------------
+def build_datamodule(data_cfg: DictConfig):
+    """The DataModule of ``conf/data/<name>.yaml`` (it checks its own arguments: ``vitlab.data.base``)."""
+    return instantiate(data_cfg, _convert_="all")
+
+
+def module_kwargs(cfg: DictConfig) -> tuple[type, dict[str, Any]]:
+    """The objective's class and its own keys (``conf/module/<objective>.yaml``)."""
+    kwargs = to_plain(cfg.module) or {}
+    target = kwargs.pop("_target_", DEFAULT_OBJECTIVE)
+    return hydra.utils.get_class(target), kwargs
+
+
+def check_resolution(model_cfg: DictConfig, data_cfg: DictConfig) -> None:
+    """A ViT's patch grid and position embeddings are built for one resolution: the one the data delivers."""
+    if not registry.get(model_cfg.get("family")).transformer:
+        return  # ResNets pool globally: any resolution works
+    img, size, eval_size = model_cfg.get("img_size"), data_cfg.get("img_size"), data_cfg.get("eval_img_size")
+    if img is not None and size is not None and img != size:
+        raise ConfigError(
+            f"model.img_size={img} but data={data_cfg.get('name', '?')} delivers {size} px images "
+            f"(data.img_size={size}): a ViT is built for one resolution (patch grid, position embeddings). "
+            f"Set data.img_size={img} instead (model.img_size follows data.img_size), or drop the model.img_size "
+            f"override to train at {size} px."
+        )
+    if img is not None and eval_size is not None and img != eval_size:
+        raise ConfigError(
+            f"data.eval_img_size={eval_size} but the model is built for model.img_size={img}: a ViT evaluates at "
+            f"the resolution it is built for. Set data.eval_img_size={img}, or leave it at its default "
+            "(${.img_size})."
+        )
+
+
+def build_module(cfg: DictConfig, config: dict[str, Any] | None = None):
+    """The objective of this job, built for the data's resolution. ``module._target_`` comes from the composed
+    config (vitlab's config groups and the command line, which vitlab trusts); a checkpoint never reaches here
+    (``vitlab.runs.read`` reads those). ``config``: the job's :func:`~vitlab.utils.plain.job_config`."""
+    check_resolution(cfg.model, cfg.data)
+    cls, kwargs = module_kwargs(cfg)
+    module = cls(model=to_plain(cfg.model), optim=to_plain(cfg.optim), **kwargs)
+    if cfg.model.get("pretrained"):  # fine-tuning (paper §3.2): new zero head, resized position embeddings
+        load_pretrained(module.net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")),
+                        pos_embed_resize=cfg.model.get("pos_embed_resize"))
+    module.run_config = checkpoint_config(cfg, config)  # stored as data: no `_target_` (vitlab/runs/read.py)
+    return module
+
+
+def run_stats(module, dm, cfg: DictConfig) -> dict[str, Any]:
+    """What every logger records about a run, so dashboards can group runs by scale."""
+    params = module.num_params
+    return {
+        M.MODEL_NAME: cfg.model.name,
+        M.MODEL_FAMILY: cfg.model.family,
+        M.MODEL_VARIANT: cfg.model.variant,
+        M.MODEL_PARAMS: params,
+        M.MODEL_PARAMS_M: round(params / 1e6, 3),
+        M.MODEL_IMG_SIZE: int(cfg.model.img_size),
+        M.MODEL_PATCH_SIZE: cfg.model.get("patch_size"),
+        **flops_stats(to_plain(cfg.model)),  # model/gmacs, model/gflops, model/train_gflops per image
+        **dm.stats(),
+    }
+
+
+def check_trainer_cfg(trainer_cfg: DictConfig) -> None:
+    """The Trainer keys Lightning would accept and misread (``max_epochs=1.5``) or name only deep inside fit."""
+    if str(trainer_cfg.get("precision")) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={trainer_cfg.get('precision')!r} is not one of {PRECISIONS}")
+    if trainer_cfg.get("max_epochs") not in (None, -1):
+        check_count("trainer.max_epochs", trainer_cfg.get("max_epochs"), minimum=1)
+    if trainer_cfg.get("max_steps") not in (None, -1):
+        check_count("trainer.max_steps", trainer_cfg.get("max_steps"), minimum=1)
+
+
+def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), loggers: Sequence[Any] = (), **kwargs: Any):
+    """``lightning.Trainer`` from ``cfg.trainer``, writing under ``paths.output_dir``. A device this machine does
+    not have (``trainer=gpu`` on a CPU machine, ``trainer.devices=[7]`` with 1 GPU) is one ``Error:`` line."""
+    check_trainer_cfg(cfg.trainer)
+    kwargs.setdefault("default_root_dir", str(cfg.paths.output_dir))
+    try:
+        return instantiate(cfg.trainer, callbacks=list(callbacks), logger=list(loggers) or False, **kwargs)
+    except MisconfigurationException as e:
+        raise ConfigError(
+            f"trainer.accelerator={cfg.trainer.get('accelerator')!r} trainer.devices={cfg.trainer.get('devices')!r} "
+            f"does not fit this machine ({str(e).strip().splitlines()[0]}): use trainer=cpu, or devices it has "
+            f"(trainer.devices=1)"
+        ) from None
+
+
+def assemble(cfg: DictConfig, config: dict[str, Any] | None = None, extra_callbacks: Sequence[Any] = ()
+             ) -> dict[str, Any]:
+    """The run's objects by name: data, module, callbacks, loggers, trainer (and the stats every logger records).
+
+    Each checks its own arguments as it is built, in this order, so a wrong value is refused before the next
+    (slower) one starts: W&B is started last, once the Trainer has accepted its devices. ``config``: the job's
+    :func:`~vitlab.utils.plain.job_config`, computed here when not given; every logger records it once.
+    """
+    config = job_config(cfg) if config is None else config
+    datamodule = build_datamodule(cfg.data)
+    module = build_module(cfg, config)
+    stats = run_stats(module, datamodule, cfg)
+    loggers = build_loggers(cfg.get("logger"))
+    callbacks = [*build_callbacks(cfg.get("callbacks"), cfg.trainer, has_logger=bool(loggers)), *extra_callbacks]
+    trainer = build_trainer(cfg, callbacks, loggers)
+    check_warmup_fits(cfg, trainer, stats)
+    loggers = start_loggers(trainer)  # W&B's run starts here; one that fails is dropped with a warning
+    for lg in loggers:
+        lg.log_hyperparams({**stats, "cfg": config})
+    log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats[M.MODEL_PARAMS_M],
+             cfg.data.name, stats[M.DATA_TRAIN_SIZE])
+    return {"cfg": cfg, "config": config, "datamodule": datamodule, "module": module, "stats": stats,
+            "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+
+
+# ---- checks across objects -----------------------------------------------------------------------------
+def check_warmup_fits(cfg: DictConfig, trainer, stats: dict[str, Any]) -> None:
+    """The schedule's warmup (optimiser) inside the run's length (trainer x data), checked before W&B starts.
+
+    The optimiser refuses a warmup longer than the run when it is made at fit start (:func:`vitlab.optim.
+    warmup_steps`, the exact count); this is the same rule on Lightning's count of the same steps, ahead of time:
+    the paper's 10k warmup steps (App. B.1) sit inside runs of 100k+ steps, and a shorter run is a mistake to name,
+    not a schedule to clamp silently. Only a fit is checked (``train=false`` makes no optimiser).
+    """
+    if not cfg.get("train", True):
+        return
+    per_epoch = math.ceil(stats[M.DATA_TRAIN_SIZE] / (int(cfg.data.batch_size) * trainer.world_size))
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        per_epoch = min(per_epoch, limit)
+    elif limit is not None:
+        per_epoch = max(1, int(per_epoch * float(limit)))
+    steps = math.ceil(per_epoch / trainer.accumulate_grad_batches)
+    epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+    total = [n for n in (epochs * steps if epochs else None, trainer.max_steps if trainer.max_steps != -1 else None)
+             if n is not None]
+    if total:
+        warmup_steps(to_plain(cfg.optim), min(total))  # raises OptimConfigError naming optim.warmup and the run
 
 
 def check_launch(cfg: DictConfig) -> None:
     """Refuse Hydra multirun + DDP on a local launcher: Lightning's DDP re-runs sys.argv, i.e. the whole sweep.
     ``ddp_spawn`` / ``ddp_fork`` (trainer=ddp_sim) start their workers in-process, so a sweep with them is fine."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized():
         return
     hc = HydraConfig.get()
@@ -57,176 +215,67 @@ def check_launch(cfg: DictConfig) -> None:
             )
 
 
-# ---- the objects ---------------------------------------------------------------------------------------
-def build_datamodule(data_cfg: DictConfig):
-    """The DataModule of ``conf/data/<name>.yaml`` (it checks its own arguments: ``vitlab.data.base``)."""
-    from hydra.utils import instantiate
+def trainer_world_size(trainer_cfg: Any) -> int:
+    """Processes a Trainer config trains on: devices (int, list, "auto", -1) x num_nodes, as Lightning counts them."""
+    devices = trainer_cfg.get("devices", 1)
+    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    accel = str(trainer_cfg.get("accelerator", "auto"))
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        n = len(devices)
+    elif isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        n = int(devices)
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        n = devices
+    elif isinstance(devices, str) and "," in devices:
+        n = len([d for d in devices.split(",") if d.strip()])
+    else:
+        n = -1  # "auto"
+    if n == -1:
+        gpu = accel in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        n = torch.cuda.device_count() if gpu else (os.cpu_count() or 1) if devices == -1 else 1
+    if n <= 0:
+        raise ConfigError(f"trainer.devices={devices!r} gives {n} devices")
+    return n * nodes
 
-    return instantiate(data_cfg, _convert_="all")
 
+def apply_global_batch(cfg: DictConfig) -> str | None:
+    """``data.global_batch_size`` (the paper's batch sizes are global) -> the per-process ``data.batch_size``.
 
-def module_kwargs(cfg: DictConfig) -> tuple[type, dict[str, Any]]:
-    """The objective's class and its own keys (``conf/module/<objective>.yaml``).
-
-    The old spelling, ``module._target_=<another objective>`` on top of the classification group, still works:
-    the classification keys left at their defaults are dropped with a deprecation message naming ``module=<name>``;
-    one set to something else is an error, since that objective would ignore it.
+    per process = global / (devices x num_nodes x trainer.accumulate_grad_batches); a global batch that does not
+    divide is an error that says how to fix it. Returns a log line, or None when the config gives no global batch
+    (then ``data.batch_size`` is per process, as before).
     """
-    import hydra
-
-    from vitlab.runs.read import OBJECTIVES
-
-    kwargs = to_plain(cfg.module) or {}
-    target = kwargs.pop("_target_", DEFAULT_OBJECTIVE)
-    cls = hydra.utils.get_class(target)
-    legacy = {"loss": "softmax", "label_smoothing": 0.0, "head_bias_init": None}  # conf/module/classification.yaml
-    foreign = [k for k in legacy if k in kwargs and target != DEFAULT_OBJECTIVE]
-    if foreign:
-        name = next((n for n, (mod, c) in OBJECTIVES.items() if f"{mod}.{c}" == target), None)
-        changed = [k for k in foreign if kwargs[k] != legacy[k]]
-        if changed:
-            raise ConfigError(f"module.{changed[0]}={kwargs[changed[0]]!r} is a classification setting; {target} "
-                              f"does not take it (its keys: conf/module/{name or '<objective>'}.yaml)")
-        warnings.warn(f"module._target_={target} on the classification group is deprecated: select the objective "
-                      f"with module={name} (conf/module/{name}.yaml)", DeprecationWarning, stacklevel=2)
-        kwargs = {k: v for k, v in kwargs.items() if k not in foreign}
-    return cls, kwargs
-
-
-def build_module(cfg: DictConfig, config: dict[str, Any] | None = None):
-    """The objective of this job. ``module._target_`` comes from the composed config (vitlab's config groups and
-    the command line, which vitlab trusts); a checkpoint never reaches here (``vitlab.runs.read`` reads those).
-    ``config``: the job's :func:`~vitlab.config.job_config`, when the caller already has it."""
-    from vitlab.runs.read import checkpoint_config
-
-    cls, kwargs = module_kwargs(cfg)
-    module = cls(model=to_plain(cfg.model), optim=to_plain(cfg.optim), **kwargs)
-    if cfg.model.get("pretrained"):  # fine-tuning (paper §3.2): new zero head, resized position embeddings
-        from vitlab.models.pretrained import load_pretrained
-
-        load_pretrained(module.net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")),
-                        pos_embed_resize=cfg.model.get("pos_embed_resize"))
-    module.run_config = checkpoint_config(cfg, config)  # stored as data: no `_target_` (vitlab/runs/read.py)
-    return module
+    gbs = OmegaConf.select(cfg, "data.global_batch_size")
+    if gbs is None:
+        return None
+    gbs = check_count("data.global_batch_size", gbs, maximum=MAX_GLOBAL_BATCH, what="images per optimiser step")
+    world = trainer_world_size(cfg.trainer)
+    accum = cfg.trainer.get("accumulate_grad_batches", 1) or 1
+    if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accum!r} must be an int >= 1 with data.global_batch_size")
+    parts = world * accum
+    if gbs % parts:
+        lo, hi = max(parts, gbs // parts * parts), (gbs // parts + 1) * parts
+        raise ConfigError(
+            f"data.global_batch_size={gbs} does not divide into {world} processes (trainer.devices x "
+            f"trainer.num_nodes) x {accum} accumulation steps (trainer.accumulate_grad_batches) = {parts}: use a "
+            f"multiple of {parts} (e.g. data.global_batch_size={lo} or {hi}), or change trainer.devices / "
+            "trainer.accumulate_grad_batches so their product divides it"
+        )
+    with open_dict(cfg):
+        cfg.data.batch_size = gbs // parts
+    return (f"global batch {gbs} = {world} processes x {gbs // parts} per process (data.batch_size) x "
+            f"{accum} accumulation steps")
 
 
-def run_stats(module, dm, cfg: DictConfig) -> dict[str, Any]:
-    """What every logger records about a run, so dashboards can group runs by scale."""
-    from vitlab.inspection.flops import flops_stats
-
-    params = module.num_params
-    return {
-        M.MODEL_NAME: cfg.model.name,
-        M.MODEL_FAMILY: cfg.model.family,
-        M.MODEL_VARIANT: cfg.model.variant,
-        M.MODEL_PARAMS: params,
-        M.MODEL_PARAMS_M: round(params / 1e6, 3),
-        M.MODEL_IMG_SIZE: int(cfg.model.img_size),
-        M.MODEL_PATCH_SIZE: cfg.model.get("patch_size"),
-        **flops_stats(to_plain(cfg.model)),  # model/gmacs, model/gflops, model/train_gflops per image
-        **dm.stats(),
-    }
-
-
-def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), loggers: Sequence[Any] = (), **kwargs: Any):
-    """``lightning.Trainer`` from ``cfg.trainer``, writing under ``paths.output_dir``."""
-    from hydra.utils import instantiate
-
-    kwargs.setdefault("default_root_dir", str(cfg.paths.output_dir))
-    return instantiate(cfg.trainer, callbacks=list(callbacks), logger=list(loggers) or False, **kwargs)
-
-
-def assemble(cfg: DictConfig, extra_callbacks: Sequence[Any] = (), config: dict[str, Any] | None = None,
-             ) -> dict[str, Any]:
-    """Data, objective, stats, loggers, callbacks and Trainer of a training run, by name (``config``: the job's
-    :func:`~vitlab.config.job_config`, computed here when not given; every logger records it once)."""
-    from vitlab.utils.instantiate import build_callbacks, build_loggers
-
-    config = job_config(cfg) if config is None else config
-    dm = build_datamodule(cfg.data)
-    module = build_module(cfg, config)
-    stats = run_stats(module, dm, cfg)
-    log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats[M.MODEL_PARAMS_M],
-             cfg.data.name, stats[M.DATA_TRAIN_SIZE])
-    loggers = build_loggers(cfg.get("logger"))
-    callbacks = build_callbacks(cfg.get("callbacks"), cfg.trainer, has_logger=bool(loggers))
-    trainer = build_trainer(cfg, [*callbacks, *extra_callbacks], loggers)
-    for lg in loggers:
-        lg.log_hyperparams({**stats, "cfg": config})
-    return {"cfg": cfg, "config": config, "datamodule": dm, "module": module, "stats": stats, "loggers": loggers,
-            "callbacks": callbacks, "trainer": trainer}
-
-
-def save_resolved_config(config: dict[str, Any] | DictConfig, out_dir: Path) -> Path:
+# ---- files and results ---------------------------------------------------------------------------------
+def save_resolved_config(config: dict[str, Any], out_dir: Path) -> Path:
     """``config.yaml`` next to the checkpoints: the fully resolved config of this job (Hydra's own copy
     under ``.hydra/`` keeps the interpolations)."""
-    if isinstance(config, DictConfig):
-        config = job_config(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "config.yaml"
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     return path
-
-
-# ---- a training job ------------------------------------------------------------------------------------
-def prepare_training(cfg: DictConfig) -> tuple[str | None, dict[str, Any]]:
-    """Everything that may refuse the job, before anything is built: checks, the global batch, the launch, the
-    resume plan, ``extras``; then ``config.yaml``. Returns (checkpoint to resume from, the job's config)."""
-    from vitlab.callbacks.resume import apply_wandb_resume, resolve_resume
-    from vitlab.utils.extras import apply_extras
-    from vitlab.utils.secrets import check_no_literal_secrets
-
-    check_no_literal_secrets(cfg)  # also here for in-process runs (the command line checks in hydra_app)
-    validate_train_cfg(cfg)
-    batch_line = apply_global_batch(cfg)  # data.global_batch_size -> per-process data.batch_size (or an error)
-    if batch_line:
-        log.info(batch_line)
-    check_launch(cfg)
-    fit = bool(cfg.get("train", True))
-    if not fit and cfg.get("ckpt_path") in (None, "", "null"):
-        raise ConfigError("train=false tests a trained model: pass ckpt_path=<file>.ckpt (or use vitlab.evaluate)")
-    if not fit and not cfg.get("test", True):
-        raise ConfigError("train=false test=false leaves nothing to do: drop one of them")
-    plan = resolve_resume(cfg)  # ckpt_path=last / resume=auto|never: errors before anything is written
-    log.info(plan.message)
-    apply_wandb_resume(cfg, plan)  # the resumed job logs into the same W&B run
-    config = job_config(cfg)  # once per job: config.yaml, the checkpoints and every logger hold this one
-    apply_extras(cfg, config)  # extras.print_config / enforce_tags / ignore_warnings
-    save_resolved_config(config, Path(cfg.paths.output_dir))
-    return plan.ckpt_path, config
-
-
-@task_wrapper
-def train_run(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test the best checkpoint, write ``metrics.json``; return the final metrics."""
-    import lightning as L
-
-    ckpt_path, config = prepare_training(cfg)
-    out_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    objs = assemble(cfg, config=config)
-    trainer, module, dm = objs["trainer"], objs["module"], objs["datamodule"]
-
-    t0 = time.perf_counter()
-    fit = bool(cfg.get("train", True))
-    if fit:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    metrics = scalar_metrics(trainer.callback_metrics) if fit else {}
-    best = None
-    if cfg.get("test", True) and not trainer.interrupted:
-        ckpt_cb = trainer.checkpoint_callback
-        best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
-        best = best if fit else ckpt_path  # train=false: the checkpoint given
-        (test_metrics,) = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False, weights_only=True)
-        metrics.update(scalar_metrics(test_metrics))
-    wall = time.perf_counter() - t0
-
-    results = {**objs["stats"], **metrics, M.TIME_WALL_S: round(wall, 2), "seed": cfg.seed,
-               "output_dir": str(out_dir), M.TEST_CKPT: best}
-    if trainer.is_global_zero:
-        report(out_dir, results, metrics)
-        print(f"  {M.TIME_WALL_S:<12}  {wall:.1f}\noutputs: {out_dir}")
-    return results
 
 
 def fine_tune_cfg(cfg: DictConfig, **values: Any) -> DictConfig:
@@ -239,7 +288,6 @@ def fine_tune_cfg(cfg: DictConfig, **values: Any) -> DictConfig:
     return sub
 
 
-# ---- results -------------------------------------------------------------------------------------------
 def report(out_dir: str | Path, results: dict[str, Any], metrics: dict[str, float] | None = None) -> Path:
     """Write ``metrics.json`` and print the closing metric lines (``metrics``; none when not given)."""
     path = write_results(out_dir, results)
@@ -252,13 +300,6 @@ def report(out_dir: str | Path, results: dict[str, Any], metrics: dict[str, floa
 def wandb_run(name: str, group: Any, job_type: str, out_dir: str | Path) -> Iterator[Any]:
     """One W&B run of a task that logs figures and tables (analyze, report): offline unless a key is set, names
     masked after interpolation, always finished."""
-    import os
-
-    import wandb
-
-    from vitlab.config import wandb_offline
-    from vitlab.utils.secrets import redact
-
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vitlab"), name=redact(name), group=redact(group),
                      job_type=job_type, dir=str(out_dir), mode="offline" if wandb_offline() else "online")
     try:

@@ -12,7 +12,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
-from vitlab.config import ConfigError, to_plain
+from vitlab.config import to_plain
+from vitlab.errors import ConfigError
 from vitlab.runs.assemble import build_datamodule, report
 from vitlab.runs.read import read_run
 from vitlab.tasks import task_wrapper

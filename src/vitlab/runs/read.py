@@ -35,7 +35,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vitlab.config import CONF_DIR, ConfigError
+from vitlab import CONF_DIR
+from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab.runs")
 
@@ -166,7 +167,7 @@ def checkpoint_config(cfg: DictConfig | None = None, config: dict[str, Any] | No
     :func:`~vitlab.config.job_config` of ``cfg`` when not given), secrets masked, and no ``_target_`` (readers
     rebuild everything by name from vitlab's own configs; see the module docstring)."""
     if config is None:
-        from vitlab.config import job_config
+        from vitlab.utils.plain import job_config
 
         config = job_config(cfg)
     return strip_instructions(config)

@@ -8,21 +8,33 @@ output directory, saves ``.hydra/*.yaml``, configures the job's log file or laun
 
 from __future__ import annotations
 
+import html
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, Glob
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab import metrics as M
+from vitlab.errors import RunDirBusyError
 from vitlab.results import RESULT_FILE, collect_results
+from vitlab.utils.run_owner import acquire, own, release
+from vitlab.utils.secrets import mask_hydra_config, redact
+
+log = logging.getLogger("vitlab")
 
 #: how a result key is shown in the summary and report tables: key -> (header, format)
 COLUMN_SPECS: dict[str, tuple[str, str]] = {
     M.MODEL_NAME: ("model", "{}"), M.MODEL_FAMILY: ("family", "{}"), M.MODEL_PARAMS_M: ("params (M)", "{:.2f}"),
     M.MODEL_GFLOPS: ("GFLOPs/img", "{:.3g}"), M.MODEL_IMG_SIZE: ("res", "{}"), M.DATA_NAME: ("data", "{}"),
     M.DATA_TRAIN_SIZE: ("train size", "{:,}"), "optim.lr": ("lr", "{:g}"),
+    M.PROTOCOL: ("protocol", "{}"),
     M.VAL_ACC_BEST: ("val/acc (best)", "{:.2%}"), M.TEST_ACC: (M.TEST_ACC, "{:.2%}"),
     M.PAPER_ACC: ("paper", "{:.2%}"),  # the paper's number for the same model, pretraining and fine-tuning data
     M.TRAIN_EXAFLOPS: ("exaFLOPs", "{:.3g}"), M.TIME_WALL_S: ("wall (s)", "{:.1f}"), "source": ("source", "{}"),
@@ -49,18 +61,23 @@ def fmt_cell(v: Any, fmt: str) -> str:
         return str(v)
 
 
+def markdown_text(s: Any) -> str:
+    """``s`` as the text of one Markdown table cell: HTML escaped, ``|`` and ``\\`` escaped, line breaks as spaces
+    (a value from a run file can neither end its row nor inject markup)."""
+    s = html.escape(str(s), quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(s.splitlines())
+
+
 def markdown_table(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
-    head = "| " + " | ".join(c for c, _, _ in columns) + " |"
+    head = "| " + " | ".join(markdown_text(c) for c, _, _ in columns) + " |"
     sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(fmt_cell(r.get(k), f) for _, k, f in columns) + " |" for r in rows]
+    body = ["| " + " | ".join(markdown_text(fmt_cell(r.get(k), f)) for _, k, f in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
 
 
 def _exit_busy(e: Exception) -> None:
     """Stop this process before Hydra touches the directory (Hydra turns a callback's exception into a warning
     and goes on, so a clean exit is the only way to refuse here)."""
-    from vitlab.utils.secrets import redact
-
     raise SystemExit(f"Error: {redact(str(e))}")
 
 
@@ -71,8 +88,6 @@ class RunGuard(Callback):
     live process owns stops this one with a message naming the directory and the owner's pid, exit code 1."""
 
     def _own(self, config: DictConfig, key: str) -> None:
-        from vitlab.utils.run_owner import RunDirBusyError, acquire
-
         try:
             d = OmegaConf.select(config, key)
         except Exception:  # noqa: BLE001 - unresolvable here: the task takes the lock on its output dir
@@ -86,14 +101,10 @@ class RunGuard(Callback):
         self._dirs.append(str(d))
 
     def _release(self) -> None:
-        from vitlab.utils.run_owner import release
-
         while getattr(self, "_dirs", None):
             release(self._dirs.pop())
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from vitlab.utils.secrets import mask_hydra_config
-
         self._dirs: list[str] = []
         mask_hydra_config(config)
         self._own(config, "hydra.run.dir")
@@ -102,8 +113,6 @@ class RunGuard(Callback):
         self._release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from vitlab.utils.secrets import mask_hydra_config
-
         self._dirs = []
         mask_hydra_config(config)
         self._own(config, "hydra.sweep.dir")
@@ -117,8 +126,6 @@ class SweepSummary(Callback):
     owner of the sweep directory (a second sweep writing the same directory is refused, see ``RunGuard``)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from vitlab.utils.run_owner import RunDirBusyError, own
-
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             with own(sweep_dir, key="hydra.sweep.dir", task="vitlab sweep summary"):
@@ -142,11 +149,6 @@ def self_sweeping_experiments(overrides: list[str], config_name: str = "train") 
     """The experiments a multirun sweeps over (``experiment=a,b`` / ``experiment=glob(*)``) that carry their own
     ``hydra.sweeper.params``, with those params. Hydra composes the sweeper from the config *without* the swept
     overrides, so such an experiment's own sweep is dropped and each of its jobs would run something else."""
-    from hydra import compose
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, Glob
-
     swept: list[str] = []
     for ov in OverridesParser.create().parse_overrides(overrides):
         if ov.get_key_element().lstrip("+~") != "experiment" or not ov.is_sweep_override():

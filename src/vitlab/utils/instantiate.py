@@ -7,7 +7,10 @@ import warnings
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from lightning.pytorch.callbacks import WeightAveraging
+from omegaconf import DictConfig, OmegaConf
+
+from vitlab.utils.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -39,51 +42,57 @@ def build_callbacks(cfg: DictConfig | None, trainer_cfg: DictConfig | None = Non
     # Weight averaging (EMA) swaps the averaged weights in at validation start and back out at validation end.
     # Lightning calls hooks in list order, so it goes last: every callback that reads the weights at validation
     # end (few-shot evaluation) then sees the averaged ones, whatever order the config listed them in.
-    from lightning.pytorch.callbacks import WeightAveraging
-
     return sorted(out, key=lambda cb: isinstance(cb, WeightAveraging))
 
 
+#: the extra of pyproject.toml that installs a logger's package, by the logger's config name
+LOGGER_EXTRAS = {"tensorboard": "tensorboard"}
+
+
 def build_loggers(cfg: DictConfig | None) -> list:
-    """Instantiate each logger; a W&B that is missing or fails to start is skipped with a warning (CSV goes on).
+    """Instantiate each logger (a W&B run is started later, by :func:`start_loggers`, once the Trainer has accepted
+    its arguments); a logger whose package is missing is skipped with one warning naming the extra to install.
 
     Each logger's arguments are resolved first and then masked (:func:`vitlab.utils.secrets.redact`): a W&B run
     name, group or tags such as ``${oc.env:WANDB_API_KEY}`` would otherwise carry the key into the run file.
     """
-    from omegaconf import OmegaConf
-
-    from vitlab.utils.secrets import redact
-
     out = []
     for name, c in (cfg or {}).items():
         if c is None or "_target_" not in c:
             continue
         try:
             lg = instantiate(OmegaConf.create(redact(OmegaConf.to_container(c, resolve=True))))
-            if "wandb" in str(c._target_).lower():
-                _ = lg.experiment  # start the run now, so a broken W&B fails here and not mid-training
-            out.append(lg)
         except (ImportError, ModuleNotFoundError) as e:
-            warnings.warn(f"logger '{name}' is not available ({e}); training goes on without it", stacklevel=2)
+            extra = LOGGER_EXTRAS.get(str(name))
+            fix = f": install it with pip install -e '.[{extra}]' (the `{extra}` extra)" if extra else ""
+            warnings.warn(f"logger '{name}' is not available ({e}){fix}; training goes on without it", stacklevel=2)
+            continue
         except Exception as e:  # noqa: BLE001 - a dashboard must never kill a training run
-            warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it", stacklevel=2)
+            warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it",
+                          stacklevel=2)
+            continue
+        lg.vitlab_name = str(name)
+        out.append(lg)
     return out
 
 
-def finish_wandb(exit_code: int = 0) -> None:
-    """Always close the W&B run: a second ``wandb.init`` in this process would otherwise reuse it.
-
-    ``wandb.finish`` returns before W&B's background service has written the run file to disk; the
-    teardown waits for it, so the offline run is complete when the job returns (reports and sweeps
-    read it right away).
-    """
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    if wandb is None or getattr(wandb, "run", None) is None:
-        return
-    try:
-        wandb.finish(exit_code=exit_code)
-        wandb.teardown(exit_code=exit_code)
-    except Exception as e:  # noqa: BLE001
-        log.warning("closing the W&B run failed: %s", e)
+def start_loggers(trainer: L.Trainer) -> list:
+    """Start the W&B run of each W&B logger now, so a broken W&B fails here and not mid-training: one that fails is
+    dropped with a warning (training goes on), and with no logger left the callbacks that need one are dropped."""
+    kept = []
+    for lg in trainer.loggers:
+        try:
+            if "wandb" in type(lg).__name__.lower():
+                _ = lg.experiment
+            kept.append(lg)
+        except Exception as e:  # noqa: BLE001 - a dashboard must never kill a training run
+            name = getattr(lg, "vitlab_name", type(lg).__name__)
+            warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it",
+                          stacklevel=2)
+    if len(kept) != len(trainer.loggers):
+        trainer.loggers = kept
+        if not kept:
+            for cb in [cb for cb in trainer.callbacks if type(cb).__name__ in NEEDS_LOGGER]:
+                log.info("%s dropped: no logger started", type(cb).__name__)
+                trainer.callbacks.remove(cb)
+    return kept

@@ -1,8 +1,8 @@
 """Input-pipeline throughput: torchvision ImageFolder vs vitlab's folder loader vs ``data=packed`` shards.
 
-    python -m vitlab.data.throughput                      # 2,000 ImageNet-shaped JPEGs, 4 pipelines, a table + ratios
-    python -m vitlab.data.throughput --images 2000 --workers 1 --configs pretrain:224 --max-side 320
-    python -m vitlab.data.throughput --listing 100000     # list/index a 100k-file tree vs open its packed copy
+    python -m vitlab.bench.data                      # 2,000 ImageNet-shaped JPEGs, 4 pipelines, a table + ratios
+    python -m vitlab.bench.data --images 2000 --workers 1 --configs pretrain:224 --max-side 320
+    python -m vitlab.bench.data --listing 100000     # list/index a 100k-file tree vs open its packed copy
     make bench-data
 
 Every loader reads the same JPEGs (written by the bench: ~500x375, quality 90, ImageNet's typical size;

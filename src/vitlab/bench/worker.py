@@ -313,20 +313,19 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     peak = measure_peak(device, **spec["peak"])
     cfg = compose_train_cfg(spec["overrides"], out_dir)
-    from vitlab.config import to_plain, validate_train_cfg
     from vitlab.runs.assemble import assemble, build_datamodule
+    from vitlab.utils.plain import to_plain
 
-    validate_train_cfg(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     win = Windows(device, spec["warmup_steps"], spec["steps"], spec["eval_warmup_steps"], spec["eval_steps"])
     model_cfg = to_plain(cfg.model)
     info: dict[str, Any] = {"way": way, "precision": str(cfg.trainer.precision), "overrides_extra": spec.get("extra", [])}
 
     if way == "vitlab":  # exactly what vitlab.train builds (the run-assembly layer), plus the timer
-        from vitlab.utils.instantiate import finish_wandb
+        from vitlab.tasks import finish_wandb
 
         try:
-            objs = assemble(cfg, extra_callbacks=[WindowTimer(win)])
+            objs = assemble(cfg, extra_callbacks=[WindowTimer(win)])  # each object checks its own arguments
             dm, module, trainer = objs["datamodule"], objs["module"], objs["trainer"]
             flops = _model_flops(module.net, model_cfg)
             info["callbacks"] = [type(c).__name__ for c in objs["callbacks"]]

@@ -33,19 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitlab.runs.bench_worker import (  # the worker: one (model, way, repeat) in its own process
+from vitlab.bench.worker import (  # the worker: one (model, way, repeat) in its own process
     WAY_LABEL,
     WAYS,
-    BenchConfigError,
-    Windows,
     machine_info,
     resolve_device,
-    run_worker,
-    worker_cli,
 )
+from vitlab.errors import BenchConfigError
 
-__all__ = ["BenchConfigError", "Windows", "aggregate", "markdown", "model_specs", "run_bench", "run_worker",
-           "worker_overrides", "write_outputs"]
+__all__ = ["aggregate", "markdown", "model_specs", "run_bench", "worker_overrides", "write_outputs"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,7 +49,7 @@ __all__ = ["BenchConfigError", "Windows", "aggregate", "markdown", "model_specs"
 # ---------------------------------------------------------------------------------------------
 def model_specs(cfg, device: str) -> list[dict[str, Any]]:
     """The model entries of ``conf/bench.yaml`` that run on ``device``, with device-specific settings applied."""
-    from vitlab.config import to_plain
+    from vitlab.utils.plain import to_plain
 
     models = to_plain(cfg.models) or {}
     only = list(cfg.get("only") or [])
@@ -208,7 +204,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run_bench(cfg) -> dict[str, Any]:
-    from vitlab.config import to_plain
+    from vitlab.utils.plain import to_plain
 
     device = resolve_device(str(cfg.device))
     ways = list(cfg.ways)
@@ -284,7 +280,7 @@ def write_outputs(result: dict[str, Any], out_dir: Path, name: str) -> Path:
     return path
 
 
-def _main_cli() -> None:
+def main_cli() -> None:
     from omegaconf import DictConfig
 
     from vitlab.tasks import hydra_app
@@ -301,9 +297,3 @@ def _main_cli() -> None:
 
     main()
 
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        worker_cli(sys.argv[2])
-    else:
-        _main_cli()

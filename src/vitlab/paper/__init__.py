@@ -28,8 +28,10 @@ PRETRAIN = {
     "warmup_steps": 10_000,
     "img_size": 224,
     "crop_scale": [0.05, 1.0],  # inception crop area (vit_jax input_pipeline.py)
+    "linear_end": 1e-5,  # the lr a linear decay ends at
     "source": "Table 3 caption and App. B.1 (batch 4096, 10k warmup, 224 px, Adam 0.9/0.999); "
-              "crop area: vit_jax/input_pipeline.py",
+              "crop area: vit_jax/input_pipeline.py; linear decay to 1e-5: vision_transformer issue #2 and "
+              "vit_jax/utils.py create_learning_rate_schedule(linear_end=1e-5)",
 }
 
 #: Table 3 rows as printed: (models, pretraining data, epochs (first = vitlab's default), base lr, decay,
@@ -47,7 +49,19 @@ _TABLE3_PRINTED: list[tuple[tuple[str, ...], str, tuple[int, ...], float, str, f
     (("r50_vit_l16",), "jft300m", (7, 14), 4e-4, "linear", 0.1, 0.0),
     (("vit_b16", "vit_b32"), "imagenet21k", (90,), 1e-3, "linear", 0.03, 0.1),
     (("vit_l16", "vit_l32"), "imagenet21k", (30, 90), 1e-3, "linear", 0.03, 0.1),
-    (("vit_b16", "vit_b32", "vit_l16", "vit_l32", "vit_h14"), "imagenet", (300,), 3e-3, "cosine", 0.3, 0.1),
+    (("vit_b16", "vit_b32", "vit_l16", "vit_l32"), "imagenet", (300,), 3e-3, "cosine", 0.3, 0.1),
+]
+# Table 3's last row reads "ViT-*"; Table 5 reports no ViT-H/14 pretrained on ImageNet alone (every cell "-"), so
+# vitlab has no such run: model=vit_h14 paper.row=vit_l16 runs that row's numbers on H/14 as vitlab's extra.
+
+#: Runs Tables 5 and 6 show the paper made that Table 3 has no row (or epochs) for: (model, data, epochs, Table 3
+#: row whose numbers they take, why).  Which row's lr a run used is vitlab's reading: the paper does not say.
+_BEYOND_TABLE3: list[tuple[str, str, tuple[int, ...], int, str]] = [
+    ("bit_r152x2", "jft300m", (7, 14), 7, "14 epochs: Table 6 row 12"),
+    ("bit_r200x3", "jft300m", (14,), 7, "not in Table 3: Table 6 row 13 (14 epochs); lr, weight decay of Table 3's "
+                                        "largest-ResNet row (vitlab's reading)"),
+    ("vit_h14", "imagenet21k", (30, 90), 12, "not in Table 3: Table 5's ImageNet-21k ViT-H/14 column; lr, weight "
+                                            "decay, dropout, epochs of Table 3's ViT-L row (vitlab's reading)"),
 ]
 _PRINTED_MODELS = {"vit_b16": "ViT-B/{16,32}", "vit_l32": "ViT-L/32", "vit_l16": "ViT-L/16", "vit_h14": "ViT-H/14"}
 
@@ -61,10 +75,15 @@ def _expand_table3() -> dict[tuple[str, str], dict[str, Any]]:
     for i, (models, data, epochs, lr, decay, wd, dropout) in enumerate(_TABLE3_PRINTED, 1):
         for m in models:
             rows[(m, data)] = {
-                "epochs": epochs[0], "epochs_options": list(epochs), "lr": lr, "decay": decay,
+                "epochs": epochs[0], "epochs_options": list(epochs), "epochs_longest": max(epochs), "lr": lr,
+                "decay": decay,
                 "weight_decay": wd, "dropout": dropout, "grad_clip": 1.0 if data == "imagenet" else None,
                 "source": f"Table 3 row {i} ({', '.join(models)} on {data}); grad clip: App. B.1 text",
             }
+    for model, data, epochs, i, why in _BEYOND_TABLE3:
+        base = rows[(_TABLE3_PRINTED[i - 1][0][0], data)]
+        rows[(model, data)] = {**base, "epochs": epochs[0], "epochs_options": list(epochs), "epochs_longest": max(epochs),
+                               "source": f"{why}; {base['source']}"}
     return rows
 
 
@@ -146,13 +165,64 @@ TABLE6: dict[tuple[str, int], dict[str, Any]] = {
     for i, (m, ep, *accs, ef) in enumerate(_T6, 1)
 }
 
-#: Table 5 (ViT fine-tuned at 384 px, by pretraining data): (model, pretraining data) -> accuracy (%) per
-#: fine-tuning dataset.  Only the cells transcribed and checked so far; the rest of App. C's table is not here.
-TABLE5: dict[tuple[str, str], dict[str, Any]] = {
-    ("vit_b16", "imagenet"): {"imagenet": 77.91, "cifar10": 98.13, "source": "Table 5, ViT-B/16, ImageNet rows"},
-    ("vit_b16", "imagenet21k"): {"imagenet": 83.97, "cifar10": 98.95, "source": "Table 5, ViT-B/16, ImageNet-21k rows"},
-    ("vit_b16", "jft300m"): {"imagenet": 84.15, "cifar10": 99.00, "source": "Table 5, ViT-B/16, JFT-300M rows"},
+#: Table 6's runs as sweep lists (``sweep=model_scaling`` / ``sweep=model_scaling_longer``): every model once, in the
+#: table's order, and the models it also trained for longer (L/16, R152x2, R50+L/16: 7 and 14 epochs)
+TABLE6_RUNS: dict[str, tuple[str, ...]] = {
+    "models": tuple(dict.fromkeys(m for m, _ in TABLE6)),
+    "longer": tuple(dict.fromkeys(m for m, ep in TABLE6 if ep > min(e for mm, e in TABLE6 if mm == m))),
 }
+
+#: Table 5 (App. C): ViT fine-tuned at 384 px (no Polyak averaging), by pretraining data, exactly as printed:
+#: (pretraining data, fine-tuning dataset, ViT-B/16, ViT-B/32, ViT-L/16, ViT-L/32, ViT-H/14); None is the paper's
+#: own empty cell ("–": the paper reports no ViT-H/14 pretrained on ImageNet alone).
+TABLE5_MODELS = ("vit_b16", "vit_b32", "vit_l16", "vit_l32", "vit_h14")
+_T5 = [
+    ("imagenet", "cifar10", 98.13, 97.77, 97.86, 97.94, None),
+    ("imagenet", "cifar100", 87.13, 86.31, 86.35, 87.07, None),
+    ("imagenet", "imagenet", 77.91, 73.38, 76.53, 71.16, None),
+    ("imagenet", "imagenet_real", 83.57, 79.56, 82.19, 77.83, None),
+    ("imagenet", "flowers102", 89.49, 85.43, 89.66, 86.36, None),
+    ("imagenet", "pets", 93.81, 92.04, 93.64, 91.35, None),
+    ("imagenet21k", "cifar10", 98.95, 98.79, 99.16, 99.13, 99.27),
+    ("imagenet21k", "cifar100", 91.67, 91.97, 93.44, 93.04, 93.82),
+    ("imagenet21k", "imagenet", 83.97, 81.28, 85.15, 80.99, 85.13),
+    ("imagenet21k", "imagenet_real", 88.35, 86.63, 88.40, 85.65, 88.70),
+    ("imagenet21k", "flowers102", 99.38, 99.11, 99.61, 99.19, 99.51),
+    ("imagenet21k", "pets", 94.43, 93.02, 94.73, 93.09, 94.82),
+    ("jft300m", "cifar10", 99.00, 98.61, 99.38, 99.19, 99.50),
+    ("jft300m", "cifar100", 91.87, 90.49, 94.04, 92.52, 94.55),
+    ("jft300m", "imagenet", 84.15, 80.73, 87.12, 84.37, 88.04),
+    ("jft300m", "imagenet_real", 88.85, 86.27, 89.99, 88.28, 90.33),
+    ("jft300m", "flowers102", 99.56, 99.27, 99.56, 99.45, 99.68),
+    ("jft300m", "pets", 95.80, 93.40, 97.11, 95.83, 97.56),
+]
+_DATA_LABELS = {"imagenet": "ImageNet", "imagenet21k": "ImageNet-21k", "jft300m": "JFT-300M",
+                "imagenet_real": "ImageNet ReaL", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+                "pets": "Oxford-IIIT Pets", "flowers102": "Oxford Flowers-102", "vtab": "VTAB (19 tasks)"}
+_MODEL_LABELS = {"vit_b16": "ViT-B/16", "vit_b32": "ViT-B/32", "vit_l16": "ViT-L/16", "vit_l32": "ViT-L/32",
+                 "vit_h14": "ViT-H/14", "bit_r50x1": "ResNet50x1", "bit_r50x2": "ResNet50x2",
+                 "bit_r101x1": "ResNet101x1", "bit_r152x1": "ResNet152x1", "bit_r152x2": "ResNet152x2",
+                 "bit_r200x3": "ResNet200x3", "bit_r152x4": "BiT-L R152x4", "r50_vit_b32": "R50x1+ViT-B/32",
+                 "r50_vit_b16": "R50x1+ViT-B/16", "r50_vit_l32": "R50x1+ViT-L/32", "r50_vit_l16": "R50x1+ViT-L/16"}
+#: Table 5's JFT ViT-H/14 column is not Table 6's H/14 row (ImageNet 88.04 vs 88.08, ReaL 90.33 vs 90.36, CIFAR-100
+#: 94.55 vs 94.71, Pets 97.56 vs 97.11, Flowers 99.68 vs 99.71): every number says which table it is from.
+_T5_VS_T6 = {("vit_h14", "jft300m"): "not Table 6: its 14-epoch H/14 row differs in 5 of 6 cells"}
+
+
+def _table5() -> dict[tuple[str, str], dict[str, Any]]:
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for data, dataset, *cells in _T5:
+        for model, acc in zip(TABLE5_MODELS, cells, strict=True):
+            if acc is not None:
+                rows.setdefault((model, data), {
+                    "source": f"Table 5, {_MODEL_LABELS[model]}, {_DATA_LABELS[data]} rows"
+                              + (f" ({_T5_VS_T6[(model, data)]})" if (model, data) in _T5_VS_T6 else "")})[dataset] = acc
+    return rows
+
+
+#: Table 5: (model, pretraining data) -> accuracy (%) per fine-tuning dataset; JFT runs are the longest ones
+#: (its L/16 column is Table 6's 14-epoch row).  84 cells; no (vit_h14, imagenet) entry: the paper has none.
+TABLE5: dict[tuple[str, str], dict[str, Any]] = _table5()
 
 #: Table 2 (state of the art; ImageNet fine-tuned at 512/518 px with Polyak averaging): (model, pretraining
 #: data) -> accuracy (%), and TPUv3-core-days.  Noisy Student is not a vitlab model and is left out.
@@ -192,14 +262,15 @@ def finetune_row(data: str) -> dict[str, Any]:
 
 
 def paper_results(model: str, pretrain_data: str, epochs: int | None = None) -> dict[str, Any] | None:
-    """The paper's fine-tuned accuracies for a (model, pretraining data[, epochs]) run, or None: Table 6 for
-    JFT (the given epochs, else the shortest), then Table 5 (fine-tuned at 384 px, no Polyak averaging)."""
-    if pretrain_data == "jft300m":
-        runs = sorted(ep for (m, ep) in TABLE6 if m == model)
-        if runs:
-            ep = epochs if epochs in runs else runs[0]
-            return TABLE6[(model, ep)]
-    return TABLE5.get((model, pretrain_data))
+    """The paper's fine-tuned accuracies (384 px, no Polyak averaging) for a (model, pretraining data[, epochs])
+    run, or None: Table 6's row for a JFT run with the given epochs; else Table 5 (whose JFT columns are the
+    longest runs); else, for a JFT model Table 5 lacks (ResNets, hybrids), Table 6's shortest run."""
+    jft_runs = sorted(ep for (m, ep) in TABLE6 if m == model) if pretrain_data == "jft300m" else []
+    if epochs in jft_runs:
+        return TABLE6[(model, epochs)]
+    if (model, pretrain_data) in TABLE5:
+        return TABLE5[(model, pretrain_data)]
+    return TABLE6[(model, jft_runs[0])] if jft_runs else None
 
 
 TABLES: dict[str, Any] = {
@@ -224,6 +295,10 @@ def lookup(table: str, *keys: Any) -> Any:
         if len(keys) != 2:
             raise PaperKeyError(f"table4 lookups take (data, field), got {keys}")
         row, field = finetune_row(keys[0]), keys[1]
+    elif table == "table6":  # the runs of Table 6 as sweep lists: models (each at its first run's epochs), and
+        if len(keys) != 1 or keys[0] not in TABLE6_RUNS:   # the models it trained a second, longer time
+            raise PaperKeyError(f"table6 lookups take one of {sorted(TABLE6_RUNS)}, got {keys}")
+        return list(TABLE6_RUNS[keys[0]])
     elif table in ("pretrain", "finetune", "vtab", "mpp", "i21k_head"):
         if len(keys) != 1:
             raise PaperKeyError(f"{table} lookups take (field,), got {keys}")
@@ -283,9 +358,15 @@ def markdown_tables() -> str:
         clip = 1.0 if data == "imagenet" else None
         out.append(f"| {', '.join(models)} | {data} | {' or '.join(map(str, epochs))} | {_fmt(lr)} | {decay} | "
                    f"{_fmt(wd)} | {_fmt(dropout)} | {_fmt(clip)} | Table 3 row {i} |")
+    for model, data, epochs, i, why in _BEYOND_TABLE3:  # runs Tables 5/6 show, beyond Table 3's rows
+        r = TABLE3[(model, data)]
+        out.append(f"| {model} | {data} | {' or '.join(map(str, epochs))} | {_fmt(r['lr'])} | {r['decay']} | "
+                   f"{_fmt(r['weight_decay'])} | {_fmt(r['dropout'])} | {_fmt(r['grad_clip'])} | {why}; "
+                   f"Table 3 row {i}'s numbers |")
     out += ["", "| shared by every row | paper | vitlab key | source |", "|---|---|---|---|"]
     keys = {"optimizer": "optim.name", "betas": "optim.betas", "global_batch_size": "data.global_batch_size",
-            "warmup_steps": "optim.warmup", "img_size": "data.img_size", "crop_scale": "data.train_crop_scale"}
+            "warmup_steps": "optim.warmup", "img_size": "data.img_size", "crop_scale": "data.train_crop_scale",
+            "linear_end": "optim.linear_end"}
     out += [f"| {k} | {_fmt(PRETRAIN[k])} | `{v}` | {PRETRAIN['source']} |" for k, v in keys.items()]
     out += ["", "### Fine-tuning: `experiment=paper/finetune_<data>` (Table 4)", "",
             "| data | steps (`trainer.max_steps`) | lr grid (`hydra.sweeper.params`) | dev split (`data.val_fraction`) "
@@ -313,5 +394,58 @@ def markdown_tables() -> str:
     return "\n".join(out) + "\n"
 
 
-if __name__ == "__main__":
-    print(markdown_tables(), end="")
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def table5_markdown() -> str:
+    """Table 5 as printed in App. C, from :data:`TABLE5` (``python -m vitlab.paper table5``)."""
+    out = ["| pretrained on | dataset | " + " | ".join(_MODEL_LABELS[m] for m in TABLE5_MODELS) + " |",
+           "|---|---|" + "---|" * len(TABLE5_MODELS)]
+    for data, dataset, *_ in _T5:
+        cells = [_pct(TABLE5.get((m, data), {}).get(dataset)) for m in TABLE5_MODELS]
+        out.append(f"| {_DATA_LABELS[data]} | {_DATA_LABELS[dataset]} | " + " | ".join(cells) + " |")
+    notes = [f"{_MODEL_LABELS[m]} pretrained on {_DATA_LABELS[d]}: {n}." for (m, d), n in _T5_VS_T6.items()]
+    return "\n".join(["Table 5 (App. C): top-1 %, fine-tuned at 384 px", "", *out, "", *notes]) + "\n"
+
+
+def table6_markdown() -> str:
+    """Table 6 as printed in App. C, from :data:`TABLE6` (``python -m vitlab.paper table6``)."""
+    out = ["| model | epochs | " + " | ".join(_DATA_LABELS[d] for d in TRANSFER_DATA) + " | exaFLOPs | source |",
+           "|---|---|" + "---|" * (len(TRANSFER_DATA) + 2)]
+    for (m, ep), r in TABLE6.items():
+        out.append(f"| {_MODEL_LABELS[m]} | {ep} | " + " | ".join(_pct(r[d]) for d in TRANSFER_DATA)
+                   + f" | {r['exaflops']} | {r['source']} |")
+    return "\n".join(["Table 6 (App. C): JFT-300M pretraining, fine-tuned at 384 px, top-1 %", "", *out]) + "\n"
+
+
+def table2_markdown() -> str:
+    """Table 2 (without Noisy Student, not a vitlab model), from :data:`TABLE2` (``python -m vitlab.paper table2``)."""
+    cols = list(TABLE2)
+    out = ["| | " + " | ".join(TABLE2[c]["source"].removeprefix("Table 2, column ") for c in cols) + " |",
+           "|---|" + "---|" * len(cols)]
+    for d in (*TRANSFER_DATA, "vtab"):
+        out.append(f"| {_DATA_LABELS[d]} | " + " | ".join(_pct(TABLE2[c][d]) for c in cols) + " |")
+    out.append("| TPUv3-core-days | " + " | ".join(f"{TABLE2[c]['tpu_core_days'] / 1000:g}k" for c in cols) + " |")
+    title = "Table 2: fine-tuned top-1 % (ImageNet at 512 px for L/16, 518 px for H/14, Polyak averaging)"
+    return "\n".join([title, "", *out]) + "\n"
+
+
+PRINTABLE = {"table2": table2_markdown, "table5": table5_markdown, "table6": table6_markdown,
+             "recipes": markdown_tables}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vitlab.paper [recipes|table2|table5|table6]``: a stored table as markdown (default: recipes,
+    the "paper vs vitlab" tables of docs/protocols.md)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    name = args[0] if args else "recipes"
+    if len(args) > 1 or name not in PRINTABLE:
+        print(f"Error: no printable paper table {' '.join(args)!r}; use one of {', '.join(PRINTABLE)} "
+              "(python -m vitlab.paper table5)", file=sys.stderr)
+        return 2
+    print(PRINTABLE[name](), end="")
+    return 0
+

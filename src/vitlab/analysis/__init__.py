@@ -1,1 +1,0 @@
-"""Deprecated name of :mod:`vitlab.inspection` (kept so ``python -m vitlab.analysis.flops`` still runs)."""
