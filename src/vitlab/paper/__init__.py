@@ -104,8 +104,11 @@ FINETUNE = {
     "warmup_steps": 500,
     "base_lr": 0.03,
     "eval_resize": "square",  # eval: resize the whole image to img_size x img_size, no centre crop
+    "crop_scale": [0.05, 1.0],  # train: inception crop of this area (ratio 3/4-4/3) to img_size + flip
+    "drop_remainder": True,  # train: the last partial batch is dropped
     "source": "Table 4 caption / App. B.1.1 (SGD 0.9, batch 512, no wd, clip 1, cosine, 384 px); "
-              "warmup 500, base lr 0.03: vit_jax/configs/common.py; square eval resize: vit_jax/input_pipeline.py",
+              "warmup 500, base lr 0.03: vit_jax/configs/common.py; square eval resize, inception crop area "
+              "0.05-1 + flip, drop_remainder=True: vit_jax/input_pipeline.py",
 }
 _GRID = [0.001, 0.003, 0.01, 0.03]
 #: fine-tuning data -> Table 4 (steps, lr grid) and App. B.1.1 (dev split held out of train)
@@ -378,7 +381,8 @@ def markdown_tables() -> str:
     out += ["", "| shared by every dataset | paper | vitlab key | source |", "|---|---|---|---|"]
     keys = {"optimizer": "optim.name", "momentum": "optim.momentum", "global_batch_size": "data.global_batch_size",
             "weight_decay": "optim.weight_decay", "grad_clip": "optim.grad_clip", "decay": "optim.decay",
-            "img_size": "data.img_size", "eval_resize": "data.eval_resize"}
+            "img_size": "data.img_size", "eval_resize": "data.eval_resize", "crop_scale": "data.train_crop_scale",
+            "drop_remainder": "data.drop_last"}
     out += [f"| {k} | {_fmt(FINETUNE[k])} | `{v}` | {FINETUNE['source']} |" for k, v in keys.items()]
     for title, table, keys in (
         ("### VTAB-1k: `experiment=paper/vtab`, `python -m vitlab.vtab` (App. B.1.1)", VTAB,
