@@ -88,3 +88,14 @@ def test_no_dated_measurement_in_a_config_comment():
              for i, line in enumerate(p.read_text().splitlines(), 1)
              if "#" in line and re.search(r"\b20\d\d-\d\d(-\d\d)?\b", line.split("#", 1)[1])]
     assert not dated, f"measurements with a date belong in docs/ (scaling.md, performance.md, protocols.md): {dated}"
+
+
+def test_ablate_pos_embed_sweeps_table8(compose_train):
+    from vitlab import paper
+
+    cfg = compose_train("experiment=paper/ablate_pos_embed", "+experiment/paper/shrink=cpu")
+    params = cfg.hydra.sweeper.params if "hydra" in cfg else None
+    cells = {("1d", "stem")} if params is None else {
+        (pe, at) for pe in params["model.pos_embed"].split(",") for at in params["model.pos_embed_at"].split(",")}
+    assert cells <= set(paper.TABLE8)
+    assert cfg.model.pos_embed in ("1d", "2d") and cfg.data.eval_pipeline == "fewshot"

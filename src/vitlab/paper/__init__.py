@@ -247,6 +247,41 @@ TABLE2: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+# ---- Appendix D: the ablations ------------------------------------------------------------------------
+#: Table 7 (App. D.1): ResNets pretrained 7 epochs on JFT-300M with Adam vs SGD, then fine-tuned (%)
+TABLE7: dict[tuple[str, str], dict[str, Any]] = {
+    (m, opt): {**dict(zip(("imagenet", "cifar10", "cifar100", "pets", "flowers102", "average"), accs, strict=True)),
+               "source": f"Table 7, column {label}"}
+    for m, opt, label, *accs in [
+        ("bit_r50x1", "adam", "R50 Adam", 77.54, 97.67, 86.07, 91.11, 94.26, 89.33),
+        ("bit_r50x1", "sgd", "R50 SGD", 78.24, 97.46, 85.17, 91.00, 92.06, 88.79),
+        ("bit_r152x2", "adam", "R152x2 Adam", 84.97, 99.06, 92.05, 95.37, 98.62, 94.01),
+        ("bit_r152x2", "sgd", "R152x2 SGD", 84.37, 99.07, 91.06, 94.79, 99.32, 93.72),
+    ]
+}
+#: Table 8 (App. D.4): ViT-B/16 ImageNet 5-shot linear accuracy by (model.pos_embed, model.pos_embed_at);
+#: the paper's "N/A" cells are absent
+TABLE8: dict[tuple[str, str], dict[str, Any]] = {
+    (pe, at): {"fewshot_5": acc, "source": f"Table 8, row {pe}, column {at}"}
+    for pe, at, acc in [
+        ("none", "stem", 0.61382), ("1d", "stem", 0.64206), ("1d", "every_layer", 0.63964),
+        ("1d", "every_layer_shared", 0.64292), ("2d", "stem", 0.64001), ("2d", "every_layer", 0.64046),
+        ("2d", "every_layer_shared", 0.64022), ("relative", "stem", 0.64032),
+    ]
+}
+
+
+def table_d_markdown(table: str, runs: dict[tuple[str, str], float] | None = None) -> str:
+    """Table 7 or Table 8 as markdown, with vitlab's own numbers (``runs``, same keys) in a column beside."""
+    rows = TABLE7 if table == "table7" else TABLE8
+    field = "average" if table == "table7" else "fewshot_5"
+    out = [f"| {table} row | paper ({field}) | vitlab | source |", "|---|---|---|---|"]
+    for key, r in rows.items():
+        mine = (runs or {}).get(key)
+        out.append(f"| {' / '.join(key)} | {r[field]:g} | {'–' if mine is None else f'{mine:.4g}'} | {r['source']} |")
+    return "\n".join(out) + "\n"
+
+
 # ---- lookups ------------------------------------------------------------------------------------
 def pretrain_row(model: str, data: str) -> dict[str, Any]:
     """Table 3's row for ``model`` pretrained on ``data``; a pair the paper never trained lists the rows."""
@@ -441,6 +476,7 @@ def table2_markdown() -> str:
 
 
 PRINTABLE = {"table2": table2_markdown, "table5": table5_markdown, "table6": table6_markdown,
+             "table7": lambda: table_d_markdown("table7"), "table8": lambda: table_d_markdown("table8"),
              "recipes": markdown_tables}
 
 
