@@ -271,6 +271,12 @@ TABLE8: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+#: Figure 9 (App. D.3): [class] token vs global average pooling, ViT-B/16: the learning rates of its legend
+#: ("CLS-Token, lr=8e-4", "GAP, lr=8e-4", "GAP, lr=3e-4"): GAP needs the lower one.  A figure, no table: no accuracies.
+FIGURE9 = {"runs": [("token", 8e-4), ("gap", 8e-4), ("gap", 3e-4)], "lrs": [8e-4, 3e-4],
+           "source": "Figure 9 legend (App. D.3)"}
+
+
 def table_d_markdown(table: str, runs: dict[tuple[str, str], float] | None = None) -> str:
     """Table 7 or Table 8 as markdown, with vitlab's own numbers (``runs``, same keys) in a column beside."""
     rows = TABLE7 if table == "table7" else TABLE8
@@ -318,7 +324,7 @@ def paper_results(model: str, pretrain_data: str, epochs: int | None = None) -> 
 
 TABLES: dict[str, Any] = {
     "pretrain": PRETRAIN, "table3": TABLE3, "finetune": FINETUNE, "table4": TABLE4, "vtab": VTAB, "mpp": MPP,
-    "table6": TABLE6, "table5": TABLE5, "table2": TABLE2, "i21k_head": I21K_HEAD,
+    "table6": TABLE6, "table5": TABLE5, "table2": TABLE2, "i21k_head": I21K_HEAD, "figure9": FIGURE9,
 }
 
 
@@ -342,7 +348,7 @@ def lookup(table: str, *keys: Any) -> Any:
         if len(keys) != 1 or keys[0] not in TABLE6_RUNS:   # the models it trained a second, longer time
             raise PaperKeyError(f"table6 lookups take one of {sorted(TABLE6_RUNS)}, got {keys}")
         return list(TABLE6_RUNS[keys[0]])
-    elif table in ("pretrain", "finetune", "vtab", "mpp", "i21k_head"):
+    elif table in ("pretrain", "finetune", "vtab", "mpp", "i21k_head", "figure9"):
         if len(keys) != 1:
             raise PaperKeyError(f"{table} lookups take (field,), got {keys}")
         row, field = TABLES[table], keys[0]
