@@ -88,3 +88,30 @@ def test_no_dated_measurement_in_a_config_comment():
              for i, line in enumerate(p.read_text().splitlines(), 1)
              if "#" in line and re.search(r"\b20\d\d-\d\d(-\d\d)?\b", line.split("#", 1)[1])]
     assert not dated, f"measurements with a date belong in docs/ (scaling.md, performance.md, protocols.md): {dated}"
+
+
+def test_ablate_pos_embed_sweeps_table8(compose_train):
+    from vitlab import paper
+
+    cfg = compose_train("experiment=paper/ablate_pos_embed", "+experiment/paper/shrink=cpu")
+    params = cfg.hydra.sweeper.params if "hydra" in cfg else None
+    cells = {("1d", "stem")} if params is None else {
+        (pe, at) for pe in params["model.pos_embed"].split(",") for at in params["model.pos_embed_at"].split(",")}
+    assert cells <= set(paper.TABLE8)
+    assert cfg.model.pos_embed in ("1d", "2d") and cfg.data.eval_pipeline == "fewshot"
+
+
+def test_appendix_d_experiments_compose_to_the_papers_runs(compose_train):
+    from vitlab import paper
+
+    t7 = compose_train("experiment=paper/ablate_resnet_optimizer", "data=shapes", fast=False)
+    assert {(m, o) for m in ("bit_r50x1", "bit_r152x2") for o in ("adam", "sgd")} == set(paper.TABLE7)
+    assert t7.optim.lr == paper.TABLE3[("bit_r50x1", "jft300m")]["lr"] and t7.trainer.max_epochs == 7
+    f9 = compose_train("experiment=paper/ablate_classifier", "data=shapes")
+    assert f9.model.name == "vit_b16" and "fewshot" in f9.callbacks
+    assert paper.FIGURE9["lrs"] == sorted({lr for _, lr in paper.FIGURE9["runs"]}, reverse=True)
+    for name in ("ablate_resnet_optimizer", "ablate_classifier", "ablate_pos_embed"):
+        text = (Path(CONF_DIR) / "experiment" / "paper" / f"{name}.yaml").read_text()
+        assert "hydra:\n  mode: MULTIRUN" in text and ("Table" in text.splitlines()[1] or "Figure" in text)
+    f9text = (Path(CONF_DIR) / "experiment" / "paper" / "ablate_classifier.yaml").read_text()
+    assert "optim.lr: ${vitlab.paper_sweep:figure9,lrs}" in f9text

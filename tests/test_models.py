@@ -58,3 +58,47 @@ def test_patch_that_does_not_divide_the_image_names_both():
 def test_unknown_variant_lists_choices():
     with pytest.raises(ModelConfigError, match=r"variant='XL'.*'B'"):
         build_model("vit", "XL", num_classes=10, img_size=32, patch_size=8)
+
+
+@pytest.mark.parametrize(("model", "extra"), [("vit_micro", ["model.representation_size=32"]),
+                                              ("bit_micro", [])])
+def test_classifier_starts_at_zero_as_vit_jax(compose_train, model, extra):
+    """vit_jax models_vit.py: ``nn.Dense(num_classes, name='head', kernel_init=zeros)``, also when pretraining (and
+    BiT's zero_head): the output layer is zero, the pre-logits layer is not."""
+    from vitlab.runs.assemble import build_module
+
+    net = build_module(compose_train(f"model={model}", "data=digits", *extra)).net
+    head = [m for n, m in net.named_modules() if n.startswith("head") and isinstance(m, (torch.nn.Linear,
+                                                                                        torch.nn.Conv2d))]
+    assert not head[-1].weight.any() and not head[-1].bias.any()
+    if extra:
+        assert net.head.pre_logits[0].weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("pos", "at"), [("1d", "stem"), ("none", "stem"), ("2d", "stem"), ("relative", "stem"),
+                                         ("1d", "every_layer"), ("1d", "every_layer_shared"), ("2d", "every_layer"),
+                                         ("2d", "every_layer_shared")])
+def test_table8_position_embeddings_train(pos, at):
+    """App. D.4 / Table 8: every cell of the ablation is a model.pos_embed x model.pos_embed_at option that learns."""
+    from vitlab import paper
+
+    assert (pos, at) in paper.TABLE8
+    m = build_model("vit", "micro", num_classes=10, patch_size=8, img_size=32, pos_embed=pos, pos_embed_at=at)
+    x = torch.randn(2, 3, 32, 32)
+    m(x).sum().backward()
+    names = {n for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    want = {"1d": "pos_embed" if at == "stem" else "pos_1d", "2d": "pos_x", "relative": "bias", "none": None}[pos]
+    assert want is None or any(want in n for n in names)
+    if pos == "none":
+        assert m.pos_embed is None
+    if pos == "2d":  # X and Y embeddings of D/2 each
+        assert m.pos_x.shape[-1] + m.pos_y.shape[-1] == m.embed_dim
+    layers = len(m.blocks) if at == "every_layer" else 1
+    if pos == "1d" and at != "stem":
+        assert m.pos_1d.shape[0] == layers
+
+
+def test_pos_embed_at_every_layer_needs_an_absolute_embedding():
+    with pytest.raises(ModelConfigError, match="needs model.pos_embed=1d or 2d"):
+        build_model("vit", "micro", num_classes=10, patch_size=8, img_size=32, pos_embed="relative",
+                    pos_embed_at="every_layer")

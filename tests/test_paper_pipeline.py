@@ -20,6 +20,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import dataset_writers as fx
+from vitlab import paper
 from vitlab.data.transforms import INCEPTION_CROP_SCALE, build_transform
 from vitlab.errors import DataConfigError
 
@@ -101,7 +102,7 @@ def test_pretraining_inception_crop_samples_area_down_to_5_percent(compose_train
         _folder_dm(compose_train, folder_root, "data.train_crop_scale=[0.5,0.1]")
 
 
-def test_finetune_train_pipeline_resizes_the_whole_image_square_then_crops():
+def test_bit_finetune_pipeline_resizes_the_whole_image_square_then_crops():
     tf = build_transform("finetune", 64, crop_pct=0.875)
     resize = [t for t in tf.transforms if isinstance(t, v2.Resize)][0]
     assert list(resize.size) == [73, 73]  # the whole image to a square above the resolution (BiT), not the short side
@@ -115,14 +116,42 @@ def test_finetune_train_pipeline_resizes_the_whole_image_square_then_crops():
 
 @pytest.mark.parametrize("name", ["finetune_imagenet", "finetune_cifar10", "finetune_cifar100", "finetune_pets",
                                   "finetune_flowers102"])
-def test_finetune_experiments_do_not_keep_the_pretraining_pipeline(compose_train, name):
+def test_finetune_recipes_train_as_vit_jax(compose_train, name):
+    """vit_jax input_pipeline.py for fine-tuning: inception crop (area 0.05-1, ratio 3/4-4/3) to 384 + flip,
+    batches with drop_remainder=True; eval resizes the whole image to 384 x 384 (issue 22)."""
     cfg = compose_train(f"experiment=paper/{name}", "model.pretrained=/nowhere/ViT-B_16.npz")
-    assert cfg.data.train_pipeline == "finetune" and cfg.data.eval_pipeline == "eval"
-    assert cfg.data.eval_resize == "square" and cfg.data.img_size == 384
-    train = build_transform(cfg.data.train_pipeline, 384, crop_pct=cfg.data.crop_pct)
+    ft = paper.FINETUNE
+    assert cfg.data.train_pipeline == "paper_finetune" and cfg.data.eval_pipeline == "eval"
+    assert list(cfg.data.train_crop_scale) == ft["crop_scale"] == [0.05, 1.0]
+    assert cfg.data.drop_last is ft["drop_remainder"] is True
+    assert cfg.data.eval_resize == ft["eval_resize"] and cfg.data.img_size == ft["img_size"] == 384
+    train = build_transform(cfg.data.train_pipeline, 384, scale=cfg.data.train_crop_scale)
+    crop = [t for t in train.transforms if isinstance(t, v2.RandomResizedCrop)][0]
+    assert (tuple(crop.size), crop.scale, crop.ratio) == ((384, 384), (0.05, 1.0), pytest.approx((3 / 4, 4 / 3)))
+    assert v2.RandomHorizontalFlip in {type(t) for t in train.transforms}
     evaluate = build_transform(cfg.data.eval_pipeline, 384, eval_resize=cfg.data.eval_resize)
-    assert v2.RandomResizedCrop not in {type(t) for t in train.transforms}
     assert v2.CenterCrop not in {type(t) for t in evaluate.transforms}
+
+
+def test_finetune_recipe_datamodule_drops_the_last_partial_batch(compose_train):
+    from hydra.utils import instantiate
+
+    cfg = compose_train("experiment=paper/finetune_cifar10", "data=digits", "model.pretrained=x.npz",
+                        "data.train_pipeline=paper_finetune", "data.img_size=16", "data.global_batch_size=null",
+                        "data.batch_size=100", "data.val_fraction=0.02")
+    dm = instantiate(cfg.data)
+    dm.setup()
+    n = len(dm.train_set)
+    assert n % 100 and len(dm.train_dataloader()) == n // 100  # a full batch every step
+
+
+def test_fewshot_pipeline_is_big_visions_resize_256_central_crop_224():
+    tf = build_transform("fewshot", 224)
+    ops = [t for t in tf.transforms if isinstance(t, (v2.Resize, v2.CenterCrop))]
+    assert [type(t) for t in ops] == [v2.Resize, v2.CenterCrop]
+    assert list(ops[0].size) == [256, 256] and list(ops[1].size) == [224, 224]
+    small = [t for t in build_transform("fewshot", 32).transforms if isinstance(t, v2.Resize)][0]
+    assert list(small.size) == [37, 37]  # scaled: 32 * 256 / 224
 
 
 def test_vtab_kitti_shaped_images_keep_both_ends(tmp_path, compose_train):

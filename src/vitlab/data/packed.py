@@ -541,7 +541,7 @@ def min_side_for(pipeline: str, img_size: int, crop_pct: float) -> int | None:
     pretrain's inception crop is drafted differently: :class:`DraftInceptionCrop` draws the crop on the full-size
     geometry first, then picks the scale from the crop's size (``PackedDataModule.train_transform``).
     """
-    if pipeline == "pretrain":
+    if pipeline in ("pretrain", "paper_finetune"):  # inception crops: a small crop needs the full-size decode
         return None
     target = img_size / crop_pct if pipeline in ("eval", "finetune") else img_size
     return 2 * int(np.ceil(target))

@@ -1,10 +1,16 @@
 """The paper's input pipelines, named once (big_vision style) and chosen by stage.
 
 - ``pretrain``: inception crop (area ``data.train_crop_scale``, default 0.05-1 as vit_jax's
-  ``input_pipeline.py``: ``sample_distorted_bounding_box(area_range=(0.05, 1.0))``) + horizontal flip.
-  vit_jax uses the same crop when fine-tuning.
-- ``finetune``: BiT's fine-tuning train pipeline: resize the whole image to a square a little above the
-  resolution (``img_size / crop_pct``), random crop back to it, flip.
+  ``input_pipeline.py``: ``sample_distorted_bounding_box(area_range=(0.05, 1.0))``, aspect ratio 3/4-4/3, that
+  op's default) to ``img_size`` + horizontal flip.
+- ``paper_finetune``: the paper's fine-tuning train pipeline, vit_jax ``input_pipeline.py`` for fine-tuning: the
+  same inception crop (area 0.05-1, ratio 3/4-4/3) to the fine-tuning resolution + flip. The paper recipes
+  (``experiment=paper/finetune_<data>``) use it.
+- ``finetune``: BiT's fine-tuning train pipeline (big_transfer ``bit_hyperrule``): resize the whole image to a
+  square a little above the resolution (``img_size / crop_pct``), random crop back to it, flip.
+- ``fewshot``: big_vision's few-shot features, ``resize(256) | central_crop(224)`` (``configs/common_fewshot.py``),
+  scaled to any resolution: resize the whole image to ``round(img_size * 256 / 224)`` square, central crop
+  ``img_size`` (32 px: 37 then 32).
 - ``eval``: ``data.eval_resize=square`` (default; vit_jax ``input_pipeline.py`` and BiT): resize the whole
   image to ``img_size x img_size``, no crop. ``center_crop``: timm's convention, resize the short side to
   ``img_size / crop_pct`` and take the central crop (cuts the sides of a non-square image).
@@ -32,11 +38,15 @@ NORMALIZATION = {
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
-PIPELINES = ("pretrain", "finetune", "eval", "translate", "none")
+PIPELINES = ("pretrain", "paper_finetune", "finetune", "fewshot", "eval", "translate", "none")
 #: ``data.eval_resize``: square = the paper's / vit_jax's / BiT's eval resize; center_crop = timm's
 EVAL_RESIZE = ("square", "center_crop")
 #: inception-crop area range, vit_jax ``input_pipeline.py`` (area_range=(0.05, 1.0)); timm/torchvision use 0.08
 INCEPTION_CROP_SCALE: tuple[float, float] = (0.05, 1.0)
+#: inception-crop aspect ratios: tf.image.sample_distorted_bounding_box's default (0.75, 1.33), as vit_jax calls it
+INCEPTION_CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
+#: big_vision few-shot preprocessing ``resize(256) | central_crop(224)``: the resize is 256/224 of the crop
+FEWSHOT_RESIZE_RATIO = 256 / 224
 
 
 def resolve_normalization(normalization: str | dict) -> tuple[Sequence[float], Sequence[float]]:
@@ -78,10 +88,13 @@ def build_transform(
     mean, std = resolve_normalization(normalization)
     square = (img_size, img_size)
     steps: list = [v2.ToImage()]
-    if pipeline == "pretrain":
-        steps.append(v2.RandomResizedCrop(img_size, scale=scale, antialias=True))
+    if pipeline in ("pretrain", "paper_finetune"):  # vit_jax: the same inception crop + flip for both
+        steps.append(v2.RandomResizedCrop(img_size, scale=scale, ratio=INCEPTION_CROP_RATIO, antialias=True))
         if flip:
             steps.append(v2.RandomHorizontalFlip())
+    elif pipeline == "fewshot":
+        r = int(round(img_size * FEWSHOT_RESIZE_RATIO))
+        steps += [v2.Resize((r, r), antialias=True), v2.CenterCrop(img_size)]
     elif pipeline == "finetune":
         # BiT fine-tuning: the whole image to a square a little above the target, random crop back to it.
         r = resize_size or int(round(img_size / crop_pct))

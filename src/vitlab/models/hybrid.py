@@ -28,7 +28,7 @@ HYBRID_RESNET_LAYERS: dict[str, tuple[int, ...]] = {
 def build(variant: str, num_classes: int, patch_size: int | None = None, img_size: int = 224, in_chans: int = 3,
           hybrid: str | None = None, classifier: str = "token", representation_size: int | None = None,
           head_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-          pos_embed: str = "learn", fused_attn: bool | None = None, pos_drop_rate: float = 0.0,
+          pos_embed: str = "1d", fused_attn: bool | None = None, pos_drop_rate: float = 0.0,
           proj_drop_rate: float = 0.0, **_: Any) -> nn.Module:
     """``model.hybrid`` names the ResNet (a key of :data:`HYBRID_RESNET_LAYERS`); ``model.variant`` the ViT."""
     from timm.layers import StdConv2dSame

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vitlab.models import registry
@@ -53,6 +55,78 @@ VIT_SHAPES: dict[str, ViTShape] = {
 }
 
 CLASSIFIERS = ("token", "gap")
+#: App. D.4 / Table 8: which position embedding (``model.pos_embed``) and where it is added (``model.pos_embed_at``)
+POS_EMBEDS = ("1d", "none", "2d", "relative")
+POS_EMBED_AT = ("stem", "every_layer", "every_layer_shared")
+
+
+class PosEmbedAblationViT(VisionTransformer):
+    """timm's ViT with the position embeddings of App. D.4 (Table 8), built only for the ablations:
+
+    - ``2d``: learned X and Y embeddings of width D/2 each, concatenated per patch (the [class] token gets none);
+    - ``1d``/``2d`` at ``every_layer``: a separate embedding added to the input of every block (``stem`` once);
+      ``every_layer_shared``: one embedding added before every block;
+    - ``relative``: no absolute embedding; every attention layer adds a learned bias per head and 1-D relative
+      distance between tokens (``[class]`` counted as position 0) to its logits.
+    """
+
+    def __init__(self, *, ablation: str, at: str, **kwargs: Any) -> None:
+        super().__init__(pos_embed="none", **kwargs)
+        self.ablation, self.at = ablation, at
+        n_layers = len(self.blocks) if at == "every_layer" else 1
+        gh, gw = self.patch_embed.grid_size
+        d, n = self.embed_dim, self.num_prefix_tokens + gh * gw
+        if ablation == "1d":
+            self.pos_1d = nn.Parameter(torch.randn(n_layers, 1, n, d) * 0.02)
+        elif ablation == "2d":
+            self.pos_x = nn.Parameter(torch.randn(n_layers, 1, 1, gw, d // 2) * 0.02)
+            self.pos_y = nn.Parameter(torch.randn(n_layers, 1, gh, 1, d - d // 2) * 0.02)
+        elif ablation == "relative":
+            heads = self.blocks[0].attn.num_heads
+            for blk in self.blocks:
+                blk.attn = RelativeBiasAttention(blk.attn, heads, n)
+
+    def _table(self, i: int) -> torch.Tensor:
+        """The (1, tokens, D) embedding added at layer ``i`` (index 0 for ``stem`` and ``every_layer_shared``)."""
+        if self.ablation == "1d":
+            return self.pos_1d[i]
+        gh, gw = self.patch_embed.grid_size
+        x, y = self.pos_x[i].expand(1, gh, gw, -1), self.pos_y[i].expand(1, gh, gw, -1)
+        grid = torch.cat([x, y], dim=-1).reshape(1, gh * gw, -1)
+        return F.pad(grid, (0, 0, self.num_prefix_tokens, 0))  # no position for the [class] token
+
+    def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                         is_causal: bool = False) -> torch.Tensor:
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))  # timm: tokens, no embedding
+        absolute = self.ablation in ("1d", "2d")
+        for i, blk in enumerate(self.blocks):
+            if absolute and (i == 0 or self.at != "stem"):
+                x = x + self._table(i if self.at == "every_layer" else 0)
+                if i == 0:
+                    x = self.pos_drop(x)
+            x = blk(x)
+        return self.norm(x)
+
+
+class RelativeBiasAttention(nn.Module):
+    """timm's ``Attention`` (its weights unchanged) plus a learned bias per head and relative distance, added to
+    the attention logits (Table 8's "relative": 1-D relative attention)."""
+
+    def __init__(self, attn: nn.Module, heads: int, tokens: int) -> None:
+        super().__init__()
+        self.attn = attn
+        self.bias = nn.Parameter(torch.zeros(heads, 2 * tokens - 1))
+        pos = torch.arange(tokens)
+        self.register_buffer("index", pos[None, :] - pos[:, None] + tokens - 1, persistent=False)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        a = self.attn
+        b, n, _c = x.shape
+        q, k, v = a.qkv(x).reshape(b, n, 3, a.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = a.q_norm(q), a.k_norm(k)
+        bias = self.bias[:, self.index].unsqueeze(0).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=a.attn_drop.p if self.training else 0.0)
+        return a.proj_drop(a.proj(a.norm(out.transpose(1, 2).reshape(b, n, -1))))
 
 
 def check_patch(img_size: int, patch_size: int, what: str = "model.img_size") -> None:
@@ -96,12 +170,13 @@ def build_vit(
     head_drop_rate: float = 0.0,
     attn_drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
-    pos_embed: str = "learn",
+    pos_embed: str = "1d",
     fused_attn: bool | None = None,
     embed_layer: Any = None,
     weight_init: str = "",
     pos_drop_rate: float = 0.0,
     proj_drop_rate: float = 0.0,
+    pos_embed_at: str = "stem",
 ) -> nn.Module:
     """A timm ``VisionTransformer`` of the paper's shapes (a hybrid when ``embed_layer`` embeds CNN features).
 
@@ -110,12 +185,18 @@ def build_vit(
     attention output projection and after both MLP layers (timm's ``proj_drop`` sites). ``attn_drop_rate`` is
     dropout on the attention weights (0 in the paper); ``head_drop_rate`` is timm's dropout before the
     classifier, which the paper does not use.
-    """
-    from timm.models.vision_transformer import VisionTransformer
 
+    ``pos_embed`` / ``pos_embed_at``: App. D.4's options (:data:`POS_EMBEDS`, :data:`POS_EMBED_AT`); the paper's
+    default, a learned 1-D embedding added once after the stem, is timm's own model, the rest
+    :class:`PosEmbedAblationViT`.
+    """
     shape = VIT_SHAPES[choice("variant", variant, VIT_SHAPES)]
     choice("classifier", classifier, CLASSIFIERS)
-    choice("pos_embed", pos_embed, ("learn", "none"))
+    choice("pos_embed", pos_embed, POS_EMBEDS)
+    choice("pos_embed_at", pos_embed_at, POS_EMBED_AT)
+    if pos_embed_at != "stem" and pos_embed not in ("1d", "2d"):
+        raise ModelConfigError(f"model.pos_embed_at={pos_embed_at} adds an absolute embedding at every layer: it "
+                               f"needs model.pos_embed=1d or 2d, not {pos_embed} (Table 8 has no such cell)")
     if shape.width % shape.heads:
         raise ModelConfigError(f"width {shape.width} is not divisible by {shape.heads} heads")
     if embed_layer is None:
@@ -132,7 +213,6 @@ def build_vit(
         global_pool="token" if classifier == "token" else "avg",
         class_token=classifier == "token",
         fc_norm=False,  # paper: the head reads the final LayerNorm output for both classifiers
-        pos_embed=pos_embed,
         drop_rate=head_drop_rate,
         pos_drop_rate=pos_drop_rate,
         proj_drop_rate=proj_drop_rate,
@@ -142,7 +222,13 @@ def build_vit(
     )
     if embed_layer is not None:
         kwargs["embed_layer"] = embed_layer
-    model = VisionTransformer(**kwargs)
+    if pos_embed in ("1d", "none") and pos_embed_at == "stem":  # timm's own model: the paper's default, or none
+        model = VisionTransformer(pos_embed="learn" if pos_embed == "1d" else "none", **kwargs)
+    else:
+        if embed_layer is not None:
+            raise ModelConfigError(f"model.pos_embed={pos_embed} model.pos_embed_at={pos_embed_at}: App. D.4's "
+                                   "ablations are for ViT (model.family=vit), not hybrids")
+        model = PosEmbedAblationViT(ablation=pos_embed, at=pos_embed_at, **kwargs)
     if fused_attn is not None:
         for m in model.modules():
             if hasattr(m, "fused_attn"):
@@ -152,12 +238,12 @@ def build_vit(
 
 def build(variant: str, num_classes: int, patch_size: int | None = None, img_size: int = 224, in_chans: int = 3,
           classifier: str = "token", representation_size: int | None = None, head_drop_rate: float = 0.0,
-          attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, pos_embed: str = "learn",
+          attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, pos_embed: str = "1d",
           fused_attn: bool | None = None, pos_drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
-          **_: Any) -> nn.Module:
+          pos_embed_at: str = "stem", **_: Any) -> nn.Module:
     return build_vit(variant, require_patch(patch_size, "vit"), int(img_size), int(num_classes), in_chans, classifier,
                      representation_size, head_drop_rate, attn_drop_rate, drop_path_rate, pos_embed, fused_attn,
-                     pos_drop_rate=float(pos_drop_rate), proj_drop_rate=float(proj_drop_rate))
+                     pos_drop_rate=float(pos_drop_rate), proj_drop_rate=float(proj_drop_rate), pos_embed_at=pos_embed_at)
 
 
 def describe_tokens(model: nn.Module, family: str) -> dict[str, Any]:
@@ -175,7 +261,6 @@ def describe_tokens(model: nn.Module, family: str) -> dict[str, Any]:
 
 
 def is_vision_transformer(model: nn.Module, hybrid: bool) -> bool:
-    from timm.models.vision_transformer import VisionTransformer
     from timm.models.vision_transformer_hybrid import HybridEmbed
 
     return isinstance(model, VisionTransformer) and isinstance(model.patch_embed, HybridEmbed) == hybrid
