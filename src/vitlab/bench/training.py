@@ -319,8 +319,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"- machine: {m.get('gpu') or m['cpu']}; {m['cores']} cores, {result['threads']} torch threads"
         + (f"; driver {m.get('driver')}, CUDA {m.get('cuda')}" if m.get("gpu") else ""),
         f"- software: torch {m['torch']}, lightning {m['lightning']}, timm {m['timm']}, python {m['python']}",
-        f"- peak: {pk['flops'] / 1e9:.1f} GFLOP/s ({pk['dtype']} {pk['n']}x{pk['n']} matmul, best of "
-        f"{pk['measurements']} workers' medians; spread {pk['min'] / 1e9:.1f}-{pk['flops'] / 1e9:.1f})",
+        (f"- peak: {pk['flops'] / 1e9:.1f} GFLOP/s ({pk['dtype']} {pk['n']}x{pk['n']} matmul, best of "
+         f"{pk['measurements']} workers' medians; spread {pk['min'] / 1e9:.1f}-{pk['flops'] / 1e9:.1f})")
+        if pk["measurements"] else "- peak: not measured (ways=[]: the job section only)",
         f"- protocol: {result['config']['warmup_steps']} warm-up + {result['config']['steps']} timed train steps, "
         f"{result['config']['eval_warmup_steps']} + {result['config']['eval_steps']} eval steps, "
         f"{result['config']['repeats']} interleaved repeats; median (min-max); load average "
