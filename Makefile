@@ -16,7 +16,7 @@ help:
 	@echo "make test-slow  the slow tests too (accuracy targets of the quickstart)"
 	@echo "make lock       refresh uv.lock from pyproject.toml (make lock-check: do they agree?)"
 	@echo "make lint       ruff, and lint-imports (the layers of docs/architecture.md)"
-	@echo "make bench      training/eval img/s, MFU, memory: vitlab.train vs plain PyTorch vs timm (BENCH_ARGS=...)"
+	@echo "make bench      training/eval img/s, MFU, memory: vitlab.train vs plain PyTorch vs timm; the default job, per-callback costs (BENCH_ARGS=...)"
 	@echo "make bench-data input-pipeline img/s: vitlab's ImageNet loader vs torchvision ImageFolder"
 	@echo "make sweep      data-scaling study: vit_micro vs bit_micro on 4 sizes of shapes (CPU, target < 20 min on 2 cores; SWEEP_ARGS=...)"
 	@echo "make report     table + paper figures (Fig. 3/4, Fig. 5) + HTML from the latest sweep (SWEEP_DIR=...)"

@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from vitlab import CONF_DIR
-from vitlab.bench.training import model_specs, worker_overrides
-from vitlab.bench.worker import Windows
+from vitlab.bench.training import aggregate_job, job_overrides, model_specs, worker_overrides
+from vitlab.bench.worker import Windows, job_rate
 from vitlab.errors import BenchConfigError
 from vitlab.models import build_model
 from vitlab.modules.classification import ClassificationModule, compile_net
@@ -56,6 +56,13 @@ def test_bench_tiny_writes_json_with_the_promised_schema(cli, tmp_path):
     assert "ModelCheckpoint" in "".join(entry["ways"]["vitlab"]["callbacks"])
     assert entry["ways"]["vitlab"]["loggers"] == ["CSVLogger"]
     assert entry["ways"]["timm"]["timm_model"] == "vit_tiny_patch16_224"
+    # the job as users run it: python -m vitlab.train with the default callbacks vs the same job by hand
+    job = entry["job"]
+    assert set(job["ways"]) == {"default", "plain", "timm"}
+    assert math.isfinite(entry["ratio_default_vs_plain"]) and entry["ratio_default_vs_plain"] > 0
+    assert job["ways"]["default"]["launch_to_first_step_s"]["median"] > 0 and job["bare_import_s"]["median"] > 0
+    assert {"AtomicModelCheckpoint", "RichProgressBar", "ComputeTracker", "logger CSVLogger"} <= set(job["callback_costs"])
+    assert "per step ms" in r.stdout and "launch -> first" in r.stdout and "no GPU here" in r.stdout
     # the Markdown table printed before the last line, also saved next to the JSON
     assert "| model | way | batch | train img/s | MFU |" in r.stdout
     assert "(a) vitlab.train" in path.with_suffix(".md").read_text()
@@ -81,6 +88,32 @@ def test_windows_exclude_warmup():
     assert r["steps"] == 3 and r["window_s"] == 3.0 and r["img_per_s"] == 8.0 and r["step_s"] == [1.0, 1.0, 1.0]
     with pytest.raises(RuntimeError, match="only 5 batches ran"):
         Windows._rate(w.train_t, 2, 4, 8)
+
+
+def test_job_rate_counts_every_batch_validation_and_checkpoint_after_warmup():
+    # batch ends at 1, 2, 3 s; validation + checkpoint until 5 s: 2 timed batches of 8 over 4 s
+    assert job_rate([1.0, 2.0, 3.0], 5.0, warmup=1, batch=8) == {"img_per_s": 4.0, "window_s": 4.0, "steps": 2}
+    with pytest.raises(RuntimeError, match="more than warmup=3"):
+        job_rate([1.0, 2.0, 3.0], 5.0, warmup=3, batch=8)
+
+
+def test_job_section_pairs_repeats_times_start_up_and_tables_callbacks():
+    def run(rate: float, first: float, ckpt_s: float = 0.3) -> dict:
+        return {"img_per_s": rate, "window_s": 4.0, "steps": 4, "epochs": 2, "process_wall_s": 9.0,
+                "launch_to_first_step_s": first,
+                "callbacks": {"AtomicModelCheckpoint": {"step_s": 0.004, "epoch_s": ckpt_s, "setup_s": 0.0}}}
+
+    runs = {"default": [run(9.0, 6.0), run(4.0, 7.0)], "plain": [run(10.0, 5.0), run(4.0, 5.5)],
+            "timm": [run(9.0, 5.0), run(5.0, 5.0)]}
+    j = aggregate_job(runs, bare=[5.0, 5.5], warmup=1)
+    assert j["ratio_default_vs_plain"] == pytest.approx(0.95) and j["ratio_default_vs_plain_spread"] == [0.9, 1.0]
+    assert j["ratio_default_vs_timm"] == pytest.approx(0.9)
+    assert j["startup_gap_s"] == pytest.approx(6.5 - 5.25)
+    assert j["callback_costs"]["AtomicModelCheckpoint"] == pytest.approx(
+        {"per_step_ms": 1.0, "per_epoch_ms": 150.0, "setup_ms": 0.0})
+    ov = job_overrides(_bench_cfg(), model_specs(_bench_cfg(), "cpu")[0], "cpu")
+    assert {"trainer.max_epochs=3", "test=false", "logger=csv"} <= set(ov)  # default callbacks: none dropped
+    assert not [o for o in ov if o.startswith(("callbacks", "~callbacks", "trainer.enable_progress_bar"))]
 
 
 def _vit(**kw):

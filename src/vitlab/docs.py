@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from vitlab import paper
-from vitlab.config import CONF_DIR
+from vitlab import CONF_DIR, paper
 from vitlab.errors import PaperKeyError
 
 SRC_DIR = Path(__file__).resolve().parent

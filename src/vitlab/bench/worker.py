@@ -21,11 +21,15 @@ from typing import Any
 import lightning as L
 import torch
 
-from vitlab.callbacks.timing import WindowTimer
+from vitlab.callbacks.timing import LAUNCH_ENV, WindowTimer
 from vitlab.errors import BenchConfigError
 
 WAYS = ("vitlab", "plain", "timm")
 WAY_LABEL = {"vitlab": "(a) vitlab.train", "plain": "(b) plain PyTorch", "timm": "(c) timm defaults"}
+#: the job section: the same multi-epoch job (validation + a checkpoint every epoch) run three ways
+JOB_WAYS = ("default", "plain", "timm")
+JOB_LABEL = {"default": "(d) python -m vitlab.train, defaults", "plain": "(e) plain loop, same job",
+             "timm": "(f) timm train.py's step, same job"}
 DEVICES = ("auto", "cpu", "cuda")
 #: trainer.precision -> the autocast dtype a plain loop uses (None: no autocast)
 PLAIN_PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": "bfloat16", "16-mixed": "float16"}
@@ -362,8 +366,149 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+# ---------------------------------------------------------------------------------------------
+# The job section: one multi-epoch job (train, validate, save a checkpoint, every epoch), by hand
+# ---------------------------------------------------------------------------------------------
+def job_rate(train_t: list[float], end_t: float, warmup: int, batch: int) -> dict[str, Any]:
+    """Images per second of a whole job after its warm-up batches: every later batch, validation pass and
+    checkpoint write counts, up to the end of the last epoch's work."""
+    if len(train_t) <= warmup or warmup < 1:
+        raise RuntimeError(f"{len(train_t)} batches ran; a job needs more than warmup={warmup} (>= 1)")
+    n = len(train_t) - warmup
+    window = end_t - train_t[warmup - 1]
+    return {"img_per_s": n * batch / window, "window_s": window, "steps": n}
+
+
+def _job_loop(net, cfg, dm, device: str, job: dict[str, Any], out_dir: Path, timm_step: bool) -> dict[str, Any]:
+    """The job as a plain loop (vitlab's optimiser and schedule, no per-step host sync, one ``torch.save`` of the
+    last state per epoch) or as timm ``train.py``'s step (timm's optimiser and scheduler factories, per-step
+    ``loss.item()`` into an ``AverageMeter``, ``accuracy`` per validation batch, ``CheckpointSaver`` and
+    ``update_summary`` every epoch)."""
+    import torch.nn.functional as F
+
+    from vitlab.modules.classification import classification_loss
+    from vitlab.optim import build_optimizer, build_scheduler
+
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    amp = PLAIN_PRECISIONS.get(precision)
+    if precision not in PLAIN_PRECISIONS or amp == "float16":
+        raise BenchConfigError(f"trainer.precision={precision!r}: the job's loops run 32-true or bf16-mixed")
+    amp_dtype = getattr(torch, amp) if amp else None
+    clip = cfg.trainer.get("gradient_clip_val")
+    loss_kind, smoothing = str(cfg.module.get("loss", "softmax")), float(cfg.module.get("label_smoothing", 0.0))
+    epochs, per_epoch, val_steps = int(job["epochs"]), int(job["steps_per_epoch"]), int(job["val_steps"])
+    optim_cfg = dict(cfg.optim)
+    net.to(device)
+    if timm_step:
+        from timm.loss import LabelSmoothingCrossEntropy
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+        from timm.utils import AverageMeter, CheckpointSaver, accuracy, dispatch_clip_grad, update_summary
+
+        opt = create_optimizer_v2(net, opt=str(optim_cfg.get("name", "adamw")), lr=float(optim_cfg["lr"]),
+                                  weight_decay=float(optim_cfg.get("weight_decay", 0.0)))
+        sched, _ = create_scheduler_v2(opt, sched="cosine", num_epochs=epochs, warmup_epochs=0,
+                                       step_on_epochs=False, updates_per_epoch=per_epoch)
+        loss_fn = LabelSmoothingCrossEntropy(smoothing) if smoothing else torch.nn.CrossEntropyLoss()
+        saver = CheckpointSaver(net, opt, checkpoint_dir=str(out_dir), recovery_dir=str(out_dir), max_history=1)
+    else:
+        opt = build_optimizer(net, optim_cfg)
+        sched = build_scheduler(opt, optim_cfg, epochs * per_epoch)
+
+    def to_dev(x, y):
+        x = dm.on_after_batch_transfer((x.to(device, non_blocking=True),), 0)[0]
+        return x, y.to(device, non_blocking=True)
+
+    train_t: list[float] = []
+    first_step_unix = None
+    updates = 0
+    for epoch in range(epochs):
+        net.train()
+        losses = AverageMeter() if timm_step else None
+        it = iter(dm.train_dataloader())
+        for i in range(per_epoch):
+            x, y = to_dev(*next(it))
+            with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = net(x)
+                loss = loss_fn(out, y) if timm_step else classification_loss(out, y, loss_kind, smoothing)
+            loss.backward()
+            if clip:
+                if timm_step:
+                    dispatch_clip_grad(net.parameters(), value=float(clip), mode="norm")
+                else:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), float(clip))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            updates += 1
+            if timm_step:
+                losses.update(loss.item(), x.size(0))  # train.py: every step (not distributed)
+                sched.step_update(num_updates=updates, metric=losses.avg)
+                if i == per_epoch - 1 or i % 50 == 0:  # train.py's log_interval
+                    log.info("Train: %d [%d/%d] loss %.3f lr %.3e", epoch, i, per_epoch, losses.avg,
+                             opt.param_groups[0]["lr"])
+            else:
+                sched.step()
+            _sync(device)
+            train_t.append(time.perf_counter())
+            if first_step_unix is None:
+                first_step_unix = time.time()
+        net.eval()
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        total_loss = torch.zeros((), device=device)
+        top1 = AverageMeter() if timm_step else None
+        it = iter(dm.val_dataloader())
+        with torch.inference_mode():
+            for _ in range(val_steps):
+                x, y = to_dev(*next(it))
+                with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = net(x)
+                if timm_step:
+                    acc1, _ = accuracy(logits, y, topk=(1, min(5, logits.shape[-1])))
+                    top1.update(acc1.item(), x.size(0))
+                else:
+                    total_loss += F.cross_entropy(logits.float(), y, reduction="sum")
+                    correct += (logits.argmax(-1) == y).sum()
+        if timm_step:
+            saver.save_checkpoint(epoch, metric=top1.avg)
+            update_summary(epoch, {"loss": losses.avg}, {"top1": top1.avg}, str(out_dir / "summary.csv"),
+                           lr=opt.param_groups[0]["lr"], write_header=epoch == 0)
+        else:
+            acc = correct.item() / max(1, val_steps * dm.eval_batch_size)  # one host sync per epoch
+            tmp = out_dir / "last.pt.tmp"
+            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "epoch": epoch, "val_acc": acc}, tmp)
+            os.replace(tmp, out_dir / "last.pt")
+    _sync(device)
+    return {"train_t": train_t, "end_t": time.perf_counter(), "epochs": epochs,
+            "launch_to_first_step_s": _since_launch(first_step_unix)}
+
+
+def _since_launch(t_unix: float | None) -> float | None:
+    launch = os.environ.get(LAUNCH_ENV)
+    return t_unix - float(launch) if launch and t_unix else None
+
+
+def run_job_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """The job section's ``plain`` or ``timm`` way: the job ``python -m vitlab.train`` runs, by hand."""
+    threads = spec.get("threads") or "auto"
+    torch.set_num_threads(available_cores() if threads == "auto" else int(threads))
+    out_dir = Path(spec["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = compose_train_cfg(spec["overrides"], out_dir)
+    from vitlab.models import build_model
+    from vitlab.runs.assemble import build_datamodule
+    from vitlab.utils.plain import to_plain
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    dm = build_datamodule(cfg.data)
+    dm.setup("fit")
+    net = build_model(**to_plain(cfg.model))
+    r = _job_loop(net, cfg, dm, spec["device"], spec["job"], out_dir, spec["job_way"] == "timm")
+    return {**r, "batch_size": dm.batch_size}
+
+
 def worker_cli(spec_path: str) -> None:
     """``python -m vitlab.bench --worker <spec.json>``: run one worker, write its result where the spec says."""
     spec = json.loads(Path(spec_path).read_text())
-    res = run_worker(spec)
+    res = run_job_worker(spec) if spec.get("job_way") else run_worker(spec)
     Path(spec["result"]).write_text(json.dumps(res))

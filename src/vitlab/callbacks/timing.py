@@ -1,12 +1,32 @@
-"""The bench's timing hook inside ``Trainer.fit``: it tells a window counter (``vitlab.bench.worker.Windows``)
-when a train batch or a (non-sanity) validation batch ends, so vitlab.train is timed by the same windows as the
-hand-written loop it is compared with."""
+"""The bench's hooks inside ``Trainer.fit``.
+
+- :class:`WindowTimer` tells a window counter (``vitlab.bench.worker.Windows``) when a train batch or a
+  (non-sanity) validation batch ends, so ``vitlab.train`` is timed by the same windows as the hand-written
+  loop it is compared with;
+- :class:`HookProfiler` is what ``make bench`` adds to a ``python -m vitlab.train`` run (``+callbacks.bench_probe``)
+  to time that run as users get it: the end of every train batch, the end of the fit, the seconds from launch
+  to the first optimiser step, and the time each other callback and logger spends in its hooks (per step, per
+  epoch, set-up), written as JSON when the fit ends.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
 
 import lightning as L
+
+#: hooks that run once per training batch; every other hook counts as set-up (before the first batch ends),
+#: or epoch work (validation, epoch ends, checkpoint writes)
+STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+              "on_before_optimizer_step", "on_before_zero_grad")
+LOGGER_METHODS = ("log_metrics", "log_hyperparams", "save", "finalize", "after_save_checkpoint")
+#: the environment variable in which ``make bench`` passes the launch time (``time.time()``) to the run
+LAUNCH_ENV = "VITLAB_BENCH_LAUNCH_T"
 
 
 class BatchWindows(Protocol):
@@ -27,3 +47,75 @@ class WindowTimer(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not trainer.sanity_checking:
             self.win.eval_batch_end()
+
+
+class HookProfiler(L.Callback):
+    """Times a whole ``Trainer.fit`` as run, and the share of it each callback and logger takes.
+
+    At ``setup`` it wraps the hooks of every other callback (and the loggers' writing methods) in a timer; a
+    hook's time counts as *per step* (:data:`STEP_HOOKS` of the batches after the first ``warmup``), *set-up* (anything
+    before the first batch has ended, and the warm-up batches' step hooks) or *epoch* work (the rest). The JSON written to ``out`` at the
+    end of the fit holds the batch end times, the fit's end, launch → first optimiser step (when the launcher
+    set :data:`LAUNCH_ENV`) and the per-callback seconds.
+    """
+
+    def __init__(self, out: str, warmup: int = 1) -> None:
+        self.out, self.warmup = Path(out), int(warmup)
+        self.train_t: list[float] = []
+        self.costs: dict[str, dict[str, float]] = {}
+        self.first_step_unix: float | None = None
+        self.epochs = 0
+
+    def _batch(self, trainer) -> int:  # 1-based index of the batch in progress (0 before the first)
+        return int(trainer.fit_loop.epoch_loop.batch_progress.total.ready)
+
+    def _wrap(self, name: str, obj: Any, method: str, trainer, step_hook: bool) -> None:
+        fn = getattr(obj, method, None)
+        if fn is None:
+            return
+        cost = self.costs.setdefault(name, {"step_s": 0.0, "epoch_s": 0.0, "setup_s": 0.0})
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                dt = time.perf_counter() - t
+                if step_hook:  # the warm-up batches (FLOP counting, first allocations) count as set-up
+                    cost["step_s" if self._batch(trainer) > self.warmup else "setup_s"] += dt
+                else:
+                    cost["epoch_s" if self.train_t else "setup_s"] += dt
+
+        setattr(obj, method, timed)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        for cb in trainer.callbacks:
+            if cb is self:
+                continue
+            name = type(cb).__name__
+            for hook in vars(L.Callback):
+                if hook.startswith(("on_", "setup", "teardown", "state_dict", "load_state_dict")) and \
+                        getattr(type(cb), hook, None) is not getattr(L.Callback, hook):
+                    self._wrap(name, cb, hook, trainer, hook in STEP_HOOKS)
+        for lg in trainer.loggers:
+            for method in LOGGER_METHODS:
+                self._wrap(f"logger {type(lg).__name__}", lg, method, trainer, method == "log_metrics")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.train_t.append(time.perf_counter())
+        if self.first_step_unix is None:
+            self.first_step_unix = time.time()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.epochs += 1
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        launch = os.environ.get(LAUNCH_ENV)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps({
+            "train_t": self.train_t, "end_t": time.perf_counter(), "epochs": self.epochs,
+            "steps_timed": max(0, len(self.train_t) - self.warmup), "warmup": self.warmup,
+            "launch_to_first_step_s": self.first_step_unix - float(launch) if launch and self.first_step_unix else None,
+            "callbacks": self.costs,
+        }, indent=1))

@@ -31,12 +31,16 @@ stays the cost of one image alone, the convention of the published GMACs above.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -191,14 +195,46 @@ def _train_step_flops(model: nn.Module, x: torch.Tensor) -> int:
     return fc.get_total_flops()
 
 
+def _cache_path(model_json: str) -> Path:
+    """Where the count of ``model_json`` is kept between processes: keyed by the config, the torch and timm
+    versions and the source of vitlab's models and of this counter, so an edited model is counted afresh."""
+    import timm
+
+    import vitlab
+
+    h = hashlib.sha256(f"{model_json}|{torch.__version__}|{timm.__version__}".encode())
+    root = Path(vitlab.__file__).parent
+    for f in sorted([*root.joinpath("models").glob("*.py"), Path(__file__)]):
+        h.update(f.read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitlab" / "flops"
+    return cache / f"{h.hexdigest()[:32]}.json"
+
+
 @functools.lru_cache(maxsize=64)
 def _config_flops(model_json: str) -> FlopCount:
+    """Counted once per machine: a count is 0.6 s of every run's start-up (vit_micro; more for big models), so it
+    is kept as a small JSON of four numbers (read as numbers only) in ``~/.cache/vitlab/flops/``."""
     from vitlab.models import build_model
 
+    path = _cache_path(model_json)
+    try:
+        d = json.loads(path.read_text())
+        return FlopCount(forward_flops=int(d["forward_flops"]), train_flops=int(d["train_flops"]),
+                         img_size=int(d["img_size"]), by_op={str(k): int(v) for k, v in d["by_op"].items()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
     cfg = json.loads(model_json)
     with torch.device("meta"):
         model = build_model(**cfg)
-    return count_flops(model, int(cfg.get("img_size") or 224), int(cfg.get("in_chans") or 3))
+    fc = count_flops(model, int(cfg.get("img_size") or 224), int(cfg.get("in_chans") or 3))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(fc)))
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: count again next time
+        pass
+    return fc
 
 
 def model_config_flops(model_cfg: Mapping[str, Any], img_size: int | None = None) -> FlopCount:

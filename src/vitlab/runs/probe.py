@@ -12,11 +12,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
-from vitlab.config import to_plain
 from vitlab.errors import ConfigError
 from vitlab.runs.assemble import build_datamodule, report
 from vitlab.runs.read import read_run
 from vitlab.tasks import task_wrapper
+from vitlab.utils.plain import to_plain
 
 # torch, Lightning, the models and the protocols are imported where used: like every task, a command refused at
 # start-up (a literal secret, a busy run directory) answers before they load (`import lightning`: 1.3 s -> 52 s
