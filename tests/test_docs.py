@@ -237,3 +237,9 @@ def test_readme_train_and_predict_examples_run_at_cpu_size(tmp_path):
     finally:
         GlobalHydra.instance().clear()
     assert result["labelled"] == 3 and Path(result["out"]).is_file()
+
+
+def test_readme_links_point_at_files():
+    """The README is not part of the strict site build: its relative links are checked here."""
+    for target in re.findall(r"\]\(([^)#:]+)\)", (ROOT / "README.md").read_text()):
+        assert (ROOT / target).is_file(), f"README.md links to {target}, which does not exist"
