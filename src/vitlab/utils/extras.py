@@ -75,10 +75,14 @@ def quiet_console(cfg: DictConfig | None = None) -> None:
         # `wandb sync <run>/wandb/offline-run-*` uploads the run later. WANDB_SILENT=false shows them.
         os.environ.setdefault("WANDB_SILENT", "true")
         # wandb.init reads its settings from the environment only after it has warned about the `anonymous`
-        # argument Lightning's WandbLogger always passes; set W&B up first so that warning is silent too
-        import wandb
+        # argument Lightning's WandbLogger always passes; set W&B up first so that warning is silent too. A W&B
+        # that is missing or fails here is reported by the logger builder (training goes on without it).
+        try:
+            import wandb
 
-        wandb.setup()
+            wandb.setup()
+        except Exception as e:  # noqa: BLE001 - any failure is the logger builder's to report
+            log.debug("wandb.setup() failed: %s", e)
 
 
 def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, config: dict | None = None):
