@@ -133,9 +133,11 @@ def command_line_overrides() -> list[str]:
 @rank_zero_only
 def announce_run(cfg: DictConfig) -> None:
     """One line of identity: what runs, with which overrides, and where its config and results go."""
+    from vitlab.utils.secrets import redact
+
     overrides = " ".join(command_line_overrides()) or "none"
-    log.info(f"run {cfg.get('run_name', '')} (overrides: {overrides}); outputs and config_tree.log in "
-             f"{cfg.paths.output_dir}")
+    log.info(redact(f"run {cfg.get('run_name', '')} (overrides: {overrides}); outputs and config_tree.log in "
+                    f"{cfg.paths.output_dir}"))
 
 
 def apply_extras(cfg: DictConfig, config: dict | None = None) -> None:
