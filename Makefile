@@ -86,7 +86,7 @@ report: $(STAMP)
 # (gitignored, so it cannot drift), then `mkdocs build --strict` fails on any broken link or missing page.
 docs: $(STAMP)
 	$(PY) -m vitlab.docs docs/reference
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

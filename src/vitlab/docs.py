@@ -174,7 +174,7 @@ def group_page(group: str, conf: Path = Path(CONF_DIR)) -> str:
     lines += [f"| [`{opt}`](#{anchor(opt)}) | {cell(parsed[opt].header)} |" for opt in options]
     for opt in options:
         cfg = parsed[opt]
-        lines += ["", f"## {opt}", "", f"`{group}={opt}` · file `conf/{group}/{opt}.yaml`", ""]
+        lines += ["", f"## `{opt}`", "", f"`{group}={opt}` · file `conf/{group}/{opt}.yaml`", ""]
         if cfg.header:
             lines += [cfg.header, ""]
         if cfg.defaults:

@@ -81,10 +81,14 @@ def quiet_console(cfg: DictConfig | None = None) -> None:
         # `wandb sync <run>/wandb/offline-run-*` uploads the run later. WANDB_SILENT=false shows them.
         os.environ.setdefault("WANDB_SILENT", "true")
         # wandb.init reads its settings from the environment only after it has warned about the `anonymous`
-        # argument Lightning's WandbLogger always passes; set W&B up first so that warning is silent too
-        import wandb
+        # argument Lightning's WandbLogger always passes; set W&B up first so that warning is silent too. A W&B
+        # that is missing or fails here is reported by the logger builder (training goes on without it).
+        try:
+            import wandb
 
-        wandb.setup()
+            wandb.setup()
+        except Exception as e:  # noqa: BLE001 - any failure is the logger builder's to report
+            log.debug("wandb.setup() failed: %s", e)
 
 
 def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, config: dict | None = None):
@@ -127,9 +131,11 @@ def command_line_overrides() -> list[str]:
 @rank_zero_only
 def announce_run(cfg: DictConfig) -> None:
     """One line of identity: what runs, with which overrides, and where its config and results go."""
+    from vitlab.utils.secrets import redact
+
     overrides = " ".join(command_line_overrides()) or "none"
-    log.info(f"run {cfg.get('run_name', '')} (overrides: {overrides}); outputs and config_tree.log in "
-             f"{cfg.paths.output_dir}")
+    log.info(redact(f"run {cfg.get('run_name', '')} (overrides: {overrides}); outputs and config_tree.log in "
+                    f"{cfg.paths.output_dir}"))
 
 
 def apply_extras(cfg: DictConfig, config: dict | None = None) -> None:
