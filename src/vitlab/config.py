@@ -20,19 +20,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vitlab import CONF_DIR
 from vitlab.data.catalog import RESOLVERS as DATA_RESOLVERS  # class counts from data.task / data.root
 from vitlab.paper import RESOLVERS as PAPER_RESOLVERS  # ${vitlab.paper:table3,<model>,<data>,lr}
+from vitlab.utils.wandb_io import wandb_offline
 
 #: per-process suffix that keeps two jobs started in the same second apart
 _UID = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)}"
-
-
-def wandb_offline() -> bool:
-    """W&B is offline unless a key is configured; WANDB_MODE=online|offline forces either way."""
-    mode = os.environ.get("WANDB_MODE", "").lower()
-    if mode in ("online", "run"):
-        return False
-    if mode in ("offline", "dryrun", "disabled"):
-        return True
-    return not os.environ.get("WANDB_API_KEY")
 
 
 def prelogits_width(family: str, variant: str) -> int | None:

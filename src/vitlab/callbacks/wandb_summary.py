@@ -2,7 +2,7 @@
 
 Runs are grouped by study through the logger config (``group=${group}``, ``job_type``, ``tags``: the
 sweep configs in ``conf/sweep/`` set them). Logging figures and tables to a run is
-:mod:`vitlab.report.wandb_dash`'s.
+:mod:`vitlab.utils.wandb_io`'s.
 """
 
 from __future__ import annotations

@@ -102,10 +102,9 @@ def _as_list(x) -> list:
 
 def _log_wandb(rows, figs, title: str, out: Path) -> Path:
     """One W&B run (job_type=report, group = the study) holding the figures (wandb.Image) and the table."""
-    from vitlab.config import wandb_offline
-    from vitlab.report.wandb_dash import log_figures, log_table
     from vitlab.report.wandb_offline import wait_until_finished
     from vitlab.runs.assemble import wandb_run
+    from vitlab.utils.wandb_io import log_figures, log_table, wandb_offline
 
     group = next((r.get("group") for r in rows if r.get("group")), None)
     with wandb_run(title, group, REPORT_JOB_TYPE, out) as run:

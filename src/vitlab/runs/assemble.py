@@ -30,7 +30,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
 from vitlab.checks import check_count
-from vitlab.config import wandb_offline
 from vitlab.errors import ConfigError
 from vitlab.inspection.flops import flops_stats
 from vitlab.models import registry
@@ -42,6 +41,7 @@ from vitlab.tasks import print_metrics
 from vitlab.utils.instantiate import build_callbacks, build_loggers, start_loggers
 from vitlab.utils.plain import job_config, to_plain
 from vitlab.utils.secrets import redact
+from vitlab.utils.wandb_io import wandb_offline
 
 log = logging.getLogger("vitlab.train")
 

@@ -69,8 +69,8 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.loggers import WandbLogger
 
     from vitlab import protocols
-    from vitlab.report.wandb_dash import log_table
     from vitlab.utils.instantiate import build_loggers
+    from vitlab.utils.wandb_io import log_table
 
     if cfg.get("data") is None:
         raise ConfigError("choose the dataset to evaluate on: data=<name> (e.g. data=digits)")

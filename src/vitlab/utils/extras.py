@@ -26,9 +26,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from vitlab.config import wandb_offline
 from vitlab.errors import ConfigError
 from vitlab.utils.plain import job_config
+from vitlab.utils.wandb_io import wandb_offline
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,25 @@
-"""W&B as the dashboard: figures as ``wandb.Image``, result tables as ``wandb.Table``.
+"""W&B, the parts every layer may use: whether a run logs offline, and figures and result tables as W&B media.
 
-The best-value run summaries are a training callback, :mod:`vitlab.callbacks.wandb_summary`; the scaling keys
-(model family/variant/patch/params/GFLOPs, data/train_size, resolution) reach the run config through
-``vitlab.runs.assemble.run_stats``.
+The best-value run summaries are a training callback (:mod:`vitlab.callbacks.wandb_summary`), offline run files
+are read back by :mod:`vitlab.report.wandb_offline`, dashboards are :mod:`vitlab.report.dashboard`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+
+def wandb_offline() -> bool:
+    """W&B is offline unless a key is configured; WANDB_MODE=online|offline forces either way."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("online", "run"):
+        return False
+    if mode in ("offline", "dryrun", "disabled"):
+        return True
+    return not os.environ.get("WANDB_API_KEY")
 
 
 def log_figures(run, figures: Mapping[str, str | Path], prefix: str = "figures/") -> None:
