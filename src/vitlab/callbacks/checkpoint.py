@@ -67,28 +67,12 @@ def atomic_save(trainer: L.Trainer, filepath: str | os.PathLike, weights_only: b
     return filepath
 
 
-def _link_atomically(src: str, filepath: str) -> bool:
-    """``filepath`` as a hard link to the complete file ``src`` (via ``filepath.tmp`` + rename); False when the
-    filesystem refuses links (the caller then writes the file)."""
-    tmp = filepath + TMP_SUFFIX
-    try:
-        Path(tmp).unlink(missing_ok=True)
-        os.link(src, tmp)
-        os.replace(tmp, filepath)
-        fsync_path(os.path.dirname(filepath) or ".", directory=True)
-        return True
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
-        return False
-
-
 class AtomicModelCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` with atomic writes, plus ``last.ckpt`` every ``last_every_n_train_steps`` steps.
 
     The best-``monitor`` checkpoints are kept as usual (at validation end); ``last.ckpt`` is rewritten
     every N optimizer steps and at every epoch end, whether or not the monitored metric improved,
-    so a resumed run loses at most N steps. When the best and ``last.ckpt`` are of the same step (a single
-    process), the state is serialised once and the second name is a hard link to the first.
+    so a resumed run loses at most N steps.
     """
 
     def __init__(self, *args: Any, last_every_n_train_steps: int | None = None, **kwargs: Any) -> None:
@@ -97,16 +81,9 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             raise ValueError(f"last_every_n_train_steps={last_every_n_train_steps} must be >= 1 or null")
         self.last_every_n_train_steps = int(last_every_n_train_steps) if last_every_n_train_steps else None
         self._last_saved_step: int | None = None
-        self._written: tuple[int, bool, str] | None = None  # (global step, weights only, path) of the last write
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        prev = self._written
-        if trainer.world_size == 1 and prev is not None and prev[:2] == (trainer.global_step, self.save_weights_only) \
-                and os.path.isfile(prev[2]) and _link_atomically(prev[2], filepath):
-            pass  # the best and last.ckpt of one step: one serialisation, a hard link (as timm's CheckpointSaver)
-        else:
-            atomic_save(trainer, filepath, self.save_weights_only)
-        self._written = (trainer.global_step, self.save_weights_only, filepath)
+        atomic_save(trainer, filepath, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if os.path.basename(filepath).startswith(self.CHECKPOINT_NAME_LAST or "last"):
