@@ -18,7 +18,7 @@ from conftest import compose_cfg, refusal
 from dataset_writers import write_class_folders
 from vitlab.data.folder import FolderDataModule
 from vitlab.evaluate import evaluate
-from vitlab.fewshot import fewshot
+from vitlab.runs.probe import probe
 from vitlab.train import train
 from vitlab.utils.instantiate import build_loggers
 
@@ -66,13 +66,13 @@ def test_test_only_with_another_networks_checkpoint_names_the_model(refuse, tiny
     assert "Pass model=vit_micro" in msg and "python -m vitlab.evaluate" in msg
 
 
-@pytest.mark.parametrize(("task", "overrides"), [
-    (evaluate, ["seed=-1"]),
-    (fewshot, ["data=digits", "data.img_size=16", "seed=abc"]),
+@pytest.mark.parametrize(("name", "task", "overrides"), [
+    ("evaluate", evaluate, ["seed=-1"]),
+    ("fewshot", probe, ["data=digits", "data.img_size=16", "seed=abc"]),
 ])
-def test_seed_of_evaluate_and_fewshot_is_checked_like_trains(tiny_ckpt, tmp_path, task, overrides):
+def test_seed_of_evaluate_and_fewshot_is_checked_like_trains(tiny_ckpt, tmp_path, name, task, overrides):
     try:
-        cfg = compose_cfg(task.__name__, [f"ckpt_path={tiny_ckpt}", *overrides], tmp_path / "out")
+        cfg = compose_cfg(name, [f"ckpt_path={tiny_ckpt}", *overrides], tmp_path / "out")
         msg = refusal(task, cfg)
     finally:
         GlobalHydra.instance().clear()

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from vitlab.config import CONF_DIR, compose_job, job_config
+from vitlab import CONF_DIR
+from vitlab.config import compose_job
+from vitlab.utils.plain import job_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = Path(CONF_DIR)

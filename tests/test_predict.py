@@ -150,7 +150,7 @@ def test_a_glob_over_symlink_loops_lists_each_image_once(tmp_path, monkeypatch):
 
 
 def test_out_a_folder_is_refused_before_any_work(tmp_path):
-    from vitlab.config import ConfigError
+    from vitlab.errors import ConfigError
     from vitlab.predict import predict
 
     _images(tmp_path / "imgs", "a.png")
@@ -162,7 +162,7 @@ def test_out_a_folder_is_refused_before_any_work(tmp_path):
 
 def test_out_dev_full_keeps_the_predictions_in_the_run_dir(digits_run, tmp_path):
     """A write that fails (/dev/full: no space left) names out= and where the predictions went; nothing is lost."""
-    from vitlab.config import ConfigError
+    from vitlab.errors import ConfigError
     from vitlab.predict import predict
 
     _images(tmp_path / "imgs", "a.png", "b.png")

@@ -430,7 +430,7 @@ def test_rezipped_torch_checkpoint_declaring_gigabytes_is_refused_before_loading
     """A deflated record declaring 2 GiB: refused by model.pretrained, evaluate's reader and the resume peek,
     from the zip directory alone (torch.load is never called)."""
     from vitlab.callbacks.resume import ResumeError, peek_checkpoint
-    from vitlab.config import ConfigError
+    from vitlab.errors import ConfigError
     from vitlab.runs import load_checkpoint
 
     src = tmp_path / "last.ckpt"

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
+from vitlab.checks import check_seed
 from vitlab.errors import ConfigError
 from vitlab.runs.assemble import build_datamodule, report
 from vitlab.runs.read import read_run
@@ -35,7 +36,8 @@ def load_backbone(cfg: DictConfig):
 
     if cfg.get("ckpt_path"):
         run = read_run(cfg.ckpt_path, cfg, with_data=False)  # data is this task's own (data=...)
-        return run.build_net(), dict(run.model)  # headless for a masked-patch-prediction checkpoint
+        net = run.build_net()  # headless for a masked-patch-prediction checkpoint
+        return net, {**run.model, "num_classes": net.num_classes}
     random_init = bool(cfg.get("random_init"))
     if cfg.get("model") is None or not (cfg.model.get("pretrained") or random_init):
         raise ConfigError("give ckpt_path=<vitlab .ckpt>, or model=<name> model.pretrained=<.npz/.safetensors/.pth>, "
@@ -76,6 +78,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("choose the dataset to evaluate on: data=<name> (e.g. data=digits)")
     name = str(cfg.protocol.name)
     protocols.find(name)  # an unknown name is refused before the checkpoint is read
+    check_seed(cfg.get("seed"))
     L.seed_everything(cfg.seed)
     net, model_cfg = load_backbone(cfg)
     ev = protocols.build(name, build_datamodule(probe_data_cfg(cfg, model_cfg)), **protocols.options(cfg.protocol))
