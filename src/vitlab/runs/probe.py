@@ -12,11 +12,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
-from vitlab.config import to_plain
 from vitlab.errors import ConfigError
 from vitlab.runs.assemble import build_datamodule, report
 from vitlab.runs.read import read_run
 from vitlab.tasks import task_wrapper
+from vitlab.utils.plain import to_plain
 
 # torch, Lightning, the models and the protocols are imported where used: like every task, a command refused at
 # start-up (a literal secret, a busy run directory) answers before they load (`import lightning`: 1.3 s -> 52 s
@@ -74,7 +74,6 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.loggers import WandbLogger
 
     from vitlab import protocols
-    from vitlab.report.wandb_dash import log_table
     from vitlab.utils.instantiate import build_loggers
 
     if cfg.get("data") is None:
@@ -92,7 +91,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     for lg in build_loggers(cfg.get("logger")):  # task_wrapper finishes the W&B run
         lg.log_metrics({k: v for k, v in res.items() if isinstance(v, float)})
         if isinstance(lg, WandbLogger):  # the table as a wandb.Table, next to the scalars
-            log_table(lg.experiment, f"{name}/table", rows, list(rows[0]))
+            lg.log_table(f"{name}/table", columns=list(rows[0]), data=[list(r.values()) for r in rows])
         lg.finalize("success")
     print(f"\n{ev.summary(res)}\noutputs: {cfg.paths.output_dir}")
     return results
