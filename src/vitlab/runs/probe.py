@@ -72,7 +72,6 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
 
     from vitlab import protocols
     from vitlab.utils.instantiate import build_loggers
-    from vitlab.utils.wandb_io import log_table
 
     if cfg.get("data") is None:
         raise ConfigError("choose the dataset to evaluate on: data=<name> (e.g. data=digits)")
@@ -90,7 +89,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     for lg in build_loggers(cfg.get("logger")):  # task_wrapper finishes the W&B run
         lg.log_metrics({k: v for k, v in res.items() if isinstance(v, float)})
         if isinstance(lg, WandbLogger):  # the table as a wandb.Table, next to the scalars
-            log_table(lg.experiment, f"{name}/table", rows, list(rows[0]))
+            lg.log_table(f"{name}/table", columns=list(rows[0]), data=[list(r.values()) for r in rows])
         lg.finalize("success")
     print(f"\n{ev.summary(res)}\noutputs: {cfg.paths.output_dir}")
     return results
