@@ -254,8 +254,8 @@ def test_yaml_aliases_oversize_and_misshapen_run_files_are_named_and_skipped(tmp
     with caplog.at_level("WARNING", logger="vitlab.report"):
         rows = collect(sweep)
     assert [Path(r["job_dir"]).name for r in rows] == ["0"]
-    for name, why in (("1", "holds a JSON list, not an object of metrics"), ("2", "nested too deeply"),
-                      ("3", "'x' nested more than 2 levels deep"), ("4", f"more than {MAX_RUN_FILE_BYTES:,} bytes"),
+    for name, why in (("1", "holds a JSON list, not the mapping of results"), ("2", "nested too deeply"),
+                      ("3", "'x' holds nested data"), ("4", f"more than {MAX_RUN_FILE_BYTES:,} bytes"),
                       ("5", "anchor or alias"), ("6", "anchor or alias")):
         assert any(f"sweep/{name}/" in m and why in m for m in caplog.messages), (name, caplog.messages)
 

@@ -17,6 +17,7 @@ from vitlab.errors import ConfigError
 from vitlab.runs import load_run
 from vitlab.runs.assemble import build_trainer, report
 from vitlab.tasks import hydra_app, scalar_metrics, task_wrapper
+from vitlab.utils.extras import quiet_console
 from vitlab.utils.instantiate import build_loggers, start_loggers
 
 log = logging.getLogger("vitlab.evaluate")
@@ -26,6 +27,7 @@ log = logging.getLogger("vitlab.evaluate")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test (or validate: ``split=val``) the checkpoint ``ckpt_path`` on its data; return and write the metrics."""
     check_seed(cfg.get("seed"))
+    quiet_console(cfg)
     run, module, datamodule = load_run(cfg)  # the checkpoint's network, and its data unless data= is given
     data_cfg = run.data
     if int(datamodule.num_classes) != module.num_classes:

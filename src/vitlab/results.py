@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from vitlab.errors import ReportError
-from vitlab.utils.run_files import read_bytes
+from vitlab.utils.run_files import MAX_RUN_FILE_BYTES, read_bytes
 
 #: the file every job writes into its output directory
 RESULT_FILE = "metrics.json"
 #: what vitlab writes is a few KB; a larger file is not a results file of its own
-MAX_BYTES = 4 * 1024 * 1024
+MAX_BYTES = MAX_RUN_FILE_BYTES
 
 _SCALARS = (str, int, float, bool, type(None))
 

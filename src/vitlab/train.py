@@ -33,7 +33,7 @@ from vitlab.runs.assemble import (
 )
 from vitlab.runs.read import load_checkpoint
 from vitlab.tasks import hydra_app, scalar_metrics, task_wrapper
-from vitlab.utils.extras import apply_extras
+from vitlab.utils.extras import apply_extras, quiet_console
 from vitlab.utils.plain import job_config
 from vitlab.utils.secrets import check_no_literal_secrets
 
@@ -56,6 +56,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     config = job_config(cfg)  # once per job: config.yaml, the checkpoints and every logger hold this one
 
     # the objects, by name: data, module, callbacks, loggers, trainer (each checks its own arguments)
+    quiet_console(cfg)  # before the Trainer is built: Lightning's tips and set-up lines are printed there
     L.seed_everything(cfg.seed, workers=True)
     objects = assemble(cfg, config, start_logging=False)
     apply_extras(cfg, config)  # extras.enforce_tags / print_config / ignore_warnings, once the objects are valid
