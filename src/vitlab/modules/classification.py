@@ -16,7 +16,6 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab import metrics as M
 from vitlab.models import build_model
-from vitlab.models.pretrained import zero_init_head
 from vitlab.modules.base import VitlabModule
 
 LOSSES = ("softmax", "sigmoid")
@@ -101,7 +100,6 @@ class ClassificationModule(VitlabModule):
             raise ValueError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
         self.save_hyperparameters()
         self.net = build_model(**model)
-        zero_init_head(self.net)  # vit_jax models_vit.py (head kernel_init=zeros) and BiT (zero_head): also from scratch
         self.channels_last = bool(model.get("channels_last", False))  # NHWC for conv nets (docs/performance.md)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
