@@ -60,21 +60,6 @@ def test_unknown_variant_lists_choices():
         build_model("vit", "XL", num_classes=10, img_size=32, patch_size=8)
 
 
-@pytest.mark.parametrize(("model", "extra"), [("vit_micro", ["model.representation_size=32"]),
-                                              ("bit_micro", [])])
-def test_classifier_starts_at_zero_as_vit_jax(compose_train, model, extra):
-    """vit_jax models_vit.py: ``nn.Dense(num_classes, name='head', kernel_init=zeros)``, also when pretraining (and
-    BiT's zero_head): the output layer is zero, the pre-logits layer is not."""
-    from vitlab.runs.assemble import build_module
-
-    net = build_module(compose_train(f"model={model}", "data=digits", *extra)).net
-    head = [m for n, m in net.named_modules() if n.startswith("head") and isinstance(m, (torch.nn.Linear,
-                                                                                        torch.nn.Conv2d))]
-    assert not head[-1].weight.any() and not head[-1].bias.any()
-    if extra:
-        assert net.head.pre_logits[0].weight.abs().sum() > 0
-
-
 @pytest.mark.parametrize(("pos", "at"), [("1d", "stem"), ("none", "stem"), ("2d", "stem"), ("relative", "stem"),
                                          ("1d", "every_layer"), ("1d", "every_layer_shared"), ("2d", "every_layer"),
                                          ("2d", "every_layer_shared")])

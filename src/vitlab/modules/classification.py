@@ -17,7 +17,6 @@ from torchmetrics.classification import MulticlassAccuracy
 from vitlab import metrics as M
 from vitlab.errors import ConfigError
 from vitlab.models import build_model
-from vitlab.models.pretrained import zero_init_head
 from vitlab.modules.base import VitlabModule
 
 LOSSES = ("softmax", "sigmoid")
@@ -104,7 +103,6 @@ class ClassificationModule(VitlabModule):
             raise ConfigError("model.num_classes=0: a classifier needs at least one class (data.num_classes)")
         self.save_hyperparameters()
         self.net = build_model(**model)
-        zero_init_head(self.net)  # vit_jax models_vit.py (head kernel_init=zeros) and BiT (zero_head): also from scratch
         self.channels_last = bool(model.get("channels_last", False))  # NHWC for conv nets (docs/performance.md)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
