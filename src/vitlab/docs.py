@@ -141,6 +141,14 @@ def cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def config_body(cfg, intro: str, defaults_label: str) -> list[str]:
+    """One config's section: its introduction, its defaults list and its keys table."""
+    lines = [intro, ""] if intro else []
+    if cfg.defaults:
+        lines += [f"{defaults_label}: " + ", ".join(f"`{cell(d)}`" for d in cfg.defaults), ""]
+    return lines + keys_table(cfg)
+
+
 def keys_table(cfg: ConfigFile) -> list[str]:
     if not cfg.keys:
         return ["No keys of its own."]
@@ -175,11 +183,7 @@ def group_page(group: str, conf: Path = Path(CONF_DIR)) -> str:
     for opt in options:
         cfg = parsed[opt]
         lines += ["", f"## `{opt}`", "", f"`{group}={opt}` · file `conf/{group}/{opt}.yaml`", ""]
-        if cfg.header:
-            lines += [cfg.header, ""]
-        if cfg.defaults:
-            lines += ["Composes (defaults list): " + ", ".join(f"`{cell(d)}`" for d in cfg.defaults), ""]
-        lines += keys_table(cfg)
+        lines += config_body(cfg, cfg.header, "Composes (defaults list)")
     return "\n".join(lines) + "\n"
 
 
@@ -233,13 +237,8 @@ def tasks_page(conf: Path = Path(CONF_DIR)) -> str:
         mod = mods[t]
         lines += ["", f"## {t}", ""]
         doc = module_docstring(mod) if mod else ""
-        if doc:
-            lines += ["```text", doc.strip(), "```", ""]
-        elif cfg.header:
-            lines += [cfg.header, ""]
-        if cfg.defaults:
-            lines += ["Config groups and their defaults: " + ", ".join(f"`{cell(d)}`" for d in cfg.defaults), ""]
-        lines += keys_table(cfg)
+        intro = "\n".join(["```text", doc.strip(), "```"]) if doc else cfg.header
+        lines += config_body(cfg, intro, "Config groups and their defaults")
     return "\n".join(lines) + "\n"
 
 
