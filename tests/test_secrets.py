@@ -125,3 +125,12 @@ def test_eval_tasks_mask_the_key_in_their_wandb_run(task, trained, tmp_path):
     assert not leaks(KEY, res, out_dir)
     (wb,) = _wandb_runs(out_dir)
     assert wb.group == "***"
+
+
+def test_every_redacted_message_hides_a_urls_password():
+    """`redact` (every `Error:` line, every saved config) hides `user:password@` of any URL, not only the packed
+    reader's endpoint messages."""
+    from vitlab.utils.secrets import redact
+
+    msg = "cannot reach http://AKIA:s3cr3t@minio.local:9000/bucket (timeout) nor s3://b/k"
+    assert redact(msg) == "cannot reach http://***@minio.local:9000/bucket (timeout) nor s3://b/k"

@@ -32,7 +32,6 @@ import io
 import json
 import logging
 import os
-import re
 import stat
 import struct
 import tempfile
@@ -60,6 +59,7 @@ from vitlab.data.files import (
 )
 from vitlab.data.transforms import FlipNormalize
 from vitlab.errors import PackedDataError
+from vitlab.utils.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +104,8 @@ def s3_client(timeout: float):
     return boto3.client("s3", config=cfg, endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
-
-
-def hide_credentials(text: str) -> str:
-    """``text`` with the ``user:password@`` part of every URL in it (``AWS_ENDPOINT_URL`` in botocore's
-    messages) replaced by ``***@``: an endpoint's password never reaches the console."""
-    return _USERINFO.sub("***@", text)
-
-
 def _remote_error(what: str, url: str, e: Exception, timeout: float) -> DatasetNotFoundError:
-    return DatasetNotFoundError(hide_credentials(
+    return DatasetNotFoundError(redact(
         f"cannot {what} {url} ({type(e).__name__}: {e}) within data.timeout={timeout:g}s. Check the URL, "
         "AWS_ENDPOINT_URL and your credentials"))
 

@@ -28,6 +28,8 @@ SECRET_NAME = re.compile(r"(api[_-]?key|token|secret|passw(or)?d|credential|priv
 MASK = "***"
 #: a Hydra override ``key=value`` (``+``/``++``/``~`` prefixes allowed)
 OVERRIDE = re.compile(r"^(\+{0,2}~?)([\w./@-]+)=(.*)$", re.S)
+#: the ``user:password@`` of a URL (``AWS_ENDPOINT_URL=http://key:secret@host`` echoed in botocore's messages)
+URL_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 
 #: literal secrets seen in this process (typed on the command line or in a config file), masked like env values
 _registered: set[str] = set()
@@ -58,6 +60,7 @@ def _mask_str(s: str, values: list[str]) -> str:
     for v in values:
         if v in s:
             s = s.replace(v, MASK)
+    s = URL_USERINFO.sub(f"{MASK}@", s)
     m = OVERRIDE.match(s)  # a Hydra override "key=value"
     if m and is_literal_secret(m.group(2), m.group(3)):
         s = f"{m.group(1)}{m.group(2)}={MASK}"
