@@ -45,7 +45,7 @@ LIGHTNING_NOISE = (
 
 #: warnings raised inside the libraries, about the libraries, that a vitlab user cannot act on
 HARMLESS_WARNINGS = (
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's _pytree against torch >= 2.9
+    r"`isinstance\(treespec, LeafSpec\)`",  # Lightning's _pytree against torch >= 2.9 (a warning about its own API)
 )
 
 
