@@ -520,5 +520,7 @@ class DraftInceptionCrop:
             top, left = round(top * sy), round(left * sx)
             height = max(1, min(round(height * sy), h_img - top))
             width = max(1, min(round(width * sx), w_img - left))
-        # v2's resized_crop = this slice + this kernel (the crop lies inside the image), without the dispatch
-        return resize_image(img[..., top:top + height, left:left + width], [self.size, self.size], antialias=True)
+        # v2's resized_crop = this slice + this kernel (the crop lies inside the image), without the dispatch; the
+        # crop copied into HWC order first, so the uint8 kernel neither re-packs its input nor its output (same pixels)
+        crop = img[..., top:top + height, left:left + width].permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        return resize_image(crop, [self.size, self.size], antialias=True)
