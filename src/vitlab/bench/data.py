@@ -25,8 +25,10 @@ Each figure is the median over ``--repeats`` passes after one warm-up pass, the 
 from other processes hits them alike; per worker = img/s / max(1, workers). Beside wall-clock img/s, each pass
 counts the CPU seconds the loader used (the main process and its workers, from /proc): img per CPU-second is
 the per-core cost, and it holds on a machine shared with other jobs, where wall-clock rates swing with their
-load. The table goes to stdout, then the packed/torchvision ratios (both), then the path of a JSON file with
-every number.
+load. The table goes to stdout, then the packed/torchvision ratios (both), then, per ``pipeline:size``, the
+original-bytes reader's figure (``packed, data.draft=true, data.normalize_on_device=true`` over torchvision, img/s
+per worker and img per CPU-second; the JSON's ``packed_original_vs_torchvision``), then ``wrote <file>.json``: the
+JSON file with every number.
 """
 
 from __future__ import annotations

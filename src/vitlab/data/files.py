@@ -167,9 +167,9 @@ def load_image(
 ) -> Image.Image | torch.Tensor:
     """Decode ``path`` to RGB; a missing, oversized or undecodable file raises an error naming it.
 
-    ``auto`` decodes JPEGs with torchvision's libjpeg-turbo straight into a contiguous uint8 CHW
-    tensor (measurably faster through the pipelines than PIL + conversion; see ``vitlab.bench.data``)
-    and everything else, or a JPEG libjpeg refuses, with PIL. ``pil`` always uses PIL.
+    ``auto`` decodes JPEGs with libjpeg-turbo (simplejpeg's, else torchvision's) straight into a uint8 CHW
+    tensor (measurably faster through the pipelines than PIL + conversion, the same pixels; see
+    ``vitlab.bench.data``) and everything else, or a JPEG libjpeg refuses, with PIL. ``pil`` always uses PIL.
 
     Whatever the decoder, the file is first opened lazily by PIL, which reads only the header, and the
     pixel count it declares is checked against ``max_image_pixels``: a decompression bomb (a few MB
