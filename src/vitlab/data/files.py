@@ -28,7 +28,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor, resize_image
 
 try:  # libjpeg-turbo's TurboJPEG API in a wheel: a header read and a (DCT-scaled) decode, no Python image object
     import simplejpeg
-except ImportError:  # torchvision's libjpeg-turbo then decodes: the same pixels, slower (jpeg_backend logs it once)
+except ImportError:  # torchvision's libjpeg-turbo then decodes: the same pixels, slower (log_jpeg_backend says so once)
     simplejpeg = None
 
 from vitlab import metrics as M
