@@ -32,6 +32,10 @@ def test_bench_data_compares_packed_with_torchvision_and_writes_json(tmp_path, c
     assert all(r["img_per_cpu_s"] > 0 for r in data["rows"])  # the per-core figure: CPU seconds were counted
     assert f"ratio packed, {on_device}/torchvision (pretrain 32 px):" in out and "img per CPU-second" in out
     assert data["listing"]["files"] == 40 and data["listing"]["open_packed_s"] > 0
+    fig = data["packed_original_vs_torchvision"]  # issue 23's figure, one per pipeline:size
+    assert set(fig) == {"pretrain:32", "finetune:32"} and fig["pretrain:32"]["loader"] == f"packed, {on_device}"
+    assert fig["pretrain:32"]["img_per_s_per_worker"] > 0 and fig["pretrain:32"]["img_per_cpu_s"] > 0
+    assert "packed_original_vs_torchvision pretrain:32: " in out
 
 
 def _count_listings(monkeypatch) -> list[str]:

@@ -340,12 +340,12 @@ def _photo(w: int = 500, h: int = 375) -> bytes:
 @pytest.mark.parametrize("pipeline", ["eval", "finetune"])
 @pytest.mark.parametrize("size", [32, 64])
 def test_draft_decoding_changes_pixels_only_by_resampling_error(pipeline, size):
-    """DCT-scaled decoding (PIL draft) must cover the same region: the output differs by resampling error only."""
+    """DCT-scaled decoding must cover the same region: the output differs by resampling error only."""
     data = _photo()
     side = min_side_for(pipeline, size, 0.875)
     small = decode(data, draft_min_side=side)
-    assert isinstance(small, Image.Image) and small.size[0] < 500  # it did decode at reduced scale
-    assert min(small.size) >= side
+    assert small.shape[-1] < 500  # it did decode at reduced scale
+    assert min(small.shape[-2:]) >= side
     tf = build_transform(pipeline, size, "paper")
     torch.manual_seed(0)
     a = tf(decode(data))
@@ -394,6 +394,39 @@ def test_drafted_inception_crop_differs_only_by_resampling_error(size):
     else:
         assert drafted >= 8, drafted  # it did decode at reduced scale
         assert np.mean(errs) <= 1.25 * np.mean(filter_errs) and max(errs) < 0.08, (errs, filter_errs)
+
+
+@pytest.mark.parametrize("backend", ["simplejpeg", "torchvision"])
+def test_drafted_224px_crop_is_the_torchvision_imagefolder_sample(backend, monkeypatch):
+    """The pixel rule of the fast original-bytes reader (data.draft + data.normalize_on_device, make bench-data's
+    packed_original_vs_torchvision row): where no DCT scale covers the crop (every crop of a 500x375 photo at 224 px:
+    1/2 scale would need a crop >= 448 px a side), a seeded sample is torchvision ImageFolder's sample (PIL decode,
+    then the same pipeline and seed) byte for byte: through simplejpeg's decoder, and through the fallback without
+    it (torchvision's decoder). Crops decoded at 1/2-1/8 scale differ by resampling error (the test above)."""
+    import vitlab.data.files as files
+    from vitlab.data.packed import DraftInceptionCrop
+    from vitlab.data.sampler import seeded_rng
+    from vitlab.data.transforms import INCEPTION_CROP_SCALE, FlipNormalize
+
+    def no_torchvision_decoder(*a, **kw):
+        raise AssertionError("simplejpeg is installed: torchvision's decoder must not run")
+
+    if backend == "torchvision":
+        monkeypatch.setattr(files, "simplejpeg", None)
+    else:
+        assert files.simplejpeg is not None, "simplejpeg (a dependency in pyproject.toml) is not installed"
+        monkeypatch.setattr(files, "decode_image", no_torchvision_decoder)
+        monkeypatch.setattr(files, "decode_jpeg", no_torchvision_decoder)
+    data = _photo()
+    imagefolder = Image.open(io.BytesIO(data)).convert("RGB")  # torchvision's ImageFolder loader (PIL)
+    standard = build_transform("pretrain", 224, "paper", normalize=False)  # uint8 out: the pixels themselves
+    crop, flip = DraftInceptionCrop(224, INCEPTION_CROP_SCALE), FlipNormalize(None, None)
+    for seed in range(16):
+        with seeded_rng(seed):
+            a = standard(imagefolder)
+        with seeded_rng(seed):
+            b = flip(crop(data, "photo", 10**8))
+        assert a.dtype == b.dtype == torch.uint8 and torch.equal(a, b), seed
 
 
 def test_packed_pretrain_with_draft_crops_at_decode_and_keeps_flip_and_seeds(digits_pack):

@@ -7,8 +7,10 @@ Nothing here writes inside a dataset root; only an explicit ``data.download=true
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import logging
 import os
 import stat
 import warnings
@@ -23,6 +25,11 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor, resize_image
+
+try:  # libjpeg-turbo's TurboJPEG API in a wheel: a header read and a (DCT-scaled) decode, no Python image object
+    import simplejpeg
+except ImportError:  # torchvision's libjpeg-turbo then decodes: the same pixels, slower (log_jpeg_backend says so once)
+    simplejpeg = None
 
 from vitlab import metrics as M
 from vitlab.data.base import VisionDataModule, check_val_fraction
@@ -68,6 +75,17 @@ def require_file(path: Path, name: str, layout: str) -> Path:
 
 
 DECODERS = ("auto", "pil")
+JPEG_MAGIC = b"\xff\xd8\xff"
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def log_jpeg_backend() -> None:
+    """Say once per process when JPEGs decode through the slower fallback (torchvision's libjpeg-turbo, the same
+    pixels: ``tests/test_packed.py::test_drafted_224px_crop_is_the_torchvision_imagefolder_sample``)."""
+    if simplejpeg is None:
+        log.info("simplejpeg is not installed: JPEGs decode through torchvision's libjpeg-turbo (the same pixels, "
+                 "slower); pip install simplejpeg")
 
 
 def positive_int(value: Any, key: str) -> int:
@@ -149,9 +167,9 @@ def load_image(
 ) -> Image.Image | torch.Tensor:
     """Decode ``path`` to RGB; a missing, oversized or undecodable file raises an error naming it.
 
-    ``auto`` decodes JPEGs with torchvision's libjpeg-turbo straight into a contiguous uint8 CHW
-    tensor (measurably faster through the pipelines than PIL + conversion; see ``vitlab.bench.data``)
-    and everything else, or a JPEG libjpeg refuses, with PIL. ``pil`` always uses PIL.
+    ``auto`` decodes JPEGs with libjpeg-turbo (simplejpeg's, else torchvision's) straight into a uint8 CHW
+    tensor (measurably faster through the pipelines than PIL + conversion, the same pixels; see
+    ``vitlab.bench.data``) and everything else, or a JPEG libjpeg refuses, with PIL. ``pil`` always uses PIL.
 
     Whatever the decoder, the file is first opened lazily by PIL, which reads only the header, and the
     pixel count it declares is checked against ``max_image_pixels``: a decompression bomb (a few MB
@@ -193,11 +211,22 @@ def decode_image_bytes(
     """Decode an image file's bytes (``path`` names it in errors) after checking the pixel count its
     header declares against ``max_image_pixels``: every decoder of vitlab goes through here.
 
+    A JPEG (unless ``decoder="pil"``) is decoded by libjpeg-turbo into a uint8 CHW tensor: simplejpeg's, which
+    reads the header and decodes with the same library (so the size checked is the size decoded), else
+    torchvision's. Whatever libjpeg-turbo refuses (CMYK, damaged files) and other formats go to PIL, which
+    gives the verdict and the error message.
+
     ``reduce(width, height)``, called once with the size the header declares (after the check), returns a
     factor r (1, 2, 4 or 8, see :func:`dct_reduction`): a JPEG is then decoded at 1/r scale (libjpeg's DCT
-    scaling, PIL's ``draft``; the packed reader's ``data.draft``). Other formats decode at full size. The drafted
+    scaling; the packed reader's ``data.draft``). Other formats decode at full size. The drafted
     inception crop draws its crop inside ``reduce``, from this one header parse."""
     _let_pil_open(max_image_pixels)
+    reduce = functools.cache(reduce) if reduce is not None else None  # one call (one crop drawn), whichever path
+    is_jpeg = bytes(data[:3]) == JPEG_MAGIC
+    if is_jpeg and decoder != "pil" and simplejpeg is not None:
+        img = _decode_simplejpeg(data, path, max_image_pixels, reduce)
+        if img is not None:
+            return img
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below names the key
@@ -206,10 +235,10 @@ def decode_image_bytes(
             check_declared_pixels(*im.size, path, max_image_pixels)
             w, h = im.size
             r = reduce(w, h) if reduce is not None else 1
-            if r > 1 and data[:3] == b"\xff\xd8\xff":
+            if r > 1 and is_jpeg:
                 im.draft("RGB", (w // r, h // r))  # PIL picks the largest scale whose output is >= this
                 return im.convert("RGB")
-            if decoder == "auto" and data[:3] == b"\xff\xd8\xff":
+            if decoder == "auto" and is_jpeg:
                 try:  # libjpeg-turbo reads the same (single, else it errors) SOF header PIL just checked
                     return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
                 except RuntimeError:
@@ -232,6 +261,25 @@ def decode_image_bytes(
             f"cannot decode image {path} ({type(e).__name__}: {e}). Replace or delete the file, "
             "or set data.skip_corrupt=true to skip unreadable images with a warning"
         ) from e
+
+
+def _decode_simplejpeg(data: bytes, path: str | os.PathLike, max_image_pixels: int,
+                       reduce: Callable[[int, int], int] | None) -> torch.Tensor | None:
+    """A JPEG through simplejpeg: header, the pixel check, the decode at 1/r, as a uint8 CHW view of the HWC
+    array (the strides torchvision's ``decode_jpeg`` returns). None where libjpeg-turbo refuses the file."""
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in ("YCbCr", "Gray", "RGB"):  # CMYK / YCCK: libjpeg-turbo has no RGB for them, PIL does
+        return None
+    check_declared_pixels(w, h, path, max_image_pixels)
+    r = reduce(w, h) if reduce is not None else 1
+    try:  # 1/r is the smallest libjpeg-turbo scale M/8 whose output reaches ceil(size / r)
+        rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-h // r), min_width=-(-w // r))
+    except ValueError:
+        return None
+    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 class ImageListDataset(Dataset):
@@ -421,6 +469,8 @@ class FileDataModule(VisionDataModule):
             )
 
     def images(self, paths, targets, extras=None) -> ImageListDataset:
+        if self.decoder == "auto":
+            log_jpeg_backend()
         return ImageListDataset(
             paths, targets, skip_corrupt=self.skip_corrupt, extras=extras, decoder=self.decoder,
             max_image_pixels=self.max_image_pixels, max_file_bytes=self.max_file_bytes,
@@ -470,5 +520,7 @@ class DraftInceptionCrop:
             top, left = round(top * sy), round(left * sx)
             height = max(1, min(round(height * sy), h_img - top))
             width = max(1, min(round(width * sx), w_img - left))
-        # v2's resized_crop = this slice + this kernel (the crop lies inside the image), without the dispatch
-        return resize_image(img[..., top:top + height, left:left + width], [self.size, self.size], antialias=True)
+        # v2's resized_crop = this slice + this kernel (the crop lies inside the image), without the dispatch; the
+        # crop copied into HWC order first, so the uint8 kernel neither re-packs its input nor its output (same pixels)
+        crop = img[..., top:top + height, left:left + width].permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        return resize_image(crop, [self.size, self.size], antialias=True)

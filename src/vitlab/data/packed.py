@@ -54,6 +54,7 @@ from vitlab.data.files import (
     DraftInceptionCrop,
     dct_reduction,
     decode_image_bytes,
+    log_jpeg_backend,
     positive_int,
     read_image_bytes,
 )
@@ -609,6 +610,7 @@ class PackedDataModule(VisionDataModule):
         return FlipNormalize(*resolve_normalization(self.normalization))
 
     def build_splits(self):
+        log_jpeg_backend()
         train, val, test = (self.open_split(s) for s in SPLITS)
         if self.draft and self.train_pipeline == "pretrain":
             train.crop = DraftInceptionCrop(self.img_size, self.train_crop_scale)
