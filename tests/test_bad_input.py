@@ -159,7 +159,7 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(compose_train, tmp_p
 
 # ---- W&B unavailable ---------------------------------------------------------------------------------
 def test_wandb_not_installed_falls_back_to_csv_with_a_warning(compose_train, monkeypatch):
-    from vitlab.utils.instantiate import build_loggers
+    from vitlab.runs.assemble import build_loggers
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
     cfg = compose_train("logger=default")

@@ -18,9 +18,9 @@ from conftest import compose_cfg, refusal
 from dataset_writers import write_class_folders
 from vitlab.data.folder import FolderDataModule
 from vitlab.evaluate import evaluate
+from vitlab.runs.assemble import build_loggers
 from vitlab.runs.probe import probe
 from vitlab.train import train
-from vitlab.utils.instantiate import build_loggers
 
 TINY = ["data.img_size=16", "data.batch_size=32", "data.train_size=64"]
 

@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from vitlab import CONF_DIR
@@ -97,15 +98,16 @@ def test_each_optim_option_composes_to_its_documented_values(compose_train, name
 
 
 @pytest.mark.parametrize("name", DATA)
-def test_data_config_reader_matches_hydra(compose_train, name):
-    """vitlab.runs rebuilds a checkpoint's data config with data_config(), outside Hydra: it must give what Hydra
-    composes (the bases merged under the file's own keys), or a run read back would differ from the run trained."""
-    from vitlab.data.base import data_config
+def test_data_group_read_back_is_what_training_composed(compose_train, name):
+    """vitlab.runs merges a checkpoint's data config onto ``compose_group("data", <name>)``: it must give what the
+    training command line composed (the bases merged under the file's own keys), or a run read back would differ
+    from the run trained."""
+    from vitlab.config import compose_group
 
     cfg = compose_train(*_data_overrides(name), "data.root=/x" if name == "packed" else "seed=1")
     composed = OmegaConf.to_container(cfg.data, resolve=False)
     composed.pop("global_batch_size")  # set by conf/train.yaml, not by the data option
-    mine = OmegaConf.to_container(data_config(name), resolve=False)
+    mine = OmegaConf.to_container(compose_group("data", name), resolve=False)
     if name in ("folder", "packed"):
         mine["root"], composed["root"] = "/x", "/x"
         if name == "folder":
@@ -119,18 +121,18 @@ def _own_keys(group: str, name: str) -> dict:
 
 
 def _bases(group: str, name: str) -> dict:
-    """What the file's defaults list gives it before its own keys."""
-    from vitlab.data.base import _load_group_file
+    """What the file's defaults list gives it before its own keys (each base file composed by Hydra)."""
+    from hydra import compose, initialize_config_dir
 
     raw = OmegaConf.load(Path(CONF_DIR) / group / f"{name}.yaml")
     if "defaults" not in raw:
         return {}
-    stub = Path(CONF_DIR) / group / f"{name}.yaml"
     merged = OmegaConf.create()
-    for entry in raw.defaults:
-        if entry != "_self_":
-            rel = entry[: -len("@_here_")]
-            merged = OmegaConf.merge(merged, _load_group_file(stub.parent / f"{rel}.yaml"))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for entry in raw.defaults:
+            if entry != "_self_":
+                merged = OmegaConf.merge(merged, compose(config_name=f"{group}/{entry[: -len('@_here_')]}"))
     return OmegaConf.to_container(merged, resolve=False)
 
 

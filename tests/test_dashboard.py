@@ -50,9 +50,11 @@ def test_dashboard_keys_are_what_training_logs(compose_train):
 
     from vitlab.report.dashboard import SCALING_KEYS
     from vitlab.runs.assemble import build_module, run_stats
+    from vitlab.utils.plain import job_config
 
     cfg = compose_train()
-    stats = run_stats(build_module(cfg), instantiate(cfg.data, _convert_="all"), cfg)
+    config = job_config(cfg)
+    stats = run_stats(build_module(cfg, config), instantiate(cfg.data, _convert_="all"), config["model"])
     assert set(SCALING_KEYS) <= set(stats)
 
 

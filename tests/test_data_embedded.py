@@ -39,8 +39,8 @@ def test_train_size_subset_is_class_balanced_and_seeded():
     assert np.array_equal(idx, balanced_subset_indices(targets, 100, seed=0))
     assert not np.array_equal(idx, balanced_subset_indices(targets, 100, seed=1))
     assert len(balanced_subset_indices(targets, 0.5, seed=0)) == round(0.5 * len(targets))
-    with pytest.raises(DataConfigError, match="train_size"):
-        balanced_subset_indices(targets, 0, seed=0)
+    with pytest.raises(DataConfigError, match="train_size"):  # refused where the DataModule is built
+        DigitsDataModule(train_size=0)
 
 
 def test_digits_train_size_knob():

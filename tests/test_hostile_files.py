@@ -278,10 +278,10 @@ def test_the_packer_names_and_skips_special_files_and_obeys_the_pixel_limit(tmp_
 
 
 def test_file_dataset_configs_list_both_limits_with_the_code_defaults():
-    from vitlab.data.base import data_config
+    from vitlab.config import compose_group
 
     for name in FILE_DATASETS:
-        cfg = data_config(name)  # the data yaml with its bases (conf/data/base/files.yaml holds the limits)
+        cfg = compose_group("data", name)  # the data yaml with its bases (conf/data/base/files.yaml holds the limits)
         assert (cfg["max_image_pixels"], cfg["max_file_bytes"]) == (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_FILE_BYTES), name
     assert DEFAULT_MAX_IMAGE_PIXELS < BOMB_SIDE**2 / 4  # a 20000^2 bomb is well over the default
 

@@ -41,7 +41,7 @@ def test_wandb_failing_alone_does_not_stop_training(compose_train, monkeypatch):
 
 
 def test_lr_monitor_kept_when_a_logger_exists(compose_train):
-    from vitlab.utils.instantiate import build_callbacks
+    from vitlab.runs.assemble import build_callbacks
 
     cfg = compose_train()
     names = lambda cbs: {type(cb).__name__ for cb in cbs}  # noqa: E731
@@ -206,7 +206,7 @@ def test_lht_trainer_names(compose_train):
 
 
 def test_callbacks_none_and_opt_in_early_stopping(compose_train):
-    from vitlab.utils.instantiate import build_callbacks
+    from vitlab.runs.assemble import build_callbacks
 
     assert build_callbacks(compose_train("callbacks=none").callbacks, None) == []
     cfg = compose_train("callbacks=early_stopping")

@@ -379,7 +379,8 @@ def test_protocols_doc_holds_the_paper_tables():
 def test_schedule_is_vit_jax_create_learning_rate_schedule():
     """vit_jax/utils.py, written out here apart from vitlab.optim: linear decay to linear_end=1e-5 (an lr), cosine
     to 0, times the warmup min(1, step / W); optax counts the first update as step 0."""
-    from vitlab.optim import OptimConfigError, build_scheduler
+    from vitlab.errors import OptimConfigError
+    from vitlab.optim import build_scheduler
 
     def vit_jax(step, total, base, decay, warmup, linear_end=paper.PRETRAIN["linear_end"]):
         progress = min(max((step - warmup) / float(total - warmup), 0.0), 1.0)

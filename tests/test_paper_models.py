@@ -16,8 +16,9 @@ from torch import nn
 
 from vitlab.errors import ModelConfigError
 from vitlab.models import build_model, count_params
+from vitlab.models.checkpoints import resize_pos_embed
 from vitlab.models.hybrid import HYBRID_RESNET_LAYERS
-from vitlab.models.pretrained import load_pretrained, resize_pos_embed
+from vitlab.models.pretrained import load_pretrained
 
 # ---------------------------------------------------------------------------------------------------
 # Row 2: dropout sites

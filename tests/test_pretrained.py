@@ -20,7 +20,8 @@ from torch import nn
 
 from vitlab.errors import PretrainedError, PretrainedMismatchError
 from vitlab.models import build_model
-from vitlab.models.pretrained import detect_format, load_pretrained, resize_pos_embed
+from vitlab.models.checkpoints import resize_pos_embed
+from vitlab.models.pretrained import detect_format, load_pretrained
 
 # ---------------------------------------------------------------------------------------------------
 # Writers for the official formats (torch layout -> JAX/Flax layout)
@@ -429,8 +430,8 @@ def _rezip_with_declared_size(src: Path, dst: Path, record: str, declared: int) 
 def test_rezipped_torch_checkpoint_declaring_gigabytes_is_refused_before_loading(tmp_path, monkeypatch):
     """A deflated record declaring 2 GiB: refused by model.pretrained, evaluate's reader and the resume peek,
     from the zip directory alone (torch.load is never called)."""
-    from vitlab.callbacks.resume import ResumeError, peek_checkpoint
-    from vitlab.errors import ConfigError
+    from vitlab.callbacks.resume import peek_checkpoint
+    from vitlab.errors import ConfigError, ResumeError
     from vitlab.runs import load_checkpoint
 
     src = tmp_path / "last.ckpt"

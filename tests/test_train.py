@@ -142,7 +142,7 @@ def test_quickstart_reaches_its_targets(cli, tmp_path):
 
 def test_disabled_progress_bar_and_summary_drop_their_configured_callbacks(compose_train):
     """`trainer.enable_model_summary=false` silences the configured Rich summary too (sweeps rely on it)."""
-    from vitlab.utils.instantiate import build_callbacks
+    from vitlab.runs.assemble import build_callbacks
 
     cfg = compose_train()
     names = lambda cbs: {type(cb).__name__ for cb in cbs}  # noqa: E731

@@ -1,4 +1,5 @@
-"""The resolvers vitlab's configs use, and :func:`compose_job` (the conf folder itself: ``vitlab.CONF_DIR``).
+"""The resolvers vitlab's configs use, and :func:`compose_job` / :func:`compose_group` (the conf folder itself:
+``vitlab.CONF_DIR``).
 
 Importing this module registers the resolvers (``${vitlab.paper:...}``, ``${vitlab.uid:}``, ...): every task
 imports it through :mod:`vitlab.tasks`, and code that composes a config outside a task (tests, notebooks)
@@ -15,6 +16,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import CONF_DIR
@@ -60,6 +62,20 @@ def compose_job(config_name: str, overrides: list[str], output_dir: str | Path) 
     HydraConfig.instance().set_config(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     return cfg
+
+
+def compose_group(group: str, option: str) -> DictConfig:
+    """``conf/<group>/<option>.yaml`` exactly as ``<group>=<option>`` composes it on the command line (its defaults
+    list merged by Hydra), unresolved and open to new keys: what a checkpoint's stored section is merged onto
+    (``vitlab.runs.read``). A running Hydra app (the task that asks) is left as it was."""
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            composed = compose(overrides=[f"+{group}={option}"])
+    finally:
+        restore_gh_from_backup(backup)
+    return OmegaConf.create(OmegaConf.to_container(composed[group], resolve=False))
 
 
 register_resolvers()

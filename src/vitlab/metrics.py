@@ -54,7 +54,6 @@ DATA_VTAB_GROUP = "data/vtab_group"
 FEWSHOT_PREFIX = "fewshot/"
 FEWSHOT_SEEDS = "fewshot/seeds"
 FEWSHOT_L2_SELECT = "fewshot/l2_select"
-FEWSHOT_TABLE = "fewshot/table"  # the W&B table of a standalone few-shot run
 VTAB_TASK = "vtab/task"
 VTAB_GROUP = "vtab/group"
 VTAB_LR = "vtab/lr"

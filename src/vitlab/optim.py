@@ -89,18 +89,14 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimi
 
 
 def warmup_steps(cfg: dict[str, Any], total_steps: int) -> int:
-    """``optim.warmup`` is a step count (int >= 1) or a fraction of training (float < 1).
+    """``optim.warmup`` (>= 0: :func:`check_optim_cfg`) is a step count (int) or a fraction of training (float < 1).
 
     A step count longer than the run is an error: capping it silently would give a run that is all warmup and
     never decays (the paper's 10k warmup steps sit inside runs of 100k+ steps).
     """
     w = cfg.get("warmup", 0) or 0
     if isinstance(w, float) and w < 1.0:
-        if w < 0:
-            raise OptimConfigError(f"optim.warmup={w} must be >= 0")
         return int(round(w * total_steps))
-    if int(w) < 0:
-        raise OptimConfigError(f"optim.warmup={w} must be >= 0")
     if int(w) > total_steps:
         raise OptimConfigError(
             f"optim.warmup={int(w)} steps is longer than the whole run ({total_steps} optimiser steps, from "
@@ -114,17 +110,13 @@ def lr_factor(step: int, total_steps: int, warmup: int, decay: str, end_factor: 
     """Multiplier on the base lr at optimiser step ``step`` (0 = the first update), the rule of vit_jax's
     ``utils.create_learning_rate_schedule``: ``decay`` from 1 down to ``end_factor`` over the steps after the
     warmup (linear: ``end + (1 - end)(1 - progress)``; cosine: to ``end_factor``, 0 in vit_jax), times the linear
-    warmup ``min(1, step / warmup)``, which starts at 0 as optax's step count does."""
+    warmup ``min(1, step / warmup)``, which starts at 0 as optax's step count does. ``decay``: one of
+    :data:`DECAYS` (:func:`check_optim_cfg`)."""
     if decay == "constant":
         shape = 1.0
     else:
         progress = min(1.0, max(0.0, (step - warmup) / max(1, total_steps - warmup)))
-        if decay == "linear":
-            shape = 1.0 - progress
-        elif decay == "cosine":
-            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-        else:
-            raise OptimConfigError(f"optim.decay={decay!r} is not one of {DECAYS}")
+        shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
         shape = end_factor + (1.0 - end_factor) * shape
     return shape * min(1.0, step / warmup) if warmup else shape
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from vitlab.data.packing import pack
-from vitlab.tasks import hydra_app
+from vitlab.tasks import hydra_app, task_wrapper
 
 __all__ = ["main", "pack"]
 
 
 @hydra_app("pack")
+@task_wrapper
 def main(cfg: DictConfig) -> None:
     pack(cfg)
 

@@ -1,6 +1,6 @@
 """What every task shares: the command-line entry point (:func:`hydra_app`), the error formatting of the command
-line (:func:`run_task`, a plain function: tests call it in-process), the run wrapper that owns the run directory
-and always closes the W&B run (:func:`task_wrapper`), and result reporting.
+line (:func:`run_task`, a plain function: tests call it in-process), the wrapper of every task, which refuses a
+literal secret, owns the run directory and always closes the W&B run (:func:`task_wrapper`), and result reporting.
 
 This module imports nothing heavy (no torch, no Lightning), so that a command refused at start-up (a literal
 secret, a busy run directory, a wrong value) answers in about two seconds.
@@ -47,13 +47,17 @@ def finish_wandb(exit_code: int = 0) -> None:
 
 
 def task_wrapper(fn: Callable) -> Callable:
-    """Run a task ``fn(cfg, ...)`` as the owner of ``cfg.paths.output_dir`` (:mod:`vitlab.utils.run_owner`: a
-    second process in the same directory is refused before it writes anything); whatever happens, finish the
-    W&B run (exit code 1 on failure) before returning or raising."""
+    """Run a task ``fn(cfg, ...)`` (every task is one: from its command line, a notebook or another task) once its
+    config holds no literal secret (``check_no_literal_secrets``; the Hydra callback ``RunGuard`` has already masked
+    it in everything Hydra saves or prints), as the owner of ``cfg.paths.output_dir`` (:mod:`vitlab.utils.run_owner`:
+    a second process in the same directory is refused before it writes anything); whatever happens, finish the W&B
+    run (exit code 1 on failure) before returning or raising."""
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         cfg = args[0] if args else kwargs.get("cfg")
+        if isinstance(cfg, DictConfig):
+            check_no_literal_secrets(cfg)
         out_dir = OmegaConf.select(cfg, "paths.output_dir", default=None) if isinstance(cfg, DictConfig) else None
         if out_dir:
             acquire(out_dir, key="paths.output_dir")
@@ -132,8 +136,8 @@ def _raised_in_vitlab(exc: BaseException) -> bool:
 def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig, returns: str | None = None) -> Any:
     """Run task ``fn`` on a composed ``cfg`` exactly as its command line does (what :func:`hydra_app` calls).
 
-    - A literal secret in the config is refused before the task runs (``check_no_literal_secrets``); the Hydra
-      callback ``RunGuard`` has already masked it in everything Hydra saves or prints.
+    - A key left at ``???`` is named with the fix before the task runs (:func:`check_no_missing_values`); a
+      literal secret is refused by the task itself (:func:`task_wrapper`).
     - A user's mistake (:func:`user_error`) is raised as :class:`UserError` ``Error: <message>`` (which names the
       key or file and the fix), secrets masked: Hydra prints it without a Python traceback, exit code 1
       (``HYDRA_FULL_ERROR=1`` shows the full trace). Anything else is a bug and keeps its stack trace.
@@ -143,7 +147,6 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig, returns: str | No
     """
     try:
         check_no_missing_values(cfg)
-        check_no_literal_secrets(cfg)
         out = fn(cfg)
     except Exception as e:
         cause = user_error(e)

@@ -520,9 +520,10 @@ def write_outputs(result: dict[str, Any], out_dir: Path, name: str) -> Path:
 def main_cli() -> None:
     from omegaconf import DictConfig
 
-    from vitlab.tasks import hydra_app
+    from vitlab.tasks import hydra_app, task_wrapper
 
     @hydra_app("bench")
+    @task_wrapper
     def main(cfg: DictConfig) -> None:
         import signal
 

@@ -1,6 +1,6 @@
 """Exact resume: which checkpoint to resume from, and the state Lightning does not save by itself.
 
-Where to resume from (:func:`resolve_resume`, called by ``vitlab.train`` before anything is built):
+Where to resume from (:func:`resolve_resume`, called by ``vitlab.runs.assemble`` before anything is built):
 
 - ``resume=auto`` (default): the job directory's own ``checkpoints/last.ckpt`` if it exists (a re-run
   with ``hydra.run.dir=<that dir>``, a SLURM requeue), else start from scratch; either way one log line says so.
@@ -155,7 +155,8 @@ def check_fits(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
 
 
 def resolve_resume(cfg: DictConfig) -> ResumePlan:
-    """Decide what to resume from (see the module docstring); never silently start from scratch when asked to resume."""
+    """Decide what to resume from (see the module docstring); never silently start from scratch when asked to resume.
+    A checkpoint that names a W&B run points ``logger.wandb`` at it, so the resumed job logs into the same run."""
     mode = str(cfg.get("resume", "auto")).lower()
     if mode in ("false", "none", "no"):
         mode = "never"
@@ -208,6 +209,8 @@ def resolve_resume(cfg: DictConfig) -> ResumePlan:
             )
         return ResumePlan(None, f"resume=auto: no checkpoint in {ckpt_dir}; starting from scratch")
     info = peek_checkpoint(path, cfg)
+    if info["wandb_id"]:
+        _continue_wandb_run(cfg, info["wandb_id"])
     return ResumePlan(
         str(path),
         f"resuming from {path} ({why}): epoch {info['epoch']}, global step {info['global_step']}"
@@ -216,13 +219,13 @@ def resolve_resume(cfg: DictConfig) -> ResumePlan:
     )
 
 
-def apply_wandb_resume(cfg: DictConfig, plan: ResumePlan) -> None:
-    """Point the W&B logger at the checkpoint's run id so the resumed job continues that run."""
+def _continue_wandb_run(cfg: DictConfig, wandb_id: str) -> None:
+    """Point the W&B logger (if any, and unless given its own id) at the checkpoint's run id."""
     wb = OmegaConf.select(cfg, "logger.wandb", default=None)
-    if wb is None or not plan.wandb_id or wb.get("id"):
+    if wb is None or wb.get("id"):
         return
     with open_dict(cfg):
-        wb.id = plan.wandb_id
+        wb.id = wandb_id
         wb.resume = "allow"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vitlab import CONF_DIR
@@ -24,41 +24,17 @@ from vitlab import metrics as M
 from vitlab.checks import MAX_CLASSES, check_count
 from vitlab.data.sampler import ResumableSampler, seeded_rng
 from vitlab.data.transforms import EVAL_RESIZE, build_transform, check_crop_scale, normalize_batch
-from vitlab.errors import ConfigError, DataConfigError
-
-
-def data_config(name: str) -> DictConfig:
-    """``conf/data/<name>.yaml`` as ``data=<name>`` composes it, unresolved: the files its defaults list names
-    (``base/common@_here_``, ``cifar10@_here_``; relative to the file's folder, or ``/``-rooted in conf/) merged
-    under its own keys. For readers that rebuild a data config outside Hydra (vitlab.runs) and for the defaults
-    below."""
-    return _load_group_file(Path(CONF_DIR) / "data" / f"{name}.yaml")
-
-
-def _load_group_file(path: Path) -> DictConfig:
-    cfg = OmegaConf.load(path)
-    entries = cfg.pop("defaults", None) or []
-    merged, self_seen = OmegaConf.create(), False
-    for entry in list(entries) + ([] if "_self_" in entries else ["_self_"]):
-        if entry == "_self_":
-            merged, self_seen = OmegaConf.merge(merged, cfg), True
-            continue
-        if not isinstance(entry, str) or not entry.endswith("@_here_"):
-            raise ConfigError(f"{path}: defaults entry {entry!r} is not `<config>@_here_` or `_self_`, the only "
-                              "forms a data config may use (vitlab rebuilds data configs without Hydra)")
-        rel = entry[: -len("@_here_")]
-        child = Path(CONF_DIR) / f"{rel[1:]}.yaml" if rel.startswith("/") else path.parent / f"{rel}.yaml"
-        merged = OmegaConf.merge(merged, _load_group_file(child))
-    return merged if self_seen else OmegaConf.merge(merged, cfg)
+from vitlab.errors import DataConfigError
 
 
 def _constructor_defaults() -> dict[str, Any]:
     """The base's keyword defaults, from their one source: conf/data/base/common.yaml, and for the keys only
     datasets read from files list (crop_pct, subset_seed, persistent_workers) conf/data/base/files.yaml.
     A linked value (``eval_img_size: ${.img_size}``) is the constructor's None: "the same as the training value"."""
-    common = OmegaConf.to_container(data_config("base/common"), resolve=False)
-    files = OmegaConf.to_container(data_config("base/files"), resolve=False)
-    merged = {**{k: v for k, v in files.items() if k not in common}, **common}
+    base = Path(CONF_DIR) / "data" / "base"
+    common = OmegaConf.to_container(OmegaConf.load(base / "common.yaml"), resolve=False)
+    files = OmegaConf.to_container(OmegaConf.load(base / "files.yaml"), resolve=False)
+    merged = {**{k: v for k, v in files.items() if k not in common and k != "defaults"}, **common}
     return {k: v for k, v in merged.items() if not (isinstance(v, str) and "${" in v)}
 
 
@@ -158,9 +134,9 @@ def balanced_subset_indices(targets: Sequence[int], size: int | float, seed: int
 
     Classes get ``size // K`` each, the remainder goes to randomly chosen classes, and a class with too
     few examples gives its shortfall to the others. The same (targets, size, seed) always gives the
-    same indices, and a smaller subset of the same seed is a prefix-compatible draw per class.
+    same indices, and a smaller subset of the same seed is a prefix-compatible draw per class. ``size``: as
+    :func:`check_train_size` accepts it (the DataModule checks ``data.train_size`` when it is built).
     """
-    check_train_size(size)
     targets = np.asarray(targets)
     n = len(targets)
     if not isinstance(size, numbers.Integral):  # a fraction

@@ -46,11 +46,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vitlab import metrics as M
-from vitlab.data.base import DataConfigError, VisionDataModule
+from vitlab.data.base import VisionDataModule
 from vitlab.data.files import (
     DEFAULT_MAX_IMAGE_PIXELS,
-    CorruptImageError,
-    DatasetNotFoundError,
     DraftInceptionCrop,
     dct_reduction,
     decode_image_bytes,
@@ -59,7 +57,7 @@ from vitlab.data.files import (
     read_image_bytes,
 )
 from vitlab.data.transforms import FlipNormalize
-from vitlab.errors import PackedDataError
+from vitlab.errors import CorruptImageError, DataConfigError, DatasetNotFoundError, PackedDataError
 from vitlab.utils.secrets import redact
 
 log = logging.getLogger(__name__)

@@ -51,7 +51,6 @@ from vitlab.models.checkpoints import (
     arch_mismatch,
     cast_summary,
     check_declared_sizes,
-    describe_model,
     dtype_name,
     load_torch_file,
     npz_declared,
@@ -61,11 +60,6 @@ from vitlab.models.checkpoints import (
     safetensors_declared,
     state_dict_declared,
 )
-
-# what callers import from here; the family modules read their official layouts with vitlab.models.checkpoints
-__all__ = ["DEFAULT_POS_EMBED_RESIZE", "POS_EMBED_RESIZE", "LoadReport", "PretrainedError", "PretrainedMismatchError",
-           "adapt_state_dict", "describe_model", "detect_format", "load_pretrained", "resize_pos_embed",
-           "zero_init_head"]
 
 log = logging.getLogger("vitlab.pretrained")
 

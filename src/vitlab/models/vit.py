@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from vitlab.errors import ModelConfigError, PretrainedError
 from vitlab.models import registry
 from vitlab.models.checkpoints import (
     DEFAULT_POS_EMBED_RESIZE,
     LoadReport,
-    PretrainedError,
     arch_mismatch,
     check_npz_dtypes,
     describe_model,
@@ -33,7 +33,7 @@ from vitlab.models.checkpoints import (
     resize_pos_embed,
     resized_note,
 )
-from vitlab.models.registry import ModelConfigError, choice
+from vitlab.models.registry import choice
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from vitlab.report.collect import (
 )
 from vitlab.report.figures import accuracy_key, html_page, plot_compute, plot_data_scaling
 from vitlab.report.paper_points import annotate
-from vitlab.tasks import hydra_app
+from vitlab.tasks import hydra_app, task_wrapper
 from vitlab.utils.hydra_callbacks import columns, markdown_table, markdown_text
 from vitlab.utils.run_owner import own
 
@@ -132,6 +132,7 @@ def dashboard_files(wb, sweeps: list[str], out_dir: str | Path) -> Path:
 
 
 @hydra_app("report")
+@task_wrapper
 def main(cfg: DictConfig) -> dict[str, Any]:
     sweep = cfg.sweep_dir
     if sweep in (None, "", "latest"):

@@ -2,8 +2,9 @@
 
 - :mod:`vitlab.runs.read`: read a finished run back from its checkpoint (``read_run``, ``load_run``), with one
   precedence for every value: command line > checkpoint > vitlab's config defaults.
-- :mod:`vitlab.runs.assemble`: build a training run from a composed config (data, objective, stats, callbacks,
-  loggers, trainer), returned by name as lightning-hydra-template's ``train()`` does; fit, test and report it.
+- :mod:`vitlab.runs.assemble`: build a job's objects from a composed config, by name as lightning-hydra-template's
+  ``train()`` does: a training run (``assemble``: data, objective, stats, callbacks, loggers, trainer) or an
+  evaluation (``assemble_evaluation``: a checkpoint's module and data, loggers, trainer).
 """
 
 from vitlab.runs.read import (

@@ -1,10 +1,14 @@
-"""The objects of a training run, each built by name from its config section and each checking its own arguments
-where it is built (lightning-hydra-template's ``instantiate`` calls in ``train()``).
+"""A job's objects, each built by name from its config section and each checking its own arguments where it is
+built (lightning-hydra-template's ``instantiate`` calls in ``train()``).
 
-:func:`assemble` returns them by name (data, module, callbacks, loggers, trainer): ``vitlab.train.train`` fits
-and tests them, the benchmark times them. The checks that belong to no single object live here too, each beside
-the object it is about: the global batch (data x trainer, :func:`apply_global_batch`), the launch (trainer x
-Hydra, :func:`check_launch`), the resolution a ViT is built for (model x data, :func:`check_resolution`).
+:func:`assemble` is everything a training job does before ``fit``: what only the job knows is checked first (seed,
+train/test, the global batch, the launch, what to resume from), then the objects are built by name (data, module,
+callbacks, loggers, trainer), slowest last, W&B started once nothing is left to refuse, and ``config.yaml`` written;
+``vitlab.train.train`` fits and tests them, the benchmark times them. :func:`assemble_evaluation` does the same for
+``vitlab.evaluate`` (the module and its data read back from a checkpoint). The checks that belong to no single object
+live here, each beside the object it is about: the global batch (data x trainer, :func:`apply_global_batch`), the
+launch (trainer x Hydra, :func:`check_launch`), the resolution a ViT is built for (model x data,
+:func:`check_resolution`), a warmup inside the run (optimiser x trainer, :func:`check_warmup_fits`).
 :func:`wandb_run` is the one W&B run of the tasks that log figures (analyze, report).
 """
 
@@ -14,11 +18,13 @@ import contextlib
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
+import lightning as L
 import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
@@ -26,20 +32,22 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
-from vitlab.checks import check_count
+from vitlab.callbacks.resume import resolve_resume
+from vitlab.checks import check_count, check_seed
 from vitlab.errors import ConfigError
 from vitlab.inspection.flops import flops_stats
 from vitlab.models import registry
 from vitlab.models.pretrained import load_pretrained
 from vitlab.optim import warmup_steps
 from vitlab.results import write_results
-from vitlab.runs.read import checkpoint_config
+from vitlab.runs.read import checkpoint_config, load_checkpoint, load_run
 from vitlab.tasks import print_metrics
-from vitlab.utils.instantiate import build_callbacks, build_loggers, start_loggers
-from vitlab.utils.plain import job_config, to_plain
+from vitlab.utils.extras import apply_extras
+from vitlab.utils.plain import job_config
 from vitlab.utils.secrets import redact
 from vitlab.utils.wandb_io import wandb_offline
 
@@ -55,6 +63,91 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true",
               "transformer-engine-float16", "16", "bf16", "64")
 #: the largest global batch vitlab accepts (the paper's is 4096; a typo such as 1e21 is named, not allocated)
 MAX_GLOBAL_BATCH = 2**20
+PROGRESS_BARS = ("RichProgressBar", "TQDMProgressBar")
+MODEL_SUMMARIES = ("RichModelSummary", "ModelSummary")
+#: callbacks that need a logger: Lightning raises MisconfigurationException when the Trainer has none
+NEEDS_LOGGER = ("LearningRateMonitor",)
+#: the extra of pyproject.toml that installs a logger's package, by the logger's config name
+LOGGER_EXTRAS = {"tensorboard": "tensorboard"}
+
+
+# ---- the jobs ------------------------------------------------------------------------------------------
+def assemble(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """A training job's objects by name: data, module, callbacks, loggers, trainer (and ``stats``, what every logger
+    records; ``config``, the job's resolved config; ``ckpt_path``, what ``fit`` resumes from).
+
+    What only the job knows is refused first, before anything is written; then each object checks its own arguments
+    as it is built, in this order, so a wrong value is refused before the next (slower) one starts. W&B starts last,
+    once the Trainer has accepted its devices; then ``config.yaml`` is written next to the checkpoints.
+    """
+    check_seed(cfg.get("seed"))
+    if not cfg.get("train", True):
+        check_test_only(cfg)
+    batch_line = apply_global_batch(cfg)  # data.global_batch_size -> per-process data.batch_size (or an error)
+    check_launch(cfg)
+    plan = resolve_resume(cfg)  # ckpt_path=last / resume=auto|never: errors before anything is written
+    config = job_config(cfg)  # once per job: config.yaml, the checkpoints and every logger hold this one
+    apply_extras(cfg, config)  # a quiet console (before the Trainer prints its set-up), tags, the config tree
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build_datamodule(cfg.data)
+    module = build_module(cfg, config)
+    stats = run_stats(module, datamodule, config["model"])
+    loggers = build_loggers(cfg.get("logger"), start=False)
+    callbacks = [*build_callbacks(cfg.get("callbacks"), cfg.trainer, has_logger=bool(loggers)), *extra_callbacks]
+    trainer = build_trainer(cfg, callbacks, loggers)
+    check_warmup_fits(cfg, trainer, stats, config["optim"])
+    loggers = start_loggers(trainer)  # W&B's run starts here, once nothing is left to refuse
+    for lg in loggers:
+        lg.log_hyperparams({**stats, "cfg": config})
+    save_resolved_config(config, Path(cfg.paths.output_dir))
+    for line in (batch_line, plan.message):
+        if line:
+            log.info(line)
+    log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats[M.MODEL_PARAMS_M],
+             cfg.data.name, stats[M.DATA_TRAIN_SIZE])
+    return {"cfg": cfg, "config": config, "ckpt_path": plan.ckpt_path, "datamodule": datamodule, "module": module,
+            "stats": stats, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+
+
+def assemble_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    """An evaluation job's objects by name (``vitlab.evaluate``): the checkpoint's ``run`` (read once, as data), its
+    module with the weights, its data (unless ``data=`` is given), loggers and a Trainer that writes no checkpoint."""
+    check_seed(cfg.get("seed"))
+    apply_extras(cfg)
+    run, module, datamodule = load_run(cfg)  # the checkpoint's network, and its data unless data= is given
+    if int(datamodule.num_classes) != module.num_classes:
+        raise ConfigError(
+            f"data {run.data.get('name')} has {datamodule.num_classes} classes but the checkpoint's head has "
+            f"{module.num_classes}: evaluate on the dataset it was trained on, or fine-tune first"
+        )
+    loggers = build_loggers(cfg.get("logger"), start=False)
+    trainer = build_trainer(cfg, loggers=loggers, enable_checkpointing=False)
+    loggers = start_loggers(trainer)  # W&B starts once the Trainer has accepted its devices
+    return {"cfg": cfg, "run": run, "datamodule": datamodule, "module": module, "loggers": loggers,
+            "trainer": trainer}
+
+
+def check_test_only(cfg: DictConfig) -> None:
+    """``train=false``: test the checkpoint given, which must hold the network ``model=`` builds."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt in (None, "", "null"):
+        raise ConfigError("train=false tests a trained model: pass ckpt_path=<file>.ckpt (or use vitlab.evaluate)")
+    if not cfg.get("test", True):
+        raise ConfigError("train=false test=false leaves nothing to do: drop one of them")
+    if str(ckpt) in ("last", "auto"):
+        return  # the resume plan finds the file
+    stored = (load_checkpoint(ckpt).get("vitlab_config") or {}).get("model") or {}  # the one trusted reader
+    keys = ("family", "variant", "num_classes", "patch_size")
+    theirs = {k: stored.get(k) for k in keys if stored.get(k) is not None}
+    ours = {k: cfg.model.get(k) for k in theirs}
+    if theirs != ours:
+        differ = ", ".join(f"model.{k}={theirs[k]!r} (here {ours[k]!r})" for k in theirs if theirs[k] != ours[k])
+        raise ConfigError(
+            f"ckpt_path={ckpt} holds another network than model={cfg.model.get('name')} builds: {differ}. "
+            f"Pass model={stored.get('name', '<its model>')} (and its data), or run python -m vitlab.evaluate "
+            f"ckpt_path={ckpt}, which reads the model from the checkpoint"
+        )
 
 
 # ---- the objects ---------------------------------------------------------------------------------------
@@ -75,9 +168,9 @@ def build_datamodule(data_cfg: DictConfig):
     return build(data_cfg, _convert_="all")
 
 
-def module_kwargs(cfg: DictConfig) -> tuple[type, dict[str, Any]]:
-    """The objective's class and its own keys (``conf/module/<objective>.yaml``)."""
-    kwargs = to_plain(cfg.module) or {}
+def module_kwargs(module_cfg: dict[str, Any] | None) -> tuple[type, dict[str, Any]]:
+    """The objective's class and its own keys (``conf/module/<objective>.yaml``, resolved)."""
+    kwargs = dict(module_cfg or {})
     target = kwargs.pop("_target_", DEFAULT_OBJECTIVE)
     return hydra.utils.get_class(target), kwargs
 
@@ -105,31 +198,118 @@ def check_resolution(model_cfg: DictConfig, data_cfg: DictConfig) -> None:
 def build_module(cfg: DictConfig, config: dict[str, Any] | None = None):
     """The objective of this job, built for the data's resolution. ``module._target_`` comes from the composed
     config (vitlab's config groups and the command line, which vitlab trusts); a checkpoint never reaches here
-    (``vitlab.runs.read`` reads those). ``config``: the job's :func:`~vitlab.utils.plain.job_config`."""
+    (``vitlab.runs.read`` reads those). ``config``: the job's :func:`~vitlab.utils.plain.job_config` (computed here
+    when not given), whose sections the objective takes as plain dicts."""
+    config = job_config(cfg) if config is None else config
     check_resolution(cfg.model, cfg.data)
-    cls, kwargs = module_kwargs(cfg)
-    module = cls(model=to_plain(cfg.model), optim=to_plain(cfg.optim), **kwargs)
-    if cfg.model.get("pretrained"):  # fine-tuning (paper §3.2): new zero head, resized position embeddings
-        load_pretrained(module.net, cfg.model.pretrained, keep_head=bool(cfg.model.get("pretrained_keep_head")),
-                        pos_embed_resize=cfg.model.get("pos_embed_resize"))
-    module.run_config = checkpoint_config(cfg, config)  # stored as data: no `_target_` (vitlab/runs/read.py)
+    cls, kwargs = module_kwargs(config.get("module"))
+    model = config["model"]
+    module = cls(model=model, optim=config["optim"], **kwargs)
+    if model.get("pretrained"):  # fine-tuning (paper §3.2): new zero head, resized position embeddings
+        load_pretrained(module.net, model["pretrained"], keep_head=bool(model.get("pretrained_keep_head")),
+                        pos_embed_resize=model.get("pos_embed_resize"))
+    module.run_config = checkpoint_config(config)  # stored as data: no `_target_` (vitlab/runs/read.py)
     return module
 
 
-def run_stats(module, dm, cfg: DictConfig) -> dict[str, Any]:
-    """What every logger records about a run, so dashboards can group runs by scale."""
+def run_stats(module, dm, model: dict[str, Any]) -> dict[str, Any]:
+    """What every logger records about a run, so dashboards can group runs by scale (``model``: the resolved
+    model config)."""
     params = module.num_params
     return {
-        M.MODEL_NAME: cfg.model.name,
-        M.MODEL_FAMILY: cfg.model.family,
-        M.MODEL_VARIANT: cfg.model.variant,
+        M.MODEL_NAME: model["name"],
+        M.MODEL_FAMILY: model["family"],
+        M.MODEL_VARIANT: model["variant"],
         M.MODEL_PARAMS: params,
         M.MODEL_PARAMS_M: round(params / 1e6, 3),
-        M.MODEL_IMG_SIZE: int(cfg.model.img_size),
-        M.MODEL_PATCH_SIZE: cfg.model.get("patch_size"),
-        **flops_stats(to_plain(cfg.model)),  # model/gmacs, model/gflops, model/train_gflops per image
+        M.MODEL_IMG_SIZE: int(model["img_size"]),
+        M.MODEL_PATCH_SIZE: model.get("patch_size"),
+        **flops_stats(model),  # model/gmacs, model/gflops, model/train_gflops per image
         **dm.stats(),
     }
+
+
+def build_callbacks(cfg: DictConfig | None, trainer_cfg: DictConfig | None = None,
+                    has_logger: bool = True) -> list[L.Callback]:
+    """Instantiate the configured callbacks; ``trainer.enable_progress_bar=false`` / ``enable_model_summary=false``
+    drop the configured bar / summary (Lightning would otherwise still run a summary callback it is given).
+    ``has_logger=False`` (``logger=[]``, or a W&B that failed to start with no other logger) drops the LR
+    monitor, which Lightning refuses to run without a logger: the run goes on, it only loses the LR curve."""
+    enable_progress_bar = (trainer_cfg or {}).get("enable_progress_bar", True)
+    enable_model_summary = (trainer_cfg or {}).get("enable_model_summary", True)
+    out = []
+    for name, c in (cfg or {}).items():
+        if c is None or "_target_" not in c:
+            continue
+        cls = str(c._target_).rsplit(".", 1)[-1]
+        if (not enable_progress_bar and cls in PROGRESS_BARS) or (not enable_model_summary and cls in MODEL_SUMMARIES):
+            continue
+        if not has_logger and cls in NEEDS_LOGGER:
+            log.info("callbacks.%s (%s) skipped: no logger is configured or started", name, cls)
+            continue
+        out.append(build(c))
+    # Weight averaging (EMA) swaps the averaged weights in at validation start and back out at validation end.
+    # Lightning calls hooks in list order, so it goes last: every callback that reads the weights at validation
+    # end (few-shot evaluation) then sees the averaged ones, whatever order the config listed them in.
+    return sorted(out, key=lambda cb: isinstance(cb, WeightAveraging))
+
+
+def build_loggers(cfg: DictConfig | None, start: bool = True) -> list:
+    """Instantiate each logger and start its W&B run (``start=False``: later, by :func:`start_loggers`, once the
+    Trainer has accepted its arguments); a logger whose package is missing, or whose W&B run fails to start, is
+    skipped with one warning (naming the extra to install) and training goes on.
+
+    Each logger's arguments are resolved first and then masked (:func:`vitlab.utils.secrets.redact`): a W&B run
+    name, group or tags such as ``${oc.env:WANDB_API_KEY}`` would otherwise carry the key into the run file.
+    """
+    out = []
+    for name, c in (cfg or {}).items():
+        if c is None or "_target_" not in c:
+            continue
+        try:
+            lg = instantiate(OmegaConf.create(redact(OmegaConf.to_container(c, resolve=True))))
+        except Exception as e:  # noqa: BLE001 - a dashboard must never kill a training run
+            missing = e if isinstance(e, ImportError) else e.__cause__  # Hydra wraps what the logger raised
+            if isinstance(missing, ImportError):
+                extra = LOGGER_EXTRAS.get(str(name))
+                fix = f": install it with pip install -e '.[{extra}]' (the `{extra}` extra)" if extra else ""
+                warnings.warn(f"logger '{name}' is not available ({missing}){fix}; training goes on without it",
+                              stacklevel=2)
+                continue
+            warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it",
+                          stacklevel=2)
+            continue
+        lg.vitlab_name = str(name)
+        if not start or _started(lg):
+            out.append(lg)
+    return out
+
+
+def _started(lg) -> bool:
+    """Start a W&B logger's run now (so a broken W&B fails here, not mid-training); False, with a warning, if it
+    cannot start. Other loggers have nothing to start."""
+    try:
+        if "wandb" in type(lg).__name__.lower():
+            _ = lg.experiment
+        return True
+    except Exception as e:  # noqa: BLE001 - a dashboard must never kill a training run
+        name = getattr(lg, "vitlab_name", type(lg).__name__)
+        warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it",
+                      stacklevel=3)
+        return False
+
+
+def start_loggers(trainer: L.Trainer) -> list:
+    """Start the W&B run of each W&B logger now, so a broken W&B fails here and not mid-training: one that fails is
+    dropped with a warning (training goes on), and with no logger left the callbacks that need one are dropped."""
+    kept = [lg for lg in trainer.loggers if _started(lg)]
+    if len(kept) != len(trainer.loggers):
+        trainer.loggers = kept
+        if not kept:
+            for cb in [cb for cb in trainer.callbacks if type(cb).__name__ in NEEDS_LOGGER]:
+                log.info("%s dropped: no logger started", type(cb).__name__)
+                trainer.callbacks.remove(cb)
+    return kept
 
 
 def check_trainer_cfg(trainer_cfg: DictConfig) -> None:
@@ -160,41 +340,8 @@ def build_trainer(cfg: DictConfig, callbacks: Sequence[Any] = (), loggers: Seque
         ) from None
 
 
-def assemble(cfg: DictConfig, config: dict[str, Any] | None = None, extra_callbacks: Sequence[Any] = (),
-             start_logging: bool = True) -> dict[str, Any]:
-    """The run's objects by name: data, module, callbacks, loggers, trainer (and the stats every logger records).
-
-    Each checks its own arguments as it is built, in this order, so a wrong value is refused before the next
-    (slower) one starts: W&B is started last (:func:`start_logging`; ``start_logging=False``: by the caller), once
-    the Trainer has accepted its devices. ``config``: the job's :func:`~vitlab.utils.plain.job_config`, computed
-    here when not given; every logger records it once.
-    """
-    config = job_config(cfg) if config is None else config
-    datamodule = build_datamodule(cfg.data)
-    module = build_module(cfg, config)
-    stats = run_stats(module, datamodule, cfg)
-    loggers = build_loggers(cfg.get("logger"), start=False)
-    callbacks = [*build_callbacks(cfg.get("callbacks"), cfg.trainer, has_logger=bool(loggers)), *extra_callbacks]
-    trainer = build_trainer(cfg, callbacks, loggers)
-    check_warmup_fits(cfg, trainer, stats)
-    log.info("model %s: %.2fM params; data %s: %d train images", cfg.model.name, stats[M.MODEL_PARAMS_M],
-             cfg.data.name, stats[M.DATA_TRAIN_SIZE])
-    objects = {"cfg": cfg, "config": config, "datamodule": datamodule, "module": module, "stats": stats,
-               "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
-    return start_logging(objects) if start_logging else objects
-
-
-def start_logging(objects: dict[str, Any]) -> dict[str, Any]:
-    """Start the loggers of :func:`assemble`'s objects (W&B's run starts here; one that fails is dropped with a
-    warning) and record the run's stats and config in each, once."""
-    objects["loggers"] = start_loggers(objects["trainer"])
-    for lg in objects["loggers"]:
-        lg.log_hyperparams({**objects["stats"], "cfg": objects["config"]})
-    return objects
-
-
 # ---- checks across objects -----------------------------------------------------------------------------
-def check_warmup_fits(cfg: DictConfig, trainer, stats: dict[str, Any]) -> None:
+def check_warmup_fits(cfg: DictConfig, trainer, stats: dict[str, Any], optim: dict[str, Any]) -> None:
     """The schedule's warmup (optimiser) inside the run's length (trainer x data), checked before W&B starts.
 
     The optimiser refuses a warmup longer than the run when it is made at fit start (:func:`vitlab.optim.
@@ -215,7 +362,7 @@ def check_warmup_fits(cfg: DictConfig, trainer, stats: dict[str, Any]) -> None:
     total = [n for n in (epochs * steps if epochs else None, trainer.max_steps if trainer.max_steps != -1 else None)
              if n is not None]
     if total:
-        warmup_steps(to_plain(cfg.optim), min(total))  # raises OptimConfigError naming optim.warmup and the run
+        warmup_steps(optim, min(total))  # raises OptimConfigError naming optim.warmup and the run
 
 
 def check_launch(cfg: DictConfig) -> None:

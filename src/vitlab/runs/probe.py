@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vitlab import metrics as M
 from vitlab.checks import check_seed
 from vitlab.errors import ConfigError
-from vitlab.runs.assemble import build_datamodule, report
+from vitlab.runs.assemble import build_datamodule, build_loggers, report
 from vitlab.runs.read import read_run
 from vitlab.tasks import task_wrapper
 from vitlab.utils.plain import to_plain
@@ -71,7 +71,6 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.loggers import WandbLogger
 
     from vitlab import protocols
-    from vitlab.utils.instantiate import build_loggers
 
     if cfg.get("data") is None:
         raise ConfigError("choose the dataset to evaluate on: data=<name> (e.g. data=digits)")

@@ -11,7 +11,7 @@ instructions. Reading one must not run anything it names:
 
 - it is loaded with ``torch.load(weights_only=True)`` (tensors and plain containers only);
 - nothing in it may name code. A Hydra ``_target_`` or a Lightning ``_instantiator`` / ``_class_path``,
-  at any depth of any section, even one naming vitlab's own class, is a :class:`~vitlab.config.ConfigError`
+  at any depth of any section, even one naming vitlab's own class, is a :class:`~vitlab.errors.ConfigError`
   that names the key path. Nothing read from a file is ever instantiated.
 - the data config is rebuilt from vitlab's own config group, by name: the stored ``data.name`` selects
   ``conf/data/<name>.yaml``, whose ``_target_`` is the only class that can be built; the stored plain values
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import CONF_DIR
+from vitlab.config import compose_group
 from vitlab.errors import ConfigError
 
 log = logging.getLogger("vitlab.runs")
@@ -60,7 +62,7 @@ _PLAIN_SCALARS = (str, int, float, bool, type(None))
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a vitlab checkpoint as data, with an error that names the file: a regular file only, its zip records
     checked before anything expands (``vitlab.models.checkpoints.load_torch_file``), ``weights_only=True`` and
-    memory-mapped, so tensors are read only when a network takes them, after :meth:`Run.check_shapes`."""
+    memory-mapped, so tensors are read only when a network takes them, after :func:`check_shapes`."""
     from vitlab.models.checkpoints import MAX_EXPANDED_BYTES, load_torch_file
 
     p = Path(str(path)).expanduser()
@@ -124,14 +126,10 @@ def strip_instructions(node: Any) -> Any:
     return node
 
 
-def checkpoint_config(cfg: DictConfig | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a checkpoint stores as ``vitlab_config``: the job's resolved config (``config``, the
-    :func:`~vitlab.config.job_config` of ``cfg`` when not given), secrets masked, and no ``_target_`` (readers
-    rebuild everything by name from vitlab's own configs; see the module docstring)."""
-    if config is None:
-        from vitlab.utils.plain import job_config
-
-        config = job_config(cfg)
+def checkpoint_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint stores as ``vitlab_config``: the job's resolved config (``config``,
+    :func:`~vitlab.utils.plain.job_config`: secrets masked) without ``_target_`` (readers rebuild everything by name
+    from vitlab's own configs; see the module docstring)."""
     return strip_instructions(config)
 
 
@@ -143,22 +141,18 @@ def data_groups() -> dict[str, Path]:
 
 def _data_group(stored: dict[str, Any], path: Any) -> str:
     """The config group a stored data config came from: ``name`` is the file's stem, or its ``name`` template
-    (``vtab_${.task}``) filled in with the stored values."""
-    import re
-
-    from vitlab.data.base import data_config
-
+    (``vtab_${.task}``, each file states its own) filled in with the stored values."""
     name = stored.get("name")
     groups = data_groups()
     if isinstance(name, str) and name in groups:
         return name
     if isinstance(name, str):
-        for stem in groups:
-            template = OmegaConf.to_container(data_config(stem), resolve=False).get("name")
-            if not isinstance(template, str) or "${" not in template:
+        for stem, file in groups.items():
+            template = OmegaConf.to_container(OmegaConf.load(file), resolve=False).get("name")
+            links = re.findall(r"\$\{\.(\w+)\}", template) if isinstance(template, str) else []
+            if not links or any(k not in stored for k in links):
                 continue
-            filled = re.sub(r"\$\{\.(\w+)\}", lambda m: str(stored.get(m.group(1), "\0")), template)
-            if filled == name:
+            if re.sub(r"\$\{\.(\w+)\}", lambda m: str(stored[m.group(1)]), template) == name:
                 return stem
     raise ConfigError(
         f"checkpoint {path}: vitlab_config.data.name={name!r} is not a vitlab data config; valid names: "
@@ -190,17 +184,12 @@ def rebuild_data_cfg(stored: dict[str, Any] | None, cfg: DictConfig | None, path
         raise ConfigError(f"checkpoint {path} stores no data config: choose one with data=<name>")
     if not isinstance(stored, dict):
         raise _refuse(path, "vitlab_config.data", f"holds a {type(stored).__name__}, not a config")
-    from vitlab.data.base import data_config
-
-    group = _data_group(stored, path)
-    base = data_config(group)  # conf/data/<group>.yaml with its bases (conf/data/base/) merged in
+    base = compose_group("data", _data_group(stored, path))  # data=<group>, composed as the command line does
     # a parent gives ${paths.data_dir} & co. their values (unresolved copy: resolved once, below)
     parent = OmegaConf.create({} if cfg is None else {k: OmegaConf.to_container(v, resolve=False)
                                                       if OmegaConf.is_config(v) else v
                                                       for k, v in cfg.items() if k not in ("data", "hydra")})
     with open_dict(parent):
-        parent.data = base
-        defaults = OmegaConf.create(OmegaConf.to_container(parent, resolve=False)).data  # conf values, in context
         values = strip_instructions(stored)
         parent.data = OmegaConf.merge(base, values)
         # A stored config is resolved (eval_img_size: 16), its conf file links keys (eval_img_size: ${.img_size}).
@@ -217,18 +206,12 @@ def rebuild_data_cfg(stored: dict[str, Any] | None, cfg: DictConfig | None, path
                     parent.data[k] = values[k]
     if chosen is not None:
         keys = _cli_data_keys(cfg)
-        if keys is None:  # called from Python: what differs from the config's defaults was chosen
-            keys = [k for k in chosen if _value(chosen, k) != _value(defaults, k)]
+        if keys is None:  # called from Python: what differs from the config's defaults (as written) was chosen
+            written = OmegaConf.to_container(base, resolve=False)
+            keys = [k for k, v in OmegaConf.to_container(chosen, resolve=False).items() if written.get(k) != v]
         for key in keys:
             OmegaConf.update(parent.data, key, OmegaConf.select(chosen, key), merge=False, force_add=True)
     return OmegaConf.create(OmegaConf.to_container(parent.data, resolve=True))
-
-
-def _value(node: DictConfig, key: str) -> Any:
-    try:
-        return OmegaConf.select(node, key, throw_on_resolution_failure=True, throw_on_missing=True)
-    except Exception:  # noqa: BLE001 - unresolvable here (e.g. a folder root that is not given): not comparable
-        return "\0unresolved"
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
