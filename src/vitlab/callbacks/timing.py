@@ -64,7 +64,12 @@ class HookProfiler(L.Callback):
         self.train_t: list[float] = []
         self.costs: dict[str, dict[str, float]] = {}
         self.first_step_unix: float | None = None
+        self.setup_unix: float | None = None  # Trainer.fit has set up (the callbacks' ``setup``)
+        self.first_batch_start_unix: float | None = None
         self.epochs = 0
+        self.epoch_start_t: list[float] = []  # per training epoch: its start, last batch end, images
+        self.epoch_end_t: list[float] = []
+        self.epoch_images: list[int] = []
 
     def _batch(self, trainer) -> int:  # 1-based index of the batch in progress (0 before the first)
         return int(trainer.fit_loop.epoch_loop.batch_progress.total.ready)
@@ -90,6 +95,8 @@ class HookProfiler(L.Callback):
         setattr(obj, method, timed)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.setup_unix is None:
+            self.setup_unix = time.time()
         for cb in trainer.callbacks:
             if cb is self:
                 continue
@@ -102,20 +109,48 @@ class HookProfiler(L.Callback):
             for method in LOGGER_METHODS:
                 self._wrap(f"logger {type(lg).__name__}", lg, method, trainer, method == "log_metrics")
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epoch_start_t.append(time.perf_counter())
+        self.epoch_end_t.append(self.epoch_start_t[-1])
+        self.epoch_images.append(0)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_batch_start_unix is None:
+            self.first_batch_start_unix = time.time()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.train_t.append(time.perf_counter())
+        now = time.perf_counter()
+        self.train_t.append(now)
         if self.first_step_unix is None:
             self.first_step_unix = time.time()
+        if self.epoch_images:
+            self.epoch_end_t[-1] = now
+            self.epoch_images[-1] += _batch_len(batch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.epochs += 1
 
     def on_fit_end(self, trainer, pl_module) -> None:
         launch = os.environ.get(LAUNCH_ENV)
+
+        def since(t: float | None) -> float | None:
+            return t - float(launch) if launch and t else None
+
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text(json.dumps({
             "train_t": self.train_t, "end_t": time.perf_counter(), "epochs": self.epochs,
             "steps_timed": max(0, len(self.train_t) - self.warmup), "warmup": self.warmup,
-            "launch_to_first_step_s": self.first_step_unix - float(launch) if launch and self.first_step_unix else None,
+            "launch_to_first_step_s": since(self.first_step_unix),
+            "launch_to_fit_setup_s": since(self.setup_unix),
+            "launch_to_first_batch_s": since(self.first_batch_start_unix),
+            # each epoch's training images / (its last batch end - its start): timm train.py's per-epoch rate
+            "epoch_img_per_s": [n / (e - s) for n, s, e in zip(self.epoch_images, self.epoch_start_t, self.epoch_end_t,
+                                                                strict=True) if n and e > s],
             "callbacks": self.costs,
         }, indent=1))
+
+
+def _batch_len(batch: Any) -> int:
+    """Images in a training batch: the first dimension of its first tensor (``(x, y)`` or ``{"image": x, ...}``)."""
+    first = next(iter(batch.values())) if isinstance(batch, dict) else batch[0] if isinstance(batch, list | tuple) else batch
+    return int(first.shape[0]) if hasattr(first, "shape") else len(first)
