@@ -12,7 +12,7 @@ Every repeat runs three processes back to back (so a drifting machine load hits 
    draws as in a shell), timed from inside by :class:`vitlab.callbacks.timing.HookProfiler`: launch -> the fit's
    set-up -> the first batch starts -> the first optimiser step ends.
 
-The gap = (3)'s launch -> first step minus (1); the issue's target is <= 1.5 s. Its phases: vitlab's imports
+The gap = (3)'s launch -> first step minus (1); the target is <= 1.5 s. Its phases: vitlab's imports
 ((2) - (1)); composing the config and building the objects ((3) up to the fit's set-up, minus (2)); Lightning's
 fit set-up up to the first batch (model summary, data set-up, the first batch loaded); the first step itself
 (forward, backward, optimiser step: compute every start-up pays). Median (min-max) over repeats, with the load

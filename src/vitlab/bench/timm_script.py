@@ -21,7 +21,7 @@ Reported per way (median over ``--repeats``, each repeat runs vitlab then timm b
 the median epoch (timm: ``train.py``'s own per-epoch average from its last-batch log line; vitlab: images / time
 from the epoch's start to its last batch end, from :class:`vitlab.callbacks.timing.HookProfiler`); whole-process
 wall and CPU seconds (user + sys) and peak RSS, timm's being ``train.py`` + ``validate.py``; test accuracy. The
-ratios vitlab/timm are taken per repeat. Targets (issue 23): img/s >= 1.0x, wall <= 1.1x. The load average is
+ratios vitlab/timm are taken per repeat. Targets: img/s >= 1.0x, wall <= 1.1x. The load average is
 printed beside every repeat: on a shared machine only the ratios carry information.
 
 timm's scripts are not part of vitlab: they are read from where the user points (a checkout of the repository
@@ -53,7 +53,7 @@ from vitlab.errors import BenchConfigError
 from vitlab.models.vit import VIT_SHAPES
 from vitlab.runs.assemble import build_datamodule
 
-#: vitlab's side of the job, on top of the user's overrides: CSV only (the issue's row), no W&B
+#: vitlab's side of the job, on top of the user's overrides: CSV only, no W&B (the job compared in docs/performance.md)
 VITLAB_OVERRIDES = ("logger=csv",)
 #: train.py's last-batch line of an epoch: ``Train: <epoch> [<idx>/<n> (100%)] ... (<avg s>s, <avg img/s>/s)``
 TIMM_EPOCH_LINE = re.compile(r"Train: (\d+) \[\s*(\d+)/(\d+) \(100%\)\].*?\(([\d.]+)s,\s*([\d.]+)/s\)")
