@@ -16,7 +16,9 @@ The gap = (3)'s launch -> first step minus (1); the target is <= 1.5 s. Its phas
 ((2) - (1)); composing the config and building the objects ((3) up to the fit's set-up, minus (2)); Lightning's
 fit set-up up to the first batch (model summary, data set-up, the first batch loaded); the first step itself
 (forward, backward, optimiser step: compute every start-up pays). Median (min-max) over repeats, with the load
-average; a JSON file with every number is named on the last line (``wrote <path>.json``).
+average; a JSON file with every number is named on the last line (``wrote <path>.json``). On a machine shared
+with other jobs, pass ``--threads 1``: with more threads than free cores, every OpenMP region waits for its
+slowest thread, and the first step (like every step) takes several times its CPU time.
 """
 
 from __future__ import annotations

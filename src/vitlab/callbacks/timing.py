@@ -3,10 +3,11 @@
 - :class:`WindowTimer` tells a window counter (``vitlab.bench.worker.Windows``) when a train batch or a
   (non-sanity) validation batch ends, so ``vitlab.train`` is timed by the same windows as the hand-written
   loop it is compared with;
-- :class:`HookProfiler` is what ``make bench`` adds to a ``python -m vitlab.train`` run (``+callbacks.bench_probe``)
-  to time that run as users get it: the end of every train batch, the end of the fit, the seconds from launch
-  to the first optimiser step, and the time each other callback and logger spends in its hooks (per step, per
-  epoch, set-up), written as JSON when the fit ends.
+- :class:`HookProfiler` is what ``make bench`` (and ``python -m vitlab.bench startup`` / ``timm_script``) adds
+  to a ``python -m vitlab.train`` run (``+callbacks.bench_probe``) to time that run as users get it: the end of
+  every train batch, each epoch's training img/s, the end of the fit, the seconds from launch to the fit's
+  set-up, the first batch and the first optimiser step, and the time each other callback and logger spends in
+  its hooks (per step, per epoch, set-up), written as JSON when the fit ends.
 """
 
 from __future__ import annotations
