@@ -259,3 +259,16 @@ def test_startup_phases_add_up_to_launch_to_first_step():
     assert s["gap_s"]["median"] == pytest.approx(1.7)
     phases = summarise([run])["phases"]
     assert [round(p["median"], 6) for p in phases.values()] == [3.0, 0.4, 0.6, 0.3, 0.3]  # they sum to 4.6 s
+
+
+def test_run_in_terminal_keeps_output_exit_code_and_cpu(tmp_path):
+    import os
+    import sys
+
+    from vitlab.bench.training import run_in_terminal
+
+    log = tmp_path / "out.log"
+    r = run_in_terminal([sys.executable, "-c", "import sys; print(sys.stdout.isatty()); sys.exit(3)"], dict(os.environ),
+                        log, timeout=60)
+    assert r["rc"] == 3 and "True" in log.read_text()  # a terminal, as from a user's shell
+    assert r["wall_s"] > 0 and r["cpu_s"] >= 0 and r["max_rss_mb"] > 0
