@@ -253,12 +253,14 @@ def test_export_split_writes_the_exact_images_as_an_image_folder(tmp_path):
 def test_startup_phases_add_up_to_launch_to_first_step():
     from vitlab.bench.startup import summarise
 
-    run = {"bare_import_s": 3.0, "import_train_s": 3.4, "launch_to_fit_setup_s": 4.0, "launch_to_first_batch_s": 4.3,
-           "launch_to_first_step_s": 4.6, "process_wall_s": 6.0, "gap_s": 1.6, "loadavg_1m": 0.5}
+    wall = {"bare_import_s": 3.0, "import_train_s": 3.4, "launch_to_fit_setup_s": 4.0, "launch_to_first_batch_s": 4.3,
+            "launch_to_first_step_s": 4.6, "gap_s": 1.6}
+    run = {**wall, **{k[:-2] + "_cpu_s": v / 2 for k, v in wall.items()}, "process_wall_s": 6.0, "loadavg_1m": 0.5}
     s = summarise([run, {**run, "bare_import_s": 2.8, "gap_s": 1.8}])
-    assert s["gap_s"]["median"] == pytest.approx(1.7)
-    phases = summarise([run])["phases"]
-    assert [round(p["median"], 6) for p in phases.values()] == [3.0, 0.4, 0.6, 0.3, 0.3]  # they sum to 4.6 s
+    assert s["gap_s"]["median"] == pytest.approx(1.7) and s["gap_cpu_s"]["median"] == pytest.approx(0.8)
+    one = summarise([run])
+    assert [round(p["median"], 6) for p in one["phases"].values()] == [3.0, 0.4, 0.6, 0.3, 0.3]  # they sum to 4.6 s
+    assert [round(p["median"], 6) for p in one["phases_cpu"].values()] == [1.5, 0.2, 0.3, 0.15, 0.15]
 
 
 def test_run_in_terminal_keeps_output_exit_code_and_cpu(tmp_path):

@@ -67,6 +67,7 @@ class HookProfiler(L.Callback):
         self.first_step_unix: float | None = None
         self.setup_unix: float | None = None  # Trainer.fit has set up (the callbacks' ``setup``)
         self.first_batch_start_unix: float | None = None
+        self.cpu: dict[str, float] = {}  # this process's CPU seconds (all threads, since launch) at those points
         self.epochs = 0
         self.epoch_start_t: list[float] = []  # per training epoch: its start, last batch end, images
         self.epoch_end_t: list[float] = []
@@ -98,6 +99,7 @@ class HookProfiler(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.setup_unix is None:
             self.setup_unix = time.time()
+            self.cpu["fit_setup"] = time.process_time()
         for cb in trainer.callbacks:
             if cb is self:
                 continue
@@ -118,12 +120,14 @@ class HookProfiler(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_batch_start_unix is None:
             self.first_batch_start_unix = time.time()
+            self.cpu["first_batch"] = time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
         self.train_t.append(now)
         if self.first_step_unix is None:
             self.first_step_unix = time.time()
+            self.cpu["first_step"] = time.process_time()
         if self.epoch_images:
             self.epoch_end_t[-1] = now
             self.epoch_images[-1] += _batch_len(batch)
@@ -144,6 +148,7 @@ class HookProfiler(L.Callback):
             "launch_to_first_step_s": since(self.first_step_unix),
             "launch_to_fit_setup_s": since(self.setup_unix),
             "launch_to_first_batch_s": since(self.first_batch_start_unix),
+            "cpu_s": self.cpu,
             # each epoch's training images / (its last batch end - its start): timm train.py's per-epoch rate
             "epoch_img_per_s": [n / (e - s) for n, s, e in zip(self.epoch_images, self.epoch_start_t, self.epoch_end_t,
                                                                 strict=True) if n and e > s],
