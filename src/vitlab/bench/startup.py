@@ -6,15 +6,15 @@
 
 Every repeat runs three processes back to back (so a drifting machine load hits them alike):
 
-1. ``python -c 'import torch, lightning, timm, hydra'``: the floor of any start-up (wall seconds);
+1. ``python -c 'import torch, lightning, timm, hydra'``: the floor of any start-up;
 2. ``python -c 'import vitlab.train'``: those imports plus vitlab's own;
 3. ``python -m vitlab.train trainer.max_steps=1 test=false <overrides>`` in a pseudo-terminal (the progress bar
    draws as in a shell), timed from inside by :class:`vitlab.callbacks.timing.HookProfiler`: launch -> the fit's
    set-up -> the first batch starts -> the first optimiser step ends.
 
-The gap = (3)'s launch -> first step minus (1); the target is <= 1.5 s. Each figure is given in wall seconds and in
-CPU seconds (user + sys of the process: ``wait4`` for (1) and (2), ``time.process_time()`` inside (3)); on a
-machine shared with other jobs the wall figures swing with their load and the CPU figures hold. Its phases: vitlab's imports
+The gap = (3)'s launch -> first step minus (1); the target is <= 1.5 s. Each figure is given in wall seconds from launch and in
+the process's CPU seconds by then (``time.process_time()``, read at the end of the imports in (1) and (2) and by
+the profiler in (3)); on a machine shared with other jobs the wall figures swing with their load, the CPU ones hold. Its phases: vitlab's imports
 ((2) - (1)); composing the config and building the objects ((3) up to the fit's set-up, minus (2)); Lightning's
 fit set-up up to the first batch (model summary, data set-up, the first batch loaded); the first step itself
 (forward, backward, optimiser step: compute every start-up pays). Median (min-max) over repeats, with the load
@@ -50,23 +50,22 @@ PHASES = (
 )
 
 
-def _measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall and CPU seconds (user + sys, from ``wait4``) of one process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-    _, status, ru = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return time.perf_counter() - t0, ru.ru_utime + ru.ru_stime
+def _imports_done(imports: str, env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds from launch to the end of ``imports`` in a fresh process, and that process's CPU seconds by
+    then (``time.process_time()``, as :class:`HookProfiler` reads it in (3); the interpreter's exit is not counted)."""
+    code = f"{imports}; import time; print(time.time(), time.process_time())"
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+    done, cpu = (float(v) for v in out.split()[-2:])
+    return done - t0, cpu
 
 
 def startup_once(overrides: list[str], work: Path, env: dict[str, str], timeout: int) -> dict[str, Any]:
     """One repeat: bare imports, ``import vitlab.train``, and ``python -m vitlab.train`` to its first step."""
     work.mkdir(parents=True, exist_ok=True)
     rec: dict[str, Any] = {"loadavg_1m": round(os.getloadavg()[0], 2)}
-    rec["bare_import_s"], rec["bare_import_cpu_s"] = _measure([sys.executable, "-c", BARE_IMPORTS], env)
-    rec["import_train_s"], rec["import_train_cpu_s"] = _measure([sys.executable, "-c", "import vitlab.train"], env)
+    rec["bare_import_s"], rec["bare_import_cpu_s"] = _imports_done(BARE_IMPORTS, env)
+    rec["import_train_s"], rec["import_train_cpu_s"] = _imports_done("import vitlab.train", env)
     probe = work / "probe.json"
     cmd = [sys.executable, "-m", "vitlab.train", *STARTUP_OVERRIDES, *overrides, f"hydra.run.dir={work / 'run'}",
            "+callbacks.bench_probe._target_=vitlab.callbacks.timing.HookProfiler", f"+callbacks.bench_probe.out={probe}"]
