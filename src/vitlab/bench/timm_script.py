@@ -46,11 +46,13 @@ import numpy as np
 import timm
 from PIL import Image
 
+from vitlab import metrics as M
 from vitlab.bench.training import run_in_terminal
 from vitlab.callbacks.timing import LAUNCH_ENV
 from vitlab.config import compose_job
 from vitlab.errors import BenchConfigError
 from vitlab.models.vit import VIT_SHAPES
+from vitlab.results import read_results
 from vitlab.runs.assemble import build_datamodule
 
 #: vitlab's side of the job, on top of the user's overrides: CSV only, no W&B (the job compared in docs/performance.md)
@@ -174,11 +176,11 @@ def run_vitlab(overrides: list[str], epochs: int, work: Path, env: dict[str, str
     if ran["rc"] != 0 or not probe.is_file():
         raise _fail("python -m vitlab.train", ran, log)
     p = json.loads(probe.read_text())
-    metrics = json.loads((work / "run" / "metrics.json").read_text())
+    metrics = read_results(work / "run")
     return {"img_per_s": statistics.median(p["epoch_img_per_s"]), "epoch_img_per_s": p["epoch_img_per_s"],
             "wall_s": ran["wall_s"], "cpu_s": ran["cpu_s"], "max_rss_mb": ran["max_rss_mb"],
-            "launch_to_first_step_s": p["launch_to_first_step_s"], "test_acc": metrics.get("test/acc"),
-            "params": metrics.get("model/params")}
+            "launch_to_first_step_s": p["launch_to_first_step_s"], "test_acc": metrics.get(M.TEST_ACC),
+            "params": metrics.get(M.MODEL_PARAMS)}
 
 
 def run_timm(train_py: Path, validate_py: Path, train_args: list[str], validate_args: list[str], work: Path,
