@@ -184,3 +184,93 @@ def test_aggregate_pairs_repeats_and_reports_lever_speedups():
     assert "| vit_ti16_p4 | (a) + bf16 (x2.00 vs a) |" in md and "1.000 (0.900-1.250)" in md
 
 
+
+
+def test_timm_script_gives_timm_the_same_network_as_vitlab(tmp_path):
+    """timm's train.py and validate.py build, from the arguments the bench derives from vitlab's default config,
+    the network vitlab trains (823,434 parameters for vit_micro on digits), on the same split and normalisation."""
+    import ast
+
+    import timm
+
+    from vitlab.bench.timm_script import timm_args
+    from vitlab.config import compose_job
+    from vitlab.utils.plain import to_plain
+
+    cfg = compose_job("train", ["logger=csv"], tmp_path / "run")
+    train, validate, warmup_epochs = timm_args(cfg, tmp_path / "digits", epochs=30)
+    assert warmup_epochs == 3  # optim.warmup=0.1 of 30 epochs
+    i = train.index("--model-kwargs")
+    kwargs = {}
+    for arg in train[i + 1:]:
+        if arg.startswith("--"):
+            break
+        k, v = arg.split("=")
+        kwargs[k] = ast.literal_eval(v)
+    net = timm.create_model(train[train.index("--model") + 1], num_classes=10, **kwargs)
+    vitlab_net = build_model(**to_plain(cfg.model))
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in vitlab_net.parameters()) == 823_434
+    x = torch.randn(2, 3, 32, 32)
+    net.load_state_dict(vitlab_net.state_dict())
+    torch.testing.assert_close(net.eval()(x), vitlab_net.eval()(x))
+    for args in (train, validate):
+        assert args[args.index("--mean") + 1:args.index("--mean") + 4] == ["0.5"] * 3  # the paper's [-1, 1]
+    assert train[train.index("--lr") + 1] == "0.001" and train[train.index("--clip-grad") + 1] == "1.0"
+    assert validate[validate.index("--split") + 1] == "test"
+
+
+def test_timm_script_reads_train_py_rates_and_validate_top1():
+    from vitlab.bench.timm_script import parse_timm_top1, parse_timm_train
+
+    log = ("Model vit_tiny_patch16_224 created, param count:823434\n"
+           "Train: 0 [   0/19 (  5%)]  Loss: 2.31 (2.31)  Time: 0.500s,  128.00/s  (0.500s,  128.00/s)  LR: 0.000e+00\n"
+           "Train: 0 [  18/19 (100%)]  Loss: 1.90 (2.10)  Time: 0.100s,  640.00/s  (0.125s,  512.00/s)  LR: 1.000e-03\n"
+           "Train: 1 [  18/19 (100%)]  Loss: 1.20 (1.50)  Time: 0.100s,  640.00/s  (0.100s,  640.00/s)  LR: 5.000e-04\n")
+    assert parse_timm_train(log) == {"epoch_img_per_s": [512.0, 640.0], "params": 823434}
+    assert parse_timm_top1("Test: [   1/2] ...\n * Acc@1 97.222 (2.778) Acc@5 100.000 (0.000)\n") == pytest.approx(0.97222)
+
+
+def test_export_split_writes_the_exact_images_as_an_image_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vitlab.bench.timm_script import export_split
+    from vitlab.data.memory import TensorImageDataset
+
+    g = torch.Generator().manual_seed(0)
+    splits = [TensorImageDataset(torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=g), [1, 0, 1][:n])
+              for n in (3, 2, 1)]
+
+    class DM:
+        def build_splits(self):
+            return splits
+
+    assert export_split(DM(), tmp_path) == {"train": 3, "val": 2, "test": 1}
+    img = np.asarray(Image.open(tmp_path / "train" / "001" / "00002.png"))
+    assert np.array_equal(img, splits[0].images[2].permute(1, 2, 0).numpy())
+
+
+def test_startup_phases_add_up_to_launch_to_first_step():
+    from vitlab.bench.startup import summarise
+
+    wall = {"bare_import_s": 3.0, "import_train_s": 3.4, "launch_to_fit_setup_s": 4.0, "launch_to_first_batch_s": 4.3,
+            "launch_to_first_step_s": 4.6, "gap_s": 1.6}
+    run = {**wall, **{k[:-2] + "_cpu_s": v / 2 for k, v in wall.items()}, "process_wall_s": 6.0, "loadavg_1m": 0.5}
+    s = summarise([run, {**run, "bare_import_s": 2.8, "gap_s": 1.8}])
+    assert s["gap_s"]["median"] == pytest.approx(1.7) and s["gap_cpu_s"]["median"] == pytest.approx(0.8)
+    one = summarise([run])
+    assert [round(p["median"], 6) for p in one["phases"].values()] == [3.0, 0.4, 0.6, 0.3, 0.3]  # they sum to 4.6 s
+    assert [round(p["median"], 6) for p in one["phases_cpu"].values()] == [1.5, 0.2, 0.3, 0.15, 0.15]
+
+
+def test_run_in_terminal_keeps_output_exit_code_and_cpu(tmp_path):
+    import os
+    import sys
+
+    from vitlab.bench.training import run_in_terminal
+
+    log = tmp_path / "out.log"
+    r = run_in_terminal([sys.executable, "-c", "import sys; print(sys.stdout.isatty()); sys.exit(3)"], dict(os.environ),
+                        log, timeout=60)
+    assert r["rc"] == 3 and "True" in log.read_text()  # a terminal, as from a user's shell
+    assert r["wall_s"] > 0 and r["cpu_s"] >= 0 and r["max_rss_mb"] > 0

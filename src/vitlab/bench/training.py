@@ -128,11 +128,13 @@ def job_overrides(cfg, spec: dict[str, Any], device: str) -> list[str]:
     ]
 
 
-def _run_in_terminal(cmd: list[str], env: dict[str, str], log_path: Path, timeout: int) -> int:
-    """Run ``cmd`` with a pseudo-terminal as stdout and stderr, as from a user's shell (the progress bar draws as
-    it does there); its output goes to ``log_path``."""
+def run_in_terminal(cmd: list[str], env: dict[str, str], log_path: Path, timeout: int) -> dict[str, Any]:
+    """Run ``cmd`` with a pseudo-terminal as stdout and stderr, as from a user's shell (a progress bar draws as it
+    does there); its output goes to ``log_path``. Returns the exit code, the wall seconds, and the child's CPU
+    seconds (user + sys, its own children included) and peak RSS from ``wait4``."""
     master, slave = pty.openpty()
     with open(log_path, "wb") as fh:
+        t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
         os.close(slave)
 
@@ -148,14 +150,19 @@ def _run_in_terminal(cmd: list[str], env: dict[str, str], log_path: Path, timeou
 
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
         try:
-            rc = proc.wait(timeout=timeout)
+            _, status, ru = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
         finally:
+            killer.cancel()
             if proc.poll() is None:
                 proc.kill()
             reader.join(timeout=10)
             os.close(master)
-    return rc
+    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_mb": ru.ru_maxrss / 1024}
 
 
 def _run_job(spec: dict[str, Any], work: Path, timeout: int) -> dict[str, Any]:
@@ -180,9 +187,8 @@ def _run_job(spec: dict[str, Any], work: Path, timeout: int) -> dict[str, Any]:
         spec_path.write_text(json.dumps({**spec, "result": str(probe)}, indent=2))
         cmd = [sys.executable, "-m", "vitlab.bench", "--worker", str(spec_path)]
     env[LAUNCH_ENV] = repr(time.time())
-    t0 = time.perf_counter()
-    rc = _run_in_terminal(cmd, env, log_path, timeout)
-    wall = time.perf_counter() - t0
+    ran = run_in_terminal(cmd, env, log_path, timeout)
+    rc, wall = ran["rc"], ran["wall_s"]
     if rc != 0 or not probe.is_file():
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
         raise RuntimeError(f"bench job {spec['key']}/{spec['job_way']} failed (exit {rc}); log {log_path}:\n{tail}")
