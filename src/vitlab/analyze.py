@@ -99,8 +99,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _log_wandb(cfg: DictConfig, figs: dict[str, Path], dist) -> None:
-    from vitlab.runs.assemble import wandb_run
-    from vitlab.utils.wandb_io import log_figures, log_table
+    from vitlab.wandb_io.run import log_figures, log_table, wandb_run
 
     # the name is masked after interpolation (wandb_run)
     with wandb_run(f"analyze-{Path(cfg.ckpt_path).parent.parent.name}", cfg.group, "eval", cfg.paths.output_dir) as run:

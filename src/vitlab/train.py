@@ -20,7 +20,6 @@ import lightning as L
 from omegaconf import DictConfig
 
 from vitlab import metrics as M
-from vitlab.callbacks.resume import apply_wandb_resume, resolve_resume
 from vitlab.checks import check_seed
 from vitlab.errors import ConfigError
 from vitlab.runs.assemble import (
@@ -32,10 +31,12 @@ from vitlab.runs.assemble import (
     start_logging,
 )
 from vitlab.runs.read import load_checkpoint
+from vitlab.runs.resume import resolve_resume
 from vitlab.tasks import hydra_app, scalar_metrics, task_wrapper
 from vitlab.utils.extras import apply_extras, quiet_console
 from vitlab.utils.plain import job_config
 from vitlab.utils.secrets import check_no_literal_secrets
+from vitlab.wandb_io import resume_wandb_run
 
 log = logging.getLogger("vitlab.train")
 
@@ -52,7 +53,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     batch_line = apply_global_batch(cfg)  # data.global_batch_size -> per-process data.batch_size (or an error)
     check_launch(cfg)
     plan = resolve_resume(cfg)  # ckpt_path=last / resume=auto|never: errors before anything is written
-    apply_wandb_resume(cfg, plan)  # the resumed job logs into the same W&B run
+    resume_wandb_run(cfg, plan.wandb_id)  # the resumed job logs into the same W&B run
     config = job_config(cfg)  # once per job: config.yaml, the checkpoints and every logger hold this one
 
     # the objects, by name: data, module, callbacks, loggers, trainer (each checks its own arguments)

@@ -326,7 +326,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     info: dict[str, Any] = {"way": way, "precision": str(cfg.trainer.precision), "overrides_extra": spec.get("extra", [])}
 
     if way == "vitlab":  # exactly what vitlab.train builds (the run-assembly layer), plus the timer
-        from vitlab.tasks import finish_wandb
+        from vitlab.wandb_io import finish_wandb
 
         try:
             objs = assemble(cfg, extra_callbacks=[WindowTimer(win)])  # each object checks its own arguments

@@ -4,6 +4,7 @@
   precedence for every value: command line > checkpoint > vitlab's config defaults.
 - :mod:`vitlab.runs.assemble`: build a training run from a composed config (data, objective, stats, callbacks,
   loggers, trainer), returned by name as lightning-hydra-template's ``train()`` does; fit, test and report it.
+- :mod:`vitlab.runs.resume`: where a training run resumes from (``resolve_resume``), its checkpoint checked first.
 """
 
 from vitlab.runs.read import (

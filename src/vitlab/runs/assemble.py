@@ -5,22 +5,19 @@ where it is built (lightning-hydra-template's ``instantiate`` calls in ``train()
 and tests them, the benchmark times them. The checks that belong to no single object live here too, each beside
 the object it is about: the global batch (data x trainer, :func:`apply_global_batch`), the launch (trainer x
 Hydra, :func:`check_launch`), the resolution a ViT is built for (model x data, :func:`check_resolution`).
-:func:`wandb_run` is the one W&B run of the tasks that log figures (analyze, report).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
-import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -40,8 +37,6 @@ from vitlab.runs.read import checkpoint_config
 from vitlab.tasks import print_metrics
 from vitlab.utils.instantiate import build_callbacks, build_loggers, start_loggers
 from vitlab.utils.plain import job_config, to_plain
-from vitlab.utils.secrets import redact
-from vitlab.utils.wandb_io import wandb_offline
 
 log = logging.getLogger("vitlab.train")
 
@@ -318,15 +313,3 @@ def report(out_dir: str | Path, results: dict[str, Any], metrics: dict[str, floa
     if metrics is not None:
         print_metrics(metrics)
     return path
-
-
-@contextlib.contextmanager
-def wandb_run(name: str, group: Any, job_type: str, out_dir: str | Path) -> Iterator[Any]:
-    """One W&B run of a task that logs figures and tables (analyze, report): offline unless a key is set, names
-    masked after interpolation, always finished."""
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vitlab"), name=redact(name), group=redact(group),
-                     job_type=job_type, dir=str(out_dir), mode="offline" if wandb_offline() else "online")
-    try:
-        yield run
-    finally:
-        run.finish()

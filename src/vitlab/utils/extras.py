@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from rich.console import Console
 
 from vitlab.errors import ConfigError
 from vitlab.utils.plain import job_config
-from vitlab.utils.wandb_io import wandb_offline
+from vitlab.wandb_io.run import quiet_offline
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +75,7 @@ def quiet_console(cfg: DictConfig | None = None) -> None:
             logger.addFilter(_NOISE_FILTER)
     for message in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=f".*{message}")
-    if wandb_offline() and "wandb" in ((cfg or {}).get("logger") or {}):
-        # offline, W&B's ~27 console lines (banner, run history, sync hint) repeat what vitlab prints;
-        # `wandb sync <run>/wandb/offline-run-*` uploads the run later. WANDB_SILENT=false shows them.
-        os.environ.setdefault("WANDB_SILENT", "true")
-        # wandb.init reads its settings from the environment only after it has warned about the `anonymous`
-        # argument Lightning's WandbLogger always passes; set W&B up first so that warning is silent too. A W&B
-        # that is missing or fails here is reported by the logger builder (training goes on without it).
-        try:
-            import wandb
-
-            wandb.setup()
-        except Exception as e:  # noqa: BLE001 - any failure is the logger builder's to report
-            log.debug("wandb.setup() failed: %s", e)
+    quiet_offline(cfg)
 
 
 def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, config: dict | None = None):

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab.utils.secrets import redact
+from vitlab.wandb_io.run import start_logger
 
 log = logging.getLogger(__name__)
 
@@ -75,29 +76,15 @@ def build_loggers(cfg: DictConfig | None, start: bool = True) -> list:
                           stacklevel=2)
             continue
         lg.vitlab_name = str(name)
-        if not start or _started(lg):
+        if not start or start_logger(lg):
             out.append(lg)
     return out
-
-
-def _started(lg) -> bool:
-    """Start a W&B logger's run now (so a broken W&B fails here, not mid-training); False, with a warning, if it
-    cannot start. Other loggers have nothing to start."""
-    try:
-        if "wandb" in type(lg).__name__.lower():
-            _ = lg.experiment
-        return True
-    except Exception as e:  # noqa: BLE001 - a dashboard must never kill a training run
-        name = getattr(lg, "vitlab_name", type(lg).__name__)
-        warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it",
-                      stacklevel=3)
-        return False
 
 
 def start_loggers(trainer: L.Trainer) -> list:
     """Start the W&B run of each W&B logger now, so a broken W&B fails here and not mid-training: one that fails is
     dropped with a warning (training goes on), and with no logger left the callbacks that need one are dropped."""
-    kept = [lg for lg in trainer.loggers if _started(lg)]
+    kept = [lg for lg in trainer.loggers if start_logger(lg)]
     if len(kept) != len(trainer.loggers):
         trainer.loggers = kept
         if not kept:
