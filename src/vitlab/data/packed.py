@@ -40,11 +40,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import boto3
 import numpy as np
 import torch
+from botocore.config import Config
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vitlab import __version__
 from vitlab import metrics as M
 from vitlab.data.base import DataConfigError, VisionDataModule
 from vitlab.data.files import (
@@ -57,7 +60,7 @@ from vitlab.data.files import (
     positive_int,
     read_image_bytes,
 )
-from vitlab.data.transforms import FlipNormalize
+from vitlab.data.transforms import FlipNormalize, resolve_normalization
 from vitlab.errors import PackedDataError
 from vitlab.utils.secrets import redact
 
@@ -97,9 +100,6 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
 def s3_client(timeout: float):
     """A boto3 S3 client that gives up after ``timeout`` seconds, one attempt per request (``AWS_ENDPOINT_URL``
     picks a local server)."""
-    import boto3
-    from botocore.config import Config
-
     cfg = Config(connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1, "mode": "standard"})
     return boto3.client("s3", config=cfg, endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 
@@ -233,8 +233,6 @@ def read_manifest(root: str | os.PathLike, timeout: float = 30.0) -> dict[str, A
 
 
 def check_manifest(meta: dict[str, Any], root: str) -> None:
-    from vitlab import __version__
-
     fmt, ver = meta.get("format"), meta.get("vitlab_version", "unknown")
     if fmt != PACK_FORMAT:
         raise PackedDataError(
@@ -602,7 +600,6 @@ class PackedDataModule(VisionDataModule):
         (:class:`DraftInceptionCrop`); flip and normalisation stay here, after it, as in ``build_transform``."""
         if not (self.draft and self.train_pipeline == "pretrain"):
             return super().train_transform()
-        from vitlab.data.transforms import resolve_normalization
 
         if self.normalize_on_device:
             return FlipNormalize(None, None)

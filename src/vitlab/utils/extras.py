@@ -21,12 +21,14 @@ import lightning
 import rich
 import rich.syntax
 import rich.tree
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from vitlab.errors import ConfigError
 from vitlab.utils.plain import job_config
+from vitlab.utils.secrets import redact
 from vitlab.wandb_io.run import quiet_offline
 
 log = logging.getLogger(__name__)
@@ -108,8 +110,6 @@ def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, config
 
 def command_line_overrides() -> list[str]:
     """The job's command-line overrides (empty outside a Hydra job)."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return []
     return list(HydraConfig.get().overrides.task)
@@ -118,8 +118,6 @@ def command_line_overrides() -> list[str]:
 @rank_zero_only
 def announce_run(cfg: DictConfig) -> None:
     """One line of identity: what runs, with which overrides, and where its config and results go."""
-    from vitlab.utils.secrets import redact
-
     overrides = " ".join(command_line_overrides()) or "none"
     log.info(redact(f"run {cfg.get('run_name', '')} (overrides: {overrides}); outputs and config_tree.log in "
                     f"{cfg.paths.output_dir}"))
