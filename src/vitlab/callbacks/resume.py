@@ -24,7 +24,7 @@ import torch
 from torchmetrics import MaxMetric, Metric, MinMetric
 
 from vitlab.data.sampler import global_seed
-from vitlab.wandb_io.run import logger_run_id
+from vitlab.wandb_io.logger import logger_run_id
 
 log = logging.getLogger("vitlab.resume")
 

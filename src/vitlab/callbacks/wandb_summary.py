@@ -1,11 +1,11 @@
 """W&B run summaries that keep the best value (``val/acc`` by its max, losses by their min), not the last: the
-callback of :func:`vitlab.wandb_io.run.summarise_best` (``conf/callbacks/default.yaml: wandb_dashboard``)."""
+callback of :func:`vitlab.wandb_io.logger.summarise_best` (``conf/callbacks/default.yaml: wandb_dashboard``)."""
 
 from __future__ import annotations
 
 from lightning.pytorch import Callback
 
-from vitlab.wandb_io.run import summarise_best
+from vitlab.wandb_io.logger import summarise_best
 
 
 class WandbDashboard(Callback):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from vitlab.data.base import VisionDataModule
 from vitlab.data.memory import TensorImageDataset
@@ -21,6 +19,9 @@ DIGITS_MAX_VALUE = 16
 
 
 def load_digits_uint8(img_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    # lazy: scikit-learn's import is ~0.5 s of every data=digits command's start-up, a refused one included
+    from sklearn.datasets import load_digits
+
     d = load_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / DIGITS_MAX_VALUE).unsqueeze(1)
     x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
@@ -40,6 +41,8 @@ class DigitsDataModule(VisionDataModule):
         self.split_seed, self.val_fraction, self.test_fraction = split_seed, val_fraction, test_fraction
 
     def build_splits(self):
+        from sklearn.model_selection import train_test_split  # lazy: as load_digits
+
         x, y = load_digits_uint8(self.img_size)
         idx = np.arange(len(y))
         rest, test = train_test_split(idx, test_size=self.test_fraction, stratify=y, random_state=self.split_seed)

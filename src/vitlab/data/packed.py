@@ -40,10 +40,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import boto3
 import numpy as np
 import torch
-from botocore.config import Config
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -100,6 +98,10 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
 def s3_client(timeout: float):
     """A boto3 S3 client that gives up after ``timeout`` seconds, one attempt per request (``AWS_ENDPOINT_URL``
     picks a local server)."""
+    # lazy: boto3's import is ~0.5 s of every data=packed command's start-up, and only S3 packs need it
+    import boto3
+    from botocore.config import Config
+
     cfg = Config(connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1, "mode": "standard"})
     return boto3.client("s3", config=cfg, endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 

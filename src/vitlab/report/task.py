@@ -35,7 +35,6 @@ from vitlab.tasks import hydra_app
 from vitlab.utils.hydra_callbacks import columns, markdown_table, markdown_text
 from vitlab.utils.run_owner import own
 from vitlab.wandb_io import wandb_offline
-from vitlab.wandb_io.dashboard import push_dashboard, write_dashboard
 from vitlab.wandb_io.offline import wait_until_finished
 from vitlab.wandb_io.run import log_figures, log_table, wandb_run
 
@@ -118,6 +117,9 @@ def _log_wandb(rows, figs, title: str, out: Path) -> Path:
 
 def dashboard_files(wb, sweeps: list[str], out_dir: str | Path) -> Path:
     """``wandb.dashboard=true``: the workspace spec as JSON; ``wandb.push=true`` also creates it on W&B."""
+    # lazy: wandb-workspaces' import is ~0.5 s of every report's start-up; only wandb.dashboard=true needs it
+    from vitlab.wandb_io.dashboard import push_dashboard, write_dashboard
+
     group = wb.get("group") or Path(sweeps[0]).resolve().parents[1].name  # logs/<task_name>/multiruns/<date>
     entity, project = wb.get("entity") or "", wb.get("project") or "vitlab"
     path = write_dashboard(out_dir, entity or "<entity>", project, group)

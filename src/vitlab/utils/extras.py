@@ -29,7 +29,7 @@ from rich.console import Console
 from vitlab.errors import ConfigError
 from vitlab.utils.plain import job_config
 from vitlab.utils.secrets import redact
-from vitlab.wandb_io.run import quiet_offline
+from vitlab.wandb_io.logger import quiet_offline
 
 log = logging.getLogger(__name__)
 

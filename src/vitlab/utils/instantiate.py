@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab.utils.secrets import redact
-from vitlab.wandb_io.run import start_logger
+from vitlab.wandb_io.logger import start_logger
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,12 @@
 - here (imports neither W&B nor torch, so ``vitlab.tasks`` and ``vitlab.config`` use it before any check):
   :func:`wandb_offline` (also the ``${vitlab.wandb_offline:}`` resolver), :func:`finish_wandb` (every task closes
   its run), and the run id a resumed job continues (:func:`is_run_id`, :func:`resume_wandb_run`);
-- :mod:`vitlab.wandb_io.run`: a logger's run started early or dropped, its summaries keeping each metric's best
-  value (the training callback ``vitlab.callbacks.wandb_summary.WandbDashboard`` calls it, as every Lightning
-  callback lives in ``callbacks/``), the run id a checkpoint keeps, the run of a task that logs figures
-  (:func:`~vitlab.wandb_io.run.wandb_run`), figures and tables as W&B media;
+- :mod:`vitlab.wandb_io.logger`: a training run's W&B run (Lightning's ``WandbLogger``): quiet while offline,
+  started before training or dropped, its summaries keeping each metric's best value (the training callback
+  ``vitlab.callbacks.wandb_summary.WandbDashboard`` calls it: every Lightning callback lives in ``callbacks/``),
+  the run id a checkpoint keeps;
+- :mod:`vitlab.wandb_io.run`: the run of a task that logs figures (:func:`~vitlab.wandb_io.run.wandb_run`:
+  analyze, report), figures and tables as W&B media;
 - :mod:`vitlab.wandb_io.offline`: offline run files (``wandb/offline-run-*``) read back without an account;
 - :mod:`vitlab.wandb_io.dashboard`: the scaling dashboard as code (wandb-workspaces).
 """

@@ -23,7 +23,7 @@ from vitlab import metrics as M
 #: run-config keys (from vitlab.runs.assemble.run_stats) the run table pins and the panels group by
 SCALING_KEYS = (M.MODEL_FAMILY, M.MODEL_NAME, M.MODEL_VARIANT, M.MODEL_PATCH_SIZE, M.MODEL_PARAMS_M,
                 M.MODEL_GFLOPS, M.DATA_NAME, M.DATA_TRAIN_SIZE, M.DATA_IMG_SIZE)
-#: summary metrics (best values: vitlab.wandb_io.run.SUMMARIES)
+#: summary metrics (best values: vitlab.wandb_io.logger.SUMMARIES)
 ACCURACY, COMPUTE = M.VAL_ACC_BEST, M.TRAIN_EXAFLOPS
 LOSSES = (M.TRAIN_LOSS, M.VAL_LOSS)
 
