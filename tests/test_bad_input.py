@@ -192,10 +192,10 @@ class _Evil:
 
 
 def test_malicious_pickle_checkpoint_is_refused_everywhere(compose_train, tmp_path):
-    from vitlab.callbacks.resume import peek_checkpoint
     from vitlab.errors import ResumeError
     from vitlab.models.pretrained import load_pretrained
     from vitlab.runs.read import load_checkpoint
+    from vitlab.runs.resume import peek_checkpoint
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"

@@ -16,11 +16,11 @@ from safetensors.torch import save_file
 
 from reliability_utils import TINY
 from test_pretrained import X32, randomise, vit, vit_npz_arrays  # the real .npz writer
-from vitlab.callbacks.resume import peek_checkpoint
 from vitlab.data.digits import DigitsDataModule
 from vitlab.errors import ConfigError, PretrainedError, ResumeError
 from vitlab.models import build_model
 from vitlab.models.pretrained import load_pretrained
+from vitlab.runs.resume import peek_checkpoint
 from vitlab.train import train
 
 # ---- config values: refused before config.yaml (or anything else) is written ---------------------------

@@ -395,9 +395,9 @@ def _resume_cfg(tmp_path: Path, last: dict, *overrides: str):
 
 @pytest.mark.parametrize("case", ["other_data", "bit_into_vit", "empty_state_dict", "other_resolution"])
 def test_resume_refuses_a_checkpoint_of_another_run(case, clean, tmp_path):
-    from vitlab.callbacks.resume import resolve_resume
     from vitlab.errors import ResumeError
     from vitlab.models import build_model
+    from vitlab.runs.resume import resolve_resume
 
     ckpt, overrides = copy.deepcopy(clean), []
     if case == "other_data":

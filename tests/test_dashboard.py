@@ -24,7 +24,7 @@ def _panels(spec):
 
 
 def test_dashboard_spec_has_the_papers_panels_queries_and_grouping(no_network):
-    from vitlab.report.dashboard import SCALING_KEYS, dashboard_spec
+    from vitlab.wandb_io.dashboard import SCALING_KEYS, dashboard_spec
 
     spec = dashboard_spec("my-team", "vitlab", "data_scaling")
     assert (spec["entity"], spec["project"], spec["display_name"]) == ("my-team", "vitlab", "vitlab scaling: data_scaling")
@@ -48,9 +48,9 @@ def test_dashboard_keys_are_what_training_logs(compose_train):
     """Every config key the panels read is one vitlab.train.run_stats puts in the W&B config."""
     from hydra.utils import instantiate
 
-    from vitlab.report.dashboard import SCALING_KEYS
     from vitlab.runs.assemble import build_module, run_stats
     from vitlab.utils.plain import job_config
+    from vitlab.wandb_io.dashboard import SCALING_KEYS
 
     cfg = compose_train()
     config = job_config(cfg)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reliability_utils import TINY, env, run, start
-from vitlab.report.wandb_offline import find_offline_runs, read_offline_run
+from vitlab.wandb_io.offline import find_offline_runs, read_offline_run
 
 #: 3 global batches of 64 per epoch, 2 epochs; one val batch of all 180 val images
 BASE = [a for a in TINY if not a.startswith(("data.batch_size", "trainer.max_epochs", "callbacks.model_checkpoint"))]

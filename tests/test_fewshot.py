@@ -126,8 +126,8 @@ def test_random_init_baseline_is_seeded_and_beats_chance(tmp_path):
 def test_fewshot_task_logs_scalars_and_a_wandb_table_offline(tmp_path, monkeypatch):
     """`python -m vitlab.fewshot ... logger=wandb`: the scalars and the table land in the offline run file."""
     from conftest import compose_cfg
-    from vitlab.report.wandb_offline import find_offline_runs, read_offline_run
     from vitlab.runs.probe import probe
+    from vitlab.wandb_io.offline import find_offline_runs, read_offline_run
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     args = ["model=vit_micro", "random_init=true", "data=digits", "protocol.shots=[1,5]", "protocol.seeds=1",

@@ -28,9 +28,9 @@ from reliability_utils import TINY, assert_same_weights, kill_at_checkpoint, run
 from vitlab.data.digits import DigitsDataModule
 from vitlab.data.imagenet import ImageNetDataModule
 from vitlab.data.packed import MANIFEST, PackedDataModule, decode, min_side_for
+from vitlab.data.packing import pack
 from vitlab.data.transforms import build_transform
 from vitlab.errors import DatasetNotFoundError, PackedDataError, PackError
-from vitlab.pack import pack
 
 
 def _pack(tmp: Path, *overrides: str):

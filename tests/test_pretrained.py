@@ -430,9 +430,9 @@ def _rezip_with_declared_size(src: Path, dst: Path, record: str, declared: int) 
 def test_rezipped_torch_checkpoint_declaring_gigabytes_is_refused_before_loading(tmp_path, monkeypatch):
     """A deflated record declaring 2 GiB: refused by model.pretrained, evaluate's reader and the resume peek,
     from the zip directory alone (torch.load is never called)."""
-    from vitlab.callbacks.resume import peek_checkpoint
     from vitlab.errors import ConfigError, ResumeError
     from vitlab.runs import load_checkpoint
+    from vitlab.runs.resume import peek_checkpoint
 
     src = tmp_path / "last.ckpt"
     torch.save({"state_dict": {f"net.{k}": v for k, v in vit().state_dict().items()}}, src)

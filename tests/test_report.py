@@ -15,7 +15,7 @@ from conftest import compose_cfg
 from vitlab.errors import ReportError, WandbFileError
 from vitlab.report.collect import collect, read_job
 from vitlab.report.task import make_report
-from vitlab.report.wandb_offline import read_offline_run, wait_until_finished
+from vitlab.wandb_io.offline import read_offline_run, wait_until_finished
 
 
 @pytest.fixture(scope="module")

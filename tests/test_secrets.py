@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from reliability_utils import env, run, train_cmd
-from vitlab.report.wandb_offline import find_offline_runs, read_offline_run
+from vitlab.wandb_io.offline import find_offline_runs, read_offline_run
 
 KEY = "wandbkey-" + "0123456789abcdef" * 2 + "ffff"  # 40 characters, like a real W&B key
 LITERAL = "literal-secret-value-4242"

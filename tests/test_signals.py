@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reliability_utils import env, kill_at_checkpoint, run, start, train_cmd
-from vitlab.report.wandb_offline import find_offline_runs, read_offline_run
+from vitlab.wandb_io.offline import find_offline_runs, read_offline_run
 
 
 def _loadable(path) -> int:

@@ -132,7 +132,7 @@ def test_each_job_has_its_own_dir_run_and_checkpoint(sweep_dir):
 
 
 def test_wandb_runs_grouped_with_scaling_keys(sweep_dir):
-    from vitlab.report.wandb_offline import read_offline_run
+    from vitlab.wandb_io.offline import read_offline_run
 
     run = read_offline_run(next((sweep_dir / "0" / "wandb").glob("offline-run-*")))
     assert run.group == "tiny_study" and run.job_type == "train"

@@ -89,7 +89,7 @@ def test_sigmoid_loss_trains(compose_train):
 
 
 def test_wandb_offline_run_records_group_tags_and_job_type(compose_train, tmp_path):
-    from vitlab.report.wandb_offline import find_offline_runs, read_offline_run
+    from vitlab.wandb_io.offline import find_offline_runs, read_offline_run
 
     cfg = compose_train("logger=default", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "group=g1",
                         "tags=[a,b]", "job_type=finetune", out=tmp_path / "wb")

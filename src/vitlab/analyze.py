@@ -24,7 +24,7 @@ log = logging.getLogger("vitlab.analyze")
 
 def sample_images(dm, split: str, n: int):
     """The first ``n`` images (and labels) of a split, through its eval pipeline."""
-    import torch
+    import torch  # lazy: a refusal answers before torch loads
 
     dm.setup("test" if split == "test" else "validate")
     loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
@@ -41,12 +41,12 @@ def sample_images(dm, split: str, n: int):
 
 @task_wrapper
 def analyze(cfg: DictConfig) -> dict[str, Any]:
-    import torch
+    import torch  # lazy: a refusal answers before torch loads
 
-    from vitlab.inspection import inspect_vit as V
-    from vitlab.inspection import plots as F
-    from vitlab.models import registry
-    from vitlab.runs import load_run
+    from vitlab.inspection import inspect_vit as V  # lazy: a refusal answers before torch loads
+    from vitlab.inspection import plots as F  # lazy: a refusal answers before torch loads
+    from vitlab.models import registry  # lazy: a refusal answers before torch loads
+    from vitlab.runs import load_run  # lazy: a refusal answers before torch loads
 
     _, module, dm = load_run(cfg, families=registry.names(transformer=True))  # vitlab.analyze inspects ViTs
     module.eval()
@@ -99,8 +99,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _log_wandb(cfg: DictConfig, figs: dict[str, Path], dist) -> None:
-    from vitlab.runs.assemble import wandb_run
-    from vitlab.utils.wandb_io import log_figures, log_table
+    from vitlab.wandb_io.run import log_figures, log_table, wandb_run  # lazy: as above (W&B, torch)
 
     # the name is masked after interpolation (wandb_run)
     with wandb_run(f"analyze-{Path(cfg.ckpt_path).parent.parent.name}", cfg.group, "eval", cfg.paths.output_dir) as run:

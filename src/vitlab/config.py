@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vitlab import CONF_DIR
 from vitlab.data.catalog import RESOLVERS as DATA_RESOLVERS  # class counts from data.task / data.root
 from vitlab.paper import RESOLVERS as PAPER_RESOLVERS  # ${vitlab.paper:table3,<model>,<data>,lr}
-from vitlab.utils.wandb_io import wandb_offline
+from vitlab.wandb_io import wandb_offline
 
 #: per-process suffix that keeps two jobs started in the same second apart
 _UID = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)}"

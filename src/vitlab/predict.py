@@ -47,7 +47,7 @@ def find_images(spec: str) -> list[Path]:
     Folders and globs are walked by ``vitlab.data.tree.walk_files``, each folder once: a symlink loop (``d/up -> ..``)
     is named and skipped instead of walking for ever (``glob.glob`` follows it until the path is too long, and
     two such loops make that exponential); ``**`` in a glob matches any number of folders, as in ``glob``."""
-    from vitlab.data.files import IMG_EXTENSIONS
+    from vitlab.data.files import IMG_EXTENSIONS  # lazy: a refusal answers before torch loads
 
     p = Path(spec).expanduser()
     if p.is_file():
@@ -111,8 +111,8 @@ def class_names(ckpt: dict[str, Any], data_cfg: dict[str, Any], k: int) -> list[
 
 def load_predictor(ckpt_path: str | Path):
     """Checkpoint -> (net in eval mode, eval transform, class names, loss kind). Only plain data is read."""
-    from vitlab.data.transforms import build_transform
-    from vitlab.runs import read_run
+    from vitlab.data.transforms import build_transform  # lazy: a refusal answers before torch loads
+    from vitlab.runs import read_run  # lazy: a refusal answers before torch loads
 
     run = read_run(ckpt_path, with_data=False)  # checked as data (vitlab.runs.read); the data is the user's images
     ckpt, hp, model_cfg = run.checkpoint, run.checkpoint.get("hyper_parameters") or {}, run.model
@@ -139,7 +139,7 @@ class _Images:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from vitlab.data.files import load_image
+        from vitlab.data.files import load_image  # lazy: a refusal answers before torch loads
 
         try:
             return i, self.transform(load_image(self.paths[i])), None
@@ -148,7 +148,7 @@ class _Images:
 
 
 def _collate(items):
-    import torch
+    import torch  # lazy: see load_predictor
 
     ok = [(i, x) for i, x, _ in items if x is not None]
     bad = [(i, err) for i, x, err in items if x is None]
@@ -159,9 +159,9 @@ def _collate(items):
 def predict_paths(net, transform, paths: Sequence[Path], loss: str = "softmax", topk: int = 5,
                   batch_size: int = 64, num_workers: int = 0, device: str = "auto", progress: bool = True):
     """Probabilities for every readable image: returns ``(rows, skipped)``; each row = (path, probs tensor)."""
-    import torch
-    from rich.progress import track
-    from torch.utils.data import DataLoader
+    import torch  # lazy: see load_predictor
+    from rich.progress import track  # lazy: 0.3 s of a refusal's start-up
+    from torch.utils.data import DataLoader  # lazy: see load_predictor
 
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     net = net.to(dev)

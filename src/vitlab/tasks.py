@@ -9,7 +9,6 @@ secret, a busy run directory, a wrong value) answers in about two seconds.
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,27 +22,9 @@ from vitlab.config import register_resolvers
 from vitlab.errors import ConfigError, UserError
 from vitlab.utils.run_owner import acquire, release
 from vitlab.utils.secrets import check_no_literal_secrets, redact
-
-log = logging.getLogger("vitlab")
+from vitlab.wandb_io import finish_wandb
 
 _VITLAB_DIR = str(Path(__file__).resolve().parent)
-
-
-def finish_wandb(exit_code: int = 0) -> None:
-    """Always close the W&B run: a second ``wandb.init`` in this process would otherwise reuse it.
-
-    ``wandb.finish`` returns before W&B's background service has written the run file to disk; the
-    teardown waits for it, so the offline run is complete when the job returns (reports and sweeps
-    read it right away). W&B is never imported here: a job that did not start a run has nothing to close.
-    """
-    wandb = sys.modules.get("wandb")
-    if wandb is None or getattr(wandb, "run", None) is None:
-        return
-    try:
-        wandb.finish(exit_code=exit_code)
-        wandb.teardown(exit_code=exit_code)
-    except Exception as e:  # noqa: BLE001
-        log.warning("closing the W&B run failed: %s", e)
 
 
 def task_wrapper(fn: Callable) -> Callable:

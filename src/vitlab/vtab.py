@@ -18,10 +18,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
+from vitlab.data.catalog import VTAB_TASKS
 from vitlab.errors import ConfigError
+from vitlab.models.pretrained import detect_format
+from vitlab.runs import read_run
 from vitlab.runs.assemble import fine_tune_cfg, report
 from vitlab.tasks import hydra_app, task_wrapper
 from vitlab.train import train  # VTAB is vitlab.train's job once per lr
@@ -30,8 +34,6 @@ log = logging.getLogger("vitlab.vtab")
 
 
 def _cli_overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return []
     return [o.lstrip("+~") for o in HydraConfig.get().overrides.task]
@@ -40,9 +42,6 @@ def _cli_overrides() -> list[str]:
 def checkpoint_model_cfg(ckpt_path: str) -> dict[str, Any] | None:
     """The model config stored in a vitlab checkpoint (read as data: ``vitlab.runs``), or None for foreign
     formats (.npz, .safetensors, ...)."""
-    from vitlab.models.pretrained import detect_format
-    from vitlab.runs import read_run
-
     if detect_format(ckpt_path) != "torch":
         return None
     # the data is this job's VTAB task; a plain state dict (no model config) needs model= on the command line
@@ -86,8 +85,6 @@ def _sub_run(run: DictConfig, out_dir: Path, lr: float, split: str, test: bool) 
 
 @task_wrapper
 def run_task(cfg: DictConfig) -> dict[str, Any]:
-    from vitlab.data.catalog import VTAB_TASKS
-
     task = str(cfg.data.task)
     if task not in VTAB_TASKS:
         raise ConfigError(f"data.task={task!r} is not a VTAB-1k task; choose from {list(VTAB_TASKS)}")

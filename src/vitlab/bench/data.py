@@ -34,6 +34,7 @@ JSON file with every number.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -46,7 +47,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+from vitlab.config import compose_job
+from vitlab.data.base import TransformedDataset
+from vitlab.data.files import decode_image_bytes
+from vitlab.data.folder import FolderDataModule
+from vitlab.data.imagenet21k import ImageNet21kDataModule
+from vitlab.data.packed import PackedDataModule
+from vitlab.data.packing import pack
+from vitlab.data.transforms import build_transform
 
 BASELINE = "torchvision ImageFolder"
 DEFAULT_CONFIGS = "pretrain:224,finetune:384,pretrain:64,pretrain:32"
@@ -69,11 +82,6 @@ def write_jpegs(root: Path, n: int, classes: int = 10, seed: int = 0, size: tupl
 
 def pack_tree(root: Path, out: Path, workers: int, max_side: int | None = None, splits: str = "[train,val]") -> float:
     """Pack ``root`` (a folder tree) into ``out`` with vitlab's packer; the seconds it took."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from vitlab.config import compose_job
-    from vitlab.data.packing import pack
-
     overrides = ["data=folder", f"data.root={root}", f"out={out}", f"pack.splits={splits}",
                  f"pack.num_workers={workers}", "pack.part_size=2000"]
     if max_side:
@@ -116,10 +124,9 @@ def write_wds(root: Path, out: Path, per_shard: int = 500) -> list[str] | None:
     """The train images of ``root`` as WebDataset tar shards (``<key>.jpg`` + ``<key>.cls``, the format timm and
     OpenCLIP read): the shard paths, or None when webdataset is not installed."""
     try:
-        import webdataset as wds
+        import webdataset as wds  # optional: the dev extra installs it (its row of make bench-data)
     except ImportError:
         return None
-    from torchvision.datasets import ImageFolder
 
     out.mkdir(parents=True, exist_ok=True)
     folder = ImageFolder(str(root / "train"))
@@ -132,9 +139,7 @@ def write_wds(root: Path, out: Path, per_shard: int = 500) -> list[str] | None:
 def wds_dataset(shards: list[str], tf):
     """WebDataset's reader on ``shards``: shards split over DataLoader workers, a 1,000-sample shuffle buffer, and
     the same decoder (``decode_image_bytes``, libjpeg-turbo) and pipeline as the packed reader's plain row."""
-    import webdataset as wds
-
-    from vitlab.data.files import decode_image_bytes
+    import webdataset as wds  # optional: the dev extra installs it (its row of make bench-data)
 
     def sample(s):
         return tf(decode_image_bytes(s["jpg"], s["__key__"], "torchvision")), int(s["cls"])
@@ -146,14 +151,6 @@ def wds_dataset(shards: list[str], tf):
 def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int, batch: int, workers: int,
                 wds_shards: list[str] | None = None) -> dict:
     """The loaders to compare for one (pipeline, resolution); the same transform object serves the plain ones."""
-    from torch.utils.data import DataLoader
-    from torchvision.datasets import ImageFolder
-
-    from vitlab.data.base import TransformedDataset
-    from vitlab.data.folder import FolderDataModule
-    from vitlab.data.packed import PackedDataModule
-    from vitlab.data.transforms import build_transform
-
     tf = build_transform(pipeline, img_size, "paper")
 
     def loader(ds):
@@ -167,10 +164,10 @@ def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int
     if wds_shards:
         out[WDS_ROW] = DataLoader(wds_dataset(wds_shards, tf), batch_size=batch, num_workers=workers,
                                   persistent_workers=workers > 0)
-    for name, pack in packs.items():
+    for name, pack_root in packs.items():
         # (data.draft, data.normalize_on_device): a re-encoded pack is shown with its best reader only
         for draft, on_device in ((False, False), (True, False), (True, True)) if name == "packed" else ((True, True),):
-            dm = PackedDataModule(root=str(pack), img_size=img_size, eval_img_size=img_size, train_pipeline=pipeline,
+            dm = PackedDataModule(root=str(pack_root), img_size=img_size, eval_img_size=img_size, train_pipeline=pipeline,
                                   normalization="paper", num_workers=workers, draft=draft,
                                   normalize_on_device=on_device)
             train = dm.build_splits()[0]
@@ -224,8 +221,6 @@ def original_vs_torchvision(rows: list[dict], workers: int) -> dict[str, dict]:
 # ---- listing a big tree vs opening its packed copy ------------------------------------------------------------
 def write_tree(root: Path, n: int, per_class: int = 500) -> Path:
     """``n`` tiny (but valid) JPEGs in ``<root>/<class>/`` folders of ``per_class``: one encoded image, n hard copies."""
-    import io
-
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (120, 30, 200)).save(buf, format="JPEG", quality=90)
     data = buf.getvalue()
@@ -241,9 +236,6 @@ def write_tree(root: Path, n: int, per_class: int = 500) -> Path:
 def listing(n: int, workers: int, tmp: Path) -> dict:
     """Seconds to list + index an ``n``-file tree (``data=folder`` / ``data=imagenet21k``: walk, sort, hash the
     hold-out), the same with vitlab's index cache warm, and to open its packed copy (manifest, labels, chunk sizes)."""
-    from vitlab.data.imagenet21k import ImageNet21kDataModule
-    from vitlab.data.packed import PackedDataModule
-
     root = tmp / "tree"
     t0 = time.perf_counter()
     write_tree(root, n)

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import pty
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig
 
 from vitlab.bench.worker import (  # the worker: one (model, way, repeat) in its own process
     JOB_LABEL,
@@ -46,6 +49,8 @@ from vitlab.bench.worker import (  # the worker: one (model, way, repeat) in its
 )
 from vitlab.callbacks.timing import LAUNCH_ENV
 from vitlab.errors import BenchConfigError
+from vitlab.tasks import hydra_app, task_wrapper
+from vitlab.utils.plain import to_plain
 
 __all__ = ["aggregate", "aggregate_job", "job_overrides", "markdown", "model_specs", "run_bench", "worker_overrides",
            "write_outputs"]
@@ -58,8 +63,6 @@ BARE_IMPORTS = "import torch, lightning, timm, hydra"
 # ---------------------------------------------------------------------------------------------
 def model_specs(cfg, device: str) -> list[dict[str, Any]]:
     """The model entries of ``conf/bench.yaml`` that run on ``device``, with device-specific settings applied."""
-    from vitlab.utils.plain import to_plain
-
     models = to_plain(cfg.models) or {}
     only = list(cfg.get("only") or [])
     unknown = [m for m in only if m not in models]
@@ -405,7 +408,6 @@ def gpu_plan(cfg, device: str) -> list[str] | None:
     """Without a GPU: what ``make bench`` measures when one is present (the same command, unchanged)."""
     if device == "cuda":
         return None
-    from vitlab.utils.plain import to_plain
 
     models = to_plain(cfg.models) or {}
     gpu_only = [k for k, m in models.items() if m and "cpu" not in m.get("devices", ["cpu", "cuda"])]
@@ -420,8 +422,6 @@ def gpu_plan(cfg, device: str) -> list[str] | None:
 
 
 def run_bench(cfg) -> dict[str, Any]:
-    from vitlab.utils.plain import to_plain
-
     device = resolve_device(str(cfg.device))
     ways = list(cfg.ways)
     job = to_plain(cfg.get("job")) or {}
@@ -524,15 +524,9 @@ def write_outputs(result: dict[str, Any], out_dir: Path, name: str) -> Path:
 
 
 def main_cli() -> None:
-    from omegaconf import DictConfig
-
-    from vitlab.tasks import hydra_app, task_wrapper
-
     @hydra_app("bench")
     @task_wrapper
     def main(cfg: DictConfig) -> None:
-        import signal
-
         # SIGTERM -> SystemExit, so subprocess.run kills the running worker instead of orphaning it
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         result = run_bench(cfg)

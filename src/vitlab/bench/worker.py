@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import time
@@ -19,10 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import timm
 import torch
+import torch.nn.functional as F
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import AverageMeter, CheckpointSaver, accuracy, dispatch_clip_grad, update_summary
 
 from vitlab.callbacks.timing import LAUNCH_ENV, WindowTimer
+from vitlab.config import compose_job
 from vitlab.errors import BenchConfigError
+from vitlab.inspection.flops import count_flops
+from vitlab.models import build_model, registry
+from vitlab.modules.classification import classification_loss, compile_net
+from vitlab.optim import build_optimizer, build_scheduler
+from vitlab.runs.assemble import assemble, build_datamodule
+from vitlab.utils.plain import to_plain
+from vitlab.wandb_io import finish_wandb
 
 WAYS = ("vitlab", "plain", "timm")
 WAY_LABEL = {"vitlab": "(a) vitlab.train", "plain": "(b) plain PyTorch", "timm": "(c) timm defaults"}
@@ -60,15 +75,12 @@ def available_cores() -> int:
 
 
 def machine_info(device: str) -> dict[str, Any]:
-    import lightning
-    import timm
-
     info: dict[str, Any] = {
         "device": device,
         "cpu": _cpu_model(),
         "cores": available_cores(),
         "torch": torch.__version__,
-        "lightning": lightning.__version__,
+        "lightning": L.__version__,
         "timm": timm.__version__,
         "python": platform.python_version(),
         "os": platform.platform(),
@@ -151,7 +163,6 @@ def peak_memory_mb(device: str) -> float:
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -201,20 +212,15 @@ class Windows:
 
 def compose_train_cfg(overrides: list[str], output_dir: Path):
     """``conf/train.yaml`` composed exactly as ``python -m vitlab.train <overrides>`` would, output in ``output_dir``."""
-    from vitlab.config import compose_job
-
     return compose_job("train", overrides, output_dir)
 
 
 def _timm_model(spec: dict[str, Any], model_cfg: dict[str, Any]):
-    import timm
-
     t = spec.get("timm") or {}
     if not t.get("name"):
         raise BenchConfigError(f"models.{spec['key']}.timm.name is missing: the timm model to compare with (way c)")
     kwargs = dict(t.get("kwargs") or {})
     kwargs.setdefault("num_classes", int(model_cfg["num_classes"]))
-    from vitlab.models import registry
 
     if registry.get(model_cfg.get("family")).timm_takes_img_size:
         kwargs.setdefault("img_size", int(model_cfg["img_size"]))
@@ -223,11 +229,6 @@ def _timm_model(spec: dict[str, Any], model_cfg: dict[str, Any]):
 
 def _plain_loop(net, cfg, dm, device: str, win: Windows, compile_model) -> None:
     """What a user writes by hand: same optimiser, LR schedule, clipping, autocast and accumulation as vitlab's."""
-    import torch.nn.functional as F
-
-    from vitlab.modules.classification import classification_loss
-    from vitlab.optim import build_optimizer, build_scheduler
-
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision not in PLAIN_PRECISIONS:
         raise BenchConfigError(f"trainer.precision={precision!r}: the plain loop supports {sorted(PLAIN_PRECISIONS)}")
@@ -293,8 +294,6 @@ def _plain_loop(net, cfg, dm, device: str, win: Windows, compile_model) -> None:
 
 def _model_flops(net: torch.nn.Module, model_cfg: dict[str, Any]):
     """Model FLOPs per image (vitlab.inspection.flops); activation checkpointing's recompute is not model work."""
-    from vitlab.inspection.flops import count_flops
-
     ckpt = bool(model_cfg.get("grad_checkpointing")) and hasattr(net, "set_grad_checkpointing")
     if ckpt:
         net.set_grad_checkpointing(False)
@@ -317,8 +316,6 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     peak = measure_peak(device, **spec["peak"])
     cfg = compose_train_cfg(spec["overrides"], out_dir)
-    from vitlab.runs.assemble import assemble, build_datamodule
-    from vitlab.utils.plain import to_plain
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     win = Windows(device, spec["warmup_steps"], spec["steps"], spec["eval_warmup_steps"], spec["eval_steps"])
@@ -326,7 +323,6 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     info: dict[str, Any] = {"way": way, "precision": str(cfg.trainer.precision), "overrides_extra": spec.get("extra", [])}
 
     if way == "vitlab":  # exactly what vitlab.train builds (the run-assembly layer), plus the timer
-        from vitlab.tasks import finish_wandb
 
         try:
             objs = assemble(cfg, extra_callbacks=[WindowTimer(win)])  # each object checks its own arguments
@@ -339,9 +335,6 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             finish_wandb()
     else:
-        from vitlab.models import build_model
-        from vitlab.modules.classification import compile_net
-
         dm = build_datamodule(cfg.data)
         net = build_model(**model_cfg) if way == "plain" else _timm_model(spec, model_cfg)
         if way == "timm":
@@ -384,11 +377,6 @@ def _job_loop(net, cfg, dm, device: str, job: dict[str, Any], out_dir: Path, tim
     last state per epoch) or as timm ``train.py``'s step (timm's optimiser and scheduler factories, per-step
     ``loss.item()`` into an ``AverageMeter``, ``accuracy`` per validation batch, ``CheckpointSaver`` and
     ``update_summary`` every epoch)."""
-    import torch.nn.functional as F
-
-    from vitlab.modules.classification import classification_loss
-    from vitlab.optim import build_optimizer, build_scheduler
-
     precision = str(cfg.trainer.get("precision", "32-true"))
     amp = PLAIN_PRECISIONS.get(precision)
     if precision not in PLAIN_PRECISIONS or amp == "float16":
@@ -400,11 +388,6 @@ def _job_loop(net, cfg, dm, device: str, job: dict[str, Any], out_dir: Path, tim
     optim_cfg = dict(cfg.optim)
     net.to(device)
     if timm_step:
-        from timm.loss import LabelSmoothingCrossEntropy
-        from timm.optim import create_optimizer_v2
-        from timm.scheduler import create_scheduler_v2
-        from timm.utils import AverageMeter, CheckpointSaver, accuracy, dispatch_clip_grad, update_summary
-
         opt = create_optimizer_v2(net, opt=str(optim_cfg.get("name", "adamw")), lr=float(optim_cfg["lr"]),
                                   weight_decay=float(optim_cfg.get("weight_decay", 0.0)))
         sched, _ = create_scheduler_v2(opt, sched="cosine", num_epochs=epochs, warmup_epochs=0,
@@ -495,9 +478,6 @@ def run_job_worker(spec: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(spec["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = compose_train_cfg(spec["overrides"], out_dir)
-    from vitlab.models import build_model
-    from vitlab.runs.assemble import build_datamodule
-    from vitlab.utils.plain import to_plain
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     dm = build_datamodule(cfg.data)

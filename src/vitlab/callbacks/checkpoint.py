@@ -16,6 +16,7 @@ import os
 import stat
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -89,8 +90,6 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         if os.path.basename(filepath).startswith(self.CHECKPOINT_NAME_LAST or "last"):
             self._last_saved_step = trainer.global_step
         if trainer.is_global_zero:
-            from weakref import proxy
-
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
 

@@ -12,6 +12,8 @@ from lightning.pytorch.utilities.model_summary.model_summary import (
     get_formatted_model_size,
     get_human_readable_count,
 )
+from rich import get_console
+from rich.table import Table
 
 
 class ModelSummary(RichModelSummary):
@@ -27,9 +29,6 @@ class ModelSummary(RichModelSummary):
         total_flops: int = 0,
         **summarize_kwargs: Any,
     ) -> None:
-        from rich import get_console
-        from rich.table import Table
-
         columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
         table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
         table.add_column(" ", style="dim")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from vitlab.data.base import check_val_fraction
 from vitlab.data.download import fetch_archive, safe_extract
@@ -193,6 +194,4 @@ class CIFARDataModule(FileDataModule):
 
 
 def _chw(x: np.ndarray):
-    import torch
-
     return torch.from_numpy(np.ascontiguousarray(x))

@@ -19,6 +19,7 @@ DIGITS_MAX_VALUE = 16
 
 
 def load_digits_uint8(img_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    # lazy: scikit-learn's import is ~0.5 s of every data=digits command's start-up, a refused one included
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -40,7 +41,7 @@ class DigitsDataModule(VisionDataModule):
         self.split_seed, self.val_fraction, self.test_fraction = split_seed, val_fraction, test_fraction
 
     def build_splits(self):
-        from sklearn.model_selection import train_test_split
+        from sklearn.model_selection import train_test_split  # lazy: as load_digits
 
         x, y = load_digits_uint8(self.img_size)
         idx = np.arange(len(y))

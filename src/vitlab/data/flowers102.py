@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
 
 from vitlab.data.base import check_val_fraction
 from vitlab.data.files import FileDataModule, holdout_mask, require_file
@@ -22,8 +23,6 @@ from vitlab.errors import DataConfigError, DatasetFormatError, DatasetNotFoundEr
 
 
 def load_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    from scipy.io import loadmat
-
     try:
         m = loadmat(path)
     except Exception as e:

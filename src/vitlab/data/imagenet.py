@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.io import loadmat
 
 from vitlab import metrics as M
 from vitlab.data.files import IMG_EXTENSIONS, list_class_dirs, scan_class_folders
@@ -63,8 +64,6 @@ def read_loc_csv(path: Path) -> list[tuple[str, str, int]]:
 
 def read_devkit(path: Path) -> tuple[list[str], str]:
     """Val wnids in file-number order from the devkit folder or its .tar.gz (read in memory)."""
-    from scipy.io import loadmat
-
     if path.is_dir():
         meta_f, gt_f = path / "data" / "meta.mat", path / "data" / GT_FILE
         for f in (meta_f, gt_f):

@@ -45,6 +45,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vitlab import __version__
 from vitlab import metrics as M
 from vitlab.data.base import VisionDataModule
 from vitlab.data.files import (
@@ -56,7 +57,7 @@ from vitlab.data.files import (
     positive_int,
     read_image_bytes,
 )
-from vitlab.data.transforms import FlipNormalize
+from vitlab.data.transforms import FlipNormalize, resolve_normalization
 from vitlab.errors import CorruptImageError, DataConfigError, DatasetNotFoundError, PackedDataError
 from vitlab.utils.secrets import redact
 
@@ -96,6 +97,7 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
 def s3_client(timeout: float):
     """A boto3 S3 client that gives up after ``timeout`` seconds, one attempt per request (``AWS_ENDPOINT_URL``
     picks a local server)."""
+    # lazy: boto3's import is ~0.5 s of every data=packed command's start-up, and only S3 packs need it
     import boto3
     from botocore.config import Config
 
@@ -232,8 +234,6 @@ def read_manifest(root: str | os.PathLike, timeout: float = 30.0) -> dict[str, A
 
 
 def check_manifest(meta: dict[str, Any], root: str) -> None:
-    from vitlab import __version__
-
     fmt, ver = meta.get("format"), meta.get("vitlab_version", "unknown")
     if fmt != PACK_FORMAT:
         raise PackedDataError(
@@ -601,7 +601,6 @@ class PackedDataModule(VisionDataModule):
         (:class:`DraftInceptionCrop`); flip and normalisation stay here, after it, as in ``build_transform``."""
         if not (self.draft and self.train_pipeline == "pretrain"):
             return super().train_transform()
-        from vitlab.data.transforms import resolve_normalization
 
         if self.normalize_on_device:
             return FlipNormalize(None, None)

@@ -27,6 +27,7 @@ and seeded subsets line up without reading images back) and a part is the unit o
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -39,9 +40,25 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from litdata.streaming.writer import BinaryWriter
 from omegaconf import DictConfig
+from PIL import Image
 
-from vitlab.errors import PackError
+import vitlab
+from vitlab.data.files import ImageListDataset, decode_image_bytes, read_image_bytes
+from vitlab.data.packed import (
+    MANIFEST,
+    PACK_FORMAT,
+    SPLITS,
+    check_index,
+    class_table_diff,
+    class_table_hash,
+    sha256_file,
+)
+from vitlab.errors import CorruptImageError, PackError
 from vitlab.utils import run_owner
 from vitlab.utils.plain import to_plain
 
@@ -56,12 +73,8 @@ SOURCE_KEYS = ("name", "img_size", "eval_img_size", "train_pipeline", "eval_pipe
 
 # ---- what goes into a shard ---------------------------------------------------------------------------
 def _to_pil(img):
-    from PIL import Image
-
     if isinstance(img, Image.Image):
         return img.convert("RGB")
-    import numpy as np
-    import torch
 
     if isinstance(img, torch.Tensor):
         arr = img.detach().cpu().numpy()
@@ -76,8 +89,6 @@ def _check_decodes(raw: bytes, name: str, max_image_pixels: int) -> tuple[int, i
     """Decode ``raw`` as training reads it (``files.decode_image_bytes``: the pixel count its header declares is
     checked against ``data.max_image_pixels`` first; JPEGs at 1/8 scale here, every DCT block is still read, so
     truncation shows) or raise naming it; the image's full size, the one ``pack.max_side`` compares."""
-    from vitlab.data.files import decode_image_bytes
-
     size = []
 
     def eighth(w: int, h: int) -> int:  # called once with the header's size, after the pixel check
@@ -89,8 +100,6 @@ def _check_decodes(raw: bytes, name: str, max_image_pixels: int) -> tuple[int, i
 
 
 def _reencode(im, opts: dict[str, Any]) -> bytes:
-    from PIL import Image
-
     im = im.convert("RGB")
     side = opts.get("max_side")
     if side and max(im.size) > side:
@@ -107,16 +116,10 @@ def _needs_reencode(size: tuple[int, int], opts: dict[str, Any]) -> bool:
 
 def encode_item(ds, i: int, opts: dict[str, Any]) -> tuple[bytes, int, Any, str]:
     """(encoded image, label, extra or None, name for messages) of sample ``i`` of a raw split."""
-    import numpy as np
-
-    from vitlab.data.files import ImageListDataset, read_image_bytes
-
     if isinstance(ds, ImageListDataset):
         name = ds.paths[i]
         raw = read_image_bytes(name, ds.max_file_bytes)  # a FIFO, a device or an oversized file: refused unread
         if _needs_reencode(_check_decodes(raw, name, ds.max_image_pixels), opts):
-            from PIL import Image
-
             raw = _reencode(Image.open(io.BytesIO(raw)), opts)
         extra = ds.extras(i) if ds.extras is not None else None
         label = ds.targets[i]
@@ -142,11 +145,6 @@ _JOB: dict[str, Any] = {}  # the splits and options, inherited by the forked wor
 
 def pack_part(split: str, part: int, start: int, end: int, split_dir: str) -> dict[str, Any]:
     """Write samples [start, end) of ``split`` to ``<split_dir>/.parts/p<part>`` via a temporary folder."""
-    from litdata.streaming.writer import BinaryWriter
-
-    from vitlab.data.packed import sha256_file
-    from vitlab.errors import CorruptImageError
-
     ds, opts = _JOB["splits"][split], _JOB["opts"]
     final = Path(split_dir) / ".parts" / f"p{part:05d}"
     tmp = Path(split_dir) / ".parts" / f".tmp-p{part:05d}-{os.getpid()}"
@@ -204,8 +202,6 @@ def remove_pack(out: Path) -> None:
     """Delete what ``vitlab.pack`` writes in ``out``, and nothing else: each split's chunks (by their names),
     ``index.json``, ``labels.npy`` and unfinished parts, the manifest and the pack state. Other files stay, and
     so does a split folder that holds them."""
-    from vitlab.data.packed import MANIFEST, SPLITS
-
     for split in SPLITS:
         d = out / split
         if d.is_symlink() or not d.is_dir():
@@ -225,8 +221,6 @@ def remove_pack(out: Path) -> None:
 def check_out(out: Path, overwrite: bool) -> str:
     """Refuse an ``out=`` that would write over someone else's files; 'new' | 'resume' | 'overwrite' (an earlier
     pack there, to be removed by :func:`remove_pack`)."""
-    from vitlab.data.packed import MANIFEST
-
     if not out.exists() or not any(e.name != run_owner.LOCK_NAME for e in out.iterdir()):
         return "new"
     ours = (out / STATE).is_file() or (out / MANIFEST).is_file()
@@ -251,8 +245,6 @@ def _state_diff(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     for key in ("options", "source", "classes", "sizes", "format"):
         if old.get(key) != new.get(key):
             if key == "classes":
-                from vitlab.data.packed import class_table_diff
-
                 return f"the class table changed since the interrupted pack: {class_table_diff(old[key], new[key])}"
             return f"{key} changed since the interrupted pack: was {old.get(key)}, now {new.get(key)}"
     return None
@@ -260,12 +252,6 @@ def _state_diff(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 
 def finalize_split(split_dir: Path, parts: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
     """Move the parts' chunks into the split folder, write litdata's index.json and labels.npy; the split's manifest entry."""
-    import hashlib
-
-    import numpy as np
-
-    from vitlab.data.packed import check_index, class_table_hash
-
     chunks, labels, skipped, config = [], [], [], None
     for p in sorted(parts, key=lambda r: r["part"]):
         pdir = split_dir / ".parts" / f"p{p['part']:05d}"
@@ -297,8 +283,6 @@ def finalize_split(split_dir: Path, parts: list[dict[str, Any]], classes: list[s
 
 def pack(cfg: DictConfig) -> dict[str, Any]:
     """Pack ``cfg.data`` into ``cfg.out``; return the manifest."""
-    from hydra.utils import instantiate
-
     if cfg.get("out") in (None, "", "???"):
         raise PackError("out= is not set: python -m vitlab.pack data=<dataset> out=<folder for the shards>")
     out = Path(str(cfg.out)).expanduser().resolve()
@@ -321,9 +305,6 @@ def pack(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _pack(out: Path, dm, data_cfg: dict[str, Any], p: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
-    import vitlab
-    from vitlab.data.packed import MANIFEST, PACK_FORMAT, SPLITS
-
     mode = check_out(out, bool(p.get("overwrite", False)))  # again, now that this process owns out=
     if mode == "overwrite":
         log.info("pack.overwrite=true: removing the earlier pack's files from %s", out)

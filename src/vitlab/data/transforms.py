@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 # Normalisation presets: the paper maps pixels to [-1, 1]; timm's ImageNet weights expect mean/std.
 NORMALIZATION = {
@@ -117,8 +118,6 @@ def normalize_batch(x: torch.Tensor, normalization: str | dict = "paper") -> tor
     """The last two steps of every pipeline (``ToDtype(scale=True)`` + ``Normalize``) on a uint8 batch (N, C, H, W),
     wherever it is: the same functional ops as :func:`build_transform`, so the same values as per-image
     normalisation in the loader (elementwise, so batching changes nothing)."""
-    from torchvision.transforms.v2 import functional as F
-
     mean, std = resolve_normalization(normalization)
     return F.normalize(F.to_dtype(x, torch.float32, scale=True), mean=list(mean), std=list(std))
 

@@ -38,16 +38,25 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop, conv_flop_count
 
+import vitlab
+from vitlab import CONF_DIR, paper
 from vitlab import metrics as M
+from vitlab.config import register_resolvers
+from vitlab.models import build_model, count_params
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -198,10 +207,6 @@ def _train_step_flops(model: nn.Module, x: torch.Tensor) -> int:
 def _cache_path(model_json: str) -> Path:
     """Where the count of ``model_json`` is kept between processes: keyed by the config, the torch and timm
     versions and the source of vitlab's models and of this counter, so an edited model is counted afresh."""
-    import timm
-
-    import vitlab
-
     h = hashlib.sha256(f"{model_json}|{torch.__version__}|{timm.__version__}".encode())
     root = Path(vitlab.__file__).parent
     for f in sorted([*root.joinpath("models").glob("*.py"), Path(__file__)]):
@@ -214,8 +219,6 @@ def _cache_path(model_json: str) -> Path:
 def _config_flops(model_json: str) -> FlopCount:
     """Counted once per machine: a count is 0.6 s of every run's start-up (vit_micro; more for big models), so it
     is kept as a small JSON of four numbers (read as numbers only) in ``~/.cache/vitlab/flops/``."""
-    from vitlab.models import build_model
-
     path = _cache_path(model_json)
     try:
         d = json.loads(path.read_text())
@@ -266,16 +269,6 @@ __all__ = ["FlopCount", "count_flops", "flops_stats", "model_config_flops", "tab
 
 def flops_table(models: list[str] | None = None, img_size: int = 224, num_classes: int = 1000) -> list[dict[str, Any]]:
     """Params and per-image compute of every ``conf/model`` entry (or ``models``) at one resolution."""
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from vitlab import CONF_DIR
-    from vitlab.config import register_resolvers
-    from vitlab.models import build_model, count_params
-
     register_resolvers()
     names = models or sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
     rows = []
@@ -296,8 +289,6 @@ def flops_table(models: list[str] | None = None, img_size: int = 224, num_classe
 def table6_rows(keys: list[tuple[str, int]] | None = None) -> list[dict[str, Any]]:
     """Table 6's exaFLOPs beside vitlab's count for the same run: training FLOPs per image of the model as its
     ``conf/model`` entry builds it (224 px, 1000 classes) x JFT-300M's images (``vitlab.paper.JFT_IMAGES``) x epochs."""
-    from vitlab import paper
-
     rows = []
     for model, epochs in keys or list(paper.TABLE6):
         (r,) = flops_table([model], img_size=224, num_classes=1000)
@@ -310,8 +301,6 @@ def table6_rows(keys: list[tuple[str, int]] | None = None) -> list[dict[str, Any
 def main(argv: list[str] | None = None) -> None:
     """``python -m vitlab.inspection.flops [img_size]``: the params and GMACs table of every model config;
     ``python -m vitlab.inspection.flops table6``: Table 6's exaFLOPs beside vitlab's count (about 2 minutes)."""
-    import sys
-
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "table6":
         print("| model | epochs | exaFLOPs (vitlab) | Table 6 | vitlab / paper |\n|---|---|---|---|---|")

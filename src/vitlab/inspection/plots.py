@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib
 import torch
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # files only, no window: chosen when vitlab draws, not for every program importing it
+    import matplotlib.pyplot as plt  # kept here: pyplot fixes its backend when first imported
 
     return plt
 

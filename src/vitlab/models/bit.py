@@ -11,6 +11,8 @@ from functools import partial
 from typing import Any
 
 import torch
+from timm.layers import ClassifierHead, StdConv2d
+from timm.models.resnetv2 import ResNetV2, _load_weights
 from torch import nn
 
 from vitlab.models import checkpoints as ck
@@ -62,9 +64,6 @@ def build_bit(
     representation_size: int | None = None,
     zero_init_last: bool = True,
 ) -> nn.Module:
-    from timm.layers import StdConv2d
-    from timm.models.resnetv2 import ResNetV2
-
     shape = BIT_SHAPES[choice("variant", variant, BIT_SHAPES)]
     conv = partial(StdConv2d, eps=1e-8)
     stem_type = "fixed" if shape.stem_type == "micro" else shape.stem_type
@@ -85,7 +84,6 @@ def build_bit(
         model.stem = MicroStem(in_chans, shape.stem_chs * shape.width_factor, conv)
     if representation_size:
         # ResNetV2's classifier is a 1x1 conv on the pooled map; swap in the paper's pre-logits MLP.
-        from timm.layers import ClassifierHead
 
         model.head = ClassifierHead(model.num_features, 0, pool_type="avg")
         model.head.fc = nn.Sequential(
@@ -115,8 +113,6 @@ def describe(model: nn.Module) -> dict[str, Any]:
 
 
 def _owns(model: nn.Module) -> bool:
-    from timm.models.resnetv2 import ResNetV2
-
     return isinstance(model, ResNetV2)
 
 
@@ -147,8 +143,6 @@ def describe_bit_npz(path: str, files: set[str], shapes: dict[str, tuple[int, ..
 
 def read_bit_npz(path: str, model: nn.Module, keep_head: bool, report: ck.LoadReport,
                  *_: Any) -> dict[str, torch.Tensor]:
-    from timm.models.resnetv2 import _load_weights
-
     w, files = ck.open_npz(path)
     index, shapes = ck.npz_shapes(path)
     with w:

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors import safe_open
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from vitlab.errors import PretrainedError, PretrainedMismatchError
@@ -126,8 +129,6 @@ def npz_declared(path: str) -> dict[str, tuple[tuple[int, ...], int]]:
 
 def safetensors_declared(path: str) -> dict[str, tuple[tuple[int, ...], int]]:
     """``{key: (shape, itemsize)}`` of a safetensors file, from its JSON header alone."""
-    from safetensors import safe_open
-
     sizes = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
     out = {}
     try:
@@ -255,8 +256,6 @@ def arch_mismatch(path: str, want: dict[str, Any], got: dict[str, Any]) -> None:
 
 
 def open_npz(path: str):
-    import numpy as np
-
     try:
         w = np.load(path, allow_pickle=False)
         files = set(w.files)
@@ -270,8 +269,6 @@ def npz_index(path: str) -> dict[str, tuple[Any, tuple[int, ...]]]:
 
     Nothing is decoded, so an object array (a pickle) or a wrong-shaped array is named before anything reads it.
     """
-    import numpy as np
-
     fmt = np.lib.format
     out: dict[str, tuple[Any, tuple[int, ...]]] = {}
     with zipfile.ZipFile(path) as z:
@@ -399,8 +396,6 @@ def resize_pos_embed(posemb: torch.Tensor, new_grid: tuple[int, int], num_prefix
     if old_grid == new_grid:
         return posemb
     if method == "timm":
-        from timm.layers import resample_abs_pos_embed
-
         return resample_abs_pos_embed(posemb, new_size=list(new_grid), old_size=list(old_grid),
                                       num_prefix_tokens=num_prefix_tokens, interpolation="bilinear", antialias=False)
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from timm.models.convnext import ConvNeXt
 from torch import nn
 
 from vitlab.models import registry
@@ -40,8 +41,6 @@ def build(variant: str, num_classes: int, in_chans: int = 3, head_drop_rate: flo
           representation_size: int | None = None, **_: Any) -> nn.Module:
     """``representation_size`` is timm's ``head_hidden_size``: a hidden pre-logits layer before the classifier (GELU in
     timm's ConvNeXt head, where the paper's ViT pretraining heads use tanh)."""
-    from timm.models.convnext import ConvNeXt
-
     shape = CONVNEXT_SHAPES[choice("variant", variant, CONVNEXT_SHAPES)]
     return ConvNeXt(in_chans=in_chans, num_classes=num_classes, depths=shape.depths, dims=shape.dims,
                     patch_size=shape.stem_patch, drop_rate=head_drop_rate, drop_path_rate=drop_path_rate,
@@ -49,8 +48,6 @@ def build(variant: str, num_classes: int, in_chans: int = 3, head_drop_rate: flo
 
 
 def _owns(model: nn.Module) -> bool:
-    from timm.models.convnext import ConvNeXt
-
     return isinstance(model, ConvNeXt)
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from timm.layers import StdConv2dSame
+from timm.models.resnetv2 import ResNetV2
+from timm.models.vision_transformer_hybrid import HybridEmbed
 from torch import nn
 
 from vitlab.models import registry, vit
@@ -31,10 +34,6 @@ def build(variant: str, num_classes: int, patch_size: int | None = None, img_siz
           pos_embed: str = "1d", fused_attn: bool | None = None, pos_drop_rate: float = 0.0,
           proj_drop_rate: float = 0.0, **_: Any) -> nn.Module:
     """``model.hybrid`` names the ResNet (a key of :data:`HYBRID_RESNET_LAYERS`); ``model.variant`` the ViT."""
-    from timm.layers import StdConv2dSame
-    from timm.models.resnetv2 import ResNetV2
-    from timm.models.vision_transformer_hybrid import HybridEmbed
-
     patch_size = vit.require_patch(patch_size, "hybrid")
     layers = HYBRID_RESNET_LAYERS[choice("hybrid", hybrid, HYBRID_RESNET_LAYERS)]
     # TF "SAME" padding throughout (stem conv, stem max-pool, strided 3x3 convs), as the official hybrids

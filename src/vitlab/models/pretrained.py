@@ -38,7 +38,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from vitlab.errors import PretrainedError, PretrainedMismatchError
@@ -144,8 +146,6 @@ def _torch_state_dict(path: str, budget: SizeBudget) -> tuple[dict[str, torch.Te
 
 
 def _safetensors_state_dict(path: str, budget: SizeBudget) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     check_declared_sizes("model.pretrained", path, safetensors_declared(path), budget, every_key=False)
     try:
         return load_file(path, device="cpu")
@@ -154,8 +154,6 @@ def _safetensors_state_dict(path: str, budget: SizeBudget) -> dict[str, torch.Te
 
 
 def _hub_state_dict(name: str) -> dict[str, torch.Tensor]:
-    import timm
-
     model_name = name.split(":", 1)[1] if name.startswith("timm:") else name.replace("hf_hub:", "hf-hub:")
     try:
         return timm.create_model(model_name, pretrained=True).state_dict()

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from hydra.utils import get_class
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
 from vitlab.errors import ModelConfigError
 
 if TYPE_CHECKING:
@@ -176,8 +179,5 @@ def fsdp_policy(recompute: bool = False):
     ``recompute=False``: one FSDP unit per block of any family. ``recompute=True``: the blocks whose activations
     are recomputed in the backward pass, the transformers' (the memory that matters for ViT-L/H).
     """
-    from hydra.utils import get_class
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
     blocks = {get_class(f.fsdp_block) for f in families() if f.fsdp_block and (f.transformer or not recompute)}
     return ModuleWrapPolicy(blocks)

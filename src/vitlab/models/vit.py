@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import VisionTransformer, _load_weights
+from timm.models.vision_transformer_hybrid import HybridEmbed
 from torch import nn
 
 from vitlab.errors import ModelConfigError, PretrainedError
@@ -261,8 +262,6 @@ def describe_tokens(model: nn.Module, family: str) -> dict[str, Any]:
 
 
 def is_vision_transformer(model: nn.Module, hybrid: bool) -> bool:
-    from timm.models.vision_transformer_hybrid import HybridEmbed
-
     return isinstance(model, VisionTransformer) and isinstance(model.patch_embed, HybridEmbed) == hybrid
 
 
@@ -324,8 +323,6 @@ def describe_vit_npz(path: str, files: set[str], shapes: dict[str, tuple[int, ..
 
 def read_vit_npz(path: str, model: nn.Module, keep_head: bool, report: LoadReport,
                  pos_embed_resize: str = DEFAULT_POS_EMBED_RESIZE) -> dict[str, torch.Tensor]:
-    from timm.models.vision_transformer import _load_weights
-
     w, files = open_npz(path)
     index, shapes = npz_shapes(path)
     with w:

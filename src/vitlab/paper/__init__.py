@@ -14,8 +14,11 @@ vitlab's data config names (``jft300m`` has no loader: JFT-300M is not public).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
+
+from omegaconf import ListConfig
 
 from vitlab.errors import PaperKeyError
 
@@ -370,8 +373,6 @@ def resolver(table: str, *keys: Any) -> Any:
     ListConfig, which ``OmegaConf.resolve`` and ``--cfg job`` can print)."""
     value = lookup(table, *keys)
     if isinstance(value, list):
-        from omegaconf import ListConfig
-
         return ListConfig(value)
     return value
 
@@ -489,8 +490,6 @@ PRINTABLE = {"table2": table2_markdown, "table5": table5_markdown, "table6": tab
 def main(argv: list[str] | None = None) -> int:
     """``python -m vitlab.paper [recipes|table2|table5|table6]``: a stored table as markdown (default: recipes,
     the "paper vs vitlab" tables of docs/protocols.md)."""
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
     name = args[0] if args else "recipes"
     if len(args) > 1 or name not in PRINTABLE:

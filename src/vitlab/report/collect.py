@@ -25,6 +25,7 @@ from vitlab import metrics as M
 from vitlab.errors import ReportError
 from vitlab.results import RESULT_FILE, read_results
 from vitlab.utils.run_files import read_config, read_overrides, read_yaml
+from vitlab.wandb_io.offline import read_offline_run
 
 log = logging.getLogger("vitlab.report")
 
@@ -108,8 +109,6 @@ def read_csv_metrics(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def _from_wandb(job: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    from vitlab.report.wandb_offline import read_offline_run
-
     files = sorted(job.glob("wandb/*/run-*.wandb")) or sorted(job.glob("run-*.wandb"))
     if not files:
         return None

@@ -21,6 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
 from vitlab import metrics as M
 from vitlab.metrics import PAPER_ACC, PAPER_EXAFLOPS
 from vitlab.models.registry import plot_style
@@ -29,10 +32,8 @@ from vitlab.utils.hydra_callbacks import fmt_cell
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # files only, no window: chosen when vitlab draws, not for every program importing it
+    import matplotlib.pyplot as plt  # kept here: pyplot fixes its backend when first imported
 
     return plt
 
@@ -105,8 +106,6 @@ def log_ticks(lo: float, hi: float) -> list[float]:
 def _log_x(ax, xs: Sequence[float]) -> None:
     """A log x axis that reads: round tick values written out (no overlapping minor labels), some room at the
     ends so no marker sits on the frame."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
-
     lo, hi = min(xs), max(xs)
     ax.set_xscale("log")
     ax.set_xlim(lo / (1.3 if hi > lo else 2), hi * (1.3 if hi > lo else 2))

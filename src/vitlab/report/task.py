@@ -34,6 +34,9 @@ from vitlab.report.paper_points import annotate
 from vitlab.tasks import hydra_app, task_wrapper
 from vitlab.utils.hydra_callbacks import columns, markdown_table, markdown_text
 from vitlab.utils.run_owner import own
+from vitlab.wandb_io import wandb_offline
+from vitlab.wandb_io.offline import wait_until_finished
+from vitlab.wandb_io.run import log_figures, log_table, wandb_run
 
 log = logging.getLogger("vitlab.report")
 
@@ -102,10 +105,6 @@ def _as_list(x) -> list:
 
 def _log_wandb(rows, figs, title: str, out: Path) -> Path:
     """One W&B run (job_type=report, group = the study) holding the figures (wandb.Image) and the table."""
-    from vitlab.report.wandb_offline import wait_until_finished
-    from vitlab.runs.assemble import wandb_run
-    from vitlab.utils.wandb_io import log_figures, log_table, wandb_offline
-
     group = next((r.get("group") for r in rows if r.get("group")), None)
     with wandb_run(title, group, REPORT_JOB_TYPE, out) as run:
         log_figures(run, figs)
@@ -118,7 +117,8 @@ def _log_wandb(rows, figs, title: str, out: Path) -> Path:
 
 def dashboard_files(wb, sweeps: list[str], out_dir: str | Path) -> Path:
     """``wandb.dashboard=true``: the workspace spec as JSON; ``wandb.push=true`` also creates it on W&B."""
-    from vitlab.report.dashboard import push_dashboard, write_dashboard
+    # lazy: wandb-workspaces' import is ~0.5 s of every report's start-up; only wandb.dashboard=true needs it
+    from vitlab.wandb_io.dashboard import push_dashboard, write_dashboard
 
     group = wb.get("group") or Path(sweeps[0]).resolve().parents[1].name  # logs/<task_name>/multiruns/<date>
     entity, project = wb.get("entity") or "", wb.get("project") or "vitlab"

@@ -5,6 +5,7 @@
 - :mod:`vitlab.runs.assemble`: build a job's objects from a composed config, by name as lightning-hydra-template's
   ``train()`` does: a training run (``assemble``: data, objective, stats, callbacks, loggers, trainer) or an
   evaluation (``assemble_evaluation``: a checkpoint's module and data, loggers, trainer).
+- :mod:`vitlab.runs.resume`: where a training run resumes from (``resolve_resume``), its checkpoint checked first.
 """
 
 from vitlab.runs.read import (

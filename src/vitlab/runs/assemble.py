@@ -9,24 +9,21 @@ callbacks, loggers, trainer), slowest last, W&B started once nothing is left to 
 live here, each beside the object it is about: the global batch (data x trainer, :func:`apply_global_batch`), the
 launch (trainer x Hydra, :func:`check_launch`), the resolution a ViT is built for (model x data,
 :func:`check_resolution`), a warmup inside the run (optimiser x trainer, :func:`check_warmup_fits`).
-:func:`wandb_run` is the one W&B run of the tasks that log figures (analyze, report).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
-import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -36,7 +33,6 @@ from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
-from vitlab.callbacks.resume import resolve_resume
 from vitlab.checks import check_count, check_seed
 from vitlab.errors import ConfigError
 from vitlab.inspection.flops import flops_stats
@@ -45,11 +41,12 @@ from vitlab.models.pretrained import load_pretrained
 from vitlab.optim import warmup_steps
 from vitlab.results import write_results
 from vitlab.runs.read import checkpoint_config, load_checkpoint, load_run
+from vitlab.runs.resume import resolve_resume
 from vitlab.tasks import print_metrics
 from vitlab.utils.extras import apply_extras
 from vitlab.utils.plain import job_config
 from vitlab.utils.secrets import redact
-from vitlab.utils.wandb_io import wandb_offline
+from vitlab.wandb_io.logger import start_logger
 
 log = logging.getLogger("vitlab.train")
 
@@ -280,29 +277,15 @@ def build_loggers(cfg: DictConfig | None, start: bool = True) -> list:
                           stacklevel=2)
             continue
         lg.vitlab_name = str(name)
-        if not start or _started(lg):
+        if not start or start_logger(lg):
             out.append(lg)
     return out
-
-
-def _started(lg) -> bool:
-    """Start a W&B logger's run now (so a broken W&B fails here, not mid-training); False, with a warning, if it
-    cannot start. Other loggers have nothing to start."""
-    try:
-        if "wandb" in type(lg).__name__.lower():
-            _ = lg.experiment
-        return True
-    except Exception as e:  # noqa: BLE001 - a dashboard must never kill a training run
-        name = getattr(lg, "vitlab_name", type(lg).__name__)
-        warnings.warn(f"logger '{name}' failed to start ({type(e).__name__}: {e}); training goes on without it",
-                      stacklevel=3)
-        return False
 
 
 def start_loggers(trainer: L.Trainer) -> list:
     """Start the W&B run of each W&B logger now, so a broken W&B fails here and not mid-training: one that fails is
     dropped with a warning (training goes on), and with no logger left the callbacks that need one are dropped."""
-    kept = [lg for lg in trainer.loggers if _started(lg)]
+    kept = [lg for lg in trainer.loggers if start_logger(lg)]
     if len(kept) != len(trainer.loggers):
         trainer.loggers = kept
         if not kept:
@@ -465,15 +448,3 @@ def report(out_dir: str | Path, results: dict[str, Any], metrics: dict[str, floa
     if metrics is not None:
         print_metrics(metrics)
     return path
-
-
-@contextlib.contextmanager
-def wandb_run(name: str, group: Any, job_type: str, out_dir: str | Path) -> Iterator[Any]:
-    """One W&B run of a task that logs figures and tables (analyze, report): offline unless a key is set, names
-    masked after interpolation, always finished."""
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "vitlab"), name=redact(name), group=redact(group),
-                     job_type=job_type, dir=str(out_dir), mode="offline" if wandb_offline() else "online")
-    try:
-        yield run
-    finally:
-        run.finish()

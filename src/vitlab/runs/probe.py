@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
+from vitlab import protocols
 from vitlab.checks import check_seed
 from vitlab.errors import ConfigError
+from vitlab.models import build_model, registry
+from vitlab.models.pretrained import load_pretrained
 from vitlab.runs.assemble import build_datamodule, build_loggers, report
 from vitlab.runs.read import read_run
 from vitlab.tasks import task_wrapper
 from vitlab.utils.plain import to_plain
-
-# torch, Lightning, the models and the protocols are imported where used: like every task, a command refused at
-# start-up (a literal secret, a busy run directory) answers before they load (`import lightning`: 1.3 s -> 52 s
-# measured on this loaded 2-core machine with `time python -c "import vitlab.runs.probe"`).
 
 #: the headline number of a run (what ``main`` returns to a sweeper): the evaluator's ``score_key`` metric
 SCORE = "protocol/score"
@@ -29,11 +31,6 @@ SCORE = "protocol/score"
 
 def load_backbone(cfg: DictConfig):
     """The frozen network: from a vitlab checkpoint (its own model config), or ``model=`` + ``model.pretrained=``."""
-    import torch
-
-    from vitlab.models import build_model
-    from vitlab.models.pretrained import load_pretrained
-
     if cfg.get("ckpt_path"):
         run = read_run(cfg.ckpt_path, cfg, with_data=False)  # data is this task's own (data=...)
         net = run.build_net()  # headless for a masked-patch-prediction checkpoint
@@ -55,7 +52,6 @@ def load_backbone(cfg: DictConfig):
 def probe_data_cfg(cfg: DictConfig, model_cfg: dict[str, Any]) -> DictConfig:
     data = OmegaConf.create(to_plain(cfg.data))
     size = model_cfg.get("img_size")
-    from vitlab.models import registry
 
     if registry.get(model_cfg.get("family")).transformer and size:
         with open_dict(data):  # a ViT takes only its own resolution (position embeddings are not resized here)
@@ -67,11 +63,6 @@ def probe_data_cfg(cfg: DictConfig, model_cfg: dict[str, Any]) -> DictConfig:
 @task_wrapper
 def probe(cfg: DictConfig) -> dict[str, Any]:
     """Load the frozen network, run ``cfg.protocol`` on ``cfg.data``, print its table, write ``metrics.json``."""
-    import lightning as L
-    from lightning.pytorch.loggers import WandbLogger
-
-    from vitlab import protocols
-
     if cfg.get("data") is None:
         raise ConfigError("choose the dataset to evaluate on: data=<name> (e.g. data=digits)")
     name = str(cfg.protocol.name)

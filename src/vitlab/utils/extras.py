@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +21,15 @@ import lightning
 import rich
 import rich.syntax
 import rich.tree
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from vitlab.errors import ConfigError
 from vitlab.utils.plain import job_config
-from vitlab.utils.wandb_io import wandb_offline
+from vitlab.utils.secrets import redact
+from vitlab.wandb_io.logger import quiet_offline
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +77,7 @@ def quiet_console(cfg: DictConfig | None = None) -> None:
             logger.addFilter(_NOISE_FILTER)
     for message in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=f".*{message}")
-    if wandb_offline() and "wandb" in ((cfg or {}).get("logger") or {}):
-        # offline, W&B's ~27 console lines (banner, run history, sync hint) repeat what vitlab prints;
-        # `wandb sync <run>/wandb/offline-run-*` uploads the run later. WANDB_SILENT=false shows them.
-        os.environ.setdefault("WANDB_SILENT", "true")
-        # wandb.init reads its settings from the environment only after it has warned about the `anonymous`
-        # argument Lightning's WandbLogger always passes; set W&B up first so that warning is silent too. A W&B
-        # that is missing or fails here is reported by the logger builder (training goes on without it).
-        try:
-            import wandb
-
-            wandb.setup()
-        except Exception as e:  # noqa: BLE001 - any failure is the logger builder's to report
-            log.debug("wandb.setup() failed: %s", e)
+    quiet_offline(cfg)
 
 
 def config_tree(cfg: DictConfig, order: Sequence[str] = PRINT_ORDER, config: dict | None = None):
@@ -121,8 +110,6 @@ def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None, config
 
 def command_line_overrides() -> list[str]:
     """The job's command-line overrides (empty outside a Hydra job)."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return []
     return list(HydraConfig.get().overrides.task)
@@ -131,8 +118,6 @@ def command_line_overrides() -> list[str]:
 @rank_zero_only
 def announce_run(cfg: DictConfig) -> None:
     """One line of identity: what runs, with which overrides, and where its config and results go."""
-    from vitlab.utils.secrets import redact
-
     overrides = " ".join(command_line_overrides()) or "none"
     log.info(redact(f"run {cfg.get('run_name', '')} (overrides: {overrides}); outputs and config_tree.log in "
                     f"{cfg.paths.output_dir}"))

@@ -20,7 +20,7 @@ import os
 import re
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from vitlab.errors import ConfigError
 
@@ -109,8 +109,6 @@ def mask_hydra_config(cfg: DictConfig) -> None:
     (:func:`check_no_literal_secrets`) with a message that names the key and not the value.
     ``${oc.env:...}`` references are left alone: they hold no secret.
     """
-    from omegaconf import open_dict, read_write
-
     for ov in OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []:
         m = OVERRIDE.match(str(ov))
         if m and is_literal_secret(m.group(2), m.group(3)):

@@ -15,21 +15,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import wandb_workspaces.reports.v2 as wr
+import wandb_workspaces.workspaces as ws
+
 from vitlab import metrics as M
 
 #: run-config keys (from vitlab.runs.assemble.run_stats) the run table pins and the panels group by
 SCALING_KEYS = (M.MODEL_FAMILY, M.MODEL_NAME, M.MODEL_VARIANT, M.MODEL_PATCH_SIZE, M.MODEL_PARAMS_M,
                 M.MODEL_GFLOPS, M.DATA_NAME, M.DATA_TRAIN_SIZE, M.DATA_IMG_SIZE)
-#: summary metrics (best values: callbacks/wandb_summary.SUMMARIES)
+#: summary metrics (best values: vitlab.wandb_io.logger.SUMMARIES)
 ACCURACY, COMPUTE = M.VAL_ACC_BEST, M.TRAIN_EXAFLOPS
 LOSSES = (M.TRAIN_LOSS, M.VAL_LOSS)
 
 
 def build_workspace(entity: str, project: str, group: str):
     """The ``wandb_workspaces`` Workspace for the runs of W&B group ``group`` (validated by pydantic here)."""
-    import wandb_workspaces.reports.v2 as wr
-    import wandb_workspaces.workspaces as ws
-
     fig34 = [
         wr.ScatterPlot(title=f"Fig. 3/4: {ACCURACY} vs pretraining images (per family)",
                        x=wr.Config(M.DATA_TRAIN_SIZE), y=wr.SummaryMetric(ACCURACY), log_x=True),
@@ -74,6 +74,6 @@ def write_dashboard(out_dir: str | Path, entity: str, project: str, group: str) 
 
 def push_dashboard(entity: str, project: str, group: str) -> str:
     """Create the workspace on the W&B server (needs WANDB_API_KEY); returns its URL."""
-    ws = build_workspace(entity, project, group)
-    ws.save()
-    return ws.url
+    workspace = build_workspace(entity, project, group)
+    workspace.save()
+    return workspace.url

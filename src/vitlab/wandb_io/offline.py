@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from wandb.proto import wandb_internal_pb2 as pb
 
 from vitlab.errors import WandbFileError
 
@@ -119,8 +122,6 @@ def find_run_file(run_dir: str | Path) -> Path:
 
 def read_offline_run(run_dir: str | Path) -> OfflineRun:
     """Parse one offline run (the ``offline-run-*`` directory or its ``.wandb`` file)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
     path = find_run_file(run_dir)
     run = OfflineRun(path=path)
     for raw in iter_record_bytes(path):
@@ -159,8 +160,6 @@ def find_offline_runs(root: str | Path) -> list[Path]:
 
 def wait_until_finished(run_dir: str | Path, timeout_s: float = 30.0) -> OfflineRun:
     """Read a run that ``wandb.finish()`` just closed: W&B's writer process flushes the file asynchronously."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         try:
