@@ -31,6 +31,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow_process: the test starts real processes (signals, DDP, locks, one "
+                                       "end-to-end command line); its module is run first")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Modules with ``slow_process`` tests run first, the one with most such tests first: under pytest-xdist
+    (``make test``: ``-n 2``) the long tests start early and no worker sits idle at the end while the other
+    finishes one. A module's tests stay together (its module fixtures are made once per worker)."""
+    module = lambda item: item.nodeid.split("::")[0]  # noqa: E731
+    weight: dict[str, int] = {}
+    for item in items:
+        weight[module(item)] = weight.get(module(item), 0) + (item.get_closest_marker("slow_process") is not None)
+    items.sort(key=lambda item: -weight[module(item)])  # stable: the order within a module and of ties is kept
+
+
 #: overrides that make a training run take seconds: no progress bar, few batches, CSV logging only
 FAST = [
     "trainer.max_epochs=2",
