@@ -143,6 +143,7 @@ def _limit_file_size(limit: int):
     return preexec
 
 
+@pytest.mark.slow_process
 def test_disk_full_during_checkpoint_keeps_the_previous_one(compose_train, tmp_path):
     run_dir = tmp_path / "run"
     train(compose_train(*TINY, "trainer.max_epochs=1", out=run_dir))

@@ -41,6 +41,7 @@ def test_user_mistake_is_one_error_line(kind, tmp_path):
     assert message in msg
 
 
+@pytest.mark.slow_process
 def test_user_mistake_prints_message_without_traceback(tmp_path):
     """The one command line of this file, twice at once: each job prints the Error line without a traceback, exit
     code 1, and each made its own run dir (two jobs started in the same second get their own dirs)."""

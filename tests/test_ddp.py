@@ -28,6 +28,7 @@ def _metrics(run_dir):
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow_process
 def test_ddp_cpu_two_processes_matches_single_process(tmp_path, main_cli, monkeypatch):
     """The DDP job is a real command line (2 gloo processes); the single-process reference runs meanwhile in this
     process, through vitlab.train's main on one thread."""

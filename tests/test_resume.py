@@ -26,6 +26,7 @@ from vitlab.callbacks.resume import RESUME_KEY
 COMPARED = ("val/acc", "val/loss", "val/acc_best", "train/loss_epoch", "train/acc", "train/images_seen")
 
 
+@pytest.mark.slow_process
 def test_sigkill_mid_epoch_then_auto_resume_is_bitwise_equal(tmp_path, main_cli):
     """The killed run is this test's one process, held at a gate after its step-2 checkpoint (so the kill always
     falls mid-training); the uninterrupted reference (while that process starts) and the resume run in this

@@ -92,6 +92,7 @@ def test_a_forked_worker_does_not_keep_a_killed_owners_lock(tmp_path):
 
 # ---- two real training processes ----------------------------------------------------------------------------
 # The owner is a real process (its own pid); the second run is vitlab.train's main in this process (main_cli).
+@pytest.mark.slow_process
 def test_second_run_in_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path, main_cli):
     run_dir, gate = tmp_path / "job", tmp_path / "gate"
     gate.mkdir()
@@ -116,6 +117,7 @@ def test_second_run_in_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path
     assert rows[0][0] != rows[1][0] and sum(r == rows[0] for r in rows) == 1  # one header, one writer
 
 
+@pytest.mark.slow_process
 def test_sigkill_frees_the_dir_and_resume_auto_takes_it_over(tmp_path, main_cli):
     run_dir, gate = tmp_path / "job", tmp_path / "gate"
     gate.mkdir()
@@ -133,6 +135,7 @@ def test_sigkill_frees_the_dir_and_resume_auto_takes_it_over(tmp_path, main_cli)
 
 
 # ---- two sweeps into one sweep directory ---------------------------------------------------------------------
+@pytest.mark.slow_process
 def test_second_sweep_into_a_live_sweep_dir_is_refused_and_the_first_writes_its_summary(tmp_path, main_cli):
     sweep_dir, gate = tmp_path / "sweep", tmp_path / "gate"
     gate.mkdir()

@@ -105,6 +105,7 @@ def trained(tmp_path_factory):
     return root, run_dir, res
 
 
+@pytest.mark.slow_process
 def test_train_masks_the_key_in_wandb_name_group_tags(trained):
     root, run_dir, res = trained
     assert not leaks(KEY, res, run_dir)

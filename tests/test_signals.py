@@ -33,6 +33,7 @@ def _interrupt(tmp_path, sig: signal.Signals, *args: str, min_step: int, env=Non
     return run_dir, ckpt, seen, out
 
 
+@pytest.mark.slow_process
 def test_sigusr1_under_slurm_saves_requeues_and_resumes(tmp_path, main_cli):
     """SLURM's `--signal=USR1@90`: save last.ckpt at the end of the step, `scontrol requeue`, exit 138; resume."""
     bin_dir = tmp_path / "bin"

@@ -113,6 +113,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     return sweep
 
 
+@pytest.mark.slow_process
 def test_each_job_has_its_own_dir_run_and_checkpoint(sweep_dir):
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1"]
