@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow_process: the test starts real processes (signals, DDP, locks, one "
+                                       "end-to-end command line); its module is run first")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Modules with ``slow_process`` tests run first, the one with most such tests first: under pytest-xdist
+    (``make test``: ``-n 2``) the long tests start early and no worker sits idle at the end while the other
+    finishes one. A module's tests stay together (its module fixtures are made once per worker)."""
+    module = lambda item: item.nodeid.split("::")[0]  # noqa: E731
+    weight: dict[str, int] = {}
+    for item in items:
+        weight[module(item)] = weight.get(module(item), 0) + (item.get_closest_marker("slow_process") is not None)
+    items.sort(key=lambda item: -weight[module(item)])  # stable: the order within a module and of ties is kept
+
 
 #: overrides that make a training run take seconds: no progress bar, few batches, CSV logging only
 FAST = [
@@ -100,6 +118,47 @@ def compose_train(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def main_cli(monkeypatch, capfd):
+    """``main_cli(main, *args, env={...})`` runs ``python -m vitlab.<task> args`` in this process: the task's own
+    ``main`` (Hydra's command line, its callbacks, vitlab's error formatting), then does what the interpreter does
+    with what escapes it (``SystemExit``'s message or a traceback to stderr, exit code 1). Returns ``(exit code,
+    stdout, stderr)``. ``env`` values of None unset the variable. A subprocess costs 10-20 s of imports; this, none."""
+
+    def _run(main, *args: str, env: dict[str, str | None] | None = None) -> tuple[int, str, str]:
+        for k, v in (env or {}).items():
+            if v is None:
+                monkeypatch.delenv(k, raising=False)
+            else:
+                monkeypatch.setenv(k, v)
+        monkeypatch.setattr(sys, "argv", [f"{main.__module__}.py", *args])
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        code, tail = 0, ""
+        try:
+            main()
+        except SystemExit as e:  # what the interpreter prints for it: the message (exit code 1) or nothing
+            code = e.code if isinstance(e.code, int) or e.code is None else 1
+            tail = "" if isinstance(e.code, int) or e.code is None else f"{e.code}\n"
+            code = code or 0
+        except Exception as e:  # noqa: BLE001 - uncaught: Python prints the traceback, exit code 1
+            code, tail = 1, "".join(traceback.format_exception(e))
+        finally:
+            GlobalHydra.instance().clear()
+            for h in root.handlers[:]:  # Hydra's job logging: back to pytest's, so no handler outlives its stream
+                if h not in handlers:
+                    root.removeHandler(h)
+                    h.close()
+            for h in handlers:
+                if h not in root.handlers:
+                    root.addHandler(h)
+            root.setLevel(level)
+        out, err = capfd.readouterr()
+        return code, out, err + tail
+
+    return _run
 
 
 def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,15 +30,23 @@ TINY = [
     "test=false",
 ]
 STEPS_PER_EPOCH = 6
+TESTS = Path(__file__).resolve().parent
 
 
 def env(**extra: str) -> dict[str, str]:
+    """A CLI subprocess's environment: offline, one thread, and tests/ importable (``reliability_utils.Gate``)."""
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true",
-            "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", **extra}
+            "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", "PYTHONPATH": path, **extra}
+
+
+def train_args(run_dir: Path, *args: str) -> list[str]:
+    """The arguments of a :data:`TINY` ``vitlab.train`` job in ``run_dir`` (for ``main_cli`` or :func:`train_cmd`)."""
+    return [*TINY, f"hydra.run.dir={run_dir}", *args]
 
 
 def train_cmd(run_dir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "vitlab.train", *TINY, f"hydra.run.dir={run_dir}", *args]
+    return [sys.executable, "-m", "vitlab.train", *train_args(run_dir, *args)]
 
 
 def run(cmd: list[str], cwd: Path, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
@@ -117,3 +126,37 @@ class InjectInfGrad(L.Callback):
     def on_after_backward(self, trainer, pl_module) -> None:
         if trainer.global_step == self.at_step:
             next(p for p in pl_module.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+
+
+class Gate(L.Callback):
+    """``+callbacks.gate._target_=reliability_utils.Gate +callbacks.gate.dir=<d>`` (:func:`gate`): at global step
+    ``at_step`` (after the step-2 checkpoint) write ``<d>/reached`` and wait until ``<d>/open`` exists, so a test
+    knows the run is live (and can kill it there: no race with the end of training)."""
+
+    def __init__(self, dir: str, at_step: int = 3, timeout: float = 300.0) -> None:
+        self.dir, self.at_step, self.timeout = Path(dir), at_step, timeout
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.at_step:
+            return
+        (self.dir / "reached").write_text(str(os.getpid()))
+        t0 = time.monotonic()
+        while not (self.dir / "open").exists() and time.monotonic() - t0 < self.timeout:
+            time.sleep(0.05)
+
+
+def gate(d: Path) -> list[str]:
+    """The overrides that add :class:`Gate` on directory ``d`` to a training job."""
+    return ["+callbacks.gate._target_=reliability_utils.Gate", f"+callbacks.gate.dir={d}"]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """In-process training on one thread, as the CLI subprocesses run (``OMP_NUM_THREADS=1``): their weights can
+    then be compared bit for bit with this process's."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

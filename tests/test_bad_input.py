@@ -143,6 +143,7 @@ def _limit_file_size(limit: int):
     return preexec
 
 
+@pytest.mark.slow_process
 def test_disk_full_during_checkpoint_keeps_the_previous_one(compose_train, tmp_path):
     run_dir = tmp_path / "run"
     train(compose_train(*TINY, "trainer.max_epochs=1", out=run_dir))
@@ -191,7 +192,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_malicious_pickle_checkpoint_is_refused_everywhere(compose_train, tmp_path):
+def test_malicious_pickle_checkpoint_is_refused_everywhere(compose_train, tmp_path, main_cli):
     from vitlab.errors import ResumeError
     from vitlab.models.pretrained import load_pretrained
     from vitlab.runs.read import load_checkpoint
@@ -200,9 +201,11 @@ def test_malicious_pickle_checkpoint_is_refused_everywhere(compose_train, tmp_pa
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "global_step": 1, "payload": _Evil(str(marker))}, evil)
-    # Through the CLI (resume from it): refused before anything is built.
-    out = run([sys.executable, "-m", "vitlab.train", f"ckpt_path={evil}", "logger=none"], tmp_path, timeout=300)
-    assert out.returncode != 0 and "weights_only=True" in out.stderr, out.stderr[-2000:]
+    # Through the command line (resume from it; vitlab.train's main in-process): refused before anything is built.
+    from vitlab.train import main
+
+    code, _, err = main_cli(main, f"ckpt_path={evil}", "logger=none", f"hydra.run.dir={tmp_path / 'job'}")
+    assert code != 0 and "weights_only=True" in err, err[-2000:]
     # Every other loader: evaluate, the resume peek, fine-tuning from it.
     with pytest.raises(ValueError, match="not a readable vitlab checkpoint"):
         load_checkpoint(evil)
@@ -214,22 +217,3 @@ def test_malicious_pickle_checkpoint_is_refused_everywhere(compose_train, tmp_pa
     with pytest.raises(Exception, match="weights_only|Unsupported global|refused"):  # noqa: PT011
         load_pretrained(net, str(evil))
     assert not marker.exists(), "a checkpoint executed code"
-
-
-def test_secrets_never_reach_outputs(tmp_path):
-    key, token = "wandbkey-0123456789abcdef0123456789abcdef", "hf_secret_token_4242"
-    e = env(WANDB_API_KEY=key, WANDB_MODE="offline", HF_TOKEN=token)
-    run_dir = tmp_path / "job"
-    out = run(train_cmd(run_dir, "logger=default", "trainer.max_epochs=1", "+hub.hf_token=${oc.env:HF_TOKEN}"),
-              tmp_path, env=e)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert (run_dir / "config.yaml").read_text().count("hf_token: '***'") == 1
-    for secret in (key, token):
-        assert secret not in out.stdout + out.stderr
-        leaks = [p for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
-        assert not leaks, f"secret found in {leaks}"
-    # A secret typed on the command line is refused, and masked in what Hydra already saved.
-    literal = "literal-secret-value-99"
-    bad = run(train_cmd(tmp_path / "job2", f"+hub.hf_token={literal}"), tmp_path, env=e, timeout=300)
-    assert bad.returncode != 0 and "hub.hf_token holds a literal secret" in bad.stderr
-    assert not [p for p in (tmp_path / "job2").rglob("*") if p.is_file() and literal.encode() in p.read_bytes()]

@@ -2,16 +2,20 @@
 ``HYDRA_FULL_ERROR=1`` still shows the whole stack. Exit code 1 either way.
 
 The formatting is :func:`vitlab.tasks.run_task`, a plain function every task's ``hydra_app`` calls: each kind of
-mistake is checked through it in-process; two command lines check the process end to end.
+mistake is checked through it in-process, ``HYDRA_FULL_ERROR=1`` through the task's ``main`` in-process; one
+command line (two jobs at once) checks the process end to end.
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import compose_cfg, refusal
-from reliability_utils import env, run, train_cmd
+from reliability_utils import env
 from vitlab.evaluate import evaluate
 from vitlab.train import train
 
@@ -37,15 +41,27 @@ def test_user_mistake_is_one_error_line(kind, tmp_path):
     assert message in msg
 
 
+@pytest.mark.slow_process
 def test_user_mistake_prints_message_without_traceback(tmp_path):
-    res = run(train_cmd(tmp_path / "out", "optim.lr=-1"), tmp_path, env=env(HYDRA_FULL_ERROR=""), timeout=300)
-    assert res.returncode == 1, res.stderr[-3000:]
-    assert "Error: optim.lr=-1 must be > 0" in res.stderr, res.stderr[-3000:]
-    assert "Traceback" not in res.stderr and 'File "' not in res.stderr, res.stderr[-3000:]
+    """The one command line of this file, twice at once: each job prints the Error line without a traceback, exit
+    code 1, and each made its own run dir (two jobs started in the same second get their own dirs)."""
+    args = [sys.executable, "-m", "vitlab.train", "optim.lr=-1", "logger=none"]
+    e = env(HYDRA_FULL_ERROR="")
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 1, err[-3000:]
+        assert "Error: optim.lr=-1 must be > 0" in err, err[-3000:]
+        assert "Traceback" not in err and 'File "' not in err, err[-3000:]
+    dirs = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(dirs) == 2 and all((d / ".hydra" / "config.yaml").is_file() for d in dirs)
 
 
-def test_hydra_full_error_still_shows_the_stack(tmp_path):
-    res = run(train_cmd(tmp_path / "out", "optim.lr=-1"), tmp_path, env=env(HYDRA_FULL_ERROR="1"), timeout=300)
-    assert res.returncode == 1
-    assert "Traceback" in res.stderr and "vitlab.errors.ConfigError: optim.lr=-1 must be > 0" in res.stderr
-    assert "in check_positive" in res.stderr  # where it was raised
+def test_hydra_full_error_still_shows_the_stack(tmp_path, main_cli):
+    from vitlab.train import main
+
+    code, _, err = main_cli(main, "optim.lr=-1", f"hydra.run.dir={tmp_path / 'out'}", env={"HYDRA_FULL_ERROR": "1"})
+    assert code == 1
+    assert "Traceback" in err and "vitlab.errors.ConfigError: optim.lr=-1 must be > 0" in err
+    assert "in check_positive" in err  # where it was raised

@@ -94,7 +94,11 @@ def test_missing_checkpoint_names_the_path(tmp_path):
     assert str(missing) in msg
 
 
-def test_conf_found_from_any_directory(cli, tmp_path):
-    r = cli("vitlab.train", "--cfg", "job", "model=vit_b16", cwd=tmp_path, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "variant: B" in r.stdout
+def test_conf_found_from_any_directory(main_cli, tmp_path, monkeypatch):
+    """vitlab.train's command line (its main, in-process) run from a folder that is not the repository."""
+    from vitlab.train import main
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = main_cli(main, "--cfg", "job", "model=vit_b16")
+    assert code == 0, err[-2000:]
+    assert "variant: B" in out

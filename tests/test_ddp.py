@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from reliability_utils import TINY, env, run, start
+from reliability_utils import TINY, env, one_thread, start
 from vitlab.wandb_io.offline import find_offline_runs, read_offline_run
 
 #: 3 global batches of 64 per epoch, 2 epochs; one val batch of all 180 val images
@@ -28,17 +28,24 @@ def _metrics(run_dir):
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def test_ddp_cpu_two_processes_matches_single_process(tmp_path):
+@pytest.mark.slow_process
+def test_ddp_cpu_two_processes_matches_single_process(tmp_path, main_cli, monkeypatch):
+    """The DDP job is a real command line (2 gloo processes); the single-process reference runs meanwhile in this
+    process, through vitlab.train's main on one thread."""
+    from vitlab.train import main
+
     ddp_root, single_root = tmp_path / "ddp", tmp_path / "single"
     ddp_root.mkdir()
     single_root.mkdir()
-    cmd = [sys.executable, "-m", "vitlab.train", *BASE]
     # Same global batch: 2 processes x 32 vs 1 process x 64. Both runs share the 2 cores.
-    p_single = start([*cmd, "data.batch_size=64", "logger=none"], single_root)
-    ddp = run([*cmd, "trainer=ddp_cpu", "data.batch_size=32", "logger=default"], ddp_root)
-    out_single, _ = p_single.communicate(timeout=600)
-    assert ddp.returncode == 0, ddp.stderr[-4000:]
-    assert p_single.returncode == 0, out_single[-3000:]
+    p_ddp = start([sys.executable, "-m", "vitlab.train", *BASE, "trainer=ddp_cpu", "data.batch_size=32",
+                   "logger=default"], ddp_root)
+    monkeypatch.chdir(single_root)  # the command line's default run dir: ./logs/train/runs/<time>
+    with one_thread():
+        code, out, err = main_cli(main, *BASE, "data.batch_size=64", "logger=none")
+    out_ddp, _ = p_ddp.communicate(timeout=600)
+    assert p_ddp.returncode == 0, out_ddp[-4000:]
+    assert code == 0, (out + err)[-3000:]
 
     run_dir = _only_run_dir(ddp_root)
     (wb,) = find_offline_runs(run_dir / "wandb")  # exactly one W&B run, made by rank 0

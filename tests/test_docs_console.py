@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 MAX_LINES = 60
 
 
+@pytest.mark.slow_process
 def test_one_step_run_prints_at_most_60_lines_each_once(tmp_path):
     """`python -m vitlab.train trainer.max_steps=1` exactly as a user types it (W&B offline, no WANDB_SILENT):
     a subprocess, because what is checked is the console of a real process (Hydra's and Lightning's handlers)."""

@@ -118,10 +118,13 @@ def test_precisions_are_exactly_lightnings():
 
 
 # ---- defect 4: sweeping experiments that sweep themselves --------------------------------------------
-def test_glob_over_self_sweeping_experiments_is_refused_before_any_job(cli, tmp_path):
-    r = cli("vitlab.train", "-m", "experiment=glob(*)", "logger=none", timeout=300)
-    assert r.returncode != 0
-    msg = r.stdout + r.stderr
+def test_glob_over_self_sweeping_experiments_is_refused_before_any_job(main_cli, tmp_path, monkeypatch):
+    from vitlab.train import main
+
+    monkeypatch.chdir(tmp_path)  # the command line's default log dir: ./logs
+    code, out, err = main_cli(main, "-m", "experiment=glob(*)", "logger=none")
+    assert code != 0
+    msg = out + err
     assert "sweep themselves" in msg and "Traceback" not in msg
     assert "python -m vitlab.train experiment=mpp_demo logger=none" in msg
     assert "experiment=quickstart" in msg and "+experiment/quickstart=vit,bit" in msg

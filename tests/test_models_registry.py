@@ -98,13 +98,17 @@ def _code_words(py: Path) -> str:
     return " ".join(words).lower()
 
 
-def test_convnext_trains_on_digits_through_the_cli(cli, tmp_path):
-    r = cli("vitlab.train", "model=convnext_micro", "data=digits", "trainer.max_epochs=1",
-            "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-            "data.batch_size=32", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-            "logger=none", "hydra.run.dir=run", timeout=300)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "test/acc" in r.stdout
+def test_convnext_trains_on_digits_through_the_cli(main_cli, tmp_path):
+    """The command line (vitlab.train's main, in-process) trains the new family end to end."""
+    from vitlab.train import main
+
+    code, out, err = main_cli(
+        main, "model=convnext_micro", "data=digits", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+        "data.batch_size=32", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 0, (out + err)[-3000:]
+    assert "test/acc" in out
     (ckpt,) = (tmp_path / "run" / "checkpoints").glob("last.ckpt")
     hp = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hp["model"]["family"] == "convnext" and hp["model"]["name"] == "convnext_micro"

@@ -12,26 +12,26 @@ import torch
 from PIL import Image
 
 from conftest import compose_cfg
+from vitlab.predict import main as predict_main
 from vitlab.train import train
 
 TINY = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         "logger=none", "extras.print_config=false"]
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits_run")
-    train(compose_cfg("train", [*TINY, "data=digits", "data.train_size=200"], out))
-    return out / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def digits_run(tiny_ckpt):
+    """The shared tiny digits run's checkpoint (conftest's ``tiny_run``: vit_micro at 16 px): read, never written."""
+    return tiny_ckpt
 
 
-def test_predict_digits_matches_the_eval_pipeline(digits_run, tmp_path, cli):
+def test_predict_digits_matches_the_eval_pipeline(digits_run, tmp_path, main_cli, monkeypatch):
     """PNG files of digits test images (lossless) get the labels the model gives the test split's tensors;
     a corrupt file is named and skipped, the rest are kept."""
     from vitlab.data.digits import DigitsDataModule
     from vitlab.modules import ClassificationModule
 
-    dm = DigitsDataModule(img_size=32, eval_pipeline="none")
+    dm = DigitsDataModule(img_size=16, eval_pipeline="none")  # the run's own image size
     dm.setup()
     imgs = tmp_path / "imgs"
     (imgs / "sub").mkdir(parents=True)
@@ -46,10 +46,11 @@ def test_predict_digits_matches_the_eval_pipeline(digits_run, tmp_path, cli):
     with torch.no_grad():
         expected = module(torch.stack(xs)).softmax(-1)
 
-    r = cli("vitlab.predict", f"ckpt_path={digits_run}", f"input={imgs}", "topk=3", "out=preds.csv", timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "labelled 6 image(s), skipped 1 unreadable" in r.stdout and "broken.png" in r.stdout
-    assert "skipped unreadable image" in r.stdout + r.stderr  # the warning names it, with the decoder's reason
+    monkeypatch.chdir(tmp_path)  # out=preds.csv is relative
+    code, out, err = main_cli(predict_main, f"ckpt_path={digits_run}", f"input={imgs}", "topk=3", "out=preds.csv")
+    assert code == 0, err[-3000:]
+    assert "labelled 6 image(s), skipped 1 unreadable" in out and "broken.png" in out
+    assert "skipped unreadable image" in out + err  # the warning names it, with the decoder's reason
     rows = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader((tmp_path / "preds.csv").open())}
     assert set(rows) == {f"d{i}.png" for i in range(6)}
     for i in range(6):
@@ -75,7 +76,7 @@ def folder_tree(tmp_path_factory):
     return root, colours
 
 
-def test_predict_folder_run_uses_class_folder_names_json_and_multilabel(folder_tree, tmp_path, cli):
+def test_predict_folder_run_uses_class_folder_names_json_and_multilabel(folder_tree, tmp_path, main_cli, monkeypatch):
     root, colours = folder_tree
     out = tmp_path / "run"
     train(compose_cfg("train", [*TINY, "data=folder", f"data.root={root}", "data.img_size=16", "model.patch_size=4",
@@ -83,9 +84,10 @@ def test_predict_folder_run_uses_class_folder_names_json_and_multilabel(folder_t
     ckpt = out / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["vitlab_classes"] == sorted(colours)
 
-    r = cli("vitlab.predict", f"ckpt_path={ckpt}", f"input={root}/test/*/*.jpg", "topk=2", "out=p.json",
-            "multilabel=true", "threshold=0.2", timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    code, _, err = main_cli(predict_main, f"ckpt_path={ckpt}", f"input={root}/test/*/*.jpg", "topk=2", "out=p.json",
+                            "multilabel=true", "threshold=0.2")
+    assert code == 0, err[-3000:]
     res = json.loads((tmp_path / "p.json").read_text())
     assert res["meta"]["classes"] == sorted(colours) and res["meta"]["skipped"] == []
     preds = res["predictions"]
@@ -96,9 +98,10 @@ def test_predict_folder_run_uses_class_folder_names_json_and_multilabel(folder_t
         assert [t["prob"] >= 0.2 for t in p["topk"]] == [t["label"] in p["labels"] for t in p["topk"]]
 
 
-def test_predict_refuses_bad_input_with_the_fix(digits_run, tmp_path, cli):
-    r = cli("vitlab.predict", f"ckpt_path={digits_run}", f"input={tmp_path}/nothing/*.png", timeout=300)
-    assert r.returncode != 0 and "no image found" in r.stderr and "quoted glob" in r.stderr
+def test_predict_refuses_bad_input_with_the_fix(digits_run, tmp_path, main_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = main_cli(predict_main, f"ckpt_path={digits_run}", f"input={tmp_path}/nothing/*.png")
+    assert code != 0 and "no image found" in err and "quoted glob" in err
 
 
 def test_predict_never_instantiates_the_stored_data_config(digits_run, tmp_path, monkeypatch):

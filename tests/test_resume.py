@@ -10,35 +10,53 @@ import torch
 from reliability_utils import (
     STEPS_PER_EPOCH,
     assert_same_weights,
+    ckpt_step,
+    gate,
     kill_at_checkpoint,
     metrics,
+    one_thread,
     run,
     start,
+    train_args,
     train_cmd,
+    wait_for,
 )
 from vitlab.callbacks.resume import RESUME_KEY
 
 COMPARED = ("val/acc", "val/loss", "val/acc_best", "train/loss_epoch", "train/acc", "train/images_seen")
 
 
-def test_sigkill_mid_epoch_then_auto_resume_is_bitwise_equal(tmp_path):
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
-    # The uninterrupted reference and the run we kill share the 2 cores.
-    p_ref = start(train_cmd(ref), tmp_path)
-    p_kill = start(train_cmd(killed), tmp_path)
-    step = kill_at_checkpoint(p_kill, killed / "checkpoints" / "last.ckpt", min_step=2)
+@pytest.mark.slow_process
+def test_sigkill_mid_epoch_then_auto_resume_is_bitwise_equal(tmp_path, main_cli):
+    """The killed run is this test's one process, held at a gate after its step-2 checkpoint (so the kill always
+    falls mid-training); the uninterrupted reference (while that process starts) and the resume run in this
+    process through vitlab.train's main, on one thread as the subprocess."""
+    from vitlab.train import main
+
+    ref, killed, held, opened = tmp_path / "ref", tmp_path / "killed", tmp_path / "held", tmp_path / "opened"
+    held.mkdir()
+    opened.mkdir()
+    (opened / "open").write_text("")
+    p_kill = start(train_cmd(killed, *gate(held)), tmp_path)
+    with one_thread():
+        code, out, err = main_cli(main, *train_args(ref, *gate(opened)))
+    assert code == 0, (out + err)[-3000:]
+    wait_for(lambda: (held / "reached").exists(), p_kill, what="the killed run at step 3")
+    p_kill.send_signal(signal.SIGKILL)
+    p_kill.wait(timeout=120)
     assert p_kill.returncode == -signal.SIGKILL
+    step = ckpt_step(killed / "checkpoints" / "last.ckpt")
     total = 3 * STEPS_PER_EPOCH
     assert 0 < step < total, f"the kill must fall mid-training (checkpoint at step {step} of {total})"
     ckpt = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert "train_sampler" in ckpt["DigitsDataModule"] and ckpt[RESUME_KEY]["rng"]["torch"].dtype == torch.uint8
 
     # Same command, same directory: resumes by itself (resume=auto) and says so.
-    again = run(train_cmd(killed), tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from" in again.stderr + again.stdout
-    out_ref, _ = p_ref.communicate(timeout=600)
-    assert p_ref.returncode == 0, out_ref[-3000:]
+    (held / "open").write_text("")
+    with one_thread():
+        code, out, err = main_cli(main, *train_args(killed, *gate(held)))
+    assert code == 0, err[-3000:]
+    assert "resuming from" in err + out
 
     assert_same_weights(ref / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")
     m_ref, m_res = metrics(ref), metrics(killed)
@@ -46,10 +64,12 @@ def test_sigkill_mid_epoch_then_auto_resume_is_bitwise_equal(tmp_path):
         assert m_res[k] == m_ref[k], (k, m_res[k], m_ref[k])
 
 
-def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path):
-    out = run(train_cmd(tmp_path / "new", "ckpt_path=last"), tmp_path)
-    assert out.returncode != 0
-    assert "ckpt_path=last but there is no" in out.stderr and "hydra.run.dir=" in out.stderr
+def test_ckpt_path_last_without_checkpoint_is_a_clear_error(tmp_path, main_cli):
+    from vitlab.train import main
+
+    code, _, err = main_cli(main, *train_args(tmp_path / "new", "ckpt_path=last"))
+    assert code != 0
+    assert "ckpt_path=last but there is no" in err and "hydra.run.dir=" in err
     assert not (tmp_path / "new" / "checkpoints").exists()
 
 

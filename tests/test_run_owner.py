@@ -13,38 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 
-from reliability_utils import TINY, env, metrics, run, start, train_cmd, wait_for
+from reliability_utils import TINY, metrics, start, train_args, train_cmd, wait_for
+from reliability_utils import env as _env  # tests/ on PYTHONPATH: reliability_utils.Gate
+from reliability_utils import gate as _gate
 from vitlab.errors import RunDirBusyError
+from vitlab.train import main
 from vitlab.utils.run_owner import acquire, holder, own, owns, release
-
-TESTS = Path(__file__).resolve().parent
-
-
-class Gate(L.Callback):
-    """``+callbacks.gate._target_=test_run_owner.Gate +callbacks.gate.dir=<d>``: at global step ``at_step`` (after the
-    step-2 checkpoint) write ``<d>/reached`` and wait until ``<d>/open`` exists, so a test knows the run is live."""
-
-    def __init__(self, dir: str, at_step: int = 3, timeout: float = 300.0) -> None:
-        self.dir, self.at_step, self.timeout = Path(dir), at_step, timeout
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step != self.at_step:
-            return
-        (self.dir / "reached").write_text(str(os.getpid()))
-        t0 = time.monotonic()
-        while not (self.dir / "open").exists() and time.monotonic() - t0 < self.timeout:
-            time.sleep(0.05)
-
-
-def _env() -> dict[str, str]:
-    return env(PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-
-
-def _gate(d: Path) -> list[str]:
-    return ["+callbacks.gate._target_=test_run_owner.Gate", f"+callbacks.gate.dir={d}"]
 
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -115,7 +91,9 @@ def test_a_forked_worker_does_not_keep_a_killed_owners_lock(tmp_path):
 
 
 # ---- two real training processes ----------------------------------------------------------------------------
-def test_second_run_in_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path):
+# The owner is a real process (its own pid); the second run is vitlab.train's main in this process (main_cli).
+@pytest.mark.slow_process
+def test_second_run_in_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path, main_cli):
     run_dir, gate = tmp_path / "job", tmp_path / "gate"
     gate.mkdir()
     first = start(train_cmd(run_dir, *_gate(gate)), tmp_path, env=_env())
@@ -124,12 +102,11 @@ def test_second_run_in_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path
         before = _snapshot(run_dir)
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
-        second = run(train_cmd(run_dir), tmp_path, env={**_env(), "HYDRA_FULL_ERROR": ""}, timeout=300)
-        assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
-        err = second.stderr
+        code, out, err = main_cli(main, *train_args(run_dir), env={"HYDRA_FULL_ERROR": None})
+        assert code == 1, out[-2000:] + err[-2000:]
         assert f"hydra.run.dir={run_dir.resolve()} is in use by pid {first.pid}" in err, err[-2000:]
         assert "Traceback" not in err
-        assert "resuming" not in second.stdout + err  # it never got as far as reading last.ckpt
+        assert "resuming" not in out + err  # it never got as far as reading last.ckpt
         assert _snapshot(run_dir) == before, "the refused process changed the live run's files"
     finally:
         (gate / "open").write_text("")
@@ -140,7 +117,8 @@ def test_second_run_in_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path
     assert rows[0][0] != rows[1][0] and sum(r == rows[0] for r in rows) == 1  # one header, one writer
 
 
-def test_sigkill_frees_the_dir_and_resume_auto_takes_it_over(tmp_path):
+@pytest.mark.slow_process
+def test_sigkill_frees_the_dir_and_resume_auto_takes_it_over(tmp_path, main_cli):
     run_dir, gate = tmp_path / "job", tmp_path / "gate"
     gate.mkdir()
     first = start(train_cmd(run_dir, *_gate(gate)), tmp_path, env=_env())
@@ -149,26 +127,27 @@ def test_sigkill_frees_the_dir_and_resume_auto_takes_it_over(tmp_path):
     first.wait(timeout=120)
     assert holder(run_dir)["pid"] == first.pid  # the dead owner's file is still there...
     (gate / "open").write_text("")
-    again = run(train_cmd(run_dir, *_gate(gate)), tmp_path, env=_env())
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from" in again.stdout + again.stderr  # ...and its lock went with it
+    code, out, err = main_cli(main, *train_args(run_dir, *_gate(gate)))
+    assert code == 0, err[-3000:]
+    assert "resuming from" in out + err  # ...and its lock went with it
     assert metrics(run_dir)["time/wall_s"] > 0
-    assert holder(run_dir)["pid"] != first.pid
+    assert holder(run_dir)["pid"] != first.pid and holder(run_dir)["pid"] == os.getpid()
 
 
 # ---- two sweeps into one sweep directory ---------------------------------------------------------------------
-def test_second_sweep_into_a_live_sweep_dir_is_refused_and_the_first_writes_its_summary(tmp_path):
+@pytest.mark.slow_process
+def test_second_sweep_into_a_live_sweep_dir_is_refused_and_the_first_writes_its_summary(tmp_path, main_cli):
     sweep_dir, gate = tmp_path / "sweep", tmp_path / "gate"
     gate.mkdir()
-    cmd = [sys.executable, "-m", "vitlab.train", "--multirun", *TINY, f"hydra.sweep.dir={sweep_dir}", "seed=1"]
-    first = start([*cmd, *_gate(gate)], tmp_path, env=_env())
+    args = ["--multirun", *TINY, f"hydra.sweep.dir={sweep_dir}", "seed=1"]
+    first = start([sys.executable, "-m", "vitlab.train", *args, *_gate(gate)], tmp_path, env=_env())
     try:
         wait_for(lambda: (gate / "reached").exists(), first, what="the first sweep's job at step 3")
-        second = run(cmd, tmp_path, env={**_env(), "HYDRA_FULL_ERROR": ""}, timeout=300)
-        assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
-        assert f"hydra.sweep.dir={sweep_dir.resolve()} is in use by pid {first.pid}" in second.stderr
-        assert "Traceback" not in second.stderr
-        assert "Launching" not in second.stdout + second.stderr  # refused before any job started
+        code, out, err = main_cli(main, *args, env={"HYDRA_FULL_ERROR": None})
+        assert code == 1, out[-2000:] + err[-2000:]
+        assert f"hydra.sweep.dir={sweep_dir.resolve()} is in use by pid {first.pid}" in err
+        assert "Traceback" not in err
+        assert "Launching" not in out + err  # refused before any job started
     finally:
         (gate / "open").write_text("")
     out, _ = first.communicate(timeout=600)

@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
-import sys
+import importlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +19,7 @@ from vitlab.wandb_io.offline import find_offline_runs, read_offline_run
 
 KEY = "wandbkey-" + "0123456789abcdef" * 2 + "ffff"  # 40 characters, like a real W&B key
 LITERAL = "literal-secret-value-4242"
+HF_TOKEN = "hf_secret_token_4242"
 FROM_ENV = "${oc.env:WANDB_API_KEY}"
 #: every W&B field a user may name after something: each one interpolates the key
 WANDB_NAMES = [f"logger.wandb.name={FROM_ENV}", f"group={FROM_ENV}", f"tags=[vitlab,{FROM_ENV}]"]
@@ -93,15 +95,18 @@ def test_literal_secret_is_refused_before_the_task_runs_and_masked(task, tmp_pat
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and LITERAL.encode() in p.read_bytes()]
 
 
-def test_literal_secret_on_the_command_line_is_refused_and_never_echoed(tmp_path):
-    """End to end, one task: exit code 1, the message, Hydra's own echo and .hydra/overrides.yaml masked."""
+def test_literal_secret_on_the_command_line_is_refused_and_never_echoed(tmp_path, main_cli):
+    """End to end, one task (its command line in-process): exit code 1, the message, Hydra's own echo and
+    .hydra/overrides.yaml masked."""
+    from vitlab.train import main
+
     out_dir = tmp_path / "out"
-    args = [f"+hub.hf_token={LITERAL}", f"hydra.run.dir={out_dir}"]
-    res = run([sys.executable, "-m", "vitlab.train", *args], tmp_path, env=_env(), timeout=300)
-    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
-    assert "hub.hf_token holds a literal secret" in res.stderr, res.stderr[-2000:]
-    assert "hub.hf_token=***" in res.stdout + res.stderr  # Hydra's own echo of the overrides, masked
-    assert not leaks(LITERAL, res, tmp_path)
+    code, out, err = main_cli(main, f"+hub.hf_token={LITERAL}", f"hydra.run.dir={out_dir}",
+                              env={"WANDB_API_KEY": KEY, "WANDB_MODE": "offline"})
+    assert code == 1, out[-2000:] + err[-2000:]
+    assert "hub.hf_token holds a literal secret" in err, err[-2000:]
+    assert "hub.hf_token=***" in out + err  # Hydra's own echo of the overrides, masked
+    assert not leaks(LITERAL, SimpleNamespace(stdout=out, stderr=err), tmp_path)
     saved = next(out_dir.rglob("overrides.yaml")).read_text()
     assert "hub.hf_token=***" in saved
 
@@ -109,17 +114,22 @@ def test_literal_secret_on_the_command_line_is_refused_and_never_echoed(tmp_path
 # ---- the key through an interpolation: masked in the W&B run of every task that makes one ------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny training run logging to W&B (offline) with the key in its name, group and tags."""
+    """One tiny training run through the command line, logging to W&B (offline) with the key in its name, group
+    and tags, and an HF token read from the environment into the config."""
     root = tmp_path_factory.mktemp("secrets")
     run_dir = root / "train"
-    res = run(train_cmd(run_dir, "logger=default", "trainer.max_epochs=1", *WANDB_NAMES), root, env=_env())
+    res = run(train_cmd(run_dir, "logger=default", "trainer.max_epochs=1", *WANDB_NAMES,
+                        "+hub.hf_token=${oc.env:HF_TOKEN}"), root, env=_env(HF_TOKEN=HF_TOKEN))
     assert res.returncode == 0, res.stderr[-3000:]
     return root, run_dir, res
 
 
+@pytest.mark.slow_process
 def test_train_masks_the_key_in_wandb_name_group_tags(trained):
     root, run_dir, res = trained
     assert not leaks(KEY, res, run_dir)
+    assert not leaks(HF_TOKEN, res, run_dir)  # a secret from the environment: no file, no console line
+    assert (run_dir / "config.yaml").read_text().count("hf_token: '***'") == 1
     (wb,) = _wandb_runs(run_dir)
     assert (wb.name, wb.group, wb.tags) == ("***", "***", ["vitlab", "***"])
 
@@ -129,7 +139,8 @@ def test_train_masks_the_key_in_wandb_name_group_tags(trained):
     pytest.param("fewshot", marks=pytest.mark.slow),
     "analyze",  # its own wandb.init
 ])
-def test_eval_tasks_mask_the_key_in_their_wandb_run(task, trained, tmp_path):
+def test_eval_tasks_mask_the_key_in_their_wandb_run(task, trained, tmp_path, main_cli):
+    """Each task's command line, in-process (its own ``main``): the console is captured at the file descriptors."""
     _, run_dir, _ = trained
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     out_dir = tmp_path / task
@@ -138,10 +149,11 @@ def test_eval_tasks_mask_the_key_in_their_wandb_run(task, trained, tmp_path):
         "fewshot": ["logger=default", *WANDB_NAMES, "protocol.shots=[2]", "protocol.seeds=1", "protocol.max_eval=64"],
         "analyze": ["wandb=true", f"group={FROM_ENV}", "num_images=8", "rollout_images=2"],
     }[task]
-    res = run([sys.executable, "-m", f"vitlab.{task}", f"ckpt_path={ckpt}", f"hydra.run.dir={out_dir}", *args],
-              tmp_path, env=_env(), timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert not leaks(KEY, res, out_dir)
+    main = importlib.import_module(f"vitlab.{task}").main
+    code, out, err = main_cli(main, f"ckpt_path={ckpt}", f"hydra.run.dir={out_dir}", *args,
+                              env={"WANDB_API_KEY": KEY, "WANDB_MODE": "offline"})
+    assert code == 0, err[-3000:]
+    assert not leaks(KEY, SimpleNamespace(stdout=out, stderr=err), out_dir)
     (wb,) = _wandb_runs(out_dir)
     assert wb.group == "***"
 

@@ -10,7 +10,7 @@ import stat
 import pytest
 import torch
 
-from reliability_utils import env, kill_at_checkpoint, run, start, train_cmd
+from reliability_utils import env, kill_at_checkpoint, start, train_args, train_cmd
 from vitlab.wandb_io.offline import find_offline_runs, read_offline_run
 
 
@@ -33,7 +33,8 @@ def _interrupt(tmp_path, sig: signal.Signals, *args: str, min_step: int, env=Non
     return run_dir, ckpt, seen, out
 
 
-def test_sigusr1_under_slurm_saves_requeues_and_resumes(tmp_path):
+@pytest.mark.slow_process
+def test_sigusr1_under_slurm_saves_requeues_and_resumes(tmp_path, main_cli):
     """SLURM's `--signal=USR1@90`: save last.ckpt at the end of the step, `scontrol requeue`, exit 138; resume."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -46,9 +47,12 @@ def test_sigusr1_under_slurm_saves_requeues_and_resumes(tmp_path):
     assert "SIGUSR1 at epoch" in out and "Traceback" not in out
     assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]
     # The requeued job runs the same command in the same directory and finishes from the checkpoint.
-    again = run(train_cmd(run_dir, *args), tmp_path, env=e)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming from" in again.stderr
+    from vitlab.train import main  # the requeued job: vitlab.train's main, in this process (main_cli)
+
+    code, out, err = main_cli(main, *train_args(run_dir, *args),
+                              env={"SLURM_JOB_ID": "4242", "PATH": e["PATH"], "WANDB_MODE": "offline"})
+    assert code == 0, err[-3000:]
+    assert "resuming from" in out + err  # on the console (in-process, pytest's capture sees the log on stdout)
     assert _loadable(ckpt) == 18
     # One W&B run continued (same id, both parts finished), and the CSV curve kept its first part.
     parts = [read_offline_run(d) for d in find_offline_runs(run_dir / "wandb")]

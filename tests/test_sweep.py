@@ -90,12 +90,14 @@ def test_launchers_compose():
 
 
 @pytest.mark.parametrize("launcher", ["sequential", pytest.param("parallel", marks=pytest.mark.slow)])
-def test_multirun_with_ddp_on_a_local_launcher_is_refused(tmp_path, launcher):
-    r = run_cli("vitlab.train", "-m", f"hydra/launcher={launcher}", "trainer=ddp", "trainer.accelerator=cpu",
-                "trainer.devices=2", "model=vit_micro,bit_micro", "logger=none", f"hydra.sweep.dir={tmp_path}/sw",
-                cwd=tmp_path, timeout=300)
-    out = r.stdout + r.stderr
-    assert r.returncode != 0, out[-3000:]
+def test_multirun_with_ddp_on_a_local_launcher_is_refused(tmp_path, launcher, main_cli):
+    from vitlab.train import main
+
+    code, out, err = main_cli(main, "-m", f"hydra/launcher={launcher}", "trainer=ddp", "trainer.accelerator=cpu",
+                              "trainer.devices=2", "model=vit_micro,bit_micro", "logger=none",
+                              f"hydra.sweep.dir={tmp_path}/sw")
+    out = out + err
+    assert code != 0, out[-3000:]
     assert "SLURM launcher" in out and "one device per job" in out, out[-3000:]
     assert not list(tmp_path.rglob("*.ckpt"))  # stopped before any training
 
@@ -111,6 +113,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     return sweep
 
 
+@pytest.mark.slow_process
 def test_each_job_has_its_own_dir_run_and_checkpoint(sweep_dir):
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
     assert [j.name for j in jobs] == ["0", "1"]
@@ -156,11 +159,15 @@ def test_optuna_two_trials_return_the_metric(tmp_path):
     assert set(best["best_params"]) == {"optim.lr", "optim.weight_decay", "data.batch_size"}
 
 
-def test_report_from_the_real_sweep(sweep_dir, tmp_path):
-    """`python -m vitlab.report sweep_dir=...` on the sweep above: one table (CSV + Markdown), PNGs, HTML."""
+def test_report_from_the_real_sweep(sweep_dir, tmp_path, main_cli):
+    """`python -m vitlab.report sweep_dir=...` (its main, in-process) on the sweep above: one table (CSV +
+    Markdown), PNGs, HTML."""
+    from vitlab.report.task import main
+
     out = tmp_path / "report"
-    r = run_cli("vitlab.report", f"sweep_dir={sweep_dir}", f"out_dir={out}", cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    code, stdout, stderr = main_cli(main, f"sweep_dir={sweep_dir}", f"out_dir={out}",
+                                    f"hydra.run.dir={tmp_path / 'report_run'}")
+    assert code == 0, (stdout + stderr)[-4000:]
     import csv
 
     rows = list(csv.DictReader((out / "report.csv").open()))

@@ -48,28 +48,31 @@ def write_vitlab_checkpoint(path):
     return path
 
 
-def _run_suite(tmp_path, cli, tasks, lr_grid):
+def _run_suite(tmp_path, main_cli, tasks, lr_grid):
+    """``python -m vitlab.vtab ...`` in ``tmp_path``, through vitlab.vtab's main in-process (``main_cli``)."""
     from dataset_writers import write_vtab_task
+    from vitlab.vtab import main
 
     root = tmp_path / "vtab-1k"
     for task in tasks:
         write_vtab_task(root, task, VTAB_TASKS[task][1], n_train=8, n_val=4, n_test=6)
     ckpt = write_vitlab_checkpoint(tmp_path / "pre.ckpt")
-    r = cli("vitlab.vtab", f"ckpt_path={ckpt}", f"data.root={root}", f"data.task={','.join(tasks)}",
-            "vtab.steps=2", f"vtab.lr_grid=[{','.join(map(str, lr_grid))}]", "data.batch_size=4", "data.num_workers=0",
-            "vtab.resolution=null", "data.global_batch_size=null", "optim.warmup=0",  # CPU-sized, not the paper's
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none",
-            "~callbacks.model_summary", "hydra.sweep.dir=sweep", timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    code, out, err = main_cli(
+        main, f"ckpt_path={ckpt}", f"data.root={root}", f"data.task={','.join(tasks)}",
+        "vtab.steps=2", f"vtab.lr_grid=[{','.join(map(str, lr_grid))}]", "data.batch_size=4", "data.num_workers=0",
+        "vtab.resolution=null", "data.global_batch_size=null", "optim.warmup=0",  # CPU-sized, not the paper's
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none",
+        "~callbacks.model_summary", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 0, out[-3000:] + err[-3000:]
     summary = json.loads((tmp_path / "sweep" / "vtab_summary.json").read_text())
     assert set(summary["tasks"]) == set(tasks) and all(0.0 <= v <= 1.0 for v in summary["tasks"].values())
-    assert "| **all** |" in r.stdout and f"{len(tasks)}/19" in r.stdout
-    return r, ckpt
+    assert "| **all** |" in out and f"{len(tasks)}/19" in out
+    return out, ckpt
 
 
-def test_vtab_suite_end_to_end_on_fixtures(tmp_path, cli):
-    r, ckpt = _run_suite(tmp_path, cli, ("dtd", "clevr_count"), [0.01])
-    assert "| Natural | dtd | 47 |" in r.stdout and "| Structured | 100.00" not in r.stdout
+def test_vtab_suite_end_to_end_on_fixtures(tmp_path, main_cli):
+    out, ckpt = _run_suite(tmp_path, main_cli, ("dtd", "clevr_count"), [0.01])
+    assert "| Natural | dtd | 47 |" in out and "| Structured | 100.00" not in out
     job = json.loads((tmp_path / "sweep" / "0" / "metrics.json").read_text())
     assert job["vtab/task"] == "dtd" and job["vtab/group"] == "natural" and job["vtab/lr"] == 0.01
     assert job["pretrained"] == str(ckpt) and job["data/train_size"] == 12  # train800val200 = 8 + 4 here
@@ -77,8 +80,8 @@ def test_vtab_suite_end_to_end_on_fixtures(tmp_path, cli):
 
 
 @pytest.mark.slow
-def test_vtab_lr_selection_on_val200(tmp_path, cli):
-    _run_suite(tmp_path, cli, ("dtd", "eurosat", "clevr_count"), [0.01, 0.1])
+def test_vtab_lr_selection_on_val200(tmp_path, main_cli):
+    _run_suite(tmp_path, main_cli, ("dtd", "eurosat", "clevr_count"), [0.01, 0.1])
     for j, task in enumerate(("dtd", "eurosat", "clevr_count")):
         job = json.loads((tmp_path / "sweep" / str(j) / "metrics.json").read_text())
         assert job["vtab/task"] == task and set(job["vtab/val_by_lr"]) == {"0.01", "0.1"}
