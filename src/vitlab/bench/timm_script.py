@@ -51,6 +51,7 @@ from vitlab.bench.training import run_in_terminal
 from vitlab.callbacks.timing import LAUNCH_ENV
 from vitlab.config import compose_job
 from vitlab.errors import BenchConfigError
+from vitlab.models import registry
 from vitlab.models.vit import VIT_SHAPES
 from vitlab.results import read_results
 from vitlab.runs.assemble import build_datamodule
@@ -83,7 +84,8 @@ def timm_args(cfg, data_root: Path, epochs: int) -> tuple[list[str], list[str], 
     """train.py's and validate.py's arguments for the job ``cfg`` (a composed ``conf/train.yaml``), and the warm-up
     in whole epochs. Only the ViT family is mapped (timm's ``vit_tiny_patch16_224`` with vitlab's shape)."""
     m, d, o = cfg.model, cfg.data, cfg.optim
-    if m.family != "vit" or m.classifier != "token" or m.pos_embed != "1d":
+    family = registry.get(m.family)  # a plain ViT: tokens cut from pixels (not a hybrid's CNN feature map)
+    if not (family.transformer and family.pixel_patches) or m.classifier != "token" or m.pos_embed != "1d":
         raise BenchConfigError(f"timm_script maps vitlab's ViT with a [class] token and 1d position embeddings; "
                                f"model={m.name} (family {m.family}) is not one: use model=vit_micro")
     if o.name != "adamw" or o.get("decay", "cosine") != "cosine":
