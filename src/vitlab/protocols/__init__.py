@@ -14,8 +14,8 @@ A frozen-network protocol is one module ``vitlab.protocols.<name>`` with a class
 and ``logged(results)`` what a training run logs.
 
 Protocols today: ``fewshot`` (few-shot linear probes, paper §4.1) and ``knn`` (k-NN on frozen features). The other
-modules here are multirun summaries, not frozen-network protocols: ``vtab`` (the VTAB-1k suite) and ``transfer``
-(pretrain -> fine-tune).
+modules here are multirun summaries, not frozen-network protocols: ``vtab`` (the VTAB-1k suite), ``transfer``
+(pretrain -> fine-tune) and ``ablation`` (an Appendix D table beside the sweep's numbers).
 """
 
 from __future__ import annotations

@@ -76,10 +76,13 @@ def ablation_table(sweep_dir: str | Path, table: str, shots: int = 5) -> str:
             + f", then {metric} ({len(done)} jobs, {len(runs)} rows)")
     shrunk = any(r.get(M.MODEL_NAME) not in APPENDIX_D[table]["models"] for r in done)
     label = f"vitlab{' (CPU shrink)' if shrunk else ''}: {metric}"
+    paper_metric = APPENDIX_D[table]["metric"]
     note = f"vitlab's runs: {what}."
+    if "5-shot" not in paper_metric:
+        note += f" The paper's number is {paper_metric}: the 5-shot number stands in for it."
     if shrunk:
-        note += (" A CPU-shrunk reproduction of the mechanism (the paper's sweep, measured the paper's way), not of "
-                 "the paper's numbers: tiny models on embedded data land far from them, and differ by about noise.")
+        note += (" A CPU-shrunk reproduction of the mechanism (the paper's sweep and measurement), not of the paper's "
+                 "numbers: tiny models on embedded data land far from them, and differ by about noise.")
     return table_d_markdown(table, runs, measured=label) + "\n" + note + "\n"
 
 
