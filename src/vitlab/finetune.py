@@ -122,7 +122,7 @@ def candidates(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for recipe in recipes(cfg):
         if recipe == "vit":
-            out.update({f"vit lr={lr:g}": {"optim.lr": lr} for lr in lr_grid(cfg)})
+            out.update({f"vit lr={lr}": {"optim.lr": lr} for lr in lr_grid(cfg)})
         else:
             out["bit_hyperrule"] = bit_hyperrule_values(cfg)
     return out
