@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose_cfg, refusal
 from hydra.core.global_hydra import GlobalHydra
 
+from conftest import compose_cfg, refusal
 from vitlab import metrics as M
 from vitlab import paper
 from vitlab.finetune import candidates, lr_grid, pick_best, recipes, run_task

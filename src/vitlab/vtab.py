@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import metrics as M
 from vitlab.errors import ConfigError
+from vitlab.finetune import select_and_retrain  # VTAB is the fine-tuning protocol once per task
 from vitlab.runs.assemble import fine_tune_cfg, report
 from vitlab.tasks import hydra_app, task_wrapper
-from vitlab.finetune import select_and_retrain  # VTAB is the fine-tuning protocol once per task
 
 log = logging.getLogger("vitlab.vtab")
 
