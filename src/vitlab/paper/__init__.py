@@ -469,6 +469,19 @@ def markdown_tables() -> str:
             "img_size": "data.img_size", "eval_resize": "data.eval_resize", "crop_scale": "data.train_crop_scale",
             "drop_remainder": "data.drop_last"}
     out += [f"| {k} | {_fmt(FINETUNE[k])} | `{v}` | {FINETUNE['source']} |" for k, v in keys.items()]
+    out += ["", "### BiT-HyperRule for ResNets: `python -m vitlab.finetune` (App. B.1.1)", "",
+            "| training images | steps (`trainer.max_steps`) | warmup (`optim.warmup`) | lr / 10 after steps "
+            "(`optim.decay_at`) | MixUp (`module.mixup_alpha`) | source |", "|---|---|---|---|---|---|"]
+    for limit, supports in BIT_HYPERRULE["schedules"]:
+        rule = bit_hyperrule(limit - 1 if limit else 10**9, (224, 224))
+        out.append(f"| {f'< {limit}' if limit else 'more'} | {rule['steps']} | {rule['warmup_steps']} | "
+                   f"{', '.join(map(str, supports[1:-1]))} | {_fmt(rule['mixup_alpha'])} | {BIT_HYPERRULE['source']} |")
+    out += ["", "| shared by every size | paper | vitlab key | source |", "|---|---|---|---|"]
+    keys = {"optimizer": "optim.name", "momentum": "optim.momentum", "weight_decay": "optim.weight_decay",
+            "grad_clip": "optim.grad_clip", "base_lr": "optim.lr", "global_batch_size": "data.global_batch_size",
+            "decay_factor": "optim.decay_factor", "resolution_small": "[precrop, crop] below 96x96: data.crop_pct, "
+            "data.img_size", "resolution_large": "[precrop, crop] otherwise: data.crop_pct, data.img_size"}
+    out += [f"| {k} | {_fmt(BIT_HYPERRULE[k])} | `{v}` | {BIT_HYPERRULE['source']} |" for k, v in keys.items()]
     for title, table, keys in (
         ("### VTAB-1k: `experiment=paper/vtab`, `python -m vitlab.vtab` (App. B.1.1)", VTAB,
          {"lr": "optim.lr / vtab.lr", "steps": "trainer.max_steps / vtab.steps",
