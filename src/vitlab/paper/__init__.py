@@ -138,6 +138,44 @@ TABLE4: dict[str, dict[str, Any]] = {
                              "big_transfer bit_hyperrule.py (datasets < 20k images)"},
 }
 
+# ---- BiT-HyperRule: the ResNets' second fine-tuning recipe (App. B.1.1) ------------------------------------
+#: App. B.1.1: for ResNets the paper also runs "the setup of Kolesnikov et al." (BiT-HyperRule) and keeps the better
+#: of it and Table 4's sweep.  The rule as google-research/big_transfer states it (commit 140de6e): bit_hyperrule.py
+#: (schedule by training-split size, resolution by image area, MixUp by size), bit_pytorch/train.py and
+#: bit_common.py (SGD momentum 0.9, no weight decay, no clipping, lr 0.003, batch 512, zero head, lr / 10 at each
+#: inner support, train: resize to precrop x precrop, random crop, flip; eval: resize to crop x crop).  The BiT paper
+#: (§3.3; big_transfer issue #23) says 448 -> 384 for large images, the released bit_hyperrule.py 512 -> 480:
+#: vitlab follows the code.
+BIT_HYPERRULE = {
+    "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "grad_clip": None, "base_lr": 0.003,
+    "global_batch_size": 512,
+    # get_schedule: (training images below, [warmup end, decay, decay, decay, last step]); None = any size
+    "schedules": [(20_000, [100, 200, 300, 400, 500]), (500_000, [500, 3000, 6000, 9000, 10_000]),
+                  (None, [500, 6000, 12_000, 18_000, 20_000])],
+    "decay_factor": 0.1,  # get_lr: "Staircase decays by factor of 10"
+    "mixup_alpha": 0.1, "mixup_min_size": 20_000,  # get_mixup: 0.0 if dataset_size < 20_000 else 0.1
+    "small_area": 96 * 96, "resolution_small": [160, 128], "resolution_large": [512, 480],  # get_resolution
+    # known_dataset_sizes, by vitlab data name: the (H, W) get_resolution reads per dataset
+    "image_hw": {"cifar10": [32, 32], "cifar100": [32, 32], "pets": [224, 224], "flowers102": [224, 224],
+                 "imagenet": [224, 224]},
+    "source": "google-research/big_transfer bit_hyperrule.py (get_schedule, get_lr, get_mixup, get_resolution, "
+              "known_dataset_sizes) and bit_pytorch/train.py, bit_common.py (SGD 0.9, lr 0.003, batch 512)",
+}
+
+
+def bit_hyperrule(train_size: int, image_hw: Iterable[int]) -> dict[str, Any]:
+    """BiT-HyperRule's settings for a training split of ``train_size`` images of ``image_hw`` (H, W) pixels:
+    ``steps``, ``warmup_steps``, ``decay_at`` (the inner supports as fractions of ``steps``), ``precrop``,
+    ``crop``, ``mixup_alpha``, ``lr`` (:data:`BIT_HYPERRULE`)."""
+    r = BIT_HYPERRULE
+    supports = next(s for limit, s in r["schedules"] if limit is None or train_size < limit)
+    h, w = image_hw
+    precrop, crop = r["resolution_small"] if h * w < r["small_area"] else r["resolution_large"]
+    return {"steps": supports[-1], "warmup_steps": supports[0], "decay_at": [s / supports[-1] for s in supports[1:-1]],
+            "precrop": precrop, "crop": crop, "lr": r["base_lr"],
+            "mixup_alpha": 0.0 if train_size < r["mixup_min_size"] else r["mixup_alpha"]}
+
+
 # ---- App. B.1.1 VTAB-1k and B.1.2 masked patch prediction ----------------------------------------
 VTAB = {"lr": 0.01, "steps": 2_500, "global_batch_size": 512, "img_size": 384, "warmup_steps": 500,
         "lr_grid": _GRID,
@@ -371,6 +409,7 @@ TABLES: dict[str, Any] = {
     "pretrain": PRETRAIN, "table3": TABLE3, "finetune": FINETUNE, "table4": TABLE4, "vtab": VTAB, "mpp": MPP,
     "table6": TABLE6, "table5": TABLE5, "table2": TABLE2, "i21k_head": I21K_HEAD, "figure9": FIGURE9,
     "table8": TABLE8_CELLS,
+    "bit_hyperrule": BIT_HYPERRULE,
 }
 
 
@@ -401,7 +440,7 @@ def lookup(table: str, *keys: Any) -> Any:
             raise PaperKeyError(f"table8 lookups take (cell, field) with a cell of {list(TABLE8_CELLS)}, or (cells,); "
                                 f"got {keys}")
         row, field = TABLE8_CELLS[keys[0]], keys[1]
-    elif table in ("pretrain", "finetune", "vtab", "mpp", "i21k_head", "figure9"):
+    elif table in ("pretrain", "finetune", "vtab", "mpp", "i21k_head", "figure9", "bit_hyperrule"):
         if len(keys) != 1:
             raise PaperKeyError(f"{table} lookups take (field,), got {keys}")
         row, field = TABLES[table], keys[0]
@@ -481,6 +520,19 @@ def markdown_tables() -> str:
             "img_size": "data.img_size", "eval_resize": "data.eval_resize", "crop_scale": "data.train_crop_scale",
             "drop_remainder": "data.drop_last"}
     out += [f"| {k} | {_fmt(FINETUNE[k])} | `{v}` | {FINETUNE['source']} |" for k, v in keys.items()]
+    out += ["", "### BiT-HyperRule for ResNets: `python -m vitlab.finetune` (App. B.1.1)", "",
+            "| training images | steps (`trainer.max_steps`) | warmup (`optim.warmup`) | lr / 10 after steps "
+            "(`optim.decay_at`) | MixUp (`module.mixup_alpha`) | source |", "|---|---|---|---|---|---|"]
+    for limit, supports in BIT_HYPERRULE["schedules"]:
+        rule = bit_hyperrule(limit - 1 if limit else 10**9, (224, 224))
+        out.append(f"| {f'< {limit}' if limit else 'more'} | {rule['steps']} | {rule['warmup_steps']} | "
+                   f"{', '.join(map(str, supports[1:-1]))} | {_fmt(rule['mixup_alpha'])} | {BIT_HYPERRULE['source']} |")
+    out += ["", "| shared by every size | paper | vitlab key | source |", "|---|---|---|---|"]
+    keys = {"optimizer": "optim.name", "momentum": "optim.momentum", "weight_decay": "optim.weight_decay",
+            "grad_clip": "optim.grad_clip", "base_lr": "optim.lr", "global_batch_size": "data.global_batch_size",
+            "decay_factor": "optim.decay_factor", "resolution_small": "[precrop, crop] below 96x96: data.crop_pct, "
+            "data.img_size", "resolution_large": "[precrop, crop] otherwise: data.crop_pct, data.img_size"}
+    out += [f"| {k} | {_fmt(BIT_HYPERRULE[k])} | `{v}` | {BIT_HYPERRULE['source']} |" for k, v in keys.items()]
     for title, table, keys in (
         ("### VTAB-1k: `experiment=paper/vtab`, `python -m vitlab.vtab` (App. B.1.1)", VTAB,
          {"lr": "optim.lr / vtab.lr", "steps": "trainer.max_steps / vtab.steps",
