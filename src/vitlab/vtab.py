@@ -24,9 +24,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vitlab import metrics as M
 from vitlab.data.catalog import VTAB_TASKS
 from vitlab.errors import ConfigError
+from vitlab.finetune import select_and_retrain  # VTAB is the fine-tuning protocol once per task
 from vitlab.models.pretrained import detect_format
 from vitlab.runs import read_run
-from vitlab.finetune import select_and_retrain  # VTAB is the fine-tuning protocol once per task
 from vitlab.runs.assemble import fine_tune_cfg, report
 from vitlab.tasks import hydra_app, task_wrapper
 
