@@ -9,7 +9,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from vitlab import CONF_DIR
+from vitlab import CONF_DIR, paper
 
 DATA = sorted(p.stem for p in (Path(CONF_DIR) / "data").glob("*.yaml"))
 OPTIM = sorted(p.stem for p in (Path(CONF_DIR) / "optim").glob("*.yaml"))
@@ -41,7 +41,7 @@ _CIFAR = _MEMORY | {"variant", "root", "download", "download_url", "val_fraction
 KEYS = {
     "cifar10": _CIFAR,
     "cifar100": _CIFAR | {"label_mode", "_label_classes"},
-    "digits": _MEMORY | {"subset_seed", "split_seed"},
+    "digits": _MEMORY | {"subset_seed", "split_seed", "val_fraction"},
     "shapes": _MEMORY | {"val_size", "test_size", "seed"},
     "flowers102": _FILES | {"train_split", "split_seed", "check_files"},
     "folder": _FILES | {"split_seed"},
@@ -66,7 +66,8 @@ OPTIM_RESOLVED = {
     "sgd_finetune": {"name": "sgd", "lr": 0.03, "weight_decay": 0.0, "warmup": 500, "decay": "cosine", "grad_clip": 1.0},
 }
 OPTIM_SHARED = {"betas": [0.9, 0.999], "eps": 1e-8, "momentum": 0.9, "end_lr_factor": 0.0, "fused": False,
-                "no_decay_on_norm_and_bias": True}
+                "no_decay_on_norm_and_bias": True, "decay_at": None,
+                "decay_factor": paper.BIT_HYPERRULE["decay_factor"]}
 
 
 def _data_overrides(name: str) -> list[str]:

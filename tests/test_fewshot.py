@@ -177,6 +177,7 @@ class _Projection(torch.nn.Module):
 def test_evaluator_defaults_to_fixed_l2_and_averages_three_nested_draws():
     from vitlab.data.base import TransformedDataset
     from vitlab.data.digits import DigitsDataModule
+    from vitlab.data.transforms import build_transform
     from vitlab.protocols import extract_features
     from vitlab.protocols.fewshot import L2_FIXED
 
@@ -187,10 +188,14 @@ def test_evaluator_defaults_to_fixed_l2_and_averages_three_nested_draws():
     assert (ev.l2_select, ev.l2, ev.seeds) == ("fixed", 1024.0, 3)
     res = ev.evaluate(net)
     assert ev._prepare()["val"] is None  # the fixed penalty selects nothing: val is never read
-    # the reference: every training image's features, big_vision's draws, a direct solve at l2 = 1024
+    # the reference: every training image's features through big_vision's few-shot preprocessing (resize(256) |
+    # central_crop(224), scaled: 8 px -> 9 then 8; not the DataModule's own eval view), big_vision's draws, a
+    # direct solve at l2 = 1024
     dm.setup()
-    xtr, ytr = extract_features(net, TransformedDataset(dm.train_set.base, dm.eval_transform()))
-    xt, yt = extract_features(net, dm.test_set)
+    pp = build_transform("fewshot", dm.eval_img_size, dm.normalization)
+    xtr, ytr = extract_features(net, TransformedDataset(dm.train_set.base, pp))
+    xt, yt = extract_features(net, TransformedDataset(dm.test_set.base, pp))
+    assert not torch.equal(xt, extract_features(net, dm.test_set)[0])  # digits' own eval view is another image
     for k in (1, 5):
         accs = []
         for seed in range(3):

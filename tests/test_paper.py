@@ -432,3 +432,25 @@ def test_config_comments_quote_table5_for_384px_targets():
         assert l16 in text, f
         assert t2 not in text or "Polyak" in text, f
     assert "0.23k TPUv3-core-days for L/16" not in (Path(CONF_DIR) / "experiment/paper/pretrain_imagenet21k.yaml").read_text()
+
+
+def test_bit_hyperrule_is_big_transfers_rule():
+    """vitlab.paper.bit_hyperrule against an independent copy of google-research/big_transfer bit_hyperrule.py
+    (get_schedule, get_mixup, get_resolution, known_dataset_sizes) and bit_pytorch/train.py's optimiser."""
+    def get_schedule(n):
+        return [100, 200, 300, 400, 500] if n < 20_000 else [500, 3000, 6000, 9000, 10_000] if n < 500_000 else \
+            [500, 6000, 12_000, 18_000, 20_000]
+
+    known = {"cifar10": (32, 32), "cifar100": (32, 32), "pets": (224, 224), "flowers102": (224, 224),
+             "imagenet": (224, 224)}  # oxford_iiit_pet, oxford_flowers102, imagenet2012 there
+    assert {k: tuple(v) for k, v in paper.BIT_HYPERRULE["image_hw"].items()} == known
+    for n in (1, 1_020, 19_999, 20_000, 49_000, 499_999, 500_000, 1_281_167):
+        for hw in ((32, 32), (95, 97), (96, 96), (224, 224)):
+            s, r = get_schedule(n), paper.bit_hyperrule(n, hw)
+            assert (r["warmup_steps"], [round(f * r["steps"]) for f in r["decay_at"]], r["steps"]) == (s[0], s[1:-1], s[-1])
+            assert r["mixup_alpha"] == (0.0 if n < 20_000 else 0.1)
+            assert (r["precrop"], r["crop"]) == ((160, 128) if hw[0] * hw[1] < 96 * 96 else (512, 480))
+    b = paper.BIT_HYPERRULE
+    assert (b["optimizer"], b["momentum"], b["weight_decay"], b["base_lr"], b["global_batch_size"], b["decay_factor"]) \
+        == ("sgd", 0.9, 0.0, 0.003, 512, 0.1)
+    assert b["global_batch_size"] == paper.FINETUNE["global_batch_size"]  # vitlab.finetune keeps the run's batch

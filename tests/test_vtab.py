@@ -86,5 +86,5 @@ def test_vtab_lr_selection_on_val200(tmp_path, main_cli):
         job = json.loads((tmp_path / "sweep" / str(j) / "metrics.json").read_text())
         assert job["vtab/task"] == task and set(job["vtab/val_by_lr"]) == {"0.01", "0.1"}
         assert job["vtab/lr"] == max((0.01, 0.1), key=lambda v: job["vtab/val_by_lr"][str(v)])
-        assert (tmp_path / "sweep" / str(j) / "select_lr0.1" / "metrics.json").is_file()
+        assert (tmp_path / "sweep" / str(j) / "dev" / "lr0.1" / "metrics.json").is_file()
         assert job["data/train_size"] == 12

@@ -12,7 +12,7 @@ optimiser steps; a warmup longer than the run is an error, not a silent cap.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ OPTIMIZERS = {"adam": "adam", "adamw": "adamw", "sgd": "momentum", "nesterov": "
               "adam_decoupled": "adamw"}
 #: the layers whose ``weight`` is a "kernel" in flax/big_vision terms (the only tensors ``adam_decoupled`` decays)
 KERNEL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-DECAYS = ("cosine", "linear", "constant")
+DECAYS = ("cosine", "linear", "constant", "step")
 
 
 def kernel_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -60,6 +60,12 @@ def check_optim_cfg(cfg: Mapping[str, Any]) -> None:
     if cfg.get("decay", "cosine") not in DECAYS:
         raise OptimConfigError(f"optim.decay={cfg.get('decay')!r} is not one of {DECAYS}")
     check_positive("optim.warmup", cfg.get("warmup", 0) or 0, allow_zero=True)
+    if cfg.get("decay") == "step":
+        at = list(cfg.get("decay_at") or [])
+        if not at or any(not 0.0 < float(f) < 1.0 for f in at) or at != sorted(at):
+            raise OptimConfigError(f"optim.decay=step needs optim.decay_at: increasing fractions of the run in (0, 1) "
+                                   f"where the lr drops (BiT-HyperRule: [0.3, 0.6, 0.9]), got {at}")
+        check_positive("optim.decay_factor", cfg.get("decay_factor"))
 
 
 def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -106,14 +112,19 @@ def warmup_steps(cfg: dict[str, Any], total_steps: int) -> int:
     return int(w)
 
 
-def lr_factor(step: int, total_steps: int, warmup: int, decay: str, end_factor: float = 0.0) -> float:
+def lr_factor(step: int, total_steps: int, warmup: int, decay: str, end_factor: float = 0.0,
+              decay_at: Sequence[float] = (), decay_factor: float = 0.1) -> float:
     """Multiplier on the base lr at optimiser step ``step`` (0 = the first update), the rule of vit_jax's
     ``utils.create_learning_rate_schedule``: ``decay`` from 1 down to ``end_factor`` over the steps after the
     warmup (linear: ``end + (1 - end)(1 - progress)``; cosine: to ``end_factor``, 0 in vit_jax), times the linear
-    warmup ``min(1, step / warmup)``, which starts at 0 as optax's step count does. ``decay``: one of
-    :data:`DECAYS` (:func:`check_optim_cfg`)."""
+    warmup ``min(1, step / warmup)``, which starts at 0 as optax's step count does.  ``step``: BiT-HyperRule's
+    staircase (big_transfer ``bit_hyperrule.get_lr``): times ``decay_factor`` for every boundary ``round(f x
+    total_steps)`` of ``decay_at`` strictly below ``step``. ``decay``: one of :data:`DECAYS`
+    (:func:`check_optim_cfg`)."""
     if decay == "constant":
         shape = 1.0
+    elif decay == "step":
+        shape = decay_factor ** sum(1 for f in decay_at if round(f * total_steps) < step)
     else:
         progress = min(1.0, max(0.0, (step - warmup) / max(1, total_steps - warmup)))
         shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -135,4 +146,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], total
                                    "decay ends: set one of them (the other to null / 0)")
         base = float(optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"]))
         end = float(linear_end) / base if base > 0 else 0.0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm, decay, end))
+    at, factor = tuple(float(f) for f in cfg.get("decay_at") or ()), float(cfg.get("decay_factor") or 0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm, decay, end, at, factor))

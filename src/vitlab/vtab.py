@@ -24,11 +24,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vitlab import metrics as M
 from vitlab.data.catalog import VTAB_TASKS
 from vitlab.errors import ConfigError
+from vitlab.finetune import select_and_retrain  # VTAB is the fine-tuning protocol once per task
 from vitlab.models.pretrained import detect_format
 from vitlab.runs import read_run
 from vitlab.runs.assemble import fine_tune_cfg, report
 from vitlab.tasks import hydra_app, task_wrapper
-from vitlab.train import train  # VTAB is vitlab.train's job once per lr
 
 log = logging.getLogger("vitlab.vtab")
 
@@ -77,12 +77,6 @@ def task_cfg(cfg: DictConfig) -> DictConfig:
     return run
 
 
-def _sub_run(run: DictConfig, out_dir: Path, lr: float, split: str, test: bool) -> dict[str, Any]:
-    return train(fine_tune_cfg(run, **{"optim.lr": float(lr), "data.train_split": split, "test": test,
-                                           "paths.output_dir": str(out_dir),
-                                           "run_name": f"{run.data.name}-lr{lr}-{split}"}))
-
-
 @task_wrapper
 def run_task(cfg: DictConfig) -> dict[str, Any]:
     task = str(cfg.data.task)
@@ -90,16 +84,15 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"data.task={task!r} is not a VTAB-1k task; choose from {list(VTAB_TASKS)}")
     run = task_cfg(cfg)
     out = Path(cfg.paths.output_dir)
-    # the paper's protocol is one lr for every task (vtab.lr); vtab.lr_grid (a list) picks it on val200 first
+    # the paper's protocol is one lr for every task (vtab.lr); vtab.lr_grid (a list) picks it on val200 first:
+    # train800 per lr, the best on val200, then train800val200 (vitlab.finetune's rule, one home)
     grid = [float(v) for v in (cfg.vtab.get("lr_grid") or [cfg.vtab.lr])]
-    val = {}
-    if len(grid) > 1:
-        for lr in grid:
-            r = _sub_run(run, out / f"select_lr{lr}", lr, "train800", test=False)
-            val[lr] = r.get(M.VAL_ACC_BEST, r.get(M.VAL_ACC, 0.0)) or 0.0
-            log.info("vtab %s: lr %g -> val200 accuracy %.4f", task, lr, val[lr])
-    best = max(grid, key=lambda v: val.get(v, 0.0)) if val else grid[0]
-    final = _sub_run(run, out / "final", best, "train800val200", test=True)
+    lrs = {f"lr={lr}": lr for lr in grid}
+    done = select_and_retrain(run, out, {name: {"optim.lr": lr} for name, lr in lrs.items()},
+                              dev={"data.train_split": "train800"}, final={"data.train_split": "train800val200"},
+                              metric=str(cfg.get("optimized_metric") or M.VAL_ACC_BEST))
+    best, final = lrs[done["best"]], done["final"]
+    val = {lrs[name]: v for name, v in done["dev"].items()}
     results = {
         M.VTAB_TASK: task, M.VTAB_GROUP: VTAB_TASKS[task][0], M.VTAB_LR: best,
         M.VTAB_VAL_BY_LR: {str(k): v for k, v in val.items()}, M.VTAB_STEPS: int(cfg.vtab.steps),

@@ -1,6 +1,7 @@
 """scikit-learn's digits: 1,797 real 8x8 handwritten digits that ship inside scikit-learn (no download).
 
-The split is fixed and seeded (``split_seed``), stratified by class: 70% train, 10% val, 20% test.
+The split is fixed and seeded (``split_seed``), stratified by class: 70% train, 10% val, 20% test
+(``data.val_fraction=0``: train on the 80%, validate on test, as cifar does).
 Images are upsampled to ``img_size`` (default 32) with bilinear interpolation and repeated to 3
 channels so that every model, and every checkpoint pretrained on RGB data, takes them unchanged.
 """
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitlab.data.base import VisionDataModule
+from vitlab.data.base import VisionDataModule, check_val_fraction
 from vitlab.data.memory import TensorImageDataset
 
 #: scikit-learn's digits are 8x8 counts of set pixels in a 4x4 block: 0 ... 16
@@ -38,7 +39,7 @@ class DigitsDataModule(VisionDataModule):
         kwargs.setdefault("img_size", 32)
         kwargs.setdefault("eval_pipeline", "none")
         super().__init__(**kwargs)
-        self.split_seed, self.val_fraction, self.test_fraction = split_seed, val_fraction, test_fraction
+        self.split_seed, self.val_fraction, self.test_fraction = split_seed, check_val_fraction(val_fraction), test_fraction
 
     def build_splits(self):
         from sklearn.model_selection import train_test_split  # lazy: as load_digits
@@ -46,7 +47,9 @@ class DigitsDataModule(VisionDataModule):
         x, y = load_digits_uint8(self.img_size)
         idx = np.arange(len(y))
         rest, test = train_test_split(idx, test_size=self.test_fraction, stratify=y, random_state=self.split_seed)
+        make = lambda ii: TensorImageDataset(x[np.sort(ii)], y[np.sort(ii)])  # noqa: E731
+        if self.val_fraction == 0.0:  # no dev split: train on all of train + val, validate on test (as cifar)
+            return make(rest), make(test), make(test)
         val_share = self.val_fraction / (1.0 - self.test_fraction)
         train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=self.split_seed)
-        make = lambda ii: TensorImageDataset(x[np.sort(ii)], y[np.sort(ii)])  # noqa: E731
         return make(train), make(val), make(test)

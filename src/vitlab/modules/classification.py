@@ -23,16 +23,28 @@ LOSSES = ("softmax", "sigmoid")
 
 
 def classification_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Softmax cross-entropy, or the paper's pretraining sigmoid cross-entropy (summed over classes)."""
+    """Softmax cross-entropy, or the paper's pretraining sigmoid cross-entropy (summed over classes). ``y``: class
+    indices (B,), or soft targets (B, K) that sum to 1 per image (MixUp's, :func:`mixup`)."""
     if kind == "softmax":
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     if kind == "sigmoid":
         k = logits.shape[-1]
-        target = F.one_hot(y, k).to(logits.dtype)
+        target = y.to(logits.dtype) if y.dim() == 2 else F.one_hot(y, k).to(logits.dtype)
         if label_smoothing:
             target = target * (1.0 - label_smoothing) + label_smoothing / k
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1).mean()
     raise ValueError(f"loss={kind!r} is not one of {LOSSES}")
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """MixUp (Zhang et al. 2018) as BiT fine-tunes with it (big_transfer ``bit_pytorch/train.py``, ``mixup_data``):
+    one ``lam ~ Beta(alpha, alpha)`` per batch, every image mixed with the one a random permutation pairs it with,
+    ``lam x + (1 - lam) x[perm]``; its target the same mix of the one-hot labels (BiT's ``lam CE(y) + (1 - lam)
+    CE(y[perm])`` is the cross-entropy of this soft target). Returns (images, soft targets (B, K), lam)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(x.shape[0], device=x.device)
+    onehot = F.one_hot(y, num_classes).to(x.dtype)
+    return lam * x + (1.0 - lam) * x[perm], lam * onehot + (1.0 - lam) * onehot[perm], lam
 
 
 class ReaLAccuracy(Metric):
@@ -93,12 +105,14 @@ class ClassificationModule(VitlabModule):
     OBJECTIVE = "classification"
 
     def __init__(self, model: dict[str, Any], optim: dict[str, Any], loss: str = "softmax",
-                 label_smoothing: float = 0.0, head_bias_init: float | None = None) -> None:
+                 label_smoothing: float = 0.0, head_bias_init: float | None = None, mixup_alpha: float = 0.0) -> None:
         super().__init__(optim)
         if loss not in LOSSES:
             raise ConfigError(f"module.loss={loss!r} is not one of {LOSSES}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
+        if not (isinstance(mixup_alpha, (int, float)) and math.isfinite(mixup_alpha) and mixup_alpha >= 0):
+            raise ConfigError(f"module.mixup_alpha={mixup_alpha!r} must be a number >= 0 (0 = no MixUp; BiT: 0.1)")
         if model.get("num_classes") == 0:
             raise ConfigError("model.num_classes=0: a classifier needs at least one class (data.num_classes)")
         self.save_hyperparameters()
@@ -133,7 +147,14 @@ class ClassificationModule(VitlabModule):
         return loss, logits.detach(), y
 
     def training_step(self, batch, batch_idx: int):
-        loss, logits, y = self._step(batch)
+        if self.hparams.mixup_alpha > 0:  # BiT-HyperRule's MixUp: the loss on the mixed batch, accuracy on its labels
+            x, y = batch[0], batch[1]
+            x_mixed, target, _ = mixup(x, y, float(self.hparams.mixup_alpha), self.num_classes)
+            logits = self(x_mixed)
+            loss = classification_loss(logits, target, self.hparams.loss, self.hparams.label_smoothing)
+            logits = logits.detach()
+        else:
+            loss, logits, y = self._step(batch)
         self.train_acc(logits, y)
         # `train/loss` per step (one name: on_epoch would split it into _step/_epoch), its epoch mean as
         # `train/loss_epoch`; tensors are only synced to the host every `log_every_n_steps`.

@@ -68,13 +68,16 @@ _BEYOND_TABLE3: list[tuple[str, str, tuple[int, ...], int, str]] = [
 ]
 _PRINTED_MODELS = {"vit_b16": "ViT-B/{16,32}", "vit_l32": "ViT-L/32", "vit_l16": "ViT-L/16", "vit_h14": "ViT-H/14"}
 
-#: Loss of the ImageNet-21k release: sigmoid cross-entropy, head bias -10, pre-logits of the model's width.  This
-#: is the authors' statement in the official repository's issue #2, not the paper's: the paper states no loss for
-#: any row, and vitlab keeps softmax for the JFT and ImageNet rows.  Label smoothing stays off (module default 0):
-#: §4.3 notes the regularisation (label smoothing among it) was tuned for the ImageNet runs.
+#: Loss of the ImageNet-21k release: sigmoid cross-entropy, head bias -10, pre-logits of the model's width.  These are
+#: the authors' statements in the official repository's issues, not the paper's: the paper states no loss for any row.
+#: Sigmoid: vision_transformer issue #34 ("We use sigmoid cross entropy", asked about ImageNet-21k and JFT-300M); head
+#: bias -10 and the pre-logits: issue #2 (the ImageNet-21k ViT-B/16 release).  vitlab sets them in the ImageNet-21k
+#: recipe only and keeps softmax for the JFT and ImageNet rows (module.loss=sigmoid follows issue #34 for JFT too).
+#: Label smoothing stays off (module default 0): the paper gives no value, and §4.3 tuned it, with weight decay and
+#: dropout, for the ImageNet runs ("we optimize three basic regularization parameters").
 I21K_HEAD = {"loss": "sigmoid", "head_bias_init": -10.0, "label_smoothing": 0.0,
-             "source": "the authors in google-research/vision_transformer issue #2 (not the paper); label "
-                       "smoothing off: paper §4.3 (tuned for the ImageNet runs only)"}
+             "source": "the authors in google-research/vision_transformer issues #34 (sigmoid loss) and #2 (head bias "
+                       "-10), not the paper; label smoothing off: paper §4.3 (tuned for the ImageNet runs only)"}
 
 
 def _expand_table3() -> dict[tuple[str, str], dict[str, Any]]:
@@ -134,6 +137,44 @@ TABLE4: dict[str, dict[str, Any]] = {
                    "source": "Table 4 row Oxford Flowers-102; dev split 10%: App. B.1.1; warmup 100 of 500 steps: "
                              "big_transfer bit_hyperrule.py (datasets < 20k images)"},
 }
+
+# ---- BiT-HyperRule: the ResNets' second fine-tuning recipe (App. B.1.1) ------------------------------------
+#: App. B.1.1: for ResNets the paper also runs "the setup of Kolesnikov et al." (BiT-HyperRule) and keeps the better
+#: of it and Table 4's sweep.  The rule as google-research/big_transfer states it (commit 140de6e): bit_hyperrule.py
+#: (schedule by training-split size, resolution by image area, MixUp by size), bit_pytorch/train.py and
+#: bit_common.py (SGD momentum 0.9, no weight decay, no clipping, lr 0.003, batch 512, zero head, lr / 10 at each
+#: inner support, train: resize to precrop x precrop, random crop, flip; eval: resize to crop x crop).  The BiT paper
+#: (§3.3; big_transfer issue #23) says 448 -> 384 for large images, the released bit_hyperrule.py 512 -> 480:
+#: vitlab follows the code.
+BIT_HYPERRULE = {
+    "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "grad_clip": None, "base_lr": 0.003,
+    "global_batch_size": 512,
+    # get_schedule: (training images below, [warmup end, decay, decay, decay, last step]); None = any size
+    "schedules": [(20_000, [100, 200, 300, 400, 500]), (500_000, [500, 3000, 6000, 9000, 10_000]),
+                  (None, [500, 6000, 12_000, 18_000, 20_000])],
+    "decay_factor": 0.1,  # get_lr: "Staircase decays by factor of 10"
+    "mixup_alpha": 0.1, "mixup_min_size": 20_000,  # get_mixup: 0.0 if dataset_size < 20_000 else 0.1
+    "small_area": 96 * 96, "resolution_small": [160, 128], "resolution_large": [512, 480],  # get_resolution
+    # known_dataset_sizes, by vitlab data name: the (H, W) get_resolution reads per dataset
+    "image_hw": {"cifar10": [32, 32], "cifar100": [32, 32], "pets": [224, 224], "flowers102": [224, 224],
+                 "imagenet": [224, 224]},
+    "source": "google-research/big_transfer bit_hyperrule.py (get_schedule, get_lr, get_mixup, get_resolution, "
+              "known_dataset_sizes) and bit_pytorch/train.py, bit_common.py (SGD 0.9, lr 0.003, batch 512)",
+}
+
+
+def bit_hyperrule(train_size: int, image_hw: Iterable[int]) -> dict[str, Any]:
+    """BiT-HyperRule's settings for a training split of ``train_size`` images of ``image_hw`` (H, W) pixels:
+    ``steps``, ``warmup_steps``, ``decay_at`` (the inner supports as fractions of ``steps``), ``precrop``,
+    ``crop``, ``mixup_alpha``, ``lr`` (:data:`BIT_HYPERRULE`)."""
+    r = BIT_HYPERRULE
+    supports = next(s for limit, s in r["schedules"] if limit is None or train_size < limit)
+    h, w = image_hw
+    precrop, crop = r["resolution_small"] if h * w < r["small_area"] else r["resolution_large"]
+    return {"steps": supports[-1], "warmup_steps": supports[0], "decay_at": [s / supports[-1] for s in supports[1:-1]],
+            "precrop": precrop, "crop": crop, "lr": r["base_lr"],
+            "mixup_alpha": 0.0 if train_size < r["mixup_min_size"] else r["mixup_alpha"]}
+
 
 # ---- App. B.1.1 VTAB-1k and B.1.2 masked patch prediction ----------------------------------------
 VTAB = {"lr": 0.01, "steps": 2_500, "global_batch_size": 512, "img_size": 384, "warmup_steps": 500,
@@ -251,14 +292,15 @@ TABLE2: dict[tuple[str, str], dict[str, Any]] = {
 
 
 # ---- Appendix D: the ablations ------------------------------------------------------------------------
-#: Table 7 (App. D.1): ResNets pretrained 7 epochs on JFT-300M with Adam vs SGD, then fine-tuned (%)
+#: Table 7 (App. D.1): ResNets pretrained 7 epochs on JFT-300M with Adam vs SGD, then fine-tuned (%), keyed by the
+#: runs' (paper.row, optim.name): Adam is vitlab's ``adam_decoupled`` (the pretraining optimiser of Table 3)
 TABLE7: dict[tuple[str, str], dict[str, Any]] = {
     (m, opt): {**dict(zip(("imagenet", "cifar10", "cifar100", "pets", "flowers102", "average"), accs, strict=True)),
                "source": f"Table 7, column {label}"}
     for m, opt, label, *accs in [
-        ("bit_r50x1", "adam", "R50 Adam", 77.54, 97.67, 86.07, 91.11, 94.26, 89.33),
+        ("bit_r50x1", "adam_decoupled", "R50 Adam", 77.54, 97.67, 86.07, 91.11, 94.26, 89.33),
         ("bit_r50x1", "sgd", "R50 SGD", 78.24, 97.46, 85.17, 91.00, 92.06, 88.79),
-        ("bit_r152x2", "adam", "R152x2 Adam", 84.97, 99.06, 92.05, 95.37, 98.62, 94.01),
+        ("bit_r152x2", "adam_decoupled", "R152x2 Adam", 84.97, 99.06, 92.05, 95.37, 98.62, 94.01),
         ("bit_r152x2", "sgd", "R152x2 SGD", 84.37, 99.07, 91.06, 94.79, 99.32, 93.72),
     ]
 }
@@ -272,23 +314,61 @@ TABLE8: dict[tuple[str, str], dict[str, Any]] = {
         ("2d", "every_layer_shared", 0.64022), ("relative", "stem", 0.64032),
     ]
 }
+#: Table 8's cells as one sweep value each, ``paper.cell=<pos_embed>-<pos_embed_at>`` (experiment=paper/ablate_pos_embed)
+TABLE8_CELLS = {f"{pe}-{at}": {"pos_embed": pe, "pos_embed_at": at} for pe, at in TABLE8}
 
 
-#: Figure 9 (App. D.3): [class] token vs global average pooling, ViT-B/16: the learning rates of its legend
-#: ("CLS-Token, lr=8e-4", "GAP, lr=8e-4", "GAP, lr=3e-4"): GAP needs the lower one.  A figure, no table: no accuracies.
-FIGURE9 = {"runs": [("token", 8e-4), ("gap", 8e-4), ("gap", 3e-4)], "lrs": [8e-4, 3e-4],
-           "source": "Figure 9 legend (App. D.3)"}
+#: Figure 9 (App. D.3): [class] token vs global average pooling, ViT-B/16, ImageNet 5-shot linear accuracy over
+#: pretraining epochs: the learning rates of its legend ("CLS-Token, lr=8e-4", "GAP, lr=8e-4", "GAP, lr=3e-4") and
+#: what its curves show (a figure, no table: no accuracies). GAP needs the lower lr; then both work equally well.
+FIGURE9 = {"runs": {("token", 8e-4): "the reference curve",
+                    ("gap", 8e-4): "clearly below the token curve (GAP at the token's lr)",
+                    ("gap", 3e-4): "about equal to the token curve"},
+           "lrs": [8e-4, 3e-4],
+           "source": "Figure 9 legend and curves (App. D.3)"}
+
+#: what each Appendix D result measures, and the experiment that sweeps it (``vitlab.protocols.ablation``)
+APPENDIX_D = {
+    "table7": {"title": "App. D.1 / Table 7: ResNet pretraining with Adam vs SGD",
+               "metric": "fine-tuned top-1 %, average of 5 datasets", "keys": ("paper.row", "optim.name"),
+               "models": ("bit_r50x1", "bit_r152x2"), "experiment": "paper/ablate_resnet_optimizer"},
+    "figure9": {"title": "App. D.3 / Figure 9: [class] token vs global average pooling",
+                "metric": "ImageNet 5-shot linear accuracy (a curve; no number printed)",
+                "keys": ("model.classifier", "optim.lr"), "models": ("vit_b16",), "experiment": "paper/ablate_classifier"},
+    "table8": {"title": "App. D.4 / Table 8: position embeddings", "metric": "ImageNet 5-shot linear accuracy",
+               "keys": ("model.pos_embed", "model.pos_embed_at"), "models": ("vit_b16",),
+               "experiment": "paper/ablate_pos_embed"},
+}
 
 
-def table_d_markdown(table: str, runs: dict[tuple[str, str], float] | None = None) -> str:
-    """Table 7 or Table 8 as markdown, with vitlab's own numbers (``runs``, same keys) in a column beside."""
-    rows = TABLE7 if table == "table7" else TABLE8
-    field = "average" if table == "table7" else "fewshot_5"
-    out = [f"| {table} row | paper ({field}) | vitlab | source |", "|---|---|---|---|"]
-    for key, r in rows.items():
-        mine = (runs or {}).get(key)
-        out.append(f"| {' / '.join(key)} | {r[field]:g} | {'–' if mine is None else f'{mine:.4g}'} | {r['source']} |")
-    return "\n".join(out) + "\n"
+def _appendix_d_rows(table: str) -> dict[tuple[Any, ...], tuple[str, str]]:
+    """(key) -> (the paper's number or finding, its source) for one Appendix D result."""
+    if table == "table7":
+        return {k: (f"{r['average']:.2f}", r["source"]) for k, r in TABLE7.items()}
+    if table == "table8":
+        return {k: (f"{r['fewshot_5']:.5f}", r["source"]) for k, r in TABLE8.items()}
+    if table == "figure9":
+        return {k: (what, FIGURE9["source"]) for k, what in FIGURE9["runs"].items()}
+    raise PaperKeyError(f"no Appendix D result {table!r}; they are {list(APPENDIX_D)}")
+
+
+def table_d_markdown(table: str, runs: dict[tuple[Any, ...], float] | None = None,
+                     measured: str = "vitlab") -> str:
+    """Table 7, Table 8 or Figure 9's runs as markdown, one row per run of the paper, with vitlab's own number
+    (``runs``, keyed as the table's rows, see :data:`APPENDIX_D` ``keys``) beside it under the header ``measured``.
+    A run vitlab measured that the paper did not make is added as a row marked "not in the paper"."""
+    about = APPENDIX_D.get(table) or {}
+    rows = _appendix_d_rows(table)
+    runs = dict(runs or {})
+    keys = list(rows) + [k for k in runs if k not in rows]
+    out = [f"| {' / '.join(f'`{k}`' for k in about['keys'])} | paper: {about['metric']} | {measured} | source |",
+           "|---|---|---|---|"]
+    for key in keys:
+        paper_cell, source = rows.get(key, ("–", "not in the paper (vitlab's extra run)"))
+        mine = runs.get(key)
+        out.append(f"| {' / '.join(_fmt(k) for k in key)} | {paper_cell} | {'–' if mine is None else f'{mine:.4f}'} "
+                   f"| {source} |")
+    return "\n".join([about["title"], "", *out]) + "\n"
 
 
 # ---- lookups ------------------------------------------------------------------------------------
@@ -328,6 +408,8 @@ def paper_results(model: str, pretrain_data: str, epochs: int | None = None) -> 
 TABLES: dict[str, Any] = {
     "pretrain": PRETRAIN, "table3": TABLE3, "finetune": FINETUNE, "table4": TABLE4, "vtab": VTAB, "mpp": MPP,
     "table6": TABLE6, "table5": TABLE5, "table2": TABLE2, "i21k_head": I21K_HEAD, "figure9": FIGURE9,
+    "table8": TABLE8_CELLS,
+    "bit_hyperrule": BIT_HYPERRULE,
 }
 
 
@@ -351,7 +433,14 @@ def lookup(table: str, *keys: Any) -> Any:
         if len(keys) != 1 or keys[0] not in TABLE6_RUNS:   # the models it trained a second, longer time
             raise PaperKeyError(f"table6 lookups take one of {sorted(TABLE6_RUNS)}, got {keys}")
         return list(TABLE6_RUNS[keys[0]])
-    elif table in ("pretrain", "finetune", "vtab", "mpp", "i21k_head", "figure9"):
+    elif table == "table8":  # Table 8's cells: ("cells",) -> the sweep list; (cell, pos_embed | pos_embed_at)
+        if keys == ("cells",):
+            return list(TABLE8_CELLS)
+        if len(keys) != 2 or keys[0] not in TABLE8_CELLS:
+            raise PaperKeyError(f"table8 lookups take (cell, field) with a cell of {list(TABLE8_CELLS)}, or (cells,); "
+                                f"got {keys}")
+        row, field = TABLE8_CELLS[keys[0]], keys[1]
+    elif table in ("pretrain", "finetune", "vtab", "mpp", "i21k_head", "figure9", "bit_hyperrule"):
         if len(keys) != 1:
             raise PaperKeyError(f"{table} lookups take (field,), got {keys}")
         row, field = TABLES[table], keys[0]
@@ -431,6 +520,19 @@ def markdown_tables() -> str:
             "img_size": "data.img_size", "eval_resize": "data.eval_resize", "crop_scale": "data.train_crop_scale",
             "drop_remainder": "data.drop_last"}
     out += [f"| {k} | {_fmt(FINETUNE[k])} | `{v}` | {FINETUNE['source']} |" for k, v in keys.items()]
+    out += ["", "### BiT-HyperRule for ResNets: `python -m vitlab.finetune` (App. B.1.1)", "",
+            "| training images | steps (`trainer.max_steps`) | warmup (`optim.warmup`) | lr / 10 after steps "
+            "(`optim.decay_at`) | MixUp (`module.mixup_alpha`) | source |", "|---|---|---|---|---|---|"]
+    for limit, supports in BIT_HYPERRULE["schedules"]:
+        rule = bit_hyperrule(limit - 1 if limit else 10**9, (224, 224))
+        out.append(f"| {f'< {limit}' if limit else 'more'} | {rule['steps']} | {rule['warmup_steps']} | "
+                   f"{', '.join(map(str, supports[1:-1]))} | {_fmt(rule['mixup_alpha'])} | {BIT_HYPERRULE['source']} |")
+    out += ["", "| shared by every size | paper | vitlab key | source |", "|---|---|---|---|"]
+    keys = {"optimizer": "optim.name", "momentum": "optim.momentum", "weight_decay": "optim.weight_decay",
+            "grad_clip": "optim.grad_clip", "base_lr": "optim.lr", "global_batch_size": "data.global_batch_size",
+            "decay_factor": "optim.decay_factor", "resolution_small": "[precrop, crop] below 96x96: data.crop_pct, "
+            "data.img_size", "resolution_large": "[precrop, crop] otherwise: data.crop_pct, data.img_size"}
+    out += [f"| {k} | {_fmt(BIT_HYPERRULE[k])} | `{v}` | {BIT_HYPERRULE['source']} |" for k, v in keys.items()]
     for title, table, keys in (
         ("### VTAB-1k: `experiment=paper/vtab`, `python -m vitlab.vtab` (App. B.1.1)", VTAB,
          {"lr": "optim.lr / vtab.lr", "steps": "trainer.max_steps / vtab.steps",
@@ -484,12 +586,13 @@ def table2_markdown() -> str:
 
 PRINTABLE = {"table2": table2_markdown, "table5": table5_markdown, "table6": table6_markdown,
              "table7": lambda: table_d_markdown("table7"), "table8": lambda: table_d_markdown("table8"),
+             "figure9": lambda: table_d_markdown("figure9"),
              "recipes": markdown_tables}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vitlab.paper [recipes|table2|table5|table6]``: a stored table as markdown (default: recipes,
-    the "paper vs vitlab" tables of docs/protocols.md)."""
+    """``python -m vitlab.paper [recipes|table2|table5|table6|table7|table8|figure9]``: a stored table as markdown
+    (default: recipes, the "paper vs vitlab" tables of docs/protocols.md)."""
     args = sys.argv[1:] if argv is None else argv
     name = args[0] if args else "recipes"
     if len(args) > 1 or name not in PRINTABLE:

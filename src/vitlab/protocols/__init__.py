@@ -14,8 +14,8 @@ A frozen-network protocol is one module ``vitlab.protocols.<name>`` with a class
 and ``logged(results)`` what a training run logs.
 
 Protocols today: ``fewshot`` (few-shot linear probes, paper §4.1) and ``knn`` (k-NN on frozen features). The other
-modules here are multirun summaries, not frozen-network protocols: ``vtab`` (the VTAB-1k suite) and ``transfer``
-(pretrain -> fine-tune).
+modules here are multirun summaries, not frozen-network protocols: ``vtab`` (the VTAB-1k suite), ``transfer``
+(pretrain -> fine-tune) and ``ablation`` (an Appendix D table beside the sweep's numbers).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vitlab.data.base import TransformedDataset, dataset_targets
+from vitlab.data.transforms import build_transform
 from vitlab.errors import ConfigError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -98,10 +99,13 @@ def extract_features(net: nn.Module, ds: Dataset, batch_size: int = 256, device:
     return torch.cat(xs), torch.cat(ys).long()
 
 
-def eval_view(dm: Any, split: str) -> Dataset:
-    """A split with the *eval* pipeline (no augmentation), also for the training images."""
+def eval_view(dm: Any, split: str, pipeline: str | None = None) -> Dataset:
+    """A split with the *eval* pipeline (no augmentation), also for the training images: the DataModule's own, or
+    the named one of :mod:`vitlab.data.transforms` at the DataModule's eval resolution (few-shot: ``fewshot``)."""
     dm.setup()
     ds = getattr(dm, f"{split}_set")
+    if pipeline is not None:
+        return TransformedDataset(ds.base, build_transform(pipeline, dm.eval_img_size, dm.normalization))
     if split == "train":
         return TransformedDataset(ds.base, dm.eval_transform())
     return ds

@@ -8,7 +8,10 @@ of x x^T (N x N) otherwise. As in big_vision (``evaluators/fewshot_lsr.py``, ``c
 - the L2 penalty is fixed, ``l2 = 2^10``;
 - the shot sets are nested: per seed, one random permutation of each class's training images, and the
   k-shot set is its first k images (the 5-shot set lies inside the 10-shot set);
-- the reported number is the mean test accuracy over ``seeds`` = 3 such draws (seeds 0, 1, 2).
+- the reported number is the mean test accuracy over ``seeds`` = 3 such draws (seeds 0, 1, 2);
+- every image (k-shot, val and test) goes through big_vision's few-shot preprocessing,
+  ``resize(256) | central_crop(224)``, whatever the DataModule's own eval pipeline: :data:`PIPELINE`, the
+  ``fewshot`` pipeline of :mod:`vitlab.data.transforms` (the rule, and how it scales to other resolutions).
 
 vitlab's option beyond the paper, ``l2_select=val_grid``: pick the penalty on the dataset's *validation*
 split from :data:`L2_GRID` (2^-10 ... 2^19; vitlab's grid, not big_vision's), so the test split still
@@ -42,6 +45,9 @@ L2_FIXED = 2.0**10
 L2_GRID: tuple[float, ...] = tuple(2.0**i for i in range(-10, 20))
 #: ``l2_select``: fixed (the paper / big_vision) | val_grid (vitlab's option)
 L2_SELECT = ("fixed", "val_grid")
+#: the images' preprocessing: big_vision ``configs/common_fewshot.py`` (``pp_train`` = ``pp_eval`` =
+#: ``decode|resize(256)|central_crop(224)|value_range(-1,1)``), :func:`vitlab.data.transforms.build_transform`
+PIPELINE = "fewshot"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,13 +185,13 @@ class Evaluator:
 
     def _prepare(self) -> dict[str, Any]:
         if self._splits is None:
-            train = eval_view(self.dm, "train")
+            train = eval_view(self.dm, "train", PIPELINE)
             k = int(self.dm.num_classes)
             draws = {(s, seed): kshot_indices(labels(train), s, seed, k) for s in self.shots for seed in range(self.seeds)}
             needed = np.unique(np.concatenate(list(draws.values())))
             pos = {int(i): j for j, i in enumerate(needed)}
-            val = cap(eval_view(self.dm, "val"), self.max_eval) if self.l2_select == "val_grid" else None
-            test = cap(eval_view(self.dm, "test"), self.max_eval)
+            val = cap(eval_view(self.dm, "val", PIPELINE), self.max_eval) if self.l2_select == "val_grid" else None
+            test = cap(eval_view(self.dm, "test", PIPELINE), self.max_eval)
             self._splits = {"train": Subset(train, needed.tolist()), "draws": {key: np.array([pos[int(i)] for i in v])
                                                                                 for key, v in draws.items()},
                             "val": val, "test": test, "num_classes": k}
