@@ -56,7 +56,7 @@ def _check_protocol(res, out, printed: str, names: dict[str, str]) -> None:
 
 def test_one_command_selects_the_lr_on_dev_then_trains_on_the_whole_split(compose, tmp_path, capsys):
     res = run_task(compose("model=vit_micro", "finetune.lr_grid=[0.01,0.3]", *TINY))
-    _check_protocol(res, tmp_path / "run", capsys.readouterr().out, {"vit lr=0.01": "vit_lr0.01", "vit lr=0.3": "vit_lr0.3"})
+    _check_protocol(res, tmp_path / "run", capsys.readouterr().out, {"table4 lr=0.01": "table4_lr0.01", "table4 lr=0.3": "table4_lr0.3"})
 
 
 @pytest.mark.slow
@@ -64,12 +64,12 @@ def test_a_resnet_takes_the_better_of_table4s_sweep_and_bit_hyperrule(compose, t
     res = run_task(compose("model=bit_micro", "finetune.lr_grid=[0.01]", "finetune.bit_hyperrule.steps=2",
                            "finetune.bit_hyperrule.resolution=[20,16]", *TINY))  # finetune.recipe=paper: both
     _check_protocol(res, tmp_path / "run", capsys.readouterr().out,
-                    {"vit lr=0.01": "vit_lr0.01", "bit_hyperrule": "bit_hyperrule"})
+                    {"table4 lr=0.01": "table4_lr0.01", "bit_hyperrule": "bit_hyperrule"})
 
 
 def test_ties_go_to_the_first_candidate_and_a_diverged_run_loses():
-    assert pick_best({"vit lr=0.001": 0.5, "vit lr=0.003": 0.5, "bit_hyperrule": 0.5}) == "vit lr=0.001"
-    assert pick_best({"vit lr=0.01": math.nan, "vit lr=0.03": None, "bit_hyperrule": 0.1}) == "bit_hyperrule"
+    assert pick_best({"table4 lr=0.001": 0.5, "table4 lr=0.003": 0.5, "bit_hyperrule": 0.5}) == "table4 lr=0.001"
+    assert pick_best({"table4 lr=0.01": math.nan, "table4 lr=0.03": None, "bit_hyperrule": 0.1}) == "bit_hyperrule"
 
 
 def test_a_choice_without_a_dev_split_is_refused(compose):
@@ -82,8 +82,8 @@ def test_the_paper_recipes_run_as_one_job_over_table4s_grid(compose, data):
     cfg = compose(f"experiment=paper/finetune_{data}")
     assert cfg.hydra.mode.name == "RUN" and lr_grid(cfg) == paper.TABLE4[data]["lr_grid"]
     assert [c["optim.lr"] for c in candidates(cfg).values()] == paper.TABLE4[data]["lr_grid"]
-    assert recipes(cfg) == ("vit",)  # a ViT: Table 4's sweep only
-    assert recipes(compose(f"experiment=paper/finetune_{data}", "model=bit_r50x1")) == ("vit", "bit_hyperrule")
+    assert recipes(cfg) == ("table4",)  # a ViT: Table 4's sweep only
+    assert recipes(compose(f"experiment=paper/finetune_{data}", "model=bit_r50x1")) == ("table4", "bit_hyperrule")
 
 
 def test_bit_hyperrule_candidate_is_the_rule_for_the_datas_size(compose):

@@ -16,9 +16,10 @@ from conftest import REPO
 
 SRC = REPO / "src" / "vitlab"
 #: the task modules: Hydra apps with a command line; nothing else may import them
-TASKS = ("train", "evaluate", "fewshot", "probe", "vtab", "analyze", "predict", "bench", "pack", "report.task")
-#: the one task another task runs: VTAB fine-tunes with vitlab.train's job, once per learning rate
-RUNS_ANOTHER = {"vitlab.vtab": {"vitlab.train"}}
+TASKS = ("train", "evaluate", "finetune", "fewshot", "probe", "vtab", "analyze", "predict", "bench", "pack", "report.task")
+#: the tasks that run another: the fine-tuning protocol is vitlab.train's job once per candidate and once more, and
+#: VTAB is that protocol once per task
+RUNS_ANOTHER = {"vitlab.finetune": {"vitlab.train"}, "vitlab.vtab": {"vitlab.finetune"}}
 
 
 def _module_name(path: Path) -> str:

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from vitlab import metrics as M
 from vitlab import paper
 from vitlab.errors import ConfigError
+from vitlab.models import registry
 from vitlab.runs.assemble import build_datamodule, fine_tune_cfg, report
 from vitlab.tasks import hydra_app, task_wrapper
 from vitlab.train import train  # the protocol is vitlab.train's job once per candidate, then once more
@@ -35,8 +36,8 @@ from vitlab.train import train  # the protocol is vitlab.train's job once per ca
 log = logging.getLogger("vitlab.finetune")
 
 #: ``finetune.recipe``: the candidates scored on the dev split. ``paper``: what App. B.1.1 ran, Table 4's sweep for
-#: every model and BiT-HyperRule too for the ResNets (``model.family=bit``)
-RECIPES = ("paper", "vit", "bit_hyperrule", "both")
+#: every model and BiT-HyperRule too for the ResNets (any family the registry says is not a transformer)
+RECIPES = ("paper", "table4", "bit_hyperrule", "both")
 
 
 # ---- select on the dev split, retrain on all: the one home of the rule (vitlab.vtab uses it too) --------------
@@ -89,8 +90,9 @@ def recipes(cfg: DictConfig) -> tuple[str, ...]:
     if recipe not in RECIPES:
         raise ConfigError(f"finetune.recipe={recipe!r} is not one of {RECIPES}")
     if recipe == "paper":
-        return ("vit", "bit_hyperrule") if cfg.model.get("family") == "bit" else ("vit",)
-    return ("vit", "bit_hyperrule") if recipe == "both" else (recipe,)
+        convnet = not registry.get(cfg.model.get("family")).transformer  # the ResNets (and any CNN family)
+        return ("table4", "bit_hyperrule") if convnet else ("table4",)
+    return ("table4", "bit_hyperrule") if recipe == "both" else (recipe,)
 
 
 def bit_hyperrule_values(cfg: DictConfig) -> dict[str, Any]:
@@ -118,11 +120,11 @@ def bit_hyperrule_values(cfg: DictConfig) -> dict[str, Any]:
 
 
 def candidates(cfg: DictConfig) -> dict[str, dict[str, Any]]:
-    """Name -> config values: ``vit lr=<lr>`` for each lr of :func:`lr_grid`, and ``bit_hyperrule``."""
+    """Name -> config values: ``table4 lr=<lr>`` for each lr of :func:`lr_grid`, and ``bit_hyperrule``."""
     out: dict[str, dict[str, Any]] = {}
     for recipe in recipes(cfg):
-        if recipe == "vit":
-            out.update({f"vit lr={lr}": {"optim.lr": lr} for lr in lr_grid(cfg)})
+        if recipe == "table4":
+            out.update({f"table4 lr={lr}": {"optim.lr": lr} for lr in lr_grid(cfg)})
         else:
             out["bit_hyperrule"] = bit_hyperrule_values(cfg)
     return out

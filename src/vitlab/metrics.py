@@ -60,7 +60,7 @@ VTAB_LR = "vtab/lr"
 VTAB_VAL_BY_LR = "vtab/val_by_lr"
 VTAB_STEPS = "vtab/steps"
 # the fine-tuning protocol (vitlab.finetune): candidates scored on the dev split, the best trained on all of train
-FINETUNE_RECIPE = "finetune/recipe"  # the chosen candidate's recipe: vit (Table 4's lr sweep) or bit_hyperrule
+FINETUNE_RECIPE = "finetune/recipe"  # the chosen candidate's recipe: table4 (Table 4's lr sweep) or bit_hyperrule
 FINETUNE_LR = "finetune/lr"  # the chosen candidate's lr
 FINETUNE_DEV = "finetune/dev"  # candidate -> {recipe, lr, dev accuracy (optimized_metric)}, in the order run
 FINETUNE_DEV_TRAIN_SIZE = "finetune/dev_train_size"  # training images of a dev run (train minus the dev split)

@@ -29,6 +29,7 @@ belong to another dataset); ``data.<key>=...`` / ``+data.<key>=...`` edits one k
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import re
@@ -36,11 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vitlab import CONF_DIR
 from vitlab.config import compose_group
 from vitlab.errors import ConfigError
+from vitlab.models import build_model, registry
+from vitlab.models.checkpoints import MAX_EXPANDED_BYTES, load_torch_file
 
 log = logging.getLogger("vitlab.runs")
 
@@ -63,7 +70,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a vitlab checkpoint as data, with an error that names the file: a regular file only, its zip records
     checked before anything expands (``vitlab.models.checkpoints.load_torch_file``), ``weights_only=True`` and
     memory-mapped, so tensors are read only when a network takes them, after :func:`check_shapes`."""
-    from vitlab.models.checkpoints import MAX_EXPANDED_BYTES, load_torch_file
 
     p = Path(str(path)).expanduser()
     if not p.is_file():  # also a FIFO or a device: never opened
@@ -162,7 +168,6 @@ def _data_group(stored: dict[str, Any], path: Any) -> str:
 
 def _cli_data_keys(cfg: DictConfig | None) -> list[str] | None:
     """``data.<key>`` paths set on the command line (None when not run through Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
 
     if cfg is None or not HydraConfig.initialized():
         return None
@@ -217,7 +222,6 @@ def rebuild_data_cfg(stored: dict[str, Any] | None, cfg: DictConfig | None, path
 # ---- the run -----------------------------------------------------------------------------------------------
 def objective_class(name: str):
     """The LightningModule class of an objective, from the fixed table :data:`OBJECTIVES`."""
-    import importlib
 
     mod, cls = OBJECTIVES[name]
     return getattr(importlib.import_module(mod), cls)
@@ -258,7 +262,6 @@ class Run:
             raise ConfigError(f"ckpt_path={self.path} is not a vitlab training checkpoint (no hyper_parameters); "
                               "pass a .ckpt written by vitlab.train")
         sd = self.weights()
-        import torch
 
         with torch.device("meta"):  # the shapes the hyper-parameters describe, without allocating them
             expected = self._build(lambda: self.module_cls(**self.hparams), "hyper_parameters")
@@ -271,9 +274,7 @@ class Run:
         """The network alone, in eval mode: the stored model config with the checkpoint's ``net.`` weights (EMA
         weights when the run averaged them), checked like :meth:`build_module`. A checkpoint without a head (masked
         patch prediction) gives a headless backbone. The one way every task turns a checkpoint into a network."""
-        import torch
 
-        from vitlab.models import build_model
 
         sd = {k[len("net."):]: v for k, v in self.weights().items() if k.startswith("net.")}
         cfg = {k: v for k, v in self.model.items() if k != "pretrained"}  # weights come from this file only
@@ -376,7 +377,6 @@ def read_run(ckpt_path: str | Path, cfg: DictConfig | None = None, *, with_data:
 def check_eval_size(run: Run) -> None:
     """A Transformer takes only the resolution it was trained at (its position embeddings are resized only when
     fine-tuning): refuse evaluation data of another size before anything is built."""
-    from vitlab.models import registry
 
     size, data = run.model.get("img_size"), run.data or {}
     want = data.get("eval_img_size") or data.get("img_size")
@@ -396,8 +396,6 @@ def load_run(cfg: DictConfig, families: tuple[str, ...] | None = None):
 
     The DataModule's class is the one of ``conf/data/<name>.yaml`` (:func:`rebuild_data_cfg`).
     """
-    import lightning as L
-    from hydra.utils import instantiate
 
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} is not one of ['test', 'val']")
