@@ -13,10 +13,11 @@ MAX_LINES = 60
 
 @pytest.mark.slow_process
 def test_one_step_run_prints_at_most_60_lines_each_once(tmp_path):
-    """`python -m vitlab.train trainer.max_steps=1` exactly as a user types it (W&B offline, no WANDB_SILENT):
-    a subprocess, because what is checked is the console of a real process (Hydra's and Lightning's handlers)."""
+    """`python -m vitlab.train trainer.max_steps=1` exactly as a user types it (no W&B key, no WANDB_MODE, no
+    WANDB_SILENT: W&B logs offline): a subprocess, because what is checked is the console of a real process
+    (Hydra's and Lightning's handlers) and W&B's settings as a fresh process reads them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "HYDRA_FULL_ERROR"}
-    env.update(WANDB_MODE="offline", VITLAB_LOG_DIR=str(tmp_path / "logs"))
+    env.update(VITLAB_LOG_DIR=str(tmp_path / "logs"))
     proc = subprocess.run([sys.executable, "-m", "vitlab.train", "trainer.max_steps=1"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
@@ -31,3 +32,5 @@ def test_one_step_run_prints_at_most_60_lines_each_once(tmp_path):
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     tree = (run / "config_tree.log").read_text()
     assert "CONFIG" in tree and "vit_micro" in tree  # the tree is saved, not printed
+    assert "failed to start" not in out, out[-3000:]  # W&B without a key: offline, never "No API key configured"
+    assert list((run / "wandb").glob("offline-run-*")), "the default logger writes an offline W&B run"

@@ -38,6 +38,9 @@ def quiet_offline(cfg: DictConfig | None) -> None:
     if not wandb_offline() or "wandb" not in ((cfg or {}).get("logger") or {}):
         return
     os.environ.setdefault("WANDB_SILENT", "true")
+    # wandb.setup() below reads W&B's settings once, before the logger sets its own mode: without a key and
+    # without WANDB_MODE, it would settle on online mode and every run would fail with "No API key configured"
+    os.environ.setdefault("WANDB_MODE", "offline")
     # wandb.init reads its settings from the environment only after it has warned about the `anonymous`
     # argument Lightning's WandbLogger always passes; set W&B up first so that warning is silent too. A W&B
     # that fails here is reported by the logger builder (training goes on without it).
