@@ -147,10 +147,11 @@ def check_dev_split(cfg: DictConfig, n_candidates: int) -> None:
     frac = cfg.data.get("val_fraction")
     if n_candidates > 1 and not frac:
         name = cfg.data.get("name")
+        table4 = ", ".join(f"{row['dev_split']:g} {data}" for data, row in paper.TABLE4.items())
         raise ConfigError(
             f"vitlab.finetune chooses among {n_candidates} candidates on a dev split held out of train, but data={name} "
             f"has data.val_fraction={frac!r} (0 or none validates on test, and the choice would be made on test): "
-            f"set data.val_fraction (Table 4: 0.02 CIFAR, 0.1 Pets and Flowers, 0.01 ImageNet), or give one lr "
+            f"set data.val_fraction (Table 4: {table4}), or give one lr "
             f"(finetune.lr_grid=[0.01]) to train on the whole split only"
         )
 

@@ -95,6 +95,15 @@ def positive_int(value: Any, key: str) -> int:
     return value
 
 
+def decode_limits(decoder: str, max_image_pixels: Any, max_file_bytes: Any) -> tuple[str, int, int]:
+    """``data.decoder``, ``data.max_image_pixels`` and ``data.max_file_bytes`` checked (a :class:`DataConfigError`
+    naming the key otherwise): what a file dataset and its data module both hold."""
+    if decoder not in DECODERS:
+        raise DataConfigError(f"data.decoder={decoder!r} is not one of {DECODERS}")
+    return (decoder, positive_int(max_image_pixels, "data.max_image_pixels"),
+            positive_int(max_file_bytes, "data.max_file_bytes"))
+
+
 def _refusal_hint(key: str) -> str:
     return (
         f"Replace or delete the file, raise {key} if it is genuine, "
@@ -305,11 +314,8 @@ class ImageListDataset(Dataset):
         self.targets = [int(t) for t in targets]
         self.skip_corrupt = skip_corrupt
         self.extras = extras
-        if decoder not in DECODERS:
-            raise DataConfigError(f"data.decoder={decoder!r} is not one of {DECODERS}")
-        self.decoder = decoder
-        self.max_image_pixels = positive_int(max_image_pixels, "data.max_image_pixels")
-        self.max_file_bytes = positive_int(max_file_bytes, "data.max_file_bytes")
+        self.decoder, self.max_image_pixels, self.max_file_bytes = decode_limits(decoder, max_image_pixels,
+                                                                                 max_file_bytes)
         self.skipped: set[str] = set()
 
     def __len__(self) -> int:
@@ -446,11 +452,8 @@ class FileDataModule(VisionDataModule):
     ) -> None:
         kwargs.setdefault("num_workers", "auto")
         super().__init__(**kwargs)
-        if decoder not in DECODERS:
-            raise DataConfigError(f"data.decoder={decoder!r} is not one of {DECODERS}")
-        self.decoder = decoder
-        self.max_image_pixels = positive_int(max_image_pixels, "data.max_image_pixels")
-        self.max_file_bytes = positive_int(max_file_bytes, "data.max_file_bytes")
+        self.decoder, self.max_image_pixels, self.max_file_bytes = decode_limits(decoder, max_image_pixels,
+                                                                                 max_file_bytes)
         self.skip_corrupt = bool(skip_corrupt)
         self.check_files = bool(check_files)
         self.classes: list[str] | None = None
