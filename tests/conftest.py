@@ -6,13 +6,13 @@ import logging
 import os
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from reliability_utils import call_main
 from vitlab.config import compose_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,15 +136,8 @@ def main_cli(monkeypatch, capfd):
         monkeypatch.setattr(sys, "argv", [f"{main.__module__}.py", *args])
         root = logging.getLogger()
         handlers, level = root.handlers[:], root.level
-        code, tail = 0, ""
         try:
-            main()
-        except SystemExit as e:  # what the interpreter prints for it: the message (exit code 1) or nothing
-            code = e.code if isinstance(e.code, int) or e.code is None else 1
-            tail = "" if isinstance(e.code, int) or e.code is None else f"{e.code}\n"
-            code = code or 0
-        except Exception as e:  # noqa: BLE001 - uncaught: Python prints the traceback, exit code 1
-            code, tail = 1, "".join(traceback.format_exception(e))
+            code, tail = call_main(main)
         finally:
             GlobalHydra.instance().clear()
             for h in root.handlers[:]:  # Hydra's job logging: back to pytest's, so no handler outlives its stream

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from vitlab.train import main as train_main
 
 #: a training run of a few seconds: 6 batches of 32 per epoch at 16 px, one val batch, step checkpoints every 2 steps
 TINY = [
@@ -57,6 +65,128 @@ def run(cmd: list[str], cwd: Path, timeout: int = 600, **kw) -> subprocess.Compl
 def start(cmd: list[str], cwd: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, env=kw.pop("env", None) or env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def call_main(main) -> tuple[int, str]:
+    """Call a task's ``main`` as the interpreter runs ``python -m``: returns the exit code and what the
+    interpreter prints for what escaped (``SystemExit``'s message, or a traceback, with exit code 1)."""
+    try:
+        main()
+    except SystemExit as e:
+        if isinstance(e.code, int) or e.code is None:
+            return e.code or 0, ""
+        return 1, f"{e.code}\n"
+    except Exception as e:  # noqa: BLE001 - uncaught: Python prints the traceback, exit code 1
+        return 1, "".join(traceback.format_exception(e))
+    return 0, ""
+
+
+class Forked:
+    """``python -m <task> args`` as a real process (its own pid, signals, locks, rlimits), forked from this test
+    process, which has imported torch, Lightning and vitlab already: the child starts at the task's ``main``
+    instead of paying the 12-15 s of imports a fresh interpreter does. The interface is the part of
+    ``subprocess.Popen`` the tests use (``start(..., stdout=PIPE, stderr=STDOUT)``): ``pid``, ``poll``, ``wait``,
+    ``send_signal``, ``kill``, ``returncode``, ``communicate`` and ``stdout.read()`` (the console so far).
+    The command line's own start (``python -m``, its argv parsing) is covered by the tests that run real
+    interpreters: ``test_cli_errors``, ``test_docs_console``, ``test_ddp``."""
+
+    def __init__(self, main, args: list[str], cwd: Path, env: dict[str, str], preexec=None,
+                 merge: bool = True) -> None:
+        fds = [tempfile.mkstemp(prefix=f"forked-{name}-", suffix=".log", dir=cwd) for name in ("out", "err")[:2 - merge]]
+        self.args, self.returncode = [main.__module__, *args], None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child: never returns into pytest
+            code = 1
+            try:
+                os.dup2(fds[0][0], 1)
+                os.dup2(fds[-1][0], 2)
+                code = _child(main, args, cwd, env, preexec)
+            except BaseException:  # noqa: BLE001
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        for fd, _ in fds:
+            os.close(fd)
+        self.pid = pid
+        # read as the child writes, like a pipe: stdout (with stderr merged in, as ``start`` does), stderr
+        self.stdout, self.stderr = [open(path) for _, path in fds] + [None] * merge  # noqa: SIM115
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        t0 = time.monotonic()
+        while self.poll() is None:
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                raise subprocess.TimeoutExpired(f"forked {self.pid}", timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str | None]:
+        self.wait(timeout)
+        return self.stdout.read(), self.stderr and self.stderr.read()
+
+    def result(self, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Wait, and return what ``subprocess.run(..., capture_output=True, text=True)`` would."""
+        out, err = self.communicate(timeout)
+        return subprocess.CompletedProcess(self.args, self.returncode, out, err)
+
+
+def _child(main, args: list[str], cwd: Path, env: dict[str, str], preexec) -> int:
+    """The forked child, before the task's ``main``: what a fresh interpreter would have (its own console on the
+    inherited descriptors 1 and 2, default signal handlers and warnings, no pytest logging, the given
+    environment, directory and argv), then ``main``."""
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    root = logging.getLogger()
+    for h in root.handlers[:]:  # pytest's capture handlers
+        root.removeHandler(h)
+    for lg in logging.root.manager.loggerDict.values():  # handlers made on pytest's captured streams
+        for h in getattr(lg, "handlers", []):
+            if type(h) is logging.StreamHandler:
+                h.setStream(sys.stderr)
+    warnings.showwarning = warnings._showwarning_orig  # pytest records warnings; a real process prints them
+    warnings._showwarnmsg_impl = _print_warning
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    sys.argv = [f"{main.__module__}.py", *args]
+    GlobalHydra.instance().clear()
+    if preexec is not None:
+        preexec()
+    if "OMP_NUM_THREADS" in env:  # what a fresh interpreter's torch reads at its start
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    code, tail = call_main(main)
+    sys.stderr.write(tail)
+    return code
+
+
+def _print_warning(msg) -> None:
+    sys.stderr.write(warnings._formatwarnmsg(msg))
+
+
+def fork_train(run_dir: Path, *args: str, cwd: Path, environ: dict[str, str] | None = None, **kw) -> Forked:
+    """A :data:`TINY` ``vitlab.train`` job in ``run_dir`` as a real (forked) process: :class:`Forked`."""
+    return Forked(train_main, train_args(run_dir, *args), cwd, environ or env(), **kw)
 
 
 def wait_for(pred, proc: subprocess.Popen, timeout: float = 300, what: str = "condition") -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reliability_utils import TINY, env, run, train_cmd
+from reliability_utils import TINY, env, fork_train, run, train_cmd
 from vitlab.errors import ConfigError, NonFiniteLossError
 from vitlab.train import train
 
@@ -150,7 +150,8 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(compose_train, tmp_p
     last = run_dir / "checkpoints" / "last.ckpt"
     before, size = _sha(last), last.stat().st_size
     # The same job, resumed for one more epoch, on a "disk" where no file may exceed half a checkpoint.
-    out = run(train_cmd(run_dir, "trainer.max_epochs=2"), tmp_path, preexec_fn=_limit_file_size(size // 2))
+    out = fork_train(run_dir, "trainer.max_epochs=2", cwd=tmp_path, preexec=_limit_file_size(size // 2),
+                     merge=False).result()
     assert out.returncode != 0
     assert "could not write checkpoint" in out.stderr and str(run_dir / "checkpoints") in out.stderr
     assert _sha(last) == before  # the previous checkpoint is intact...

@@ -11,6 +11,7 @@ from reliability_utils import (
     STEPS_PER_EPOCH,
     assert_same_weights,
     ckpt_step,
+    fork_train,
     gate,
     kill_at_checkpoint,
     metrics,
@@ -37,7 +38,7 @@ def test_sigkill_mid_epoch_then_auto_resume_is_bitwise_equal(tmp_path, main_cli)
     held.mkdir()
     opened.mkdir()
     (opened / "open").write_text("")
-    p_kill = start(train_cmd(killed, *gate(held)), tmp_path)
+    p_kill = fork_train(killed, *gate(held), cwd=tmp_path)
     with one_thread():
         code, out, err = main_cli(main, *train_args(ref, *gate(opened)))
     assert code == 0, (out + err)[-3000:]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability_utils import TINY, metrics, start, train_args, train_cmd, wait_for
+from reliability_utils import TINY, Forked, fork_train, metrics, train_args, wait_for
 from reliability_utils import env as _env  # tests/ on PYTHONPATH: reliability_utils.Gate
 from reliability_utils import gate as _gate
 from vitlab.errors import RunDirBusyError
@@ -91,12 +91,13 @@ def test_a_forked_worker_does_not_keep_a_killed_owners_lock(tmp_path):
 
 
 # ---- two real training processes ----------------------------------------------------------------------------
-# The owner is a real process (its own pid); the second run is vitlab.train's main in this process (main_cli).
+# The owner is a real process (its own pid; forked: reliability_utils.Forked); the second run is vitlab.train's
+# main in this process (main_cli).
 @pytest.mark.slow_process
 def test_second_run_in_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path, main_cli):
     run_dir, gate = tmp_path / "job", tmp_path / "gate"
     gate.mkdir()
-    first = start(train_cmd(run_dir, *_gate(gate)), tmp_path, env=_env())
+    first = fork_train(run_dir, *_gate(gate), cwd=tmp_path)
     try:
         wait_for(lambda: (gate / "reached").exists(), first, what="the first run at step 3")
         before = _snapshot(run_dir)
@@ -121,7 +122,7 @@ def test_second_run_in_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path
 def test_sigkill_frees_the_dir_and_resume_auto_takes_it_over(tmp_path, main_cli):
     run_dir, gate = tmp_path / "job", tmp_path / "gate"
     gate.mkdir()
-    first = start(train_cmd(run_dir, *_gate(gate)), tmp_path, env=_env())
+    first = fork_train(run_dir, *_gate(gate), cwd=tmp_path)
     wait_for(lambda: (gate / "reached").exists(), first, what="the first run at step 3")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=120)
@@ -140,7 +141,7 @@ def test_second_sweep_into_a_live_sweep_dir_is_refused_and_the_first_writes_its_
     sweep_dir, gate = tmp_path / "sweep", tmp_path / "gate"
     gate.mkdir()
     args = ["--multirun", *TINY, f"hydra.sweep.dir={sweep_dir}", "seed=1"]
-    first = start([sys.executable, "-m", "vitlab.train", *args, *_gate(gate)], tmp_path, env=_env())
+    first = Forked(main, [*args, *_gate(gate)], tmp_path, _env())
     try:
         wait_for(lambda: (gate / "reached").exists(), first, what="the first sweep's job at step 3")
         code, out, err = main_cli(main, *args, env={"HYDRA_FULL_ERROR": None})

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from reliability_utils import env, run, train_cmd
+from reliability_utils import env, fork_train
 from vitlab.wandb_io.offline import find_offline_runs, read_offline_run
 
 KEY = "wandbkey-" + "0123456789abcdef" * 2 + "ffff"  # 40 characters, like a real W&B key
@@ -118,8 +118,8 @@ def trained(tmp_path_factory):
     and tags, and an HF token read from the environment into the config."""
     root = tmp_path_factory.mktemp("secrets")
     run_dir = root / "train"
-    res = run(train_cmd(run_dir, "logger=default", "trainer.max_epochs=1", *WANDB_NAMES,
-                        "+hub.hf_token=${oc.env:HF_TOKEN}"), root, env=_env(HF_TOKEN=HF_TOKEN))
+    res = fork_train(run_dir, "logger=default", "trainer.max_epochs=1", *WANDB_NAMES,
+                     "+hub.hf_token=${oc.env:HF_TOKEN}", cwd=root, environ=_env(HF_TOKEN=HF_TOKEN), merge=False).result()
     assert res.returncode == 0, res.stderr[-3000:]
     return root, run_dir, res
 

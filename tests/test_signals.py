@@ -10,7 +10,7 @@ import stat
 import pytest
 import torch
 
-from reliability_utils import env, kill_at_checkpoint, start, train_args, train_cmd
+from reliability_utils import env, fork_train, kill_at_checkpoint, train_args
 from vitlab.wandb_io.offline import find_offline_runs, read_offline_run
 
 
@@ -25,7 +25,7 @@ def _interrupt(tmp_path, sig: signal.Signals, *args: str, min_step: int, env=Non
     process exits with 128 + sig and leaves a loadable checkpoint at least as new as the one seen."""
     run_dir = tmp_path / "job"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    p = start(train_cmd(run_dir, *args), tmp_path, env=env)
+    p = fork_train(run_dir, *args, cwd=tmp_path, environ=env)
     seen = kill_at_checkpoint(p, ckpt, min_step=min_step, sig=sig)
     out = p.stdout.read()
     assert p.returncode == 128 + sig, out[-3000:]

@@ -13,8 +13,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import run_cli
+from reliability_utils import Forked, env
 from vitlab import CONF_DIR
 from vitlab.config import register_resolvers
+from vitlab.train import main as train_main
 
 SWEEPS = sorted(p.stem for p in (Path(CONF_DIR) / "sweep").glob("*.yaml"))
 TINY = [
@@ -91,9 +93,7 @@ def test_launchers_compose():
 
 @pytest.mark.parametrize("launcher", ["sequential", pytest.param("parallel", marks=pytest.mark.slow)])
 def test_multirun_with_ddp_on_a_local_launcher_is_refused(tmp_path, launcher, main_cli):
-    from vitlab.train import main
-
-    code, out, err = main_cli(main, "-m", f"hydra/launcher={launcher}", "trainer=ddp", "trainer.accelerator=cpu",
+    code, out, err = main_cli(train_main, "-m", f"hydra/launcher={launcher}", "trainer=ddp", "trainer.accelerator=cpu",
                               "trainer.devices=2", "model=vit_micro,bit_micro", "logger=none",
                               f"hydra.sweep.dir={tmp_path}/sw")
     out = out + err
@@ -104,11 +104,11 @@ def test_multirun_with_ddp_on_a_local_launcher_is_refused(tmp_path, launcher, ma
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory) -> Path:
-    """A real 2-job multirun through the CLI, logging to CSV and to W&B (offline)."""
+    """A real 2-job multirun through the command line (a forked process), logging to CSV and to W&B (offline)."""
     tmp = tmp_path_factory.mktemp("sweep")
     sweep = tmp / "multirun"
-    r = run_cli("vitlab.train", "-m", "model=vit_micro,bit_micro", *TINY, "logger=default", "group=tiny_study",
-                f"hydra.sweep.dir={sweep}", cwd=tmp, timeout=600)
+    r = Forked(train_main, ["-m", "model=vit_micro,bit_micro", *TINY, "logger=default", "group=tiny_study",
+                      f"hydra.sweep.dir={sweep}"], tmp, env(), merge=False).result(timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return sweep
 
