@@ -6,13 +6,13 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from reliability_utils import call_main
 from vitlab.config import compose_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +118,20 @@ def compose_train(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def call_main(main) -> tuple[int, str]:
+    """Call a task's ``main`` as the interpreter runs ``python -m``: returns the exit code and what the
+    interpreter prints for what escaped (``SystemExit``'s message, or a traceback, with exit code 1)."""
+    try:
+        main()
+    except SystemExit as e:
+        if isinstance(e.code, int) or e.code is None:
+            return e.code or 0, ""
+        return 1, f"{e.code}\n"
+    except Exception as e:  # noqa: BLE001 - uncaught: Python prints the traceback, exit code 1
+        return 1, "".join(traceback.format_exception(e))
+    return 0, ""
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
+from conftest import call_main
 from vitlab.train import main as train_main
 
 #: a training run of a few seconds: 6 batches of 32 per epoch at 16 px, one val batch, step checkpoints every 2 steps
@@ -65,20 +66,6 @@ def run(cmd: list[str], cwd: Path, timeout: int = 600, **kw) -> subprocess.Compl
 def start(cmd: list[str], cwd: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, env=kw.pop("env", None) or env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def call_main(main) -> tuple[int, str]:
-    """Call a task's ``main`` as the interpreter runs ``python -m``: returns the exit code and what the
-    interpreter prints for what escaped (``SystemExit``'s message, or a traceback, with exit code 1)."""
-    try:
-        main()
-    except SystemExit as e:
-        if isinstance(e.code, int) or e.code is None:
-            return e.code or 0, ""
-        return 1, f"{e.code}\n"
-    except Exception as e:  # noqa: BLE001 - uncaught: Python prints the traceback, exit code 1
-        return 1, "".join(traceback.format_exception(e))
-    return 0, ""
 
 
 class Forked:
