@@ -15,8 +15,9 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import compose_cfg, refusal
-from reliability_utils import env
+from reliability_utils import Forked, env
 from vitlab.evaluate import evaluate
+from vitlab.train import main as train_main
 from vitlab.train import train
 
 #: (task, overrides, the message's key words): one per kind of mistake
@@ -43,12 +44,15 @@ def test_user_mistake_is_one_error_line(kind, tmp_path):
 
 @pytest.mark.slow_process
 def test_user_mistake_prints_message_without_traceback(tmp_path):
-    """The one command line of this file, twice at once: each job prints the Error line without a traceback, exit
-    code 1, and each made its own run dir (two jobs started in the same second get their own dirs)."""
-    args = [sys.executable, "-m", "vitlab.train", "optim.lr=-1", "logger=none"]
+    """The one command line of this file, two jobs at once: each prints the Error line without a traceback, exit
+    code 1, and each made its own run dir (two jobs started in the same second get their own dirs). One job is a
+    fresh interpreter (``python -m``, end to end), the other a process forked from this one (no second 15 s of
+    imports)."""
+    args = ["optim.lr=-1", "logger=none"]
     e = env(HYDRA_FULL_ERROR="")
-    procs = [subprocess.Popen(args, cwd=tmp_path, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "vitlab.train", *args], cwd=tmp_path, env=e,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+             Forked(train_main, args, tmp_path, e, merge=False)]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 1, err[-3000:]
@@ -59,9 +63,7 @@ def test_user_mistake_prints_message_without_traceback(tmp_path):
 
 
 def test_hydra_full_error_still_shows_the_stack(tmp_path, main_cli):
-    from vitlab.train import main
-
-    code, _, err = main_cli(main, "optim.lr=-1", f"hydra.run.dir={tmp_path / 'out'}", env={"HYDRA_FULL_ERROR": "1"})
+    code, _, err = main_cli(train_main, "optim.lr=-1", f"hydra.run.dir={tmp_path / 'out'}", env={"HYDRA_FULL_ERROR": "1"})
     assert code == 1
     assert "Traceback" in err and "vitlab.errors.ConfigError: optim.lr=-1 must be > 0" in err
     assert "in check_positive" in err  # where it was raised
