@@ -36,14 +36,18 @@ def pytest_configure(config) -> None:
                                        "end-to-end command line); its module is run first")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items) -> None:
     """Modules with ``slow_process`` tests run first, the one with most such tests first: under pytest-xdist
-    (``make test``: ``-n 2``) the long tests start early and no worker sits idle at the end while the other
-    finishes one. A module's tests stay together (its module fixtures are made once per worker)."""
+    (``make test``: ``-n 2 --dist loadgroup``) the long tests start early and no worker sits idle at the end while
+    the other finishes one. The tests of a module that share a module-scoped fixture (a training run, a sweep) are
+    one ``xdist_group``: one worker runs them all, so the fixture is made once, not once per worker."""
     module = lambda item: item.nodeid.split("::")[0]  # noqa: E731
     weight: dict[str, int] = {}
     for item in items:
         weight[module(item)] = weight.get(module(item), 0) + (item.get_closest_marker("slow_process") is not None)
+        if any(defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(module(item)))
     items.sort(key=lambda item: -weight[module(item)])  # stable: the order within a module and of ties is kept
 
 
