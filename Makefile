@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vitlab-installed
 PYTEST_ARGS ?=
 # make test runs the suite on TEST_WORKERS pytest-xdist processes (one core each); TEST_WORKERS=0 runs it in one process.
-# --dist loadgroup: test by test, except tests marked xdist_group(name), which one worker runs together (they share
-# an expensive module fixture).
+# --dist loadfile: a test module runs on one worker (its module fixtures, e.g. a training run, are made once), in
+# the order tests/conftest.py sorts them (--no-loadscope-reorder keeps it): slow-process modules first, small last.
 TEST_WORKERS ?= 2
 
 .PHONY: help install pip-install lock lock-check train test test-slow lint format clean bench-data bench sweep report docs
@@ -65,10 +65,10 @@ train: $(STAMP)
 	$(PY) -m vitlab.train experiment=quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "slow or not slow" --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "slow or not slow" --durations=15 $(PYTEST_ARGS)
 
 bench-data: $(STAMP)
 	$(PY) -m vitlab.bench.data $(BENCH_DATA_ARGS)

@@ -36,19 +36,18 @@ def pytest_configure(config) -> None:
                                        "end-to-end command line); its module is run first")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items) -> None:
-    """Modules with ``slow_process`` tests run first, the one with most such tests first: under pytest-xdist
-    (``make test``: ``-n 2 --dist loadgroup``) the long tests start early and no worker sits idle at the end while
-    the other finishes one. The tests of a module that share a module-scoped fixture (a training run, a sweep) are
-    one ``xdist_group``: one worker runs them all, so the fixture is made once, not once per worker."""
+    """The order ``make test`` hands modules to its workers (``-n 2 --dist loadfile --no-loadscope-reorder``: a
+    module's tests run on one worker, so its module fixtures are made once): modules with ``slow_process`` tests
+    first (the long tests start early), then the others, the ones with most tests first, so the run ends on small
+    modules and no worker sits idle while the other finishes a long one."""
     module = lambda item: item.nodeid.split("::")[0]  # noqa: E731
-    weight: dict[str, int] = {}
+    slow: dict[str, int] = {}
+    size: dict[str, int] = {}
     for item in items:
-        weight[module(item)] = weight.get(module(item), 0) + (item.get_closest_marker("slow_process") is not None)
-        if any(defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values()):
-            item.add_marker(pytest.mark.xdist_group(module(item)))
-    items.sort(key=lambda item: -weight[module(item)])  # stable: the order within a module and of ties is kept
+        slow[module(item)] = slow.get(module(item), 0) + (item.get_closest_marker("slow_process") is not None)
+        size[module(item)] = size.get(module(item), 0) + 1
+    items.sort(key=lambda item: (-slow[module(item)], -size[module(item)]))  # stable: a module's own order is kept
 
 
 #: overrides that make a training run take seconds: no progress bar, few batches, CSV logging only
