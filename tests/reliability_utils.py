@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -74,8 +75,8 @@ class Forked:
     instead of paying the 12-15 s of imports a fresh interpreter does. The interface is the part of
     ``subprocess.Popen`` the tests use (``start(..., stdout=PIPE, stderr=STDOUT)``): ``pid``, ``poll``, ``wait``,
     ``send_signal``, ``kill``, ``returncode``, ``communicate`` and ``stdout.read()`` (the console so far).
-    The command line's own start (``python -m``, its argv parsing) is covered by the tests that run real
-    interpreters: ``test_cli_errors``, ``test_docs_console``, ``test_ddp``."""
+    The command line's own start (a fresh interpreter's imports, console and settings) is covered by
+    ``test_docs_console``, and by ``test_ddp``'s second rank, which Lightning starts as ``python -m vitlab.train``."""
 
     def __init__(self, main, args: list[str], cwd: Path, env: dict[str, str], preexec=None,
                  merge: bool = True) -> None:
@@ -156,7 +157,9 @@ def _child(main, args: list[str], cwd: Path, env: dict[str, str], preexec) -> in
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    sys.argv = [f"{main.__module__}.py", *args]
+    # as ``python -m <module>`` has them: what Lightning's DDP launcher re-runs for the other ranks
+    sys.argv = [sys.modules[main.__module__].__file__, *args]
+    sys.modules["__main__"].__spec__ = importlib.util.find_spec(main.__module__)
     GlobalHydra.instance().clear()
     if preexec is not None:
         preexec()

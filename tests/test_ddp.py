@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from reliability_utils import TINY, env, one_thread, start
+from reliability_utils import TINY, Forked, env, one_thread, start
 from vitlab.wandb_io.offline import find_offline_runs, read_offline_run
 
 #: 3 global batches of 64 per epoch, 2 epochs; one val batch of all 180 val images
@@ -30,16 +30,16 @@ def _metrics(run_dir):
 
 @pytest.mark.slow_process
 def test_ddp_cpu_two_processes_matches_single_process(tmp_path, main_cli, monkeypatch):
-    """The DDP job is a real command line (2 gloo processes); the single-process reference runs meanwhile in this
-    process, through vitlab.train's main on one thread."""
+    """The DDP job is 2 gloo processes: rank 0 forked from this one (``vitlab.train``'s main with the command
+    line's argv), rank 1 a fresh ``python -m vitlab.train`` started by Lightning from rank 0's argv, as on a cluster.
+    The single-process reference runs meanwhile in this process, through vitlab.train's main on one thread."""
     from vitlab.train import main
 
     ddp_root, single_root = tmp_path / "ddp", tmp_path / "single"
     ddp_root.mkdir()
     single_root.mkdir()
     # Same global batch: 2 processes x 32 vs 1 process x 64. Both runs share the 2 cores.
-    p_ddp = start([sys.executable, "-m", "vitlab.train", *BASE, "trainer=ddp_cpu", "data.batch_size=32",
-                   "logger=default"], ddp_root)
+    p_ddp = Forked(main, [*BASE, "trainer=ddp_cpu", "data.batch_size=32", "logger=default"], ddp_root, env())
     monkeypatch.chdir(single_root)  # the command line's default run dir: ./logs/train/runs/<time>
     with one_thread():
         code, out, err = main_cli(main, *BASE, "data.batch_size=64", "logger=none")
