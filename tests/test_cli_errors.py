@@ -3,13 +3,10 @@
 
 The formatting is :func:`vitlab.tasks.run_task`, a plain function every task's ``hydra_app`` calls: each kind of
 mistake is checked through it in-process, ``HYDRA_FULL_ERROR=1`` through the task's ``main`` in-process; one
-command line (two jobs at once) checks the process end to end.
+command line (two jobs at once, forked processes) checks the process end to end.
 """
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
@@ -45,14 +42,11 @@ def test_user_mistake_is_one_error_line(kind, tmp_path):
 @pytest.mark.slow_process
 def test_user_mistake_prints_message_without_traceback(tmp_path):
     """The one command line of this file, two jobs at once: each prints the Error line without a traceback, exit
-    code 1, and each made its own run dir (two jobs started in the same second get their own dirs). One job is a
-    fresh interpreter (``python -m``, end to end), the other a process forked from this one (no second 15 s of
-    imports)."""
-    args = ["optim.lr=-1", "logger=none"]
+    code 1, and each made its own run dir (two jobs started in the same second get their own dirs). Both are processes
+    forked from this one (``reliability_utils.Forked``: no 15 s of imports each); a fresh interpreter's start is
+    ``test_docs_console``'s."""
     e = env(HYDRA_FULL_ERROR="")
-    procs = [subprocess.Popen([sys.executable, "-m", "vitlab.train", *args], cwd=tmp_path, env=e,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-             Forked(train_main, args, tmp_path, e, merge=False)]
+    procs = [Forked(train_main, ["optim.lr=-1", "logger=none"], tmp_path, e, merge=False) for _ in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 1, err[-3000:]

@@ -24,8 +24,18 @@ from vitlab.data.catalog import RESOLVERS as DATA_RESOLVERS  # class counts from
 from vitlab.paper import RESOLVERS as PAPER_RESOLVERS  # ${vitlab.paper:table3,<model>,<data>,lr}
 from vitlab.wandb_io import wandb_offline
 
-#: per-process suffix that keeps two jobs started in the same second apart
-_UID = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)}"
+#: pid -> that process's run-dir suffix (:func:`run_uid`)
+_UIDS: dict[int, str] = {}
+
+
+def run_uid() -> str:
+    """``${vitlab.uid:}``: the suffix that keeps two jobs started in the same second apart. The same for every use
+    in one process, made at its first use in each process: a process forked from another (a launcher, a test)
+    gets its own, where one made at import was inherited and two forked jobs shared a run directory."""
+    pid = os.getpid()
+    if pid not in _UIDS:
+        _UIDS[pid] = f"{pid % 100000:05d}{secrets.token_hex(2)}"
+    return _UIDS[pid]
 
 
 def prelogits_width(family: str, variant: str) -> int | None:
@@ -42,7 +52,7 @@ def prelogits_width(family: str, variant: str) -> int | None:
 
 def register_resolvers() -> None:
     """Register vitlab's resolvers with OmegaConf (once per process; importing this module does it)."""
-    for name, fn in (("vitlab.uid", lambda: _UID), ("vitlab.wandb_offline", wandb_offline), *DATA_RESOLVERS.items(),
+    for name, fn in (("vitlab.uid", run_uid), ("vitlab.wandb_offline", wandb_offline), *DATA_RESOLVERS.items(),
                      *PAPER_RESOLVERS.items(), ("vitlab.prelogits_width", prelogits_width)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
