@@ -29,13 +29,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from vitlab.bench.training import BARE_IMPORTS, run_in_terminal
+from vitlab.bench.training import BARE_IMPORTS, imports_done, run_in_terminal
 from vitlab.callbacks.timing import LAUNCH_ENV
 
 #: the job whose start-up is measured: one optimiser step of the default run (``vit_micro`` on ``digits``)
@@ -50,22 +49,12 @@ PHASES = (
 )
 
 
-def _imports_done(imports: str, env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds from launch to the end of ``imports`` in a fresh process, and that process's CPU seconds by
-    then (``time.process_time()``, as :class:`HookProfiler` reads it in (3); the interpreter's exit is not counted)."""
-    code = f"{imports}; import time; print(time.time(), time.process_time())"
-    t0 = time.time()
-    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
-    done, cpu = (float(v) for v in out.split()[-2:])
-    return done - t0, cpu
-
-
 def startup_once(overrides: list[str], work: Path, env: dict[str, str], timeout: int) -> dict[str, Any]:
     """One repeat: bare imports, ``import vitlab.train``, and ``python -m vitlab.train`` to its first step."""
     work.mkdir(parents=True, exist_ok=True)
     rec: dict[str, Any] = {"loadavg_1m": round(os.getloadavg()[0], 2)}
-    rec["bare_import_s"], rec["bare_import_cpu_s"] = _imports_done(BARE_IMPORTS, env)
-    rec["import_train_s"], rec["import_train_cpu_s"] = _imports_done("import vitlab.train", env)
+    rec["bare_import_s"], rec["bare_import_cpu_s"] = imports_done(BARE_IMPORTS, env)
+    rec["import_train_s"], rec["import_train_cpu_s"] = imports_done("import vitlab.train", env)
     probe = work / "probe.json"
     cmd = [sys.executable, "-m", "vitlab.train", *STARTUP_OVERRIDES, *overrides, f"hydra.run.dir={work / 'run'}",
            "+callbacks.bench_probe._target_=vitlab.callbacks.timing.HookProfiler", f"+callbacks.bench_probe.out={probe}"]

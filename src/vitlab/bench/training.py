@@ -202,11 +202,16 @@ def _run_job(spec: dict[str, Any], work: Path, timeout: int) -> dict[str, Any]:
             "callbacks": r.get("callbacks"), "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
-def _bare_import_s(env: dict[str, str]) -> float:
-    """Wall seconds of ``python -c 'import torch, lightning, timm, hydra'``: the floor of any start-up."""
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", BARE_IMPORTS], check=True, env={**os.environ, **env})
-    return time.perf_counter() - t0
+def imports_done(imports: str, env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds from launch to the end of ``imports`` in a fresh process, and that process's CPU seconds by
+    then (``time.process_time()``, as :class:`~vitlab.callbacks.timing.HookProfiler` reads it in a job; the
+    interpreter's exit is not counted). With :data:`BARE_IMPORTS`: the floor of any start-up."""
+    code = f"{imports}; import time; print(time.time(), time.process_time())"
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, capture_output=True,
+                         text=True).stdout
+    done, cpu = (float(v) for v in out.split()[-2:])
+    return done - t0, cpu
 
 
 def _run_subprocess(spec: dict[str, Any], work: Path, timeout: int) -> dict[str, Any]:
@@ -491,7 +496,7 @@ def run_bench(cfg) -> dict[str, Any]:
                       f"job, launch -> first step {r['launch_to_first_step_s'] or float('nan'):.2f}s, process "
                       f"{r['process_wall_s']:.1f}s, load {r['loadavg_1m']}", file=sys.stderr, flush=True)
             if job_ways:
-                bare[spec["key"]].append(_bare_import_s(base["env"]))
+                bare[spec["key"]].append(imports_done(BARE_IMPORTS, base["env"])[0])
     peak_flops = max(peaks) if peaks else float("nan")
     result = {
         "machine": info,
