@@ -149,6 +149,11 @@ def compose_train(tmp_path):
     GlobalHydra.instance().clear()
 
 
+def module_argv(main, args) -> list[str]:
+    """``sys.argv`` as ``python -m <main's module> args`` has it: the module's file, then the arguments."""
+    return [sys.modules[main.__module__].__file__, *args]
+
+
 def call_main(main) -> tuple[int, str]:
     """Call a task's ``main`` as the interpreter runs ``python -m``: returns the exit code and what the
     interpreter prints for what escaped (``SystemExit``'s message, or a traceback, with exit code 1)."""
@@ -176,7 +181,7 @@ def main_cli(monkeypatch, capfd):
                 monkeypatch.delenv(k, raising=False)
             else:
                 monkeypatch.setenv(k, v)
-        monkeypatch.setattr(sys, "argv", [f"{main.__module__}.py", *args])
+        monkeypatch.setattr(sys, "argv", module_argv(main, args))
         root = logging.getLogger()
         handlers, level = root.handlers[:], root.level
         try:

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import call_main
+from conftest import call_main, module_argv
 from vitlab.train import main as train_main
 
 #: a training run of a few seconds: 6 batches of 32 per epoch at 16 px, one val batch, step checkpoints every 2 steps
@@ -158,7 +158,7 @@ def _child(main, args: list[str], cwd: Path, env: dict[str, str], preexec) -> in
     os.environ.update(env)
     os.chdir(cwd)
     # as ``python -m <module>`` has them: what Lightning's DDP launcher re-runs for the other ranks
-    sys.argv = [sys.modules[main.__module__].__file__, *args]
+    sys.argv = module_argv(main, args)
     sys.modules["__main__"].__spec__ = importlib.util.find_spec(main.__module__)
     GlobalHydra.instance().clear()
     if preexec is not None:
