@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vitlab.data.base import balanced_subset_indices
-from vitlab.data.digits import DigitsDataModule
+from vitlab.data.digits import DigitsDataModule, load_digits_uint8, stratified_split
 from vitlab.data.shapes import CLASSES, ShapesDataModule, render
 from vitlab.errors import DataConfigError
 
@@ -20,6 +20,25 @@ def test_digits_split_is_fixed_seeded_and_stratified():
     c = DigitsDataModule(split_seed=1)
     c.setup()
     assert not torch.equal(a.test_set.base.images, c.test_set.base.images)
+
+
+def test_digits_are_scikit_learns_digits_read_without_importing_it():
+    from sklearn.datasets import load_digits  # the reference: scikit-learn's own reader of the same file
+
+    ref = load_digits()
+    x, y = load_digits_uint8(8)  # 8 px: the stored counts, scaled 0..16 -> 0..255
+    assert np.array_equal(y, ref.target)
+    assert torch.equal(x[:, 0], torch.from_numpy(np.round(ref.images / 16 * 255)).to(torch.uint8))
+
+
+def test_stratified_split_holds_out_each_class_in_proportion():
+    labels = np.repeat(np.arange(3), [60, 30, 10])
+    idx = np.arange(100, 200)
+    rest, out = stratified_split(idx, labels, 0.25, seed=0)
+    assert len(out) == 25 and len(rest) == 75 and not set(rest) & set(out) and set(rest) | set(out) == set(idx)
+    assert np.bincount(labels[out - 100]).tolist() == [15, 8, 2]  # 15, 7.5, 2.5: the largest remainder first
+    assert np.array_equal(out, stratified_split(idx, labels, 0.25, seed=0)[1])
+    assert not np.array_equal(out, stratified_split(idx, labels, 0.25, seed=1)[1])
 
 
 def test_digits_images_are_32px_rgb_normalised():
