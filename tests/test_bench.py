@@ -253,7 +253,7 @@ def test_export_split_writes_the_exact_images_as_an_image_folder(tmp_path):
 def test_startup_phases_add_up_to_launch_to_first_step():
     from vitlab.bench.startup import summarise
 
-    wall = {"bare_import_s": 3.0, "import_train_s": 3.4, "launch_to_fit_setup_s": 4.0, "launch_to_first_batch_s": 4.3,
+    wall = {"bare_import_s": 3.0, "launch_to_main_s": 3.4, "launch_to_fit_setup_s": 4.0, "launch_to_first_batch_s": 4.3,
             "launch_to_first_step_s": 4.6, "gap_s": 1.6}
     run = {**wall, **{k[:-2] + "_cpu_s": v / 2 for k, v in wall.items()}, "process_wall_s": 6.0, "loadavg_1m": 0.5}
     s = summarise([run, {**run, "bare_import_s": 2.8, "gap_s": 1.8}])
@@ -274,3 +274,17 @@ def test_run_in_terminal_keeps_output_exit_code_and_cpu(tmp_path):
                         log, timeout=60)
     assert r["rc"] == 3 and "True" in log.read_text()  # a terminal, as from a user's shell
     assert r["wall_s"] > 0 and r["cpu_s"] >= 0 and r["max_rss_mb"] > 0
+
+
+def test_hook_profiler_reports_the_end_of_the_imports_marked_by_the_command(tmp_path, monkeypatch):
+    from vitlab.callbacks.timing import LAUNCH_ENV, HookProfiler
+    from vitlab.utils import clock
+
+    monkeypatch.setenv(LAUNCH_ENV, "100.0")
+    monkeypatch.setattr(clock, "main_started", (109.5, 9.25))  # as hydra_app's main marks it, imports done
+    prof = HookProfiler(str(tmp_path / "probe.json"))
+    prof.first_step_unix, prof.cpu["first_step"] = 111.0, 10.5
+    prof.on_fit_end(None, None)
+    p = json.loads((tmp_path / "probe.json").read_text())
+    assert p["launch_to_main_s"] == pytest.approx(9.5) and p["cpu_s"]["main"] == 9.25
+    assert p["launch_to_first_step_s"] == pytest.approx(11.0) and p["cpu_s"]["first_step"] == 10.5

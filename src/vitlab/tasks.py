@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from vitlab import CONF_DIR
 from vitlab.config import register_resolvers
 from vitlab.errors import ConfigError, UserError
+from vitlab.utils.clock import mark_main
 from vitlab.utils.run_owner import acquire, release
 from vitlab.utils.secrets import check_no_literal_secrets, redact
 from vitlab.wandb_io import finish_wandb
@@ -152,7 +153,14 @@ def hydra_app(config_name: str, returns: str | None = None) -> Callable:
         if task.__module__ == "__main__":
             spec = getattr(sys.modules.get("__main__"), "__spec__", None)
             task.__module__ = spec.name if spec is not None else Path(sys.argv[0]).stem
-        return hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
+        app = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task)
+
+        @functools.wraps(app)
+        def main(*args, **kwargs) -> Any:
+            mark_main()  # the imports are done: the start-up bench's split point
+            return app(*args, **kwargs)
+
+        return main
 
     return decorate
 

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import lightning as L
 
+from vitlab.utils import clock
+
 #: hooks that run once per training batch; every other hook counts as set-up (before the first batch ends),
 #: or epoch work (validation, epoch ends, checkpoint writes)
 STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
@@ -141,14 +143,16 @@ class HookProfiler(L.Callback):
         def since(t: float | None) -> float | None:
             return t - float(launch) if launch and t else None
 
+        main_unix, main_cpu = clock.main_started or (None, None)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text(json.dumps({
             "train_t": self.train_t, "end_t": time.perf_counter(), "epochs": self.epochs,
             "steps_timed": max(0, len(self.train_t) - self.warmup), "warmup": self.warmup,
             "launch_to_first_step_s": since(self.first_step_unix),
+            "launch_to_main_s": since(main_unix),  # the process's imports are done (vitlab.utils.clock)
             "launch_to_fit_setup_s": since(self.setup_unix),
             "launch_to_first_batch_s": since(self.first_batch_start_unix),
-            "cpu_s": self.cpu,
+            "cpu_s": self.cpu | ({"main": main_cpu} if main_cpu is not None else {}),
             # each epoch's training images / (its last batch end - its start): timm train.py's per-epoch rate
             "epoch_img_per_s": [n / (e - s) for n, s, e in zip(self.epoch_images, self.epoch_start_t, self.epoch_end_t,
                                                                 strict=True) if n and e > s],
