@@ -51,7 +51,7 @@ def test_every_config_documents_itself_and_loads_its_fixture(name, roots, compos
     cfg, dm = _dm(compose_train, roots, name)
     assert cfg.model.num_classes == cfg.data.num_classes == dm.num_classes
     dm.setup()
-    x, y, *_ = next(iter(dm.train_dataloader()))
+    x, y, *_ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)  # as Lightning hands it to the model
     assert x.shape[1:] == (3, 32, 32) and x.dtype == torch.float32 and int(y.max()) < dm.num_classes
     assert len(dm.train_set) > 0 and len(dm.val_set) > 0 and len(dm.test_set) > 0
 
@@ -124,3 +124,25 @@ def test_both_decoders_read_the_same_pixels(tmp_path):
     g = tmp_path / "gray.jpg"
     fx.make_image(0, (20, 10)).convert("L").save(g)
     assert load_image(g, "auto").shape == (3, 10, 20)  # grayscale JPEGs come out RGB like PIL's convert
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_translate_crop_is_torchvisions_edge_padded_random_crop(dtype):
+    """The translate pipeline's crop (torch's replicate pad, no float round trip) draws and returns exactly what
+    ``v2.RandomCrop(padding_mode="edge")`` does, for every offset."""
+    from torchvision import tv_tensors
+
+    from vitlab.data.transforms import EdgePadRandomCrop
+
+    ref, fast = v2.RandomCrop(16, padding=3, padding_mode="edge"), EdgePadRandomCrop(16, 3)
+    seen = set()
+    for seed in range(400):
+        img = tv_tensors.Image((torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 255).to(dtype))
+        torch.manual_seed(seed)
+        a = ref(img)
+        torch.manual_seed(seed)
+        b = fast(img)
+        assert type(b) is type(a) and b.dtype == dtype and torch.equal(a, b), seed
+        torch.manual_seed(seed)
+        seen.add(tuple(ref.make_params([img])[k] for k in ("top", "left")))
+    assert len(seen) == 49  # every (top, left) in 0..6 x 0..6: the edges and corners are covered

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -105,13 +106,31 @@ def build_transform(
     elif pipeline == "eval" and eval_resize == "center_crop":
         steps += [v2.Resize(resize_size or int(round(img_size / crop_pct)), antialias=True), v2.CenterCrop(img_size)]
     elif pipeline == "translate":
-        steps += [v2.Resize(square, antialias=True), v2.RandomCrop(img_size, padding=pad, padding_mode="edge")]
+        steps += [v2.Resize(square, antialias=True), EdgePadRandomCrop(img_size, pad)]
     else:  # eval (square) and none: the whole field of view, resized to img_size x img_size
         steps.append(v2.Resize(square, antialias=True))
     if not normalize:  # uint8 out; normalize_batch finishes the pipeline on the device
         return v2.Compose([*steps, v2.ToPureTensor()])
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     return v2.Compose(steps)
+
+
+class EdgePadRandomCrop(v2.RandomCrop):
+    """``v2.RandomCrop(size, padding=pad, padding_mode="edge")``: the same random draws, the same pixels, with
+    torch's own replicate pad. torchvision pads a uint8 image by way of float and its kernel dispatch
+    (tests/test_data_embedded.py pins the equality)."""
+
+    def __init__(self, size: int, pad: int) -> None:
+        super().__init__(size, padding=pad, padding_mode="edge")
+
+    def transform(self, inpt, params: dict):
+        if not isinstance(inpt, torch.Tensor) or isinstance(inpt, tv_tensors.TVTensor) and \
+                not isinstance(inpt, tv_tensors.Image):  # boxes, masks...: torchvision's own kernels
+            return super().transform(inpt, params)
+        left, top, right, bottom = params["padding"]
+        out = torch.nn.functional.pad(inpt.as_subclass(torch.Tensor), (left, right, top, bottom), mode="replicate")
+        out = out[..., params["top"]:params["top"] + params["height"], params["left"]:params["left"] + params["width"]]
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.Image) else out
 
 
 def normalize_batch(x: torch.Tensor, normalization: str | dict = "paper") -> torch.Tensor:
