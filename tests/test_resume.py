@@ -129,3 +129,40 @@ def test_resume_keeps_a_stored_best_model_path_only_when_it_is_this_runs_own_fil
         assert cb.best_k_models == {} and cb.kth_best_model_path == "" and cb.last_model_path == ""
     # the run moved (another dirpath stored): Lightning restores only best_model_path; still checked
     assert _restored(ckpts, best=other, stored_dirpath=elsewhere).best_model_path == ""
+
+
+def _fit_boring(tmp_path, epochs: int = 2):
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from vitlab.callbacks.checkpoint import AtomicModelCheckpoint
+
+    cb = AtomicModelCheckpoint(dirpath=tmp_path / "ckpts", filename="best-{step}", monitor="step", mode="max",
+                               save_top_k=1, save_last=True)  # the step always improves: a best at every epoch end
+    L.Trainer(max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[cb], default_root_dir=tmp_path).fit(BoringModel())
+    return cb, tmp_path / "ckpts"
+
+
+def test_last_ckpt_is_a_hard_link_to_the_best_written_at_the_same_step(tmp_path):
+    cb, ckpts = _fit_boring(tmp_path)
+    last, best = ckpts / "last.ckpt", ckpts / "best-step=4.ckpt"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-step=4.ckpt", "last.ckpt"]  # epoch 1's best is gone
+    assert last.samefile(best) and last.stat().st_nlink == 2 and not last.is_symlink()  # one write, two names
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+    best.unlink()  # top-k deleting the best leaves last.ckpt whole
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+
+
+def test_last_ckpt_is_written_in_full_where_hard_links_are_refused(tmp_path, monkeypatch):
+    import os
+
+    def no_links(*_):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    cb, ckpts = _fit_boring(tmp_path)
+    last, best = ckpts / "last.ckpt", ckpts / "best-step=4.ckpt"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-step=4.ckpt", "last.ckpt"]  # no .tmp left behind
+    assert not last.samefile(best) and last.stat().st_nlink == 1
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4

@@ -6,6 +6,12 @@ fsyncs it and renames it over the old file (``os.replace`` is atomic on POSIX): 
 file named ``last.ckpt`` is a complete checkpoint. A failed write (disk full, quota, permissions)
 removes the temporary file, keeps the previous checkpoint and raises :class:`CheckpointWriteError`
 naming the directory.
+
+When the epoch end writes a best-``monitor`` checkpoint and ``last.ckpt`` at the same step (the same weights,
+optimizer and loop state), ``last.ckpt`` becomes a second hard link to the file just written (made under a
+temporary name and renamed over the old one, as above) instead of a second copy: one write and one fsync per
+epoch instead of two. It stays a regular file that outlives the best file's deletion; where the filesystem has no
+hard links, it is written in full as before.
 """
 
 from __future__ import annotations
@@ -68,6 +74,24 @@ def atomic_save(trainer: L.Trainer, filepath: str | os.PathLike, weights_only: b
     return filepath
 
 
+def atomic_link(trainer: L.Trainer, source: str | os.PathLike, filepath: str | os.PathLike) -> bool:
+    """``filepath`` as a second hard link to the complete checkpoint ``source`` (``filepath.tmp`` + rename, so the
+    old ``filepath`` stays whole until the new one is in place). False (nothing changed) where the filesystem
+    refuses hard links; the caller then writes the file. Collective under DDP."""
+    ok = True
+    if trainer.is_global_zero:
+        tmp = str(filepath) + TMP_SUFFIX
+        try:
+            Path(tmp).unlink(missing_ok=True)
+            os.link(source, tmp)
+            os.replace(tmp, filepath)
+            fsync_path(os.path.dirname(str(filepath)) or ".", directory=True)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+            ok = False
+    return bool(trainer.strategy.broadcast(ok, src=0))
+
+
 class AtomicModelCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` with atomic writes, plus ``last.ckpt`` every ``last_every_n_train_steps`` steps.
 
@@ -82,9 +106,15 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             raise ValueError(f"last_every_n_train_steps={last_every_n_train_steps} must be >= 1 or null")
         self.last_every_n_train_steps = int(last_every_n_train_steps) if last_every_n_train_steps else None
         self._last_saved_step: int | None = None
+        self._written_step: int | None = None  # the global step of the latest checkpoint written in full
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        atomic_save(trainer, filepath, self.save_weights_only)
+        is_last = os.path.basename(filepath).startswith(self.CHECKPOINT_NAME_LAST or "last")
+        written = self._last_checkpoint_saved  # this callback's latest full write, and its step
+        same_state = is_last and written and written != filepath and self._written_step == trainer.global_step
+        if not (same_state and atomic_link(trainer, written, filepath)):
+            atomic_save(trainer, filepath, self.save_weights_only)
+            self._written_step = trainer.global_step
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if os.path.basename(filepath).startswith(self.CHECKPOINT_NAME_LAST or "last"):
