@@ -67,7 +67,7 @@ def test_cifar100_fine_and_coarse_labels(cifar_root):
 def test_pipelines_by_stage_and_separate_eval_resolution(cifar_root):
     dm = CIFARDataModule(root=str(cifar_root), num_classes=10, img_size=48, eval_img_size=64, batch_size=8)
     dm.setup()
-    x, y = next(iter(dm.train_dataloader()))
+    x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)  # as Lightning hands it to the model
     assert x.shape == (8, 3, 48, 48) and x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
     xt, _ = next(iter(dm.test_dataloader()))
     assert xt.shape == (8, 3, 64, 64)

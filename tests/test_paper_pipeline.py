@@ -46,7 +46,9 @@ def two_ends(size: tuple[int, int], end: int) -> Image.Image:
 
 
 def _pixels(x: torch.Tensor) -> torch.Tensor:
-    """Normalised [-1, 1] CHW back to 0..255 HWC."""
+    """Normalised [-1, 1] CHW (or the train loader's uint8, data.normalize_on_device) back to 0..255 HWC."""
+    if x.dtype == torch.uint8:
+        return x.permute(1, 2, 0).float()
     return ((x.permute(1, 2, 0) + 1) * 127.5).round()
 
 
