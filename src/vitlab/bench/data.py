@@ -7,7 +7,8 @@
 
 Every loader reads the same JPEGs (written by the bench: ~500x375, quality 90, ImageNet's typical size;
 or ``--root``), through the same pipeline (``vitlab.data.transforms.build_transform``), with the same
-batch size, workers, persistent workers and seeded shuffled order:
+batch size, workers, persistent workers, seeded shuffled order and ``collate_fn`` (vitlab's
+``vitlab.data.base.collate``, the one its training loaders use: ``default_collate`` but for channels-last uint8 images):
 
 - ``torchvision ImageFolder``: the baseline, PIL decoding;
 - ``vitlab folder``: ``data=folder`` (libjpeg-turbo into uint8 CHW tensors, ``data.decoder=auto``);
@@ -53,7 +54,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from vitlab.config import compose_job
-from vitlab.data.base import TransformedDataset
+from vitlab.data.base import TransformedDataset, collate
 from vitlab.data.files import decode_image_bytes
 from vitlab.data.folder import FolderDataModule
 from vitlab.data.imagenet21k import ImageNet21kDataModule
@@ -156,14 +157,14 @@ def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int
     def loader(ds):
         g = torch.Generator().manual_seed(0)  # the same shuffled order on every side
         return DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
-                          shuffle=True, generator=g)
+                          shuffle=True, generator=g, collate_fn=collate)
 
     out = {BASELINE: loader(ImageFolder(str(root / "train"), transform=tf))}
     folder = FolderDataModule(root=str(root), num_workers=workers)
     out["vitlab folder"] = loader(TransformedDataset(folder.build_splits()[0], tf))
     if wds_shards:
         out[WDS_ROW] = DataLoader(wds_dataset(wds_shards, tf), batch_size=batch, num_workers=workers,
-                                  persistent_workers=workers > 0)
+                                  persistent_workers=workers > 0, collate_fn=collate)
     for name, pack_root in packs.items():
         # (data.draft, data.normalize_on_device): a re-encoded pack is shown with its best reader only
         for draft, on_device in ((False, False), (True, False), (True, True)) if name == "packed" else ((True, True),):
