@@ -17,8 +17,9 @@ batch size, workers, persistent workers, seeded shuffled order and ``collate_fn`
 - ``packed``: the same files packed by ``vitlab.data.packing`` (original bytes), read as ``data=packed``;
 - ``packed, data.draft=true``: reduced-size JPEG decoding where the crop allows it (pretrain: the inception crop
   is drawn on the full-size geometry first; eval/finetune: a >= 2x downsample after the draft);
-- ``packed, data.draft=true, data.normalize_on_device=true``: the loader yields uint8 batches and the
-  normalisation runs on the device after transfer (timm's prefetcher, FFCV): the same values, 4x fewer bytes;
+- ``packed, data.draft=true, data.normalize_on_device=true``: the loader yields uint8 batches, channels-last as the
+  crops' resize writes them (FFCV's layout), and the normalisation and the NCHW layout are done on the device after
+  transfer (timm's prefetcher, FFCV): the same values, 4x fewer bytes;
 - ``--max-side N`` (default 320, 0 = skip): ``packed, pack.max_side=N`` (FFCV's ``max_resolution``: images re-encoded at most N px
   on the long side, quality 90) with both reader options. This changes the stored pixels: the table says so.
 
