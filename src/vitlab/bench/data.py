@@ -23,8 +23,8 @@ batch size, workers, persistent workers, seeded shuffled order and ``collate_fn`
 - ``--max-side N`` (default 320, 0 = skip): ``packed, pack.max_side=N`` (FFCV's ``max_resolution``: images re-encoded at most N px
   on the long side, quality 90) with both reader options. This changes the stored pixels: the table says so.
 
-Each figure is the median over ``--repeats`` passes after one warm-up pass, the loaders taking turns so load
-from other processes hits them alike; per worker = img/s / max(1, workers). Beside wall-clock img/s, each pass
+Each figure is the median over ``--repeats`` passes after one warm-up pass, the loaders taking turns (in reverse
+order every other repeat) so load from other processes hits them alike; per worker = img/s / max(1, workers). Beside wall-clock img/s, each pass
 counts the CPU seconds the loader used (the main process and its workers, from /proc): img per CPU-second is
 the per-core cost, and it holds on a machine shared with other jobs, where wall-clock rates swing with their
 load. The table goes to stdout, then the packed/torchvision ratios (both), then, per ``pipeline:size``, the
@@ -181,13 +181,15 @@ def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int
 
 def run(root: Path, packs: dict[str, Path], pipeline: str, img_size: int, batch: int, workers: int,
         repeats: int, wds_shards: list[str] | None = None) -> list[dict]:
-    """Loaders are timed round-robin (one pass each per repeat), so load from other processes hits all alike."""
+    """Loaders are timed round-robin (one pass each per repeat), in reverse order every other repeat (A..F F..A), so
+    load from other processes, and a drift in it, hits all alike: in a fixed order the first loader and the last one
+    would always run at the two ends of a round."""
     loaders = loaders_for(root, packs, pipeline, img_size, batch, workers, wds_shards)
     n = {name: _one_pass(ld)[0] for name, ld in loaders.items()}  # warm-up: workers, page cache
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     per_cpu: dict[str, list[float]] = {name: [] for name in loaders}
-    for _ in range(repeats):
-        for name, ld in loaders.items():
+    for rep in range(repeats):
+        for name, ld in list(loaders.items())[::1 if rep % 2 == 0 else -1]:
             seen, dt, cpu = _one_pass(ld)
             rates[name].append(seen / dt)
             per_cpu[name].append(seen / max(cpu, 1e-9))
