@@ -38,6 +38,19 @@ def test_bench_data_compares_packed_with_torchvision_and_writes_json(tmp_path, c
     assert "packed_original_vs_torchvision pretrain:32: " in out
 
 
+def test_loaders_take_turns_in_reverse_order_every_other_repeat(monkeypatch):
+    """After the warm-up, the passes go A..F, F..A, A..F: in a fixed order the baseline would always run first in a
+    round and the original-bytes reader last, and a drift in the machine's load would favour one of them."""
+    import vitlab.bench.data as bench
+
+    order: list[str] = []
+    monkeypatch.setattr(bench, "loaders_for", lambda *a, **kw: {"a": "a", "b": "b", "c": "c"})
+    monkeypatch.setattr(bench, "_one_pass", lambda ld: (order.append(ld), (4, 1.0, 2.0))[1])
+    rows = bench.run(Path("."), {}, "pretrain", 32, 4, 0, repeats=3)
+    assert "".join(order) == "abc" + "abc" + "cba" + "abc"  # warm-up, then three repeats
+    assert [r["loader"] for r in rows] == ["a", "b", "c"] and rows[0]["img_per_cpu_s"] == 2.0
+
+
 def _count_listings(monkeypatch) -> list[str]:
     calls: list[str] = []
     real = i21k.scan_class_folders

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -440,6 +441,27 @@ def test_packed_pretrain_with_draft_crops_at_decode_and_keeps_flip_and_seeds(dig
     assert isinstance(draft.train_set.base.crop, DraftInceptionCrop) and plain.train_set.base.crop is None
     for seed in range(6):
         torch.testing.assert_close(draft.train_set[(7, seed)][0], plain.train_set[(7, seed)][0], rtol=0, atol=1e-6)
+
+
+def test_drafted_uint8_crops_stack_channels_last_and_reach_the_model_as_the_per_sample_pixels(digits_pack):
+    """data.draft + data.normalize_on_device: the crops keep the layout the resize wrote (HWC in memory) and the
+    loader's collate stacks them into a channels-last batch (no per-image or per-batch transposition in the workers,
+    issue 23's reader speed); the batch holds each sample's pixels, and after the device hook the model gets the
+    contiguous NCHW float batch the per-sample pipeline gives."""
+    from vitlab.data.transforms import normalize_batch
+
+    dm = _packed(digits_pack, img_size=16, train_pipeline="pretrain", draft=True, normalize_on_device=True,
+                 batch_size=8)
+    dm.setup()
+    loader = dm.train_dataloader()
+    keys = list(itertools.islice(iter(loader.sampler), 8))
+    x, y = next(iter(loader))
+    assert x.dtype == torch.uint8 and x.shape == (8, 3, 16, 16)
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    samples = torch.stack([dm.train_set[k][0] for k in keys])
+    assert torch.equal(x, samples) and y.tolist() == [dm.train_set.targets[i] for i, _ in keys]
+    z = dm.on_after_batch_transfer([x, y], 0)[0]
+    assert z.dtype == torch.float32 and z.is_contiguous() and torch.equal(z, normalize_batch(samples))
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@
 
 Every loader reads the same JPEGs (written by the bench: ~500x375, quality 90, ImageNet's typical size;
 or ``--root``), through the same pipeline (``vitlab.data.transforms.build_transform``), with the same
-batch size, workers, persistent workers and seeded shuffled order:
+batch size, workers, persistent workers, seeded shuffled order and ``collate_fn`` (vitlab's
+``vitlab.data.base.collate``, the one its training loaders use: ``default_collate`` but for channels-last uint8 images):
 
 - ``torchvision ImageFolder``: the baseline, PIL decoding;
 - ``vitlab folder``: ``data=folder`` (libjpeg-turbo into uint8 CHW tensors, ``data.decoder=auto``);
@@ -16,13 +17,14 @@ batch size, workers, persistent workers and seeded shuffled order:
 - ``packed``: the same files packed by ``vitlab.data.packing`` (original bytes), read as ``data=packed``;
 - ``packed, data.draft=true``: reduced-size JPEG decoding where the crop allows it (pretrain: the inception crop
   is drawn on the full-size geometry first; eval/finetune: a >= 2x downsample after the draft);
-- ``packed, data.draft=true, data.normalize_on_device=true``: the loader yields uint8 batches and the
-  normalisation runs on the device after transfer (timm's prefetcher, FFCV): the same values, 4x fewer bytes;
+- ``packed, data.draft=true, data.normalize_on_device=true``: the loader yields uint8 batches, channels-last as the
+  crops' resize writes them (FFCV's layout), and the normalisation and the NCHW layout are done on the device after
+  transfer (timm's prefetcher, FFCV): the same values, 4x fewer bytes;
 - ``--max-side N`` (default 320, 0 = skip): ``packed, pack.max_side=N`` (FFCV's ``max_resolution``: images re-encoded at most N px
   on the long side, quality 90) with both reader options. This changes the stored pixels: the table says so.
 
-Each figure is the median over ``--repeats`` passes after one warm-up pass, the loaders taking turns so load
-from other processes hits them alike; per worker = img/s / max(1, workers). Beside wall-clock img/s, each pass
+Each figure is the median over ``--repeats`` passes after one warm-up pass, the loaders taking turns (in reverse
+order every other repeat) so load from other processes hits them alike; per worker = img/s / max(1, workers). Beside wall-clock img/s, each pass
 counts the CPU seconds the loader used (the main process and its workers, from /proc): img per CPU-second is
 the per-core cost, and it holds on a machine shared with other jobs, where wall-clock rates swing with their
 load. The table goes to stdout, then the packed/torchvision ratios (both), then, per ``pipeline:size``, the
@@ -53,7 +55,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from vitlab.config import compose_job
-from vitlab.data.base import TransformedDataset
+from vitlab.data.base import TransformedDataset, collate
 from vitlab.data.files import decode_image_bytes
 from vitlab.data.folder import FolderDataModule
 from vitlab.data.imagenet21k import ImageNet21kDataModule
@@ -156,14 +158,14 @@ def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int
     def loader(ds):
         g = torch.Generator().manual_seed(0)  # the same shuffled order on every side
         return DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
-                          shuffle=True, generator=g)
+                          shuffle=True, generator=g, collate_fn=collate)
 
     out = {BASELINE: loader(ImageFolder(str(root / "train"), transform=tf))}
     folder = FolderDataModule(root=str(root), num_workers=workers)
     out["vitlab folder"] = loader(TransformedDataset(folder.build_splits()[0], tf))
     if wds_shards:
         out[WDS_ROW] = DataLoader(wds_dataset(wds_shards, tf), batch_size=batch, num_workers=workers,
-                                  persistent_workers=workers > 0)
+                                  persistent_workers=workers > 0, collate_fn=collate)
     for name, pack_root in packs.items():
         # (data.draft, data.normalize_on_device): a re-encoded pack is shown with its best reader only
         for draft, on_device in ((False, False), (True, False), (True, True)) if name == "packed" else ((True, True),):
@@ -179,13 +181,15 @@ def loaders_for(root: Path, packs: dict[str, Path], pipeline: str, img_size: int
 
 def run(root: Path, packs: dict[str, Path], pipeline: str, img_size: int, batch: int, workers: int,
         repeats: int, wds_shards: list[str] | None = None) -> list[dict]:
-    """Loaders are timed round-robin (one pass each per repeat), so load from other processes hits all alike."""
+    """Loaders are timed round-robin (one pass each per repeat), in reverse order every other repeat (A..F F..A), so
+    load from other processes, and a drift in it, hits all alike: in a fixed order the first loader and the last one
+    would always run at the two ends of a round."""
     loaders = loaders_for(root, packs, pipeline, img_size, batch, workers, wds_shards)
     n = {name: _one_pass(ld)[0] for name, ld in loaders.items()}  # warm-up: workers, page cache
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     per_cpu: dict[str, list[float]] = {name: [] for name in loaders}
-    for _ in range(repeats):
-        for name, ld in loaders.items():
+    for rep in range(repeats):
+        for name, ld in list(loaders.items())[::1 if rep % 2 == 0 else -1]:
             seen, dt, cpu = _one_pass(ld)
             rates[name].append(seen / dt)
             per_cpu[name].append(seen / max(cpu, 1e-9))

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch.nn.functional import interpolate
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import v2
-from torchvision.transforms.v2.functional import pil_to_tensor, resize_image
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 try:  # libjpeg-turbo's TurboJPEG API in a wheel: a header read and a (DCT-scaled) decode, no Python image object
     import simplejpeg
@@ -211,7 +212,7 @@ def dct_reduction(side: int, min_side: float) -> int:
 
 
 def decode_image_bytes(
-    data: bytes,
+    data: bytes | memoryview,
     path: str | os.PathLike,
     decoder: str = "auto",
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
@@ -272,7 +273,7 @@ def decode_image_bytes(
         ) from e
 
 
-def _decode_simplejpeg(data: bytes, path: str | os.PathLike, max_image_pixels: int,
+def _decode_simplejpeg(data: bytes | memoryview, path: str | os.PathLike, max_image_pixels: int,
                        reduce: Callable[[int, int], int] | None) -> torch.Tensor | None:
     """A JPEG through simplejpeg: header, the pixel check, the decode at 1/r, as a uint8 CHW view of the HWC
     array (the strides torchvision's ``decode_jpeg`` returns). None where libjpeg-turbo refuses the file."""
@@ -506,7 +507,7 @@ class DraftInceptionCrop:
         self.size, self.margin = int(size), float(margin)
         self.rrc = v2.RandomResizedCrop(self.size, scale=tuple(scale), antialias=True)
 
-    def __call__(self, data: bytes, where: str, max_image_pixels: int) -> torch.Tensor:
+    def __call__(self, data: bytes | memoryview, where: str, max_image_pixels: int) -> torch.Tensor:
         box: dict = {}
 
         def plan(w: int, h: int) -> int:  # called once, from the header decode_image_bytes parses and checks
@@ -523,7 +524,10 @@ class DraftInceptionCrop:
             top, left = round(top * sy), round(left * sx)
             height = max(1, min(round(height * sy), h_img - top))
             width = max(1, min(round(width * sx), w_img - left))
-        # v2's resized_crop = this slice + this kernel (the crop lies inside the image), without the dispatch; the
-        # crop copied into HWC order first, so the uint8 kernel neither re-packs its input nor its output (same pixels)
-        crop = img[..., top:top + height, left:left + width].permute(1, 2, 0).contiguous().permute(2, 0, 1)
-        return resize_image(crop, [self.size, self.size], antialias=True)
+        # v2's resized_crop = this slice + the kernel call of its resize_image (the crop lies inside the image), without
+        # the dispatch and checks: the crop copied into HWC order as a channels-last 1CHW batch (resize_image restrides
+        # to that), so the uint8 kernel neither re-packs its input nor its output; the same pixels (tests/test_packed.py)
+        crop = img[..., top:top + height, left:left + width].permute(1, 2, 0).contiguous()[None].permute(0, 3, 1, 2)
+        if (height, width) != (self.size, self.size):  # resize_image returns a same-size image as it is
+            crop = interpolate(crop, size=[self.size, self.size], mode="bilinear", align_corners=False, antialias=True)
+        return crop[0]

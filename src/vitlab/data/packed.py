@@ -422,7 +422,7 @@ def decode(data: bytes | memoryview, draft_min_side: int | None = None, where: s
     then start from fewer pixels and cover the same image region, up to resampling error.
     """
     reduce = None if not draft_min_side else lambda w, h: dct_reduction(min(w, h), draft_min_side)
-    return decode_image_bytes(bytes(data), where, "torchvision", max_image_pixels, reduce)
+    return decode_image_bytes(data, where, "torchvision", max_image_pixels, reduce)
 
 
 class PackedSplit(Dataset):
@@ -502,7 +502,7 @@ class PackedSplit(Dataset):
         where = f"image {i} of {self.root}/{self.split}"
         try:
             if self.crop is not None:
-                img = self.crop(bytes(item["image"]), where, self.max_image_pixels)
+                img = self.crop(item["image"], where, self.max_image_pixels)  # the chunk's bytes, not copied
             else:
                 img = decode(item["image"], self.draft_min_side, where, self.max_image_pixels)
         except CorruptImageError:

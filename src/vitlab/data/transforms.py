@@ -146,7 +146,9 @@ class FlipNormalize:
     """The rest of the pretrain pipeline after :class:`vitlab.data.files.DraftInceptionCrop`: ``RandomHorizontalFlip`` (the same one
     RNG draw) + ``ToDtype(scale=True)`` + ``Normalize`` fused into one multiply-add, without v2's per-call dispatch
     (equal to the v2 steps up to float rounding, ~1e-7). ``mean=None``: flip only, uint8 out
-    (``data.normalize_on_device``: :func:`normalize_batch` runs on the device)."""
+    (``data.normalize_on_device``: :func:`normalize_batch` runs on the device), in the memory layout the crop's
+    resize wrote (channels-last, HWC in memory): :func:`vitlab.data.base.collate` stacks such images with row copies,
+    where a per-image ``contiguous()`` (a byte-by-byte transposition) cost as much as the flip and collate together."""
 
     def __init__(self, mean, std) -> None:
         self.scale = self.shift = None
@@ -159,5 +161,5 @@ class FlipNormalize:
         if torch.rand(1) < 0.5:  # v2.RandomHorizontalFlip(p=0.5): flips unless rand >= p
             img = img.flip(-1)
         if self.scale is None:
-            return img.contiguous()
+            return img
         return img.to(torch.float32).mul_(self.scale).sub_(self.shift)
