@@ -127,7 +127,7 @@ class MaskedPatchPredictionModule(VitlabModule):
     def training_step(self, batch, batch_idx: int):
         loss, acc, n = self._step(batch)
         self.train_loss(loss.detach(), weight=n)
-        self.train_acc(acc.detach(), weight=n)
+        self.train_acc.update(acc.detach(), weight=n)  # epoch value only: update, not __call__
         self.log(M.TRAIN_LOSS, self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log(M.TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True)
         return loss
@@ -137,15 +137,15 @@ class MaskedPatchPredictionModule(VitlabModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, acc, n = self._step(batch, self._eval_generator(batch_idx))
-        self.val_loss(loss, weight=n)
-        self.val_acc(acc, weight=n)
+        self.val_loss.update(loss, weight=n)
+        self.val_acc.update(acc, weight=n)
         self.log(M.VAL_LOSS, self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(M.VAL_ACC, self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, acc, n = self._step(batch, self._eval_generator(batch_idx))
-        self.test_loss(loss, weight=n)
-        self.test_acc(acc, weight=n)
+        self.test_loss.update(loss, weight=n)
+        self.test_acc.update(acc, weight=n)
         self.log(M.TEST_LOSS, self.test_loss, on_step=False, on_epoch=True)
         self.log(M.TEST_ACC, self.test_acc, on_step=False, on_epoch=True)
 
