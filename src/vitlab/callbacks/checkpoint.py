@@ -110,14 +110,14 @@ class AtomicModelCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         is_last = os.path.basename(filepath).startswith(self.CHECKPOINT_NAME_LAST or "last")
-        written = self._last_checkpoint_saved  # this callback's latest full write, and its step
+        written = self._last_checkpoint_saved  # the latest file saved (a link only if it is last.ckpt itself)
         same_state = is_last and written and written != filepath and self._written_step == trainer.global_step
         if not (same_state and atomic_link(trainer, written, filepath)):
             atomic_save(trainer, filepath, self.save_weights_only)
             self._written_step = trainer.global_step
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
-        if os.path.basename(filepath).startswith(self.CHECKPOINT_NAME_LAST or "last"):
+        if is_last:
             self._last_saved_step = trainer.global_step
         if trainer.is_global_zero:
             for logger in trainer.loggers:

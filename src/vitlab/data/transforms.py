@@ -118,7 +118,7 @@ def build_transform(
 class EdgePadRandomCrop(v2.RandomCrop):
     """``v2.RandomCrop(size, padding=pad, padding_mode="edge")``: the same random draws, the same pixels, with
     torch's own replicate pad. torchvision pads a uint8 image by way of float and its kernel dispatch
-    (tests/test_data_embedded.py pins the equality)."""
+    (tests/test_data_pipeline.py pins the equality)."""
 
     def __init__(self, size: int, pad: int) -> None:
         super().__init__(size, padding=pad, padding_mode="edge")
