@@ -146,3 +146,19 @@ def test_translate_crop_is_torchvisions_edge_padded_random_crop(dtype):
         torch.manual_seed(seed)
         seen.add(tuple(ref.make_params([img])[k] for k in ("top", "left")))
     assert len(seen) == 49  # every (top, left) in 0..6 x 0..6: the edges and corners are covered
+
+
+@pytest.mark.parametrize("scale", [(0.05, 1.0), (0.08, 1.0), (0.9, 1.0)])
+def test_inception_crop_box_draws_torchvisions_boxes(scale):
+    """The packed reader draws its crop from the JPEG header with InceptionCropBox: for a seed, the box v2's
+    RandomResizedCrop draws, fallback central crops of extreme shapes included, and the RNG left in the same state."""
+    from vitlab.data.transforms import INCEPTION_CROP_RATIO, InceptionCropBox
+
+    ours, theirs = InceptionCropBox(scale), v2.RandomResizedCrop(224, scale=scale, ratio=INCEPTION_CROP_RATIO)
+    for seed, (h, w) in enumerate([(375, 500), (500, 333), (224, 224), (1, 900), (900, 3), (64, 48)] * 20):
+        torch.manual_seed(seed)
+        p = theirs.make_params([torch.empty(3, h, w)])
+        after = torch.rand(1)
+        torch.manual_seed(seed)
+        assert ours(h, w) == (p["top"], p["left"], p["height"], p["width"]), (seed, h, w)
+        assert torch.equal(torch.rand(1), after)

@@ -364,6 +364,7 @@ def test_drafted_inception_crop_differs_only_by_resampling_error(size):
     no more than another resampling filter (bicubic instead of bilinear, on the full-size decode) does, and not at
     all where no reduced scale covers the crop (224 px from a 500x375 photo). Measured on this photo at 32 / 64 px:
     0.034 / 0.020 mean abs in [-1, 1] units (bicubic vs bilinear: 0.028 / 0.018)."""
+    from torchvision.transforms import v2
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
@@ -373,11 +374,12 @@ def test_drafted_inception_crop_differs_only_by_resampling_error(size):
     data = _photo()
     full = decode(data)
     crop = DraftInceptionCrop(size, (0.05, 1.0))
+    rrc = v2.RandomResizedCrop(size, scale=(0.05, 1.0), antialias=True)  # the standard pipeline's crop
     to_unit = lambda t: t.float() / 127.5 - 1  # noqa: E731 - the paper's normalisation
     errs, filter_errs, drafted = [], [], 0
     for seed in range(24):
         with seeded_rng(seed):
-            p = crop.rrc.make_params([full])  # the crop the standard pipeline draws for this seed
+            p = rrc.make_params([full])  # the crop the standard pipeline draws for this seed
         a = to_unit(F.resized_crop(full, **p, size=[size, size], antialias=True))
         cubic = to_unit(F.resized_crop(full, **p, size=[size, size], antialias=True,
                                        interpolation=InterpolationMode.BICUBIC))
@@ -418,6 +420,9 @@ def test_drafted_224px_crop_is_the_torchvision_imagefolder_sample(backend, monke
         assert files.simplejpeg is not None, "simplejpeg (a dependency in pyproject.toml) is not installed"
         monkeypatch.setattr(files, "decode_image", no_torchvision_decoder)
         monkeypatch.setattr(files, "decode_jpeg", no_torchvision_decoder)
+    top_rows = []  # the crops decoded as the image's top rows alone (simplejpeg only)
+    decode_top_rows = files.decode_jpeg_top_rows
+    monkeypatch.setattr(files, "decode_jpeg_top_rows", lambda d, rows: top_rows.append(rows) or decode_top_rows(d, rows))
     data = _photo()
     imagefolder = Image.open(io.BytesIO(data)).convert("RGB")  # torchvision's ImageFolder loader (PIL)
     standard = build_transform("pretrain", 224, "paper", normalize=False)  # uint8 out: the pixels themselves
@@ -428,6 +433,53 @@ def test_drafted_224px_crop_is_the_torchvision_imagefolder_sample(backend, monke
         with seeded_rng(seed):
             b = flip(crop(data, "photo", 10**8))
         assert a.dtype == b.dtype == torch.uint8 and torch.equal(a, b), seed
+    if backend == "simplejpeg":
+        assert sum(rows < 375 - files.TOP_ROWS_MARGIN for rows in top_rows) >= 8  # most crops end above the bottom
+
+
+@pytest.mark.parametrize("kind", ["444", "422", "420", "440", "411", "gray", "progressive", "restart markers"])
+def test_top_rows_of_a_jpeg_decode_alone_to_the_full_decodes_pixels(kind):
+    """The inception crop decodes only the rows down to its bottom edge (the frame height, in a copy of the bytes,
+    set to the rows needed): every row is the full decode's, bit for bit, for every chroma subsampling."""
+    import simplejpeg
+
+    from vitlab.data.files import decode_jpeg_top_rows
+
+    pixels = np.asarray(Image.open(io.BytesIO(_photo(203, 157))))
+    if kind == "gray":
+        data = simplejpeg.encode_jpeg(np.ascontiguousarray(pixels[..., :1]), 90, colorspace="GRAY")
+    elif kind in ("progressive", "restart markers"):
+        buf = io.BytesIO()
+        opts = {"progressive": True} if kind == "progressive" else {"restart_marker_rows": 1}
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=90, **opts)
+        data = buf.getvalue()
+    else:
+        data = simplejpeg.encode_jpeg(pixels, 90, colorsubsampling=kind)
+    full = simplejpeg.decode_jpeg(data, "RGB")
+    assert full.shape[:2] == (157, 203)
+    for rows in [1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 154]:
+        top = decode_jpeg_top_rows(data, rows)
+        assert top is not None and top.shape == (rows, 203, 3) and np.array_equal(top, full[:rows]), rows
+    assert decode_jpeg_top_rows(data, 155) is None  # the margin reaches the bottom: the whole image decodes
+
+
+def test_top_rows_decode_leaves_truncated_and_unusual_jpegs_to_the_strict_full_decode():
+    """A file without its end marker (truncated) or with markers the header walk does not know is decoded whole,
+    strictly: a truncated image is still refused naming it, whatever rows the crop needs."""
+    from vitlab.data.files import decode_image_bytes, decode_jpeg_top_rows, jpeg_height_field
+    from vitlab.errors import CorruptImageError
+
+    data = _photo(203, 157)
+    at = jpeg_height_field(data)
+    assert at is not None and int.from_bytes(data[at:at + 2], "big") == 157
+    truncated = data[: len(data) // 2]
+    assert decode_jpeg_top_rows(truncated, 10) is None
+    with pytest.raises(CorruptImageError, match="photo.jpg"):
+        decode_image_bytes(truncated, "photo.jpg", "torchvision", 10**8, plan=lambda w, h: (1, 10))
+    arithmetic = data[:at - 5] + b"\xff\xc9" + data[at - 3:]  # SOF9: arithmetic coding
+    for odd in (arithmetic, data[:2] + b"\x00" + data[3:], data[:4] + b"\x00\x01" + data[6:], b"\xff\xd8\xff\xd9"):
+        assert decode_jpeg_top_rows(odd, 10) is None
+    assert jpeg_height_field(data[:at]) is None  # a header cut before the height
 
 
 def test_packed_pretrain_with_draft_crops_at_decode_and_keeps_flip_and_seeds(digits_pack):

@@ -24,7 +24,6 @@ from PIL import Image, UnidentifiedImageError
 from torch.nn.functional import interpolate
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 try:  # libjpeg-turbo's TurboJPEG API in a wheel: a header read and a (DCT-scaled) decode, no Python image object
@@ -34,6 +33,7 @@ except ImportError:  # torchvision's libjpeg-turbo then decodes: the same pixels
 
 from vitlab import metrics as M
 from vitlab.data.base import VisionDataModule, check_val_fraction
+from vitlab.data.transforms import InceptionCropBox
 from vitlab.data.tree import ancestor_keys, list_class_dirs, walk_files
 from vitlab.errors import (
     CorruptImageError,
@@ -216,7 +216,7 @@ def decode_image_bytes(
     path: str | os.PathLike,
     decoder: str = "auto",
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    reduce: Callable[[int, int], int] | None = None,
+    plan: Callable[[int, int], tuple[int, int]] | None = None,
 ) -> Image.Image | torch.Tensor:
     """Decode an image file's bytes (``path`` names it in errors) after checking the pixel count its
     header declares against ``max_image_pixels``: every decoder of vitlab goes through here.
@@ -226,15 +226,17 @@ def decode_image_bytes(
     torchvision's. Whatever libjpeg-turbo refuses (CMYK, damaged files) and other formats go to PIL, which
     gives the verdict and the error message.
 
-    ``reduce(width, height)``, called once with the size the header declares (after the check), returns a
-    factor r (1, 2, 4 or 8, see :func:`dct_reduction`): a JPEG is then decoded at 1/r scale (libjpeg's DCT
-    scaling; the packed reader's ``data.draft``). Other formats decode at full size. The drafted
-    inception crop draws its crop inside ``reduce``, from this one header parse."""
+    ``plan(width, height)``, called once with the size the header declares (after the check), returns
+    ``(r, rows)``: a factor r (1, 2, 4 or 8, see :func:`dct_reduction`), and the rows from the top the caller
+    will read (``height`` for all). A JPEG is then decoded at 1/r scale (libjpeg's DCT scaling; the packed
+    reader's ``data.draft``); at full scale, only its top ``rows`` rows where :func:`decode_jpeg_top_rows` can
+    (the returned image is then shorter; its pixels are the full decode's). Other formats decode whole. The drafted
+    inception crop draws its crop inside ``plan``, from this one header parse."""
     _let_pil_open(max_image_pixels)
-    reduce = functools.cache(reduce) if reduce is not None else None  # one call (one crop drawn), whichever path
+    plan = functools.cache(plan) if plan is not None else None  # one call (one crop drawn), whichever path
     is_jpeg = bytes(data[:3]) == JPEG_MAGIC
     if is_jpeg and decoder != "pil" and simplejpeg is not None:
-        img = _decode_simplejpeg(data, path, max_image_pixels, reduce)
+        img = _decode_simplejpeg(data, path, max_image_pixels, plan)
         if img is not None:
             return img
     try:
@@ -244,7 +246,7 @@ def decode_image_bytes(
         with im:
             check_declared_pixels(*im.size, path, max_image_pixels)
             w, h = im.size
-            r = reduce(w, h) if reduce is not None else 1
+            r = plan(w, h)[0] if plan is not None else 1
             if r > 1 and is_jpeg:
                 im.draft("RGB", (w // r, h // r))  # PIL picks the largest scale whose output is >= this
                 return im.convert("RGB")
@@ -274,9 +276,10 @@ def decode_image_bytes(
 
 
 def _decode_simplejpeg(data: bytes | memoryview, path: str | os.PathLike, max_image_pixels: int,
-                       reduce: Callable[[int, int], int] | None) -> torch.Tensor | None:
-    """A JPEG through simplejpeg: header, the pixel check, the decode at 1/r, as a uint8 CHW view of the HWC
-    array (the strides torchvision's ``decode_jpeg`` returns). None where libjpeg-turbo refuses the file."""
+                       plan: Callable[[int, int], tuple[int, int]] | None) -> torch.Tensor | None:
+    """A JPEG through simplejpeg: header, the pixel check, the decode at 1/r (or of the top rows), as a uint8 CHW
+    view of the HWC array (the strides torchvision's ``decode_jpeg`` returns). None where libjpeg-turbo refuses
+    the file."""
     try:
         h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
@@ -284,12 +287,68 @@ def _decode_simplejpeg(data: bytes | memoryview, path: str | os.PathLike, max_im
     if colorspace not in ("YCbCr", "Gray", "RGB"):  # CMYK / YCCK: libjpeg-turbo has no RGB for them, PIL does
         return None
     check_declared_pixels(w, h, path, max_image_pixels)
-    r = reduce(w, h) if reduce is not None else 1
-    try:  # 1/r is the smallest libjpeg-turbo scale M/8 whose output reaches ceil(size / r)
-        rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-h // r), min_width=-(-w // r))
+    r, rows = plan(w, h) if plan is not None else (1, h)
+    rgb = decode_jpeg_top_rows(data, rows) if r == 1 else None
+    if rgb is None:
+        try:  # 1/r is the smallest libjpeg-turbo scale M/8 whose output reaches ceil(size / r)
+            rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-h // r), min_width=-(-w // r))
+        except ValueError:
+            return None
+    return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+#: JPEG frame types whose top rows decode alone: Huffman-coded baseline, extended sequential and progressive
+_SOF_HUFFMAN = (0xC0, 0xC1, 0xC2)
+#: rows decoded below the last one read: fancy chroma upsampling (4:2:0, 4:4:0) reads one chroma row below
+#: the output row, and libjpeg replicates the last row at the frame's bottom edge. 1 is enough for every
+#: subsampling (tests/test_data_pipeline.py pins 2 on all of them, progressive too)
+TOP_ROWS_MARGIN = 2
+
+
+def jpeg_height_field(data: bytes | memoryview) -> int | None:
+    """Offset of the frame header's 2-byte height in a Huffman-coded JPEG (SOF0/1/2), or None where the markers
+    before it are anything but plain segments (a bounded walk over the segment lengths; nothing is trusted)."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        m = data[i + 1]
+        if m == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if m in _SOF_HUFFMAN:
+            return i + 5 if i + 10 <= n else None
+        if not (0xE0 <= m <= 0xEF or m in (0xDB, 0xC4, 0xDD, 0xFE)):  # APPn, DQT, DHT, DRI, COM only
+            return None
+        length = (data[i + 2] << 8) | data[i + 3]
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def decode_jpeg_top_rows(data: bytes | memoryview, rows: int) -> np.ndarray | None:
+    """The top ``rows`` (+ :data:`TOP_ROWS_MARGIN`) rows of a JPEG, as HWC uint8 RGB, decoded alone: the entropy
+    decoding, inverse DCT and colour conversion of the rows below the crop are skipped. The frame header's
+    height, in a copy of the bytes, is set to the rows needed; every row above the margin is the full decode's,
+    bit for bit (libjpeg decodes top-down). None where the whole image is needed or the file is not a plain
+    Huffman-coded JPEG ending in an EOI marker (a truncated file then gets the full, strict decode and its error).
+
+    libjpeg-turbo reads the rest of the scan as data after the shortened frame and warns; that warning is the
+    only one ``strict=False`` lets pass that a full decode would not (an image libjpeg warns about on its full
+    decode goes to PIL, which decodes it through the same warnings)."""
+    need = rows + TOP_ROWS_MARGIN
+    if bytes(data[-2:]) != b"\xff\xd9" or (at := jpeg_height_field(data)) is None:
+        return None
+    height = (data[at] << 8) | data[at + 1]
+    if need >= height:
+        return None
+    cut = bytearray(data)
+    cut[at:at + 2] = need.to_bytes(2, "big")
+    try:
+        return simplejpeg.decode_jpeg(cut, "RGB", strict=False)[:rows]
     except ValueError:
         return None
-    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 class ImageListDataset(Dataset):
@@ -505,21 +564,22 @@ class DraftInceptionCrop:
 
     def __init__(self, size: int, scale: tuple[float, float], margin: float = 2.0) -> None:
         self.size, self.margin = int(size), float(margin)
-        self.rrc = v2.RandomResizedCrop(self.size, scale=tuple(scale), antialias=True)
+        self.box = InceptionCropBox(scale)  # v2.RandomResizedCrop's draws (its default ratio)
 
     def __call__(self, data: bytes | memoryview, where: str, max_image_pixels: int) -> torch.Tensor:
         box: dict = {}
 
-        def plan(w: int, h: int) -> int:  # called once, from the header decode_image_bytes parses and checks
-            box.update(self.rrc.make_params([torch.empty(1, 1, 1).expand(3, h, w)]), full=(h, w))
-            return dct_reduction(min(box["height"], box["width"]), self.margin * self.size)
+        def plan(w: int, h: int) -> tuple[int, int]:  # called once, from the header decode_image_bytes checks
+            top, _, height, width = box["crop"] = self.box(h, w)
+            box.update(full=(h, w), r=dct_reduction(min(height, width), self.margin * self.size))
+            return box["r"], top + height  # the rows below the crop are not decoded
 
-        img = decode_image_bytes(data, where, "torchvision", max_image_pixels, reduce=plan)
+        img = decode_image_bytes(data, where, "torchvision", max_image_pixels, plan=plan)
         if isinstance(img, Image.Image):
             img = pil_to_tensor(img)
         (h_full, w_full), (h_img, w_img) = box["full"], img.shape[-2:]
-        top, left, height, width = box["top"], box["left"], box["height"], box["width"]
-        if (h_img, w_img) != (h_full, w_full):  # drafted: the same region on the smaller grid
+        top, left, height, width = box["crop"]
+        if box["r"] > 1 and (h_img, w_img) != (h_full, w_full):  # drafted: the same region on the smaller grid
             sy, sx = h_img / h_full, w_img / w_full
             top, left = round(top * sy), round(left * sx)
             height = max(1, min(round(height * sy), h_img - top))

@@ -421,8 +421,8 @@ def decode(data: bytes | memoryview, draft_min_side: int | None = None, where: s
     With ``draft_min_side``, a JPEG is decoded at reduced scale (DCT scaling): the pipeline's crop and resize
     then start from fewer pixels and cover the same image region, up to resampling error.
     """
-    reduce = None if not draft_min_side else lambda w, h: dct_reduction(min(w, h), draft_min_side)
-    return decode_image_bytes(data, where, "torchvision", max_image_pixels, reduce)
+    plan = None if not draft_min_side else lambda w, h: (dct_reduction(min(w, h), draft_min_side), h)
+    return decode_image_bytes(data, where, "torchvision", max_image_pixels, plan)
 
 
 class PackedSplit(Dataset):

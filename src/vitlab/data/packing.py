@@ -91,9 +91,9 @@ def _check_decodes(raw: bytes, name: str, max_image_pixels: int) -> tuple[int, i
     truncation shows) or raise naming it; the image's full size, the one ``pack.max_side`` compares."""
     size = []
 
-    def eighth(w: int, h: int) -> int:  # called once with the header's size, after the pixel check
+    def eighth(w: int, h: int) -> tuple[int, int]:  # called once with the header's size, after the pixel check
         size.append((w, h))
-        return 8 if min(w, h) >= 8 else 1
+        return (8 if min(w, h) >= 8 else 1), h  # every row: truncation anywhere shows
 
     decode_image_bytes(raw, name, "pil", max_image_pixels, eighth)
     return size[0]
