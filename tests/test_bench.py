@@ -48,6 +48,8 @@ def test_bench_tiny_writes_json_with_the_promised_schema(cli, tmp_path):
     for key in ("ratio_vitlab_vs_plain", "mfu", "img_per_s", "peak_mem_mb", "eval_img_per_s"):
         assert isinstance(entry[key], float) and math.isfinite(entry[key]) and entry[key] > 0, (key, entry[key])
     assert set(entry["ways"]) == {"vitlab", "plain", "timm"}
+    for run in res["raw"]["vit_micro"]["vitlab"]:  # each worker's peak: the better of before and after its windows
+        assert run["peak_flops"] == max(run["peak_before"], run["peak_after"]) > 0
     for way in entry["ways"].values():
         s = way["img_per_s"]
         assert s["min"] <= s["median"] <= s["max"] and s["n"] == 1
@@ -156,9 +158,9 @@ def test_channels_last_module_matches_default_layout():
     torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)
 
 
-def _run(img_per_s: float, eval_img_per_s: float = 100.0, mem: float = 500.0) -> dict:
+def _run(img_per_s: float, eval_img_per_s: float = 100.0, mem: float = 500.0, peak: float = 40e9) -> dict:
     return {"train": {"img_per_s": img_per_s}, "eval": {"img_per_s": eval_img_per_s}, "train_flops_per_img": 2e9,
-            "eval_flops_per_img": 7e8, "peak_mem_mb": mem, "precision": "32-true"}
+            "eval_flops_per_img": 7e8, "peak_mem_mb": mem, "precision": "32-true", "peak": {"flops": peak}}
 
 
 def test_aggregate_pairs_repeats_and_reports_lever_speedups():
@@ -166,7 +168,7 @@ def test_aggregate_pairs_repeats_and_reports_lever_speedups():
 
     spec = {"img_size": 32, "batch_size": 8, "overrides": ["model=vit_ti16"]}
     runs = {
-        "vitlab": [_run(10.0), _run(5.0), _run(9.0, mem=700.0)],
+        "vitlab": [_run(10.0), _run(5.0, peak=20e9), _run(9.0, mem=700.0, peak=36e9)],  # repeat 2: a slow minute
         "plain": [_run(10.0), _run(4.0), _run(10.0)],  # repeat 2 ran under load for both ways
         "vitlab+bf16": [_run(15.0), _run(10.0), _run(18.0)],
     }
@@ -174,7 +176,8 @@ def test_aggregate_pairs_repeats_and_reports_lever_speedups():
     # ratios are taken pairwise (same load), then the median: 1.0, 1.25, 0.9 -> 1.0
     assert e["ratio_vitlab_vs_plain"] == 1.0 and e["ratio_spread"] == [0.9, 1.25]
     assert e["img_per_s"] == 9.0 and e["peak_mem_mb"] == 700.0
-    assert e["mfu"] == 9.0 * 2e9 / 40e9
+    # MFU pairs each run with the peak its own worker measured (0.5, 0.5, 0.5), not the best peak of any worker
+    assert e["mfu"] == 0.5 and e["ways"]["vitlab"]["mfu_vs_best_peak"] == 9.0 * 2e9 / 40e9
     assert e["ways"]["vitlab+bf16"]["speedup_vs_vitlab"] == 2.0
     md = markdown({"machine": {"device": "cpu", "cpu": "X", "cores": 2, "torch": "t", "lightning": "l", "timm": "m",
                                "python": "p", "loadavg_1m": 1.0}, "threads": 2,
@@ -182,6 +185,7 @@ def test_aggregate_pairs_repeats_and_reports_lever_speedups():
                    "config": {"warmup_steps": 2, "steps": 5, "eval_warmup_steps": 1, "eval_steps": 3, "repeats": 3},
                    "loadavg_end": 1.0, "models": {"vit_ti16_p4": e}})
     assert "| vit_ti16_p4 | (a) + bf16 (x2.00 vs a) |" in md and "1.000 (0.900-1.250)" in md
+    assert "| 50.0% (45.0%) |" in md  # the paired MFU, then the median rate over the best peak
 
 
 

@@ -346,6 +346,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         _plain_loop(net, cfg, dm, device, win, lambda m: compile_net(m, compile_opt))
 
     res = win.results(dm.batch_size, dm.eval_batch_size)
+    after = measure_peak(device, **spec["peak"])  # the run's own peak: the better of before and after its windows
+    peak = {**max(peak, after, key=lambda p: p["flops"]), "before": peak["flops"], "after": after["flops"]}
     train_flops = float(flops.train_flops)
     res.update(info)
     res.update(
