@@ -299,9 +299,9 @@ def _decode_simplejpeg(data: bytes | memoryview, path: str | os.PathLike, max_im
 
 #: JPEG frame types whose top rows decode alone: Huffman-coded baseline, extended sequential and progressive
 _SOF_HUFFMAN = (0xC0, 0xC1, 0xC2)
-#: rows decoded below the last one read: fancy chroma upsampling (4:2:0, 4:4:0) reads one chroma row below
-#: the output row, and libjpeg replicates the last row at the frame's bottom edge. 1 is enough for every
-#: subsampling (tests/test_data_pipeline.py pins 2 on all of them, progressive too)
+#: rows decoded below the last one returned: libjpeg's smooth chroma upsampling (4:2:0, 4:4:0) reads the chroma
+#: row below an output row, and at the frame's bottom edge it repeats the last row instead, so the returned rows
+#: keep real neighbours (tests/test_packed.py pins every subsampling, progressive and restart markers too)
 TOP_ROWS_MARGIN = 2
 
 
@@ -334,9 +334,10 @@ def decode_jpeg_top_rows(data: bytes | memoryview, rows: int) -> np.ndarray | No
     bit for bit (libjpeg decodes top-down). None where the whole image is needed or the file is not a plain
     Huffman-coded JPEG ending in an EOI marker (a truncated file then gets the full, strict decode and its error).
 
-    libjpeg-turbo reads the rest of the scan as data after the shortened frame and warns; that warning is the
-    only one ``strict=False`` lets pass that a full decode would not (an image libjpeg warns about on its full
-    decode goes to PIL, which decodes it through the same warnings)."""
+    libjpeg-turbo then skips the rest of the scan as data after the shortened frame, and warns: hence
+    ``strict=False``. Damaged files fare as on the full decode: a truncated one has no end marker, so it is decoded
+    whole and strictly, and refused; corrupt scan data that libjpeg only warns about is decoded anyway on the full
+    path too (by PIL, its fallback). Only a fatal error below the crop goes unseen, as the rows there are not read."""
     need = rows + TOP_ROWS_MARGIN
     if bytes(data[-2:]) != b"\xff\xd9" or (at := jpeg_height_field(data)) is None:
         return None
