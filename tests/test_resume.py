@@ -131,7 +131,7 @@ def test_resume_keeps_a_stored_best_model_path_only_when_it_is_this_runs_own_fil
     assert _restored(ckpts, best=other, stored_dirpath=elsewhere).best_model_path == ""
 
 
-def _fit_boring(tmp_path, epochs: int = 2):
+def _fit_boring(tmp_path, epochs: int = 2, ckpt_path=None):
     import lightning as L
     from lightning.pytorch.demos.boring_classes import BoringModel
 
@@ -140,8 +140,28 @@ def _fit_boring(tmp_path, epochs: int = 2):
     cb = AtomicModelCheckpoint(dirpath=tmp_path / "ckpts", filename="best-{step}", monitor="step", mode="max",
                                save_top_k=1, save_last=True)  # the step always improves: a best at every epoch end
     L.Trainer(max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False, enable_progress_bar=False,
-              enable_model_summary=False, callbacks=[cb], default_root_dir=tmp_path).fit(BoringModel())
+              enable_model_summary=False, callbacks=[cb], default_root_dir=tmp_path).fit(BoringModel(),
+                                                                                         ckpt_path=ckpt_path)
     return cb, tmp_path / "ckpts"
+
+
+def _stored_last_model_path(ckpt) -> str:
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)["callbacks"]
+    return next(v for k, v in stored.items() if k.startswith("AtomicModelCheckpoint"))["last_model_path"]
+
+
+def test_every_last_ckpt_names_itself_so_a_resume_rewrites_it_not_a_last_v1(tmp_path):
+    """The first epoch's best stores no last path yet: last.ckpt is written in full there, never a link to it (a
+    resume from it would keep last.ckpt stale and write ``last-v1.ckpt``); later epochs link, their best naming
+    last.ckpt already."""
+    for epochs in (1, 2):
+        _, ckpts = _fit_boring(tmp_path / str(epochs), epochs)
+        last = ckpts / "last.ckpt"
+        assert _stored_last_model_path(last) == str(last)
+        assert last.stat().st_nlink == epochs  # epoch 1: written in full; epoch 2: a link to the best
+    _, ckpts = _fit_boring(tmp_path / "1", 3, ckpt_path=tmp_path / "1" / "ckpts" / "last.ckpt")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-step=6.ckpt", "last.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
 
 
 def test_last_ckpt_is_a_hard_link_to_the_best_written_at_the_same_step(tmp_path):

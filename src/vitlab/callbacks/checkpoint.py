@@ -8,9 +8,9 @@ removes the temporary file, keeps the previous checkpoint and raises :class:`Che
 naming the directory.
 
 When the epoch end writes a best-``monitor`` checkpoint and ``last.ckpt`` at the same step (the same weights,
-optimizer and loop state), ``last.ckpt`` becomes a second hard link to the file just written (made under a
-temporary name and renamed over the old one, as above) instead of a second copy: one write and one fsync per
-epoch instead of two. It stays a regular file that outlives the best file's deletion; where the filesystem has no
+optimizer and loop state, and a stored ``last_model_path`` that already names ``last.ckpt``: from the second
+epoch on), ``last.ckpt`` becomes a second hard link to the file just written (made under a temporary name and
+renamed over the old one, as above) instead of a second copy: one write and one fsync per epoch instead of two. It stays a regular file that outlives the best file's deletion; where the filesystem has no
 hard links, it is written in full as before.
 """
 
@@ -107,14 +107,18 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         self.last_every_n_train_steps = int(last_every_n_train_steps) if last_every_n_train_steps else None
         self._last_saved_step: int | None = None
         self._written_step: int | None = None  # the global step of the latest checkpoint written in full
+        self._written_last_path: str | None = None  # the last_model_path stored in it
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         is_last = os.path.basename(filepath).startswith(self.CHECKPOINT_NAME_LAST or "last")
         written = self._last_checkpoint_saved  # the latest file saved (a link only if it is last.ckpt itself)
-        same_state = is_last and written and written != filepath and self._written_step == trainer.global_step
+        # The link's bytes carry the state stored at the full write: the same step, and a last_model_path naming
+        # this file (Lightning sets it before a last save; the first epoch's best still stores the previous one).
+        same_state = (is_last and written and written != filepath and self._written_step == trainer.global_step
+                      and self._written_last_path == filepath)
         if not (same_state and atomic_link(trainer, written, filepath)):
             atomic_save(trainer, filepath, self.save_weights_only)
-            self._written_step = trainer.global_step
+            self._written_step, self._written_last_path = trainer.global_step, self.last_model_path
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if is_last:
