@@ -149,6 +149,8 @@ def test_transfer_demo_at_its_defaults_learns_digits_both_ways_and_claims_nothin
     """Both digits runs learn (the fine-tuned one from the shapes checkpoint, its position embeddings resized
     4x4 -> 6x6), the summary's numbers are the jobs' own, and one seed gives no verdict: the gap between the two
     moved from -13 to +12.5 points across three seeds (docs/protocols.md "Results")."""
+    from vitlab.protocols.transfer import ONE_SEED
+
     r = cli("vitlab.train", "experiment=transfer_demo", "trainer.enable_progress_bar=false", "logger=none",
             "hydra.sweep.dir=sweep", timeout=1800)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
@@ -156,7 +158,7 @@ def test_transfer_demo_at_its_defaults_learns_digits_both_ways_and_claims_nothin
     s = json.loads((sweep / "transfer_summary.json").read_text())
     acc = {i: json.loads((sweep / str(i) / "metrics.json").read_text())["test/acc"] for i in range(3)}
     assert (s["pretrain_test_acc"], s["finetune_test_acc"], s["scratch_test_acc"]) == (acc[0], acc[1], acc[2])
-    assert s["gain"] == pytest.approx(acc[1] - acc[2]) and s["verdict"] == "one_seed"
+    assert s["gain"] == pytest.approx(acc[1] - acc[2]) and s["verdict"] == ONE_SEED
     assert min(acc.values()) > 0.3, acc  # chance is 10%; each run learns
     assert "resized: pos_embed: 1+4x4 -> 1+6x6 tokens" in (sweep / "1" / "train.log").read_text()
     assert "no conclusion yet" in r.stdout

@@ -10,8 +10,9 @@ naming the directory.
 When the epoch end writes a best-``monitor`` checkpoint and ``last.ckpt`` at the same step (the same weights,
 optimizer and loop state, and a stored ``last_model_path`` that already names ``last.ckpt``: from the second
 epoch on), ``last.ckpt`` becomes a second hard link to the file just written (made under a temporary name and
-renamed over the old one, as above) instead of a second copy: one write and one fsync per epoch instead of two. It stays a regular file that outlives the best file's deletion; where the filesystem has no
-hard links, it is written in full as before.
+renamed over the old one, as above) instead of a second copy: one write and one fsync per epoch instead of two.
+It stays a regular file that outlives the best file's deletion; where the filesystem has no hard links, it is
+written in full as before.
 """
 
 from __future__ import annotations
