@@ -151,14 +151,13 @@ def _stored_last_model_path(ckpt) -> str:
 
 
 def test_every_last_ckpt_names_itself_so_a_resume_rewrites_it_not_a_last_v1(tmp_path):
-    """The first epoch's best stores no last path yet: last.ckpt is written in full there, never a link to it (a
-    resume from it would keep last.ckpt stale and write ``last-v1.ckpt``); later epochs link, their best naming
-    last.ckpt already."""
+    """last.ckpt is a link to the epoch's best from the first epoch on, and every best stores last.ckpt's path (a
+    best naming none, linked as last.ckpt, would make a resume keep last.ckpt stale and write ``last-v1.ckpt``)."""
     for epochs in (1, 2):
         _, ckpts = _fit_boring(tmp_path / str(epochs), epochs)
         last = ckpts / "last.ckpt"
         assert _stored_last_model_path(last) == str(last)
-        assert last.stat().st_nlink == epochs  # epoch 1: written in full; epoch 2: a link to the best
+        assert last.stat().st_nlink == 2  # a link to the epoch's best: one write per epoch
     _, ckpts = _fit_boring(tmp_path / "1", 3, ckpt_path=tmp_path / "1" / "ckpts" / "last.ckpt")
     assert sorted(p.name for p in ckpts.iterdir()) == ["best-step=6.ckpt", "last.ckpt"]
     assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
@@ -186,3 +185,24 @@ def test_last_ckpt_is_written_in_full_where_hard_links_are_refused(tmp_path, mon
     assert sorted(p.name for p in ckpts.iterdir()) == ["best-step=4.ckpt", "last.ckpt"]  # no .tmp left behind
     assert not last.samefile(best) and last.stat().st_nlink == 1
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+
+
+def test_a_checkpoint_written_by_the_callback_holds_what_trainer_save_checkpoint_writes(tmp_path):
+    """The callback's own ``torch.save`` into the temporary file (stock strategy and CheckpointIO) stores the same
+    entries, weights and optimizer state as Lightning's ``trainer.save_checkpoint``."""
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from vitlab.callbacks.checkpoint import AtomicModelCheckpoint, atomic_save
+
+    cb = AtomicModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb], default_root_dir=tmp_path)
+    trainer.fit(BoringModel())
+    ours, theirs = atomic_save(trainer, tmp_path / "ours.ckpt"), tmp_path / "theirs.ckpt"
+    trainer.save_checkpoint(theirs)
+    a, b = (torch.load(p, map_location="cpu", weights_only=True) for p in (ours, theirs))
+    assert sorted(a) == sorted(b) and a["global_step"] == b["global_step"] == 2
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["optimizer_states"] == b["optimizer_states"] and a["callbacks"] == b["callbacks"]

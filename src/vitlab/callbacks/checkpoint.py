@@ -1,18 +1,17 @@
 """Checkpoints that are never half-written, and a ``last.ckpt`` that is also saved every N steps.
 
-Lightning writes a checkpoint in place: a kill or a full disk during the write leaves a truncated
-``last.ckpt`` where the good one was. :class:`AtomicModelCheckpoint` writes ``<name>.tmp`` first,
-fsyncs it and renames it over the old file (``os.replace`` is atomic on POSIX): at every instant the
-file named ``last.ckpt`` is a complete checkpoint. A failed write (disk full, quota, permissions)
-removes the temporary file, keeps the previous checkpoint and raises :class:`CheckpointWriteError`
-naming the directory.
+:class:`AtomicModelCheckpoint` writes ``<name>.tmp`` first, fsyncs it and renames it over the old file
+(``os.replace`` is atomic on POSIX): at every instant the file named ``last.ckpt`` is a complete checkpoint,
+after a kill and, with the fsync, after a power cut. A failed write (disk full, quota, permissions) removes the
+temporary file, keeps the previous checkpoint and raises :class:`CheckpointWriteError` naming the directory.
+With Lightning's stock strategy and CheckpointIO, ``torch.save`` writes straight into the temporary file.
 
 When the epoch end writes a best-``monitor`` checkpoint and ``last.ckpt`` at the same step (the same weights,
-optimizer and loop state, and a stored ``last_model_path`` that already names ``last.ckpt``: from the second
-epoch on), ``last.ckpt`` becomes a second hard link to the file just written (made under a temporary name and
-renamed over the old one, as above) instead of a second copy: one write and one fsync per epoch instead of two.
-It stays a regular file that outlives the best file's deletion; where the filesystem has no hard links, it is
-written in full as before.
+optimizer and loop state, and a stored ``last_model_path`` that names ``last.ckpt``: a run's first best stores
+the path that the ``last.ckpt`` save right after it takes), ``last.ckpt`` becomes a second hard link to the file
+just written (made under a temporary name and renamed over the old one, as above) instead of a second copy: one
+write and one fsync per epoch instead of two. It stays a regular file that outlives the best file's deletion;
+where the filesystem has no hard links, it is written in full as before.
 """
 
 from __future__ import annotations
@@ -26,7 +25,10 @@ from typing import Any
 from weakref import proxy
 
 import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import Strategy
 
 from vitlab.errors import CheckpointWriteError
 
@@ -48,14 +50,45 @@ def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _error_number(e: BaseException) -> int | None:
+    """The ``errno`` of ``e`` or of the ``OSError`` behind it (torch's writer turns a failed write into a
+    ``RuntimeError`` whose context is the file's ``OSError``)."""
+    while e is not None:
+        if getattr(e, "errno", None):
+            return e.errno
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _writes_plain_torch_files(trainer: L.Trainer) -> bool:
+    """The strategy and its CheckpointIO are Lightning's stock ones: the file is ``torch.save(dump_checkpoint())``.
+    (DeepSpeed, FSDP and custom CheckpointIO plugins write their own way: they go through
+    ``trainer.save_checkpoint``.)"""
+    return (type(trainer.strategy).save_checkpoint is Strategy.save_checkpoint
+            and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO)
+
+
 def atomic_save(trainer: L.Trainer, filepath: str | os.PathLike, weights_only: bool = False) -> str:
-    """``trainer.save_checkpoint`` to ``filepath`` via ``filepath.tmp`` + fsync + rename (collective under DDP)."""
+    """``trainer.save_checkpoint`` to ``filepath`` via ``filepath.tmp`` + fsync + rename (collective under DDP).
+
+    With Lightning's stock strategy and CheckpointIO, ``torch.save`` writes straight into the temporary file (the
+    same bytes as ``trainer.save_checkpoint``, without its in-memory copy and fsspec's second temporary file)."""
     filepath = str(filepath)
     tmp = filepath + TMP_SUFFIX
     try:
-        trainer.save_checkpoint(tmp, weights_only)
+        if _writes_plain_torch_files(trainer):
+            with trainer.profiler.profile("save_checkpoint"):
+                checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only)
+                if trainer.is_global_zero:
+                    os.makedirs(os.path.dirname(tmp) or ".", exist_ok=True)
+                    with open(tmp, "wb", buffering=0) as fh:  # unbuffered: a failed write keeps its errno
+                        torch.save(checkpoint, fh)
+                        os.fsync(fh.fileno())
+        else:
+            trainer.save_checkpoint(tmp, weights_only)
+            if trainer.is_global_zero:
+                fsync_path(tmp)
         if trainer.is_global_zero:
-            fsync_path(tmp)
             os.replace(tmp, filepath)
             fsync_path(os.path.dirname(filepath) or ".", directory=True)
     except Exception as e:
@@ -63,10 +96,11 @@ def atomic_save(trainer: L.Trainer, filepath: str | os.PathLike, weights_only: b
             Path(tmp).unlink(missing_ok=True)
         directory = os.path.dirname(os.path.abspath(filepath))
         previous = sorted(p.name for p in Path(directory).glob("*.ckpt")) if os.path.isdir(directory) else []
-        why = "the disk or quota is full" if getattr(e, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else (
+        number = _error_number(e)
+        why = "the disk or quota is full" if number in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else (
             "see the error above")
         raise CheckpointWriteError(
-            getattr(e, "errno", None) or errno.EIO,
+            number or errno.EIO,
             f"could not write checkpoint {os.path.basename(filepath)} in {directory} ({type(e).__name__}: {e}); "
             f"{why}. The previous checkpoints there are untouched: {', '.join(previous) or 'none yet'}. "
             f"Free space (or point callbacks.model_checkpoint.dirpath elsewhere), then resume from last.ckpt.",
@@ -110,11 +144,29 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         self._written_step: int | None = None  # the global step of the latest checkpoint written in full
         self._written_last_path: str | None = None  # the last_model_path stored in it
 
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        """Lightning's top-k save; a run's first one also stores the ``last_model_path`` that the ``last.ckpt`` save
+        right after it at the same step will take (Lightning sets it only there), so that ``last.ckpt`` can be a link
+        to this file from the first epoch on."""
+        if self.save_last is True and not self.last_model_path:
+            self.last_model_path = self._last_filepath(trainer, monitor_candidates)
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _last_filepath(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> str:
+        """The path ``ModelCheckpoint._save_last_checkpoint`` picks: ``last.ckpt``, or ``last-vN.ckpt`` past files of
+        an earlier run in the same directory."""
+        filepath = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        version = self.STARTING_VERSION
+        while self._enable_version_counter and self.file_exists(filepath, trainer) and filepath != self.last_model_path:
+            filepath = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST, ver=version)
+            version += 1
+        return filepath
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         is_last = os.path.basename(filepath).startswith(self.CHECKPOINT_NAME_LAST or "last")
         written = self._last_checkpoint_saved  # the latest file saved (a link only if it is last.ckpt itself)
         # The link's bytes carry the state stored at the full write: the same step, and a last_model_path naming
-        # this file (Lightning sets it before a last save; the first epoch's best still stores the previous one).
+        # this file (Lightning sets it before a last save; _save_topk_checkpoint sets it for a run's first best).
         same_state = (is_last and written and written != filepath and self._written_step == trainer.global_step
                       and self._written_last_path == filepath)
         if not (same_state and atomic_link(trainer, written, filepath)):
